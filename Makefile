@@ -1,0 +1,39 @@
+# gen_theta: `make demo` runs the embedded demo, `make test` runs the tests.
+# Both create the project virtual environment (.venv) on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The launch / ros2cli wheels are not on any registry; tests use them when the folder exists.
+ROS2_WHEELS ?= ../shared/ros2-wheels
+
+.PHONY: demo test lint bench colcon-test clean
+
+$(VENV)/.installed: requirements.lock setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.ros2-cli: $(VENV)/.installed
+	@if [ -d "$(ROS2_WHEELS)" ]; then bash $(ROS2_WHEELS)/install.sh $(VENV); \
+	else echo "no $(ROS2_WHEELS): tests of ros2 run / ros2 launch will be skipped"; fi
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/gen-theta demo
+
+test: $(VENV)/.ros2-cli
+	$(BIN)/python -m pytest test
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+colcon-test: $(VENV)/.ros2-cli
+	bash test/colcon_workspace_test.sh
+
+clean:
+	rm -rf $(VENV) build install log

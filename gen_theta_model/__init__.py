@@ -1,0 +1,1 @@
+"""gen_theta's core: embodiments, simulation, data, policy, training and measurement. Never imports rclpy."""

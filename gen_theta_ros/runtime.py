@@ -1,0 +1,56 @@
+"""Node start-up and shutdown shared by every gen_theta executable.
+
+``run_node`` does what ros2/examples' ``main()`` does: init, spin, and a clean
+shutdown on Ctrl-C or an external shutdown (Kilted raises ExternalShutdownException
+when the context is shut down from outside, e.g. by `ros2 launch` on SIGINT).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from gen_theta_model.config import share_dir
+
+
+def use_project_dds_profile() -> None:
+    """Point Fast DDS at the shipped profile (larger shared-memory segment for images),
+    unless the user already chose one.
+    """
+    profile = share_dir() / "config" / "fastdds.xml"
+    if profile.is_file():
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
+
+
+def run_node(make_node: Callable[[], Node], argv: list[str] | None = None, threads: int = 2) -> int:
+    """Init rclpy with ``argv`` (ROS arguments allowed), build the node, spin until shutdown.
+
+    ``make_node`` runs after ``rclpy.init`` so that it may declare parameters.
+    SIGTERM is treated like Ctrl-C so that nodes close files cleanly under launch.
+    """
+    use_project_dds_profile()
+    args = [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))
+    rclpy.init(args=args)
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if callable(close):
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,16 @@
+"""Test set-up shared by every test: an isolated DDS domain and the project's DDS profile.
+
+A random ROS_DOMAIN_ID per test session keeps parallel test runs on one machine
+from hearing each other; discovery stays on localhost.
+"""
+
+import os
+import random
+
+from gen_theta_model.config import share_dir
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds.xml"))
+os.environ.setdefault("MPLBACKEND", "Agg")
