@@ -1,0 +1,1 @@
+"""The harmonic policy: tokenizer, encoders, trunk, action head, presets and the Policy wrapper."""
