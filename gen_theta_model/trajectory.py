@@ -203,9 +203,7 @@ class TrajectoryFollower:
         """Forget every trajectory and hold positions ``q`` (dof,) from time ``t``."""
         q = self.spec.clamp_positions(np.asarray(q, dtype=np.float64).reshape(-1))
         zero = np.zeros((1, self.spec.dof))
-        self._pieces = [
-            _Piece(float(t), np.arange(self.spec.dof), np.array([float(t)]), q[None], zero, zero, (), q)
-        ]
+        self._pieces = [_Piece(float(t), np.arange(self.spec.dof), np.array([float(t)]), q[None], zero, zero, (), q)]
 
     def set_trajectory(self, traj: Trajectory, now: float) -> bool:
         """Make ``traj`` (received at ``now`` s) replace the plan from its switch time on.
