@@ -37,6 +37,7 @@ setup(
     ],
     package_data={"gen_theta_model": ["py.typed"]},
     install_requires=["setuptools"],
+    extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="gen_theta maintainers",
     maintainer_email="maintainers@gen-theta.dev",
