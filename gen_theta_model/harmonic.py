@@ -11,6 +11,8 @@ no-harmonic baseline.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,3 +42,258 @@ def sample_delay(cfg: HarmonicConfig, horizon: int, rng: np.random.Generator) ->
     if not cfg.enabled or d_max <= 0 or rng.random() < cfg.zero_delay_prob:
         return 0
     return int(rng.integers(1, d_max + 1))
+
+
+# -- run-time half: scheduling chunks on a robot that never stops ----------------------------
+#
+# Time is float seconds on one clock (the node clock; a fake clock in tests). A chunk is
+# H canonical actions on a grid: action k is the target at ``t0 + k / rate``. The scheduler
+# keeps the *executing timeline* (the current chunk, the grid index from which it took
+# over and the index after which it holds) and answers three questions:
+#
+#   request(now, d)  -> the committed prefix for the next inference: the d actions the
+#                       timeline commands from the next grid time t on, and t itself;
+#   splice(...)      -> the new chunk takes over at t + d / rate, where that prefix ends;
+#   window(now)      -> the points to send to a JointTrajectoryController now.
+#
+# The baselines are modes of the same scheduler:
+#   sync         the chunk runs ``execute_steps`` steps, then the robot holds while the
+#                next inference runs (no prefix); the new chunk starts when it arrives;
+#   naive_async  inference runs while the robot moves (same trigger as harmonic), without
+#                a prefix; the new chunk replaces the old one at arrival, aligned in time.
+
+MODES = ("harmonic", "sync", "naive_async")
+_EPS = 1e-6  # s: tolerance when placing a time on the control grid
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    mode: str = "harmonic"
+    rate_hz: float = 50.0  # control rate: the action grid of the policy
+    horizon: int = 32  # H: actions per chunk, the policy's
+    execute_steps: int = 8  # s: each chunk runs at least this many steps before the next takes over
+    window_steps: int = 25  # points per command: 0.5 s of look-ahead at 50 Hz for the controller
+    max_delay_steps: int = 15  # the largest committed prefix the policy was trained with
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.rate_hz > 0.0:
+            raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
+        if self.horizon < 2:
+            raise ValueError(f"horizon must be >= 2, got {self.horizon}")
+        if not 1 <= self.execute_steps <= self.horizon:
+            raise ValueError(f"execute_steps must be in [1, horizon={self.horizon}], got {self.execute_steps}")
+        if self.window_steps < 1:
+            raise ValueError(f"window_steps must be >= 1, got {self.window_steps}")
+        if not 0 <= self.max_delay_steps < self.horizon:
+            raise ValueError(f"max_delay_steps must be in [0, horizon), got {self.max_delay_steps}")
+
+    @property
+    def period(self) -> float:
+        """Control period, s."""
+        return 1.0 / self.rate_hz
+
+
+class LatencyTracker:
+    """Running percentiles over the last ``window`` measured latencies (s).
+
+    Before the first measurement every percentile is ``initial``.
+    """
+
+    def __init__(self, window: int = 50, initial: float = 0.0) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self._values: deque[float] = deque(maxlen=window)
+        self._initial = float(initial)
+
+    def add(self, seconds: float) -> None:
+        self._values.append(float(seconds))
+
+    def percentile(self, q: float) -> float:
+        """Return the q-th percentile (q in [0, 100]) of the recent latencies, s."""
+        if not self._values:
+            return self._initial
+        return float(np.percentile(np.fromiter(self._values, dtype=np.float64), q))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def delay_steps(latency: float, period: float, max_steps: int) -> int:
+    """Committed-prefix length d for an expected inference ``latency`` (s).
+
+    The chunk must arrive one control tick before it takes over (the tick that sends
+    its first action), hence ``ceil(latency / period) + 1``, capped at ``max_steps``.
+    """
+    return int(min(max_steps, math.ceil(latency / period - _EPS) + 1))
+
+
+def finite_differences(
+    positions: np.ndarray, period: float, before: np.ndarray | None, after: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Velocities and accelerations (N, n) of grid points ``positions`` (N, n) ``period`` s apart.
+
+    ``before`` / ``after`` (n,) are the grid points just outside the window, if any. With
+    ``after`` None the last point is where the motion stops (zero velocity and acceleration).
+    Central differences inside, one-sided at an open start. Units: position units per s, per s².
+    """
+    q = np.asarray(positions, dtype=np.float64)
+    if before is None:  # open start: extrapolate linearly, giving the forward difference
+        before = 2.0 * q[0] - q[1] if len(q) > 1 else q[0]
+    ext = np.vstack([before, q, q[-1] if after is None else after])
+    vel = (ext[2:] - ext[:-2]) / (2.0 * period)
+    acc = (ext[2:] - 2.0 * ext[1:-1] + ext[:-2]) / period**2
+    if after is None:
+        vel[-1] = 0.0
+        acc[-1] = 0.0
+    return vel, acc
+
+
+@dataclass(frozen=True)
+class CommandWindow:
+    """Points for a JointTrajectory: the header ``stamp`` (s) and, per point i, ``times[i]`` s
+    after it; ``positions``, ``velocities``, ``accelerations`` (N, n) in the window's units.
+    """
+
+    stamp: float
+    times: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    accelerations: np.ndarray
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """What the next inference must produce: a chunk whose action 0 is at ``start_time`` (s),
+    given the committed ``prefix`` (d, n) canonical for ``start_time + k / rate``, k < d.
+    """
+
+    start_time: float
+    delay: int
+    prefix: np.ndarray
+    issued_at: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class SpliceResult:
+    """``takeover_time``: when the new chunk's own actions begin (s); ``late``: the chunk came
+    after its takeover tick, so some of its actions were skipped; ``dropped``: a reset
+    happened since the request, the chunk was ignored.
+    """
+
+    takeover_time: float
+    late: bool
+    dropped: bool = False
+
+
+class ChunkScheduler:
+    """The executing timeline of one robot, in canonical units (n = the robot's dof)."""
+
+    def __init__(self, cfg: SchedulerConfig, position: np.ndarray, now: float) -> None:
+        self.cfg = cfg
+        self.generation = 0
+        self.pending: InferenceRequest | None = None
+        self.reset(position, now)
+
+    # -- state ------------------------------------------------------------------------
+    def reset(self, position: np.ndarray, now: float) -> None:
+        """Hold canonical ``position`` (n,) from ``now`` on, forgetting any chunk and request."""
+        self._chunk = np.asarray(position, dtype=np.float64).reshape(1, -1).copy()
+        self._t0 = float(now)
+        self._takeover = 0  # grid index from which this chunk is executed
+        self._end = 0  # grid index after which the timeline holds
+        self._started = False  # False until the first chunk is spliced in
+        self.generation += 1
+        self.pending = None
+
+    def _next_index(self, t: float) -> int:
+        """Grid index of the first grid point strictly after ``t``."""
+        return int(math.floor((t - self._t0) / self.cfg.period + _EPS)) + 1
+
+    def _time(self, k: int) -> float:
+        return self._t0 + k * self.cfg.period
+
+    def _position(self, k: int) -> np.ndarray:
+        return self._chunk[min(max(k, 0), self._end)]
+
+    def idle(self, now: float) -> bool:
+        """Whether the robot is told to stand still for lack of a plan (before the first chunk, after the end)."""
+        return not self._started or self._next_index(now) > self._end
+
+    def commanded(self, now: float) -> np.ndarray:
+        """Canonical target (n,) of the next grid point after ``now``."""
+        return self._position(self._next_index(now)).copy()
+
+    # -- inference ----------------------------------------------------------------------
+    def due(self, now: float, delay: int) -> bool:
+        """Whether a new inference should start now, given the expected delay (steps)."""
+        if self.pending is not None:
+            return False
+        if not self._started:
+            return True
+        k = self._next_index(now)
+        if self.cfg.mode == "sync":
+            return k >= self._takeover + self.cfg.execute_steps or k > self._end
+        return k + delay >= self._takeover + self.cfg.execute_steps
+
+    def request(self, now: float, delay: int) -> InferenceRequest:
+        """Start an inference at ``now``; ``delay`` (steps) is used in harmonic mode only.
+
+        Harmonic: the prefix is the next d commanded actions (held past the timeline's end).
+        Sync: the timeline is cut at the next grid point, where the robot waits.
+        """
+        if self.pending is not None:
+            raise RuntimeError("an inference is already pending for this robot")
+        k = self._next_index(now)
+        d = min(delay, self.cfg.max_delay_steps) if self.cfg.mode == "harmonic" else 0
+        if self.cfg.mode == "sync":
+            self._end = min(self._end, max(k, 0))
+        prefix = np.stack([self._position(k + i) for i in range(d)]) if d else self._chunk[:0].copy()
+        self.pending = InferenceRequest(self._time(k), d, prefix, float(now), self.generation)
+        return self.pending
+
+    def splice(self, request: InferenceRequest, chunk: np.ndarray, now: float) -> SpliceResult:
+        """Install ``chunk`` (H, n) canonical, inferred for ``request``, arriving at ``now``."""
+        if request.generation != self.generation or request is not self.pending:
+            return SpliceResult(now, late=False, dropped=True)
+        chunk = np.array(chunk, dtype=np.float64)
+        if chunk.ndim != 2 or chunk.shape[1] != self._chunk.shape[1] or chunk.shape[0] <= request.delay:
+            raise ValueError(f"chunk must be (H > {request.delay}, {self._chunk.shape[1]}), got {chunk.shape}")
+        self.pending = None
+        if self.cfg.mode == "sync":
+            # The robot waited: the chunk starts at the first grid time after arrival.
+            self._t0 = self._time(self._next_index(now))
+            takeover = 0
+        else:
+            self._t0 = request.start_time
+            chunk[: request.delay] = request.prefix  # exactly what is being executed
+            takeover = request.delay
+        first = self._next_index(now)  # first grid point after arrival
+        late = self.cfg.mode == "harmonic" and first > takeover
+        self._chunk = chunk
+        self._takeover = max(takeover, first) if self.cfg.mode == "naive_async" else takeover
+        self._end = chunk.shape[0] - 1
+        self._started = True
+        return SpliceResult(self._time(max(takeover, first)), late=late)
+
+    # -- commands -----------------------------------------------------------------------
+    def window(self, now: float) -> CommandWindow:
+        """Canonical command window at ``now``: the grid points after ``now``, at most
+        ``window_steps``, with finite-difference velocities and accelerations; past the
+        timeline's end a single stop point one period ahead.
+        """
+        period = self.cfg.period
+        k = self._next_index(now)
+        if k > self._end:
+            q = self._position(self._end)[None]
+            zero = np.zeros_like(q)
+            return CommandWindow(now, np.array([period]), q, zero, zero.copy())
+        last = min(self._end, k + self.cfg.window_steps - 1)
+        q = self._chunk[k : last + 1]
+        before = self._chunk[k - 1] if k >= 1 else None
+        after = self._chunk[last + 1] if last < self._end else None
+        vel, acc = finite_differences(q, period, before, after)
+        times = self._t0 + np.arange(k, last + 1) * period - now
+        return CommandWindow(now, times, q.copy(), vel, acc)
