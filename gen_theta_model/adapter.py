@@ -1,0 +1,261 @@
+"""Embodiment adapter and safety logic for the policy server (pure code, no ROS).
+
+``EmbodimentAdapter`` maps one robot between the policy's canonical per-joint actions
+and the robot's joint names and units, and makes every command safe to send:
+
+- canonical -> rad/m with ``EmbodimentSpec.denormalize``, clamped to the URDF position
+  limits; velocities clamped to the URDF velocity limits;
+- jumps rate-limited: no point may be further from the one before it (the first from
+  the position the controller is commanded to hold at the window's stamp) than the
+  velocity limit times the time between them;
+- non-finite values never leave: the command becomes a hold.
+
+It mirrors what it sent in a ``TrajectoryFollower`` (the controller's semantics), so it
+always knows the position the robot is commanded to be at, which is where it holds.
+
+``SafetyMonitor`` decides whether the server may drive a robot right now: enabled,
+e-stop not latched, joint and camera input fresh. ``ServerCounters`` and
+``TickClock`` count what the diagnostics report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.harmonic import CommandWindow, LatencyTracker, finite_differences
+from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    joint_timeout_s: float = 0.25  # joint_states older than this (receive time) -> hold
+    camera_timeout_s: float = 0.5  # any camera frame older than this -> hold (~7 frames at 15 fps)
+    velocity_scale: float = 1.0  # share of the URDF velocity limits commands may use
+
+    def __post_init__(self) -> None:
+        for key in ("joint_timeout_s", "camera_timeout_s"):
+            if not getattr(self, key) > 0.0:
+                raise ValueError(f"{key} must be > 0 s, got {getattr(self, key)}")
+        if not 0.0 < self.velocity_scale <= 1.0:
+            raise ValueError(f"velocity_scale must be in (0, 1], got {self.velocity_scale}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A window in joint units for ``EmbodimentAdapter.spec``'s joints, and what happened to it."""
+
+    window: CommandWindow
+    clamped: bool  # a position or velocity hit a limit, or a jump was rate-limited
+    hold_reason: str = ""  # non-empty: this is a hold, and why
+
+
+class EmbodimentAdapter:
+    """One robot: canonical (dof,) <-> joint units, clamped and rate-limited commands."""
+
+    def __init__(self, spec: EmbodimentSpec, cfg: SafetyConfig | None = None) -> None:
+        self.spec = spec
+        self.cfg = cfg or SafetyConfig()
+        self._vmax = spec.velocity_limits * self.cfg.velocity_scale
+        self._mirror: TrajectoryFollower | None = None
+
+    # -- state in ------------------------------------------------------------------------
+    def canonical_state(self, names: list[str], positions: np.ndarray) -> np.ndarray:
+        """JointState ``names`` / ``positions`` (n,) rad|m -> canonical (dof,) in spec order.
+
+        Raises EmbodimentError naming a missing joint.
+        """
+        return self.spec.normalize(self.spec.reorder_from(names, np.asarray(positions, dtype=np.float64)))
+
+    # -- commands out --------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Whether a reference position is known (``reset`` was called)."""
+        return self._mirror is not None
+
+    def reset(self, positions: np.ndarray, now: float) -> None:
+        """Take ``positions`` (dof,) rad|m, e.g. measured, as the commanded position at ``now``."""
+        self._mirror = TrajectoryFollower(self.spec, np.asarray(positions, dtype=np.float64), now)
+
+    def commanded(self, now: float) -> np.ndarray:
+        """Position (dof,) rad|m the controller is commanded to be at, at ``now`` s."""
+        if self._mirror is None:
+            raise RuntimeError(f"{self.spec.name}: adapter has no reference position yet; call reset()")
+        return self._mirror.sample(now)[0]
+
+    def command(self, window: CommandWindow) -> Command:
+        """Canonical ``window`` -> a safe window in joint units (a hold if it is not finite)."""
+        spec = self.spec
+        start = self.commanded(window.stamp)
+        if not all(np.all(np.isfinite(a)) for a in (window.positions, window.velocities, window.accelerations)):
+            return self._send(self.hold_window(window.stamp, period=float(window.times[0])), False, "non-finite")
+        q = spec.denormalize(window.positions)
+        q_safe = spec.clamp_positions(q)
+        times = np.concatenate([[0.0], window.times])
+        limited = rate_limit(np.vstack([start, q_safe]), times, self._vmax)[1:]
+        modified = not np.array_equal(limited, q)
+        if modified:
+            period = float(np.diff(window.times).mean()) if len(window.times) > 1 else float(window.times[0])
+            stops = not np.any(window.velocities[-1])
+            after = None if stops else 2.0 * limited[-1] - limited[-2] if len(limited) > 1 else None
+            vel, acc = finite_differences(limited, period, before=None, after=after)
+        else:
+            vel = spec.denormalize_velocity(window.velocities)
+            acc = spec.denormalize_velocity(window.accelerations)
+        vel_safe = np.clip(vel, -self._vmax, self._vmax)
+        clamped = modified or not np.array_equal(vel_safe, vel)
+        out = CommandWindow(window.stamp, window.times.copy(), limited, vel_safe, acc)
+        return self._send(out, clamped, "")
+
+    def hold(self, now: float, period: float, reason: str) -> Command:
+        """Hold at the commanded position (recorded in the mirror); ``reason`` says why."""
+        return self._send(self.hold_window(now, period), False, reason)
+
+    def hold_window(self, now: float, period: float) -> CommandWindow:
+        """One point ``period`` s after ``now`` at the commanded position, zero velocity."""
+        q = self.commanded(now)[None]
+        zero = np.zeros_like(q)
+        return CommandWindow(now, np.array([period]), q, zero, zero.copy())
+
+    def trajectory(self, window: CommandWindow) -> Trajectory:
+        """Turn a joint-unit window into a Trajectory for the robot's joints (start time = stamp)."""
+        return Trajectory.from_arrays(
+            self.spec.joint_names,
+            window.times,
+            window.positions,
+            window.velocities,
+            window.accelerations,
+            start_time=window.stamp,
+        )
+
+    def _send(self, window: CommandWindow, clamped: bool, reason: str) -> Command:
+        if self._mirror is None:
+            raise RuntimeError(f"{self.spec.name}: adapter has no reference position yet; call reset()")
+        self._mirror.set_trajectory(self.trajectory(window), window.stamp)
+        return Command(window, clamped, reason)
+
+
+def rate_limit(points: np.ndarray, times: np.ndarray, vmax: np.ndarray) -> np.ndarray:
+    """Limit each step of ``points`` (N, n) at ``times`` (N,) s to ``vmax`` (n,) times the time
+    step; point 0 is the fixed reference. Returns a new (N, n) array.
+    """
+    out = np.array(points, dtype=np.float64)
+    for i in range(1, len(out)):
+        step = vmax * (times[i] - times[i - 1])
+        diff = out[i] - out[i - 1]
+        out[i] = np.where(np.abs(diff) > step, out[i - 1] + np.sign(diff) * step, out[i])
+    return out
+
+
+class SafetyMonitor:
+    """Enable, e-stop latch and input freshness for one robot. Times are s on one clock.
+
+    The e-stop latches: once triggered, the robot holds until the e-stop is released
+    *and* the server is enabled again. Returns a reason string to hold, "" to drive.
+    """
+
+    def __init__(self, cfg: SafetyConfig, cameras: tuple[str, ...], enabled: bool = True) -> None:
+        self.cfg = cfg
+        self.cameras = cameras
+        self.enabled = enabled
+        self.estop_active = False
+        self.estop_latched = False
+        self.joint_received: float | None = None
+        self.camera_received: dict[str, float] = {}
+
+    def set_enabled(self, on: bool) -> tuple[bool, str]:
+        """Enable or disable; enabling is refused while the e-stop is active. (success, message)."""
+        if on and self.estop_active:
+            return False, "e-stop is active: release it before enabling"
+        self.enabled = on
+        if on:
+            self.estop_latched = False
+        return True, "enabled" if on else "disabled"
+
+    def set_estop(self, active: bool) -> None:
+        self.estop_active = active
+        if active:
+            self.estop_latched = True
+            self.enabled = False
+
+    def joint_state(self, now: float) -> None:
+        self.joint_received = now
+
+    def camera(self, name: str, now: float) -> None:
+        self.camera_received[name] = now
+
+    def check(self, now: float) -> str:
+        """Why the robot must hold at ``now`` ("" when it may be driven)."""
+        if self.estop_latched:
+            return "e-stop"
+        if not self.enabled:
+            return "disabled"
+        if self.joint_received is None:
+            return "no joint_states yet"
+        age = now - self.joint_received
+        if age > self.cfg.joint_timeout_s:
+            return f"joint_states stale ({age * 1e3:.0f} ms)"
+        for cam in self.cameras:
+            t = self.camera_received.get(cam)
+            if t is None:
+                return f"no image from camera '{cam}' yet"
+            if now - t > self.cfg.camera_timeout_s:
+                return f"camera '{cam}' stale ({(now - t) * 1e3:.0f} ms)"
+        return ""
+
+
+class TickClock:
+    """Command-stream timing: a deadline is missed for every control slot of ``period`` s
+    that passed without a command (a gap of more than 1.5 periods misses one, ...).
+    """
+
+    def __init__(self, period: float, window: int = 500) -> None:
+        self.period = period
+        self.last: float | None = None
+        self.missed = 0
+        self.jitter = LatencyTracker(window=window)  # |gap - period|, s
+
+    def tick(self, now: float) -> None:
+        if self.last is not None:
+            gap = now - self.last
+            self.missed += max(0, math.floor(gap / self.period + 0.5) - 1)
+            self.jitter.add(abs(gap - self.period))
+        self.last = now
+
+
+@dataclass
+class ServerCounters:
+    """What the diagnostics report for one robot (latencies in s, counts since start)."""
+
+    latency: LatencyTracker = field(default_factory=lambda: LatencyTracker(window=200))
+    delay_steps: int = 0
+    chunks: int = 0
+    late_chunks: int = 0  # chunks that arrived after their takeover time
+    nonfinite_chunks: int = 0
+    ticks: int = 0
+    holds: int = 0  # ticks held by safety (stale input, disabled, e-stop, non-finite)
+    idle_ticks: int = 0  # ticks the robot waited for a plan
+    clamped_ticks: int = 0
+    hold_reason: str = ""
+
+    def values(self, clock: TickClock) -> dict[str, str]:
+        """Key/value pairs for a diagnostic_msgs/DiagnosticStatus."""
+        return {
+            "latency_p50_ms": f"{self.latency.percentile(50) * 1e3:.1f}",
+            "latency_p99_ms": f"{self.latency.percentile(99) * 1e3:.1f}",
+            "delay_steps": str(self.delay_steps),
+            "chunks": str(self.chunks),
+            "late_chunks": str(self.late_chunks),
+            "nonfinite_chunks": str(self.nonfinite_chunks),
+            "ticks": str(self.ticks),
+            "missed_deadlines": str(clock.missed),
+            "jitter_p50_ms": f"{clock.jitter.percentile(50) * 1e3:.2f}",
+            "jitter_p99_ms": f"{clock.jitter.percentile(99) * 1e3:.2f}",
+            "holds": str(self.holds),
+            "idle_ticks": str(self.idle_ticks),
+            "clamped_ticks": str(self.clamped_ticks),
+            "hold_reason": self.hold_reason,
+        }
