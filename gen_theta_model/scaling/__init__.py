@@ -1,0 +1,1 @@
+"""Data scaling laws, ossification and data-mixture ablations (docs/scaling.md)."""
