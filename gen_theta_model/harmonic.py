@@ -73,7 +73,7 @@ class SchedulerConfig:
     horizon: int = 32  # H: actions per chunk, the policy's
     execute_steps: int = 8  # s: each chunk runs at least this many steps before the next takes over
     window_steps: int = 25  # points per command: 0.5 s of look-ahead at 50 Hz for the controller
-    max_delay_steps: int = 15  # the largest committed prefix the policy was trained with
+    max_delay_steps: int = 15  # the longest committed prefix the policy was trained with
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -239,19 +239,25 @@ class ChunkScheduler:
         return k + delay >= self._takeover + self.cfg.execute_steps
 
     def request(self, now: float, delay: int) -> InferenceRequest:
-        """Start an inference at ``now``; ``delay`` (steps) is used in harmonic mode only.
+        """Start an inference at ``now``, expected to take ``delay`` steps (harmonic mode only).
 
-        Harmonic: the prefix is the next d commanded actions (held past the timeline's end).
-        Sync: the timeline is cut at the next grid point, where the robot waits.
+        Harmonic: the new chunk will take over ``delay`` grid points after the next one, k;
+        the prefix is the committed actions up to there (held past the timeline's end).
+        When ``delay`` exceeds ``max_delay_steps``, the longest prefix the policy was
+        trained with, the chunk starts ``delay - max_delay_steps`` points later instead, so
+        that its prefix still ends exactly where it takes over (its observations are then
+        that much older). Sync: the timeline is cut at k, where the robot waits.
         """
         if self.pending is not None:
             raise RuntimeError("an inference is already pending for this robot")
         k = self._next_index(now)
-        d = min(delay, self.cfg.max_delay_steps) if self.cfg.mode == "harmonic" else 0
+        delay = delay if self.cfg.mode == "harmonic" else 0
+        d = min(delay, self.cfg.max_delay_steps)
+        start = k + delay - d
         if self.cfg.mode == "sync":
             self._end = min(self._end, max(k, 0))
-        prefix = np.stack([self._position(k + i) for i in range(d)]) if d else self._chunk[:0].copy()
-        self.pending = InferenceRequest(self._time(k), d, prefix, float(now), self.generation)
+        prefix = np.stack([self._position(start + i) for i in range(d)]) if d else self._chunk[:0].copy()
+        self.pending = InferenceRequest(self._time(start), d, prefix, float(now), self.generation)
         return self.pending
 
     def splice(self, request: InferenceRequest, chunk: np.ndarray, now: float) -> SpliceResult:

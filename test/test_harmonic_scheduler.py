@@ -44,11 +44,11 @@ class FakePolicy:
         return chunk
 
 
-def run(mode: str, latency: float, seconds: float = 4.0, seed: int = 0, phase: float = 0.0037):
+def run(mode: str, latency: float, seconds: float = 4.0, seed: int = 0, phase: float = 0.0037, max_delay: int = 15):
     """Drive the scheduler with a fake clock: control ticks at RATE, one inference at a time
     taking ``latency`` s. Returns per-tick (time, first commanded point, idle) and the splices.
     """
-    cfg = SchedulerConfig(mode=mode, rate_hz=RATE, horizon=H, execute_steps=8, max_delay_steps=15)
+    cfg = SchedulerConfig(mode=mode, rate_hz=RATE, horizon=H, execute_steps=8, max_delay_steps=max_delay)
     sched = ChunkScheduler(cfg, target(0.0), now=0.0)
     policy = FakePolicy(seed)
     tracker = LatencyTracker(window=20, initial=latency)
@@ -60,7 +60,7 @@ def run(mode: str, latency: float, seconds: float = 4.0, seed: int = 0, phase: f
             splices.append(sched.splice(in_flight[1], in_flight[2], in_flight[0]))
             tracker.add(latency)
             in_flight = None
-        d = delay_steps(tracker.percentile(95), DT, cfg.max_delay_steps)
+        d = delay_steps(tracker.percentile(95), DT, H - cfg.execute_steps)
         if in_flight is None and sched.due(now, d):
             req = sched.request(now, d)
             in_flight = (now + latency, req, policy(req))
@@ -99,9 +99,9 @@ def test_harmonic_prefix_is_what_was_already_commanded():
     np.testing.assert_array_equal(after.positions[~committed][0], new[5])
 
 
-@pytest.mark.parametrize("latency", [0.01, 0.12, 0.3])
-def test_harmonic_never_idles_and_never_jumps(latency):
-    ticks, splices = run("harmonic", latency)
+@pytest.mark.parametrize(("latency", "max_delay"), [(0.01, 15), (0.12, 15), (0.3, 15), (0.38, 8)])
+def test_harmonic_never_idles_and_never_jumps(latency, max_delay):
+    ticks, splices = run("harmonic", latency, max_delay=max_delay)
     times, q = commanded_series(ticks)
     started = times > latency + 16 * DT  # the first chunk needs one inference
     idle = np.array([t[3] for t in ticks])
@@ -124,6 +124,17 @@ def test_naive_async_jumps_at_arrival_and_sync_idles():
     idle = np.array([t[3] for t in ticks_sync])
     # Sync: 8 steps of motion (0.16 s) then ~0.3 s of waiting, every cycle.
     assert 0.5 < idle.mean() < 0.8
+
+
+def test_delay_beyond_trained_prefix_moves_the_chunk_start():
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, max_delay_steps=4)
+    sched = ChunkScheduler(cfg, np.zeros(1), now=0.0)
+    sched.splice(sched.request(0.0, 1), np.arange(H, dtype=float)[:, None], now=0.001)  # action j at (j+1) DT
+    req = sched.request(0.005, delay=10)
+    # The next grid point is j=0 at DT; the chunk takes over 10 points later, at j=10.
+    assert req.delay == 4 and req.start_time == pytest.approx(7 * DT)
+    np.testing.assert_array_equal(req.prefix[:, 0], [6.0, 7.0, 8.0, 9.0])
+    assert sched.splice(req, np.zeros((H, 1)), now=0.15).takeover_time == pytest.approx(11 * DT)
 
 
 def test_late_chunk_is_flagged_and_reset_drops_pending():
