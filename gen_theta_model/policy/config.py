@@ -1,0 +1,99 @@
+"""PolicyConfig: the shape of the harmonic transformer, and the size presets.
+
+``preset("tiny")`` .. ``preset("10b")`` return ready configs; a training YAML names
+a preset and may override single fields (``policy: {n_layer: 6}``). The parameter
+count of every preset is checked against its nominal size on the meta device
+(test/test_policy_presets.py, ``gen-theta model-card PRESET``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gen_theta_model.embodiment import DEFAULT_MAX_DOF, JOINT_DESCRIPTOR_DIM
+from gen_theta_model.policy.tokenizer import VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # trunk
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    mlp_ratio: int = 4  # GPT-style 4x hidden width in the block MLP
+    dropout: float = 0.0  # robot data is large and highly correlated in time; dropout mostly slows learning
+    bias: bool = True  # biases in Linear/LayerNorm; negligible cost, keeps tiny models easy to fit
+    # action chunk and head
+    chunk_len: int = 50  # H: 1 s of actions at the 50 Hz control rate, must equal the loader's H
+    n_components: int = 4  # K Gaussians per joint over the chunk: multimodal demos without mode averaging
+    min_log_std: float = -5.0  # std >= 0.0067 normalised units: keeps the NLL bounded on static joints
+    max_log_std: float = 1.0  # std <= 2.7 normalised units: data is z-scored, wider is never needed
+    mse_weight: float = 0.0  # optional MSE on the mixture mean added to the NLL
+    # inputs
+    max_dof: int = DEFAULT_MAX_DOF  # joint tokens padded to this many (EmbodimentSpec.max_dof)
+    joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM
+    max_cameras: int = 4  # size of the camera-index embedding table
+    image_channels: int = 32  # width of the first conv layer (doubled twice) of the shared image encoder
+    image_grid: int = 4  # image tokens per camera = image_grid**2 (adaptive pooling of the conv map)
+    vocab_size: int = VOCAB_SIZE
+    max_instruction_len: int = 64  # byte tokens; longer instructions are truncated by the loader
+    max_prefix_steps: int = 16  # committed-prefix tokens; >= HarmonicConfig.max_delay_steps (15 at 50 Hz)
+    age_frequencies: int = 16  # sinusoidal features of an observation's age (sin and cos of each)
+    age_min_period_s: float = 0.002  # shortest period: resolves a 500 Hz joint_states stream
+    age_max_period_s: float = 10.0  # longest period: ages beyond a few seconds are all "stale"
+
+    def __post_init__(self) -> None:
+        positive = ("d_model", "n_layer", "n_head", "mlp_ratio", "chunk_len", "n_components", "max_dof",
+                    "max_cameras", "image_channels", "image_grid", "max_instruction_len", "max_prefix_steps",
+                    "age_frequencies")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.min_log_std >= self.max_log_std:
+            raise ValueError(f"min_log_std={self.min_log_std} must be < max_log_std={self.max_log_std}")
+        if self.mse_weight < 0:
+            raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")
+        if not 0 < self.age_min_period_s < self.age_max_period_s:
+            raise ValueError(
+                f"need 0 < age_min_period_s < age_max_period_s, got {self.age_min_period_s}, {self.age_max_period_s}"
+            )
+        if self.max_prefix_steps >= self.chunk_len:
+            raise ValueError(f"max_prefix_steps={self.max_prefix_steps} must be < chunk_len={self.chunk_len}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+# name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style
+# aspect ratios (d_model / n_layer ~ 32-160) with head size 64-128.
+_PRESETS: dict[str, tuple[int, PolicyConfig]] = {
+    "tiny": (1_000_000, PolicyConfig(d_model=128, n_layer=4, n_head=4, image_channels=16, image_grid=4,
+                                     n_components=4)),
+    "small": (25_000_000, PolicyConfig(d_model=384, n_layer=14, n_head=6, image_channels=32, image_grid=6)),
+    "base": (100_000_000, PolicyConfig(d_model=768, n_layer=14, n_head=12, image_channels=64, image_grid=6)),
+    "1b": (1_000_000_000, PolicyConfig(d_model=2048, n_layer=20, n_head=16, image_channels=96, image_grid=8)),
+    "6b": (6_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_channels=128, image_grid=8)),
+    "7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=35, n_head=32, image_channels=128, image_grid=8)),
+    "10b": (10_000_000_000, PolicyConfig(d_model=5120, n_layer=32, n_head=40, image_channels=128, image_grid=8)),
+}
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def preset(name: str, **overrides: object) -> PolicyConfig:
+    """Return the named preset's PolicyConfig, with single fields replaced by ``overrides``."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown policy preset '{name}'; known presets: {', '.join(PRESET_NAMES)}")
+    return dataclasses.replace(_PRESETS[name][1], **overrides)
+
+
+def nominal_params(name: str) -> int:
+    """Return the parameter count a preset is named for (within 5% of the built model)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown policy preset '{name}'; known presets: {', '.join(PRESET_NAMES)}")
+    return _PRESETS[name][0]

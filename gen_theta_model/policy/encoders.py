@@ -1,0 +1,136 @@
+"""Input encoders: every observation stream becomes tokens of width d_model.
+
+All encoders are embodiment-agnostic: joints enter through their 12-dim URDF
+descriptors (a DeepSets-style mean over the valid joints where a token summarises
+all joints), never through a per-robot layer, so the same weights serve 6, 7 and
+16+ DoF. Shapes use B batch, C cameras, T state history, L instruction tokens,
+D joints (padded), P committed-prefix steps, d d_model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gen_theta_model.policy.config import PolicyConfig
+
+
+class AgeEmbedding(nn.Module):
+    """Continuous age in seconds -> sinusoidal features over geometric periods -> Linear."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        periods = torch.logspace(
+            math.log10(cfg.age_min_period_s), math.log10(cfg.age_max_period_s), cfg.age_frequencies
+        )
+        self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * cfg.age_frequencies, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, age: torch.Tensor) -> torch.Tensor:
+        phase = age.float().unsqueeze(-1) * self.omega  # (..., F)
+        return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))  # (..., d)
+
+
+class ImageEncoder(nn.Module):
+    """A small conv stem shared by all cameras, pooled to a grid of patch tokens.
+
+    uint8 (B, C, 3, H, W) -> (B, C * g * g, d), any H, W >= 8. Each token gets a
+    camera-index embedding and a grid-position embedding; the caller adds the age.
+    """
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        c = cfg.image_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c, 5, stride=2, padding=2), nn.GroupNorm(min(8, c), c), nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 2 * c), 2 * c), nn.GELU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 4 * c), 4 * c), nn.GELU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(cfg.image_grid)
+        self.proj = nn.Linear(4 * c, cfg.d_model, bias=cfg.bias)
+        self.camera_emb = nn.Embedding(cfg.max_cameras, cfg.d_model)
+        self.grid_emb = nn.Parameter(torch.zeros(cfg.image_grid**2, cfg.d_model))
+        self.max_cameras = cfg.max_cameras
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, c, _, h, w = images.shape
+        if c > self.max_cameras:
+            raise ValueError(f"{c} cameras exceed the model's max_cameras={self.max_cameras}")
+        x = images.reshape(b * c, 3, h, w).float() / 127.5 - 1.0  # (B*C, 3, H, W) in [-1, 1]
+        x = self.pool(self.stem(x)).flatten(2).transpose(1, 2)  # (B*C, g*g, 4c)
+        x = self.proj(x) + self.grid_emb  # (B*C, g*g, d)
+        x = x.reshape(b, c, -1, x.shape[-1]) + self.camera_emb.weight[:c, None, :]  # (B, C, g*g, d)
+        return x.flatten(1, 2)  # (B, C*g*g, d)
+
+
+class JointSetEncoder(nn.Module):
+    """Per-step summary of a joint-space vector: mean over valid joints of MLP(descriptor, value).
+
+    values (B, S, D), descriptors (B, D, 12), joint_mask (B, D) -> (B, S, d).
+    Used for proprioception steps and committed-prefix steps.
+    """
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.joint_descriptor_dim + 1, cfg.d_model, bias=cfg.bias), nn.GELU(),
+            nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
+        )
+
+    def forward(self, values: torch.Tensor, descriptors: torch.Tensor, joint_mask: torch.Tensor) -> torch.Tensor:
+        s = values.shape[1]
+        desc = descriptors.unsqueeze(1).expand(-1, s, -1, -1)  # (B, S, D, 12)
+        x = self.mlp(torch.cat([desc, values.unsqueeze(-1)], dim=-1))  # (B, S, D, d)
+        w = joint_mask.to(x.dtype)[:, None, :, None]  # (B, 1, D, 1)
+        return (x * w).sum(2) / w.sum(2).clamp_min(1.0)  # (B, S, d)
+
+
+class JointTokenEncoder(nn.Module):
+    """One token per actuated joint: its descriptor, its latest position and its committed prefix.
+
+    descriptors (B, D, 12), latest (B, D), prefix (B, P, D), committed (B, P) -> (B, D, d).
+    The action head reads each joint's chunk from this token after the trunk.
+    """
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        p = cfg.max_prefix_steps
+        self.desc = nn.Sequential(
+            nn.Linear(cfg.joint_descriptor_dim, cfg.d_model, bias=cfg.bias), nn.GELU(),
+            nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias),
+        )
+        self.motion = nn.Linear(1 + 2 * p, cfg.d_model, bias=cfg.bias)  # latest, prefix values, prefix flags
+
+    def forward(
+        self, descriptors: torch.Tensor, latest: torch.Tensor, prefix: torch.Tensor, committed: torch.Tensor
+    ) -> torch.Tensor:
+        flags = committed.to(prefix.dtype).unsqueeze(-1).expand_as(prefix)  # (B, P, D)
+        motion = torch.cat([latest.unsqueeze(1), prefix, flags], dim=1).transpose(1, 2)  # (B, D, 1+2P)
+        return self.desc(descriptors) + self.motion(motion)  # (B, D, d)
+
+
+class InstructionEncoder(nn.Module):
+    """Byte tokens (B, L) -> (B, L, d): token embedding plus learned position embedding."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_instruction_len, cfg.d_model)
+        self.max_len = cfg.max_instruction_len
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        if n > self.max_len:
+            raise ValueError(f"{n} instruction tokens exceed the model's max_instruction_len={self.max_len}")
+        return self.tok(tokens) + self.pos.weight[:n]  # (B, L, d)
+
+
+def masked_last(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Last valid entry along dim 1: x (B, T, ...), mask (B, T) -> (B, ...); zeros where none is valid."""
+    t = torch.arange(mask.shape[1], device=mask.device)
+    idx = torch.where(mask, t, -1).amax(dim=1)  # (B,)
+    out = x[torch.arange(x.shape[0], device=x.device), idx.clamp_min(0)]
+    return out * (idx >= 0).to(x.dtype).view(-1, *([1] * (out.dim() - 1)))
+

@@ -1,0 +1,95 @@
+"""The stochastic action head: a Gaussian mixture per joint over the H-step chunk.
+
+For each joint token j the head outputs K mixture weights and, per component, a
+mean and a diagonal std for every step of the chunk. Joints are independent given
+the trunk's tokens, so
+
+    log pi(a) = sum_j log sum_k w_jk prod_h N(a_hj; mu_jkh, s_jkh)
+
+over the valid joints j and the scored steps h. Marginalising a diagonal mixture
+over unscored steps keeps the same weights, so ``log_prob`` is exact for any step
+mask (the committed prefix and steps past the episode end are left out), and
+``sample`` draws exactly from the same density. Reverse KL follows from the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gen_theta_model.policy.config import PolicyConfig
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class ChunkMixture:
+    """Per-joint Gaussian mixture over a chunk: logits (B, D, K), mean and log_std (B, D, K, H)."""
+
+    logits: torch.Tensor
+    mean: torch.Tensor
+    log_std: torch.Tensor
+
+    @property
+    def n_components(self) -> int:
+        return self.logits.shape[-1]
+
+    @property
+    def is_gaussian(self) -> bool:
+        """One component: the density is a diagonal Gaussian and KL has a closed form."""
+        return self.n_components == 1
+
+    def log_prob(self, actions: torch.Tensor, step_mask: torch.Tensor, joint_mask: torch.Tensor) -> torch.Tensor:
+        """Exact log density of ``actions`` (B, H, D) over scored steps (B, H) and joints (B, D) -> (B,)."""
+        a = actions.transpose(1, 2).unsqueeze(2)  # (B, D, 1, H)
+        z = (a - self.mean) * torch.exp(-self.log_std)  # (B, D, K, H)
+        per_step = -0.5 * z.square() - self.log_std - LOG_SQRT_2PI  # (B, D, K, H)
+        per_comp = (per_step * step_mask.to(z.dtype)[:, None, None, :]).sum(-1)  # (B, D, K)
+        log_w = torch.log_softmax(self.logits, dim=-1)  # (B, D, K)
+        per_joint = torch.logsumexp(log_w + per_comp, dim=-1)  # (B, D)
+        return (per_joint * joint_mask.to(z.dtype)).sum(-1)  # (B,)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw per batch element: (B, H, D)."""
+        b, d, k, h = self.mean.shape
+        probs = torch.softmax(self.logits.float(), dim=-1).reshape(b * d, k)
+        comp = torch.multinomial(probs, 1, generator=generator).view(b, d, 1, 1).expand(b, d, 1, h)
+        mu = self.mean.gather(2, comp).squeeze(2)  # (B, D, H)
+        std = self.log_std.gather(2, comp).squeeze(2).exp()
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return (mu + std * noise).transpose(1, 2)  # (B, H, D)
+
+    def expectation(self) -> torch.Tensor:
+        """Return the mixture mean (B, H, D): the MSE-optimal point prediction."""
+        w = torch.softmax(self.logits, dim=-1).unsqueeze(-1)  # (B, D, K, 1)
+        return (w * self.mean).sum(2).transpose(1, 2)  # (B, H, D)
+
+    def affine(self, scale: torch.Tensor, shift: torch.Tensor) -> ChunkMixture:
+        """Distribution of ``a * scale + shift`` with per-joint scale, shift (B, D) (scale > 0)."""
+        s = scale[:, :, None, None]
+        return ChunkMixture(self.logits, self.mean * s + shift[:, :, None, None], self.log_std + torch.log(s))
+
+
+class MixtureHead(nn.Module):
+    """Joint tokens (B, D, d) -> ChunkMixture with K components over H steps per joint."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.k, self.h = cfg.n_components, cfg.chunk_len
+        self.min_log_std, self.max_log_std = cfg.min_log_std, cfg.max_log_std
+        self.proj = nn.Linear(cfg.d_model, self.k * (1 + 2 * self.h), bias=True)
+        # Start at std = 1 (the z-scored data's spread): sigmoid(offset) puts log_std at 0.
+        frac = -cfg.min_log_std / (cfg.max_log_std - cfg.min_log_std)
+        self.log_std_offset = math.log(frac / (1.0 - frac)) if 0.0 < frac < 1.0 else 0.0
+
+    def forward(self, joint_tokens: torch.Tensor) -> ChunkMixture:
+        b, d, _ = joint_tokens.shape
+        out = self.proj(joint_tokens).float()  # (B, D, K*(1+2H)); the density is always evaluated in fp32
+        logits = out[..., : self.k]  # (B, D, K)
+        mean, raw = out[..., self.k :].view(b, d, self.k, 2, self.h).unbind(3)  # (B, D, K, H) each
+        span = self.max_log_std - self.min_log_std
+        log_std = self.min_log_std + span * torch.sigmoid(raw + self.log_std_offset)
+        return ChunkMixture(logits, mean, log_std)

@@ -1,0 +1,135 @@
+"""HarmonicTransformer: the bare nn.Module (normalised batch in, ChunkMixture out) and its loss.
+
+Token layout (N = C*g*g + T + L + D + P), each group with a learned type embedding:
+
+    images        (B, C*g*g, d)  conv patches + camera index + age of the frame
+    proprio       (B, T, d)      per history step: joint-set summary + age
+    instruction   (B, L, d)      byte tokens
+    joints        (B, D, d)      per joint: descriptor + latest position + committed prefix;
+                                 the action head reads these after the trunk
+    prefix        (B, P, d)      per committed step: joint-set summary + committed flag + step
+
+The batch follows gen_theta_model.batch; STATE and ACTION must already be
+normalised (gen_theta_model.policy.normalize). ACTION is only read for its first
+P = max_prefix_steps steps, and only where ``step < DELAY``: the committed prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gen_theta_model import batch as K
+from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.policy.encoders import (
+    AgeEmbedding,
+    ImageEncoder,
+    InstructionEncoder,
+    JointSetEncoder,
+    JointTokenEncoder,
+    masked_last,
+)
+from gen_theta_model.policy.head import ChunkMixture, MixtureHead
+from gen_theta_model.policy.trunk import Trunk
+
+N_TOKEN_TYPES = 5  # images, proprio, instruction, joints, prefix
+
+
+def committed_prefix(
+    actions: torch.Tensor, delay: torch.Tensor, action_mask: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build the committed prefix as model input.
+
+    actions (B, H, D), delay (B,) int, action_mask (B, H) -> prefix (B, P, D) with
+    zeros where not committed, committed (B, P) bool = step < delay and step valid.
+    """
+    b, h, d = actions.shape
+    p = min(steps, h)
+    step = torch.arange(steps, device=actions.device)
+    committed = step[None, :] < delay[:, None]  # (B, P)
+    committed[:, :p] &= action_mask[:, :p]
+    committed[:, p:] = False
+    prefix = actions.new_zeros(b, steps, d)
+    prefix[:, :p] = actions[:, :p]
+    return prefix * committed[..., None].to(prefix.dtype), committed
+
+
+def scored_steps(delay: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Return the steps the loss and the metrics score: (B, H) bool = valid and at or after the delay."""
+    step = torch.arange(action_mask.shape[1], device=action_mask.device)
+    return action_mask & (step[None, :] >= delay[:, None])
+
+
+class HarmonicTransformer(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageEncoder(cfg)
+        self.age = AgeEmbedding(cfg)
+        self.proprio = JointSetEncoder(cfg)
+        self.prefix = JointSetEncoder(cfg)
+        self.instruction = InstructionEncoder(cfg)
+        self.joints = JointTokenEncoder(cfg)
+        self.prefix_step = nn.Embedding(cfg.max_prefix_steps, cfg.d_model)
+        self.prefix_flag = nn.Embedding(2, cfg.d_model)
+        self.token_type = nn.Embedding(N_TOKEN_TYPES, cfg.d_model)
+        self.trunk = Trunk(cfg)
+        self.head = MixtureHead(cfg)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight") and ".blocks." in f".{name}":
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        nn.init.normal_(self.head.proj.weight, std=0.02 / math.sqrt(cfg.d_model))  # start near N(0, 1)
+        nn.init.zeros_(self.head.proj.bias)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ChunkMixture:
+        """Normalised batch -> per-joint mixture over the chunk in normalised units (B, D, K, H)."""
+        desc, jmask = batch[K.JOINT_DESCRIPTORS], batch[K.JOINT_MASK]  # (B, D, 12), (B, D)
+        state, smask = batch[K.STATE], batch[K.STATE_MASK]  # (B, T, D), (B, T)
+        prefix, committed = committed_prefix(batch[K.ACTION], batch[K.DELAY], batch[K.ACTION_MASK],
+                                             self.cfg.max_prefix_steps)  # (B, P, D), (B, P)
+        g2 = self.cfg.image_grid**2
+        groups = [
+            (self.image(batch[K.IMAGES]) + self.age(batch[K.IMAGE_AGE]).repeat_interleave(g2, dim=1),
+             batch[K.IMAGE_MASK].repeat_interleave(g2, dim=1)),  # (B, C*g2, d)
+            (self.proprio(state, desc, jmask) + self.age(batch[K.STATE_AGE]), smask),  # (B, T, d)
+            (self.instruction(batch[K.INSTRUCTION]), batch[K.INSTRUCTION_MASK]),  # (B, L, d)
+            (self.joints(desc, masked_last(state, smask), prefix, committed), jmask),  # (B, D, d)
+            (self.prefix(prefix, desc, jmask) + self.prefix_step.weight + self.prefix_flag(committed.long()),
+             torch.ones_like(committed)),  # (B, P, d): present (flagged) even when not committed
+        ]
+        tokens = torch.cat([x + self.token_type.weight[i] for i, (x, _) in enumerate(groups)], dim=1)  # (B, N, d)
+        mask = torch.cat([m.bool() for _, m in groups], dim=1)  # (B, N)
+        x = self.trunk(tokens, mask)
+        start = sum(x.shape[1] for x, _ in groups[:3])
+        return self.head(x[:, start : start + desc.shape[1]])  # joint tokens -> (B, D, K, H)
+
+
+def chunk_loss(
+    dist: ChunkMixture, batch: dict[str, torch.Tensor], mse_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NLL per scored scalar (+ ``mse_weight`` * MSE of the mixture mean), normalised units.
+
+    Only steps >= DELAY inside the episode (ACTION_MASK) of present joints (JOINT_MASK)
+    count: the committed prefix and the padding never contribute.
+    """
+    target = batch[K.ACTION]  # (B, H, D)
+    steps = scored_steps(batch[K.DELAY], batch[K.ACTION_MASK])  # (B, H)
+    jmask = batch[K.JOINT_MASK]  # (B, D)
+    weight = steps.float()[:, :, None] * jmask.float()[:, None, :]  # (B, H, D)
+    n = weight.sum().clamp_min(1.0)
+    nll = -dist.log_prob(target, steps, jmask).sum() / n
+    mse = ((dist.expectation() - target.float()).square() * weight).sum() / n
+    loss = nll + mse_weight * mse if mse_weight > 0 else nll
+    return loss, {"nll": nll.detach(), "mse": mse.detach()}

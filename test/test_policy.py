@@ -1,0 +1,179 @@
+"""The harmonic policy: one set of weights for 7, 8 and 16 DoF in one batch, masks that
+really isolate padding, the committed prefix as input and never as target, exact
+mixture densities, and parameter counts of every preset on the meta device.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from gen_theta_model import batch as K
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.policy.config import PRESET_NAMES, nominal_params, preset
+from gen_theta_model.policy.example import example_batch, example_norm_stats
+from gen_theta_model.policy.head import ChunkMixture
+from gen_theta_model.policy.model import chunk_loss, scored_steps
+from gen_theta_model.policy.model_card import count_params
+from gen_theta_model.policy.model_card import main as model_card_main
+from gen_theta_model.policy.policy import Policy, UnknownEmbodimentError, build_policy
+
+CFG = preset("tiny", chunk_len=12, max_prefix_steps=6, max_instruction_len=32, image_grid=2)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return [load_robot(n) for n in ("arm6", "arm7", "humanoid16")]
+
+
+@pytest.fixture(scope="module")
+def policy(specs) -> Policy:
+    torch.manual_seed(0)
+    return build_policy(CFG, specs, {s.name: example_norm_stats(s, 0.1, 0.4) for s in specs})
+
+
+def observation(batch):
+    return {k: batch[k] for k in (*K.OBSERVATION_KEYS, K.EMBODIMENT_INDEX)}
+
+
+def test_one_batch_of_three_robots(policy, specs):
+    batch = example_batch(specs, CFG, 6, image_size=32)
+    d = 4
+    out = policy.predict_chunk(observation(batch), batch[K.ACTION][:, :d], d)
+    assert out.shape == (6, CFG.chunk_len, CFG.max_dof)
+    assert torch.equal(out[:, :d], batch[K.ACTION][:, :d])
+    for i, spec in enumerate(specs * 2):
+        assert torch.all(out[i, :, spec.dof :] == 0)
+        assert torch.all(out[i, d:, : spec.dof] != 0)
+    assert policy.last_inference_ms > 0
+
+
+def test_samples_do_not_see_each_other_or_the_padding(policy, specs):
+    batch = example_batch(specs, CFG, 3, image_size=32)
+    prefix = batch[K.ACTION][:, :2]
+    together = policy.predict_chunk(observation(batch), prefix, 2)
+    for i, spec in enumerate(specs):
+        one = {k: v[i : i + 1] for k, v in observation(batch).items()}
+        alone = policy.predict_chunk(one, prefix[i : i + 1], 2)
+        torch.testing.assert_close(alone, together[i : i + 1], rtol=1e-4, atol=1e-5)
+        # Less padding (D = 16 instead of 32) gives the same chunk: padded joint tokens are masked out.
+        cut = {k: v for k, v in one.items()}
+        cut[K.STATE] = one[K.STATE][..., :16]
+        cut[K.JOINT_DESCRIPTORS] = one[K.JOINT_DESCRIPTORS][:, :16]
+        cut[K.JOINT_MASK] = one[K.JOINT_MASK][:, :16]
+        short = policy.predict_chunk(cut, prefix[i : i + 1, :, :16], 2)
+        torch.testing.assert_close(short, alone[..., :16], rtol=1e-4, atol=1e-5)
+        assert spec.dof <= 16
+
+
+def test_prefix_is_input_not_target(policy, specs):
+    torch.manual_seed(1)
+    batch = example_batch(specs, CFG, 3, image_size=32)
+    batch[K.DELAY][:] = torch.tensor([0, 3, 5])
+    batch[K.ACTION_MASK][2, 9:] = False  # episode ends inside the chunk
+    normed = policy.normalizer.normalize_batch(batch)
+    dist = policy.model(normed)
+    loss, _ = chunk_loss(dist, normed, mse_weight=1.0)
+    # Change every target entry that must not count: the prefix, steps past the end, padded joints.
+    changed = dict(normed)
+    action = normed[K.ACTION].clone()
+    scored = scored_steps(normed[K.DELAY], normed[K.ACTION_MASK])
+    action[~scored] = 100.0
+    action[~normed[K.JOINT_MASK][:, None, :].expand_as(action)] = -100.0
+    changed[K.ACTION] = action
+    loss2, _ = chunk_loss(dist, changed, mse_weight=1.0)
+    torch.testing.assert_close(loss, loss2)
+    # The prefix changes the prediction: it is an input.
+    moved = dict(normed)
+    moved[K.ACTION] = normed[K.ACTION].clone()
+    moved[K.ACTION][1, :3] += 1.0
+    dist2 = policy.model(moved)
+    assert not torch.allclose(dist.mean[1], dist2.mean[1])
+    torch.testing.assert_close(dist.mean[0], dist2.mean[0])
+
+
+def test_training_steps_reduce_the_loss(specs):
+    torch.manual_seed(0)
+    pol = build_policy(CFG, specs, {s.name: example_norm_stats(s) for s in specs})
+    batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
+    opt = torch.optim.AdamW(pol.model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, logs = pol.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert set(logs) == {"nll", "mse"}
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_unknown_embodiment_is_named(policy, specs):
+    with pytest.raises(UnknownEmbodimentError, match="arm9"):
+        policy.embodiment_map([specs[0], dataclasses.replace(specs[0], name="arm9")])
+    with pytest.raises(UnknownEmbodimentError, match="URDF .* differs"):
+        policy.embodiment_map([dataclasses.replace(specs[1], urdf_sha256="0" * 64)])
+    assert policy.embodiment_map(specs[::-1]).tolist() == [2, 1, 0]
+
+
+def mixture_1d(weights, means, stds) -> ChunkMixture:
+    """Make a one-joint, one-step mixture (B=1, D=1, K, H=1)."""
+    k = len(weights)
+    return ChunkMixture(torch.log(torch.tensor(weights)).view(1, 1, k), torch.tensor(means).view(1, 1, k, 1),
+                        torch.log(torch.tensor(stds)).view(1, 1, k, 1))
+
+
+def test_log_prob_is_the_mixture_density():
+    w, m, s = [0.2, 0.5, 0.3], [-1.0, 0.5, 2.0], [0.3, 0.8, 0.5]
+    dist = mixture_1d(w, m, s)
+    for x in (-1.2, 0.0, 1.7):
+        expected = math.log(sum(wi * norm.pdf(x, mi, si) for wi, mi, si in zip(w, m, s)))
+        ones = torch.ones(1, 1, dtype=torch.bool)
+        got = dist.log_prob(torch.tensor([[[x]]]), ones, ones)
+        assert got.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_log_prob_marginalises_unscored_steps():
+    g = torch.Generator().manual_seed(0)
+    b, d, k, h = 2, 3, 4, 6
+    dist = ChunkMixture(torch.randn(b, d, k, generator=g), torch.randn(b, d, k, h, generator=g),
+                        0.3 * torch.randn(b, d, k, h, generator=g))
+    a = torch.randn(b, h, d, generator=g)
+    steps = torch.zeros(b, h, dtype=torch.bool)
+    steps[:, 2:5] = True
+    joints = torch.tensor([[True, True, False], [True, False, False]])
+    sub = ChunkMixture(dist.logits, dist.mean[..., 2:5], dist.log_std[..., 2:5])
+    full = sub.log_prob(a[:, 2:5], torch.ones(b, 3, dtype=torch.bool), joints)
+    torch.testing.assert_close(dist.log_prob(a, steps, joints), full)
+
+
+def test_samples_follow_the_mixture():
+    w, m, s = [0.3, 0.7], [-2.0, 1.0], [0.5, 0.25]
+    dist = mixture_1d(w, m, s)
+    big = ChunkMixture(dist.logits.expand(20_000, 1, 2), dist.mean.expand(20_000, 1, 2, 1),
+                       dist.log_std.expand(20_000, 1, 2, 1))
+    x = big.sample(torch.Generator().manual_seed(0)).ravel().numpy()
+    mean = sum(wi * mi for wi, mi in zip(w, m))
+    var = sum(wi * (si**2 + mi**2) for wi, mi, si in zip(w, m, s)) - mean**2
+    assert x.mean() == pytest.approx(mean, abs=0.03)
+    assert x.var() == pytest.approx(var, rel=0.03)
+    assert np.mean(x < -0.5) == pytest.approx(0.3, abs=0.01)  # the left component's share
+    assert big.expectation()[0, 0, 0].item() == pytest.approx(mean, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_preset_sizes_match_their_names(name):
+    params, trunk = count_params(preset(name))
+    assert abs(params / nominal_params(name) - 1) < 0.05
+    assert trunk < params
+    if name == "tiny":
+        assert params < 5_000_000
+
+
+def test_model_card_prints_a_table(capsys):
+    assert model_card_main(["tiny", "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "GiB/GPU" in out and "over 2 GPU" in out
