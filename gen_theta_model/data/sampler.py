@@ -1,0 +1,159 @@
+"""Data mixtures, train/validation splits and the deterministic, resumable sampler.
+
+A mixture (config/mixtures/*.yaml) weights groups of samples. A group is a
+(sub-dataset, embodiment, category) triple; the probability of drawing from a
+group is proportional to ``w_dataset * w_embodiment * w_category * n ** size_exponent``
+(n = samples in the group), and samples within a group are uniform. With every
+weight 1 and ``size_exponent: 1`` this is plain uniform sampling over samples;
+``size_exponent: 0`` balances the groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from gen_theta_model.config import load_config, resolve_path
+
+
+@dataclass(frozen=True)
+class Mixture:
+    datasets: dict[str, float] = field(default_factory=dict)  # sub-dataset directory name -> weight
+    embodiments: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, float] = field(default_factory=dict)
+    size_exponent: float = 1.0  # 1: groups weighted by their size too; 0: balanced groups
+    default_weight: float = 1.0  # weight of a name the mixture does not list
+
+    def __post_init__(self) -> None:
+        for key in ("datasets", "embodiments", "categories"):
+            for name, w in getattr(self, key).items():
+                if w < 0:
+                    raise ValueError(f"{key}.{name}: weight must be >= 0, got {w}")
+        if self.default_weight < 0 or self.size_exponent < 0:
+            raise ValueError("default_weight and size_exponent must be >= 0")
+
+    def weight(self, dataset: str, embodiment: str, category: str) -> float:
+        d = self.default_weight
+        return self.datasets.get(dataset, d) * self.embodiments.get(embodiment, d) * self.categories.get(category, d)
+
+
+def load_mixture(path: str | Path) -> Mixture:
+    """Load a mixture YAML (a path, or a name under config/mixtures/)."""
+    p = Path(path)
+    if p.suffix not in (".yaml", ".yml"):
+        p = Path("config/mixtures") / f"{path}.yaml"
+    return load_config(Mixture, resolve_path(p))
+
+
+def split_episodes(
+    ids: Sequence[str], tasks: Sequence[str], val_fraction: float, val_tasks: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Split episode indices into (train, validation).
+
+    Validation holds every episode of a task in ``val_tasks`` (held-out tasks) and a
+    ``val_fraction`` of the others chosen by a hash of the episode id (held-out
+    episodes: stable when the dataset grows); at least one if the fraction is > 0.
+    """
+    held = set(val_tasks)
+    score = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / 2**64 for i in ids]
+    val = [i for i in range(len(ids)) if tasks[i] in held or score[i] < val_fraction]
+    rest = [i for i in range(len(ids)) if i not in set(val)]
+    if val_fraction > 0 and len(rest) > 1 and not any(tasks[i] not in held for i in val):
+        val.append(min(rest, key=lambda i: score[i]))
+    val_set = set(val)
+    return [i for i in range(len(ids)) if i not in val_set], sorted(val_set)
+
+
+class MixtureSampler(Sampler):
+    """Yields ``(episode, step, seed)`` keys for this rank, deterministic in (seed, epoch).
+
+    ``episode_steps[i]`` = (first valid step, number of steps) of episode i, ``groups[i]``
+    its group id and ``group_weights`` the mixture weight per group. Each epoch draws
+    ``samples_per_epoch`` keys for all ranks together (rounded up to a multiple of
+    ``world_size``); rank r takes every world_size-th from r. ``set_epoch(epoch, start)``
+    picks the epoch and skips ``start`` keys (exact resume).
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[int],
+        episode_steps: Sequence[tuple[int, int]],
+        groups: Sequence[int],
+        group_weights: dict[int, float],
+        samples_per_epoch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.episodes = np.asarray(episodes, dtype=np.int64)
+        first = np.array([episode_steps[e][0] for e in episodes], dtype=np.int64)
+        count = np.array([episode_steps[e][1] - episode_steps[e][0] for e in episodes], dtype=np.int64)
+        keep = count > 0
+        self.episodes, self.first, self.count = self.episodes[keep], first[keep], count[keep]
+        self.group_of = np.asarray(groups, dtype=np.int64)[keep] if len(groups) else np.zeros(0, np.int64)
+        self.group_ids = sorted(set(self.group_of.tolist()))
+        mass = np.array([group_weights.get(g, 0.0) for g in self.group_ids], dtype=np.float64)
+        if not len(mass) or mass.sum() <= 0:
+            raise ValueError("the mixture gives every group weight 0 (or there are no samples)")
+        self.group_p = mass / mass.sum()
+        total = int(self.count.sum())
+        per_rank = -(-(samples_per_epoch or total) // world_size)
+        self.num_samples = per_rank
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def keys(self, epoch: int) -> np.ndarray:
+        """(num_samples, 3) int64 keys of this rank for ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.num_samples * self.world_size
+        group = rng.choice(len(self.group_ids), size=n, p=self.group_p)
+        u = rng.random(n)
+        seeds = rng.integers(0, 2**62, size=n)
+        out = np.zeros((n, 3), dtype=np.int64)
+        for gi, g in enumerate(self.group_ids):
+            sel = np.nonzero(group == gi)[0]
+            members = np.nonzero(self.group_of == g)[0]
+            cum = np.cumsum(self.count[members])
+            flat = np.minimum((u[sel] * cum[-1]).astype(np.int64), cum[-1] - 1)
+            m = np.searchsorted(cum, flat, side="right")
+            offset = flat - np.concatenate([[0], cum[:-1]])[m]
+            out[sel, 0] = self.episodes[members[m]]
+            out[sel, 1] = self.first[members[m]] + offset
+        out[:, 2] = seeds
+        return out[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        keys = self.keys(self.epoch)
+        start, self.start = self.start, 0
+        for k in keys[start:]:
+            yield int(k[0]), int(k[1]), int(k[2])
+
+
+def group_weights(
+    mixture: Mixture, datasets: Sequence[str], embodiments: Sequence[str], categories: Sequence[str],
+    counts: Sequence[int],
+) -> tuple[list[int], dict[int, float]]:
+    """Per-episode group ids and the mixture mass of each group (see module docstring)."""
+    keys: dict[tuple[str, str, str], int] = {}
+    groups = []
+    sizes: dict[int, int] = {}
+    for d, e, c, n in zip(datasets, embodiments, categories, counts):
+        g = keys.setdefault((d, e, c), len(keys))
+        groups.append(g)
+        sizes[g] = sizes.get(g, 0) + int(n)
+    weights = {g: mixture.weight(*k) * float(sizes[g]) ** mixture.size_exponent if sizes[g] > 0 else 0.0
+               for k, g in keys.items()}
+    return groups, weights

@@ -1,0 +1,168 @@
+"""Loader: samples match the recorded streams, mixture/split/shard/resume are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import T0, frame_value, joint_positions, make_episode
+
+from gen_theta_model import batch
+from gen_theta_model.data.dataset import augment_image
+from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key, load_episode
+from gen_theta_model.data.loader import DataConfig, make_dataloaders
+from gen_theta_model.data.manifest import finalize_dataset
+from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights, split_episodes
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.observation import ObservationConfig, build_observation
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return {n: load_robot(n) for n in ("arm6", "humanoid16")}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, specs):
+    root = tmp_path_factory.mktemp("ds")
+    for i in range(4):
+        make_episode(root, specs["arm6"], f"arm6_{i}", task=f"pick{i % 2}", seed=i)
+    for i in range(2):
+        make_episode(root, specs["humanoid16"], f"hum_{i}", task="stack", category="dexterity", seed=10 + i)
+    finalize_dataset(root, specs)
+    return root
+
+
+def test_sample_matches_streams(dataset, specs):
+    cfg = DataConfig(batch_size=2, num_workers=0, val_fraction=0.0, horizon=20)
+    train, _, info = make_dataloaders(dataset, cfg)
+    ds = train.dataset
+    for ep in range(len(info.episodes)):
+        ref = ds.episodes[ep]
+        spec = specs[ref.meta.embodiment]
+        data = load_episode(ref.path)
+        for step in (ref.first_step, (ref.first_step + ref.num_steps) // 2, ref.num_steps - 3):
+            s = ds[(ep, step, 7)]
+            t = int(data.arrays[ACTION_STAMP][step])
+            for c, cam in enumerate(ref.cameras):
+                stamps = data.arrays[camera_stamp_key(cam.name)]
+                i = int(np.searchsorted(stamps, t, side="right")) - 1
+                assert s[batch.IMAGE_MASK][c]
+                assert abs(float(s[batch.IMAGES][c].mean()) - frame_value(i)) < 3, (ep, step, cam.name)
+                assert s[batch.IMAGE_AGE][c] == pytest.approx((t - stamps[i]) * 1e-9, abs=1e-6)
+                assert 0 <= s[batch.IMAGE_AGE][c] < 1.0 / cam.fps + 0.03
+            assert not s[batch.IMAGE_MASK][len(ref.cameras):].any()
+            js = data.arrays[JOINT_STAMP]
+            j = int(np.searchsorted(js, t, side="right"))
+            n = min(j, 4)
+            want = spec.normalize(joint_positions(spec, (js[j - n:j] - T0) * 1e-9))
+            np.testing.assert_allclose(s[batch.STATE][4 - n:, : spec.dof], want, atol=1e-5)
+            assert not s[batch.STATE][:, spec.dof:].any() and s[batch.STATE_MASK].sum() == n
+            assert s[batch.STATE_MASK][-n:].all()
+            assert np.all(np.diff(s[batch.STATE_AGE][-n:]) < 0) and s[batch.STATE_AGE][-1] >= 0
+            n = min(20, ref.num_steps - step)
+            act_t = (data.arrays[ACTION_STAMP][step: step + n] - T0) * 1e-9
+            np.testing.assert_allclose(
+                s[batch.ACTION][:n, : spec.dof], spec.normalize(joint_positions(spec, act_t + 0.1)), atol=1e-5
+            )
+            assert s[batch.ACTION_MASK].sum() == n and s[batch.ACTION_MASK][:n].all()
+            assert 0 <= s[batch.DELAY] <= min(cfg.harmonic.max_delay_steps, n - 1)
+            assert info.embodiment_names[int(s[batch.EMBODIMENT_INDEX])] == ref.meta.embodiment
+            assert int(s[batch.EPISODE_INDEX]) == ep
+            assert s[batch.JOINT_MASK].sum() == spec.dof
+
+
+def test_batches_have_the_documented_layout(dataset):
+    cfg = DataConfig(batch_size=3, num_workers=2, val_fraction=0.2, horizon=10, samples_per_epoch=12)
+    train, val, info = make_dataloaders(dataset, cfg)
+    b = next(iter(train))
+    o = cfg.observation
+    shapes = {
+        batch.IMAGES: ((3, o.max_cameras, 3, o.image_size, o.image_size), torch.uint8),
+        batch.IMAGE_AGE: ((3, o.max_cameras), torch.float32),
+        batch.STATE: ((3, o.history, o.max_dof), torch.float32),
+        batch.JOINT_DESCRIPTORS: ((3, o.max_dof, 12), torch.float32),
+        batch.INSTRUCTION: ((3, o.instruction_len), torch.int64),
+        batch.ACTION: ((3, 10, o.max_dof), torch.float32),
+        batch.ACTION_MASK: ((3, 10), torch.bool),
+        batch.DELAY: ((3,), torch.int64),
+        batch.EPISODE_INDEX: ((3,), torch.int64),
+    }
+    for key, (shape, dtype) in shapes.items():
+        assert tuple(b[key].shape) == shape and b[key].dtype == dtype, key
+    vb = list(val)
+    assert vb and all(int(e) in info.val_episodes for x in vb for e in x[batch.EPISODE_INDEX])
+    again = list(val)
+    assert all(torch.equal(x[batch.ACTION], y[batch.ACTION]) for x, y in zip(vb, again))
+    assert set(info.norm_stats) <= set(info.embodiment_names)
+
+
+def test_resume_is_exact_and_epochs_differ(dataset):
+    cfg = DataConfig(batch_size=4, num_workers=0, samples_per_epoch=40, seed=3)
+    a, _, _ = make_dataloaders(dataset, cfg)
+    it = iter(a)
+    first = [next(it) for _ in range(3)]
+    state = a.state_dict()
+    rest = list(it)
+    b, _, _ = make_dataloaders(dataset, cfg)
+    b.load_state_dict(state)
+    resumed = list(b)
+    assert len(resumed) == len(rest) == 7
+    for x, y in zip(rest, resumed):
+        assert torch.equal(x[batch.EPISODE_INDEX], y[batch.EPISODE_INDEX])
+        assert torch.equal(x[batch.ACTION], y[batch.ACTION]) and torch.equal(x[batch.DELAY], y[batch.DELAY])
+    epoch1 = next(iter(a))
+    assert a.state_dict()["epoch"] == 1
+    assert not torch.equal(epoch1[batch.ACTION], first[0][batch.ACTION])
+
+
+def test_sampler_mixture_sharding_and_determinism():
+    steps = [(0, 100)] * 4 + [(5, 25)] * 2
+    mixture = Mixture(embodiments={"a": 3.0, "b": 1.0}, size_exponent=0.0)
+    groups, weights = group_weights(mixture, ["d"] * 6, ["a"] * 4 + ["b"] * 2, ["x"] * 6, [s[1] - s[0] for s in steps])
+    full = MixtureSampler(range(6), steps, groups, weights, 4000, seed=1)
+    keys = full.keys(0)
+    share_b = np.isin(keys[:, 0], [4, 5]).mean()
+    assert 0.2 < share_b < 0.3  # 1 / (3 + 1) despite b having 40 of 440 samples
+    assert (keys[np.isin(keys[:, 0], [4, 5]), 1] >= 5).all() and (keys[:, 1] < 100).all()
+    np.testing.assert_array_equal(keys, MixtureSampler(range(6), steps, groups, weights, 4000, seed=1).keys(0))
+    assert not np.array_equal(keys, full.keys(1))
+    shards = [MixtureSampler(range(6), steps, groups, weights, 3999, 1, r, 3).keys(0) for r in range(3)]
+    merged = np.zeros((3999, 3), np.int64)
+    for r in range(3):
+        merged[r::3] = shards[r]
+    np.testing.assert_array_equal(merged, MixtureSampler(range(6), steps, groups, weights, 3999, 1).keys(0))
+
+
+def test_split_holds_out_tasks_and_episodes():
+    ids = [f"ep{i}" for i in range(40)]
+    tasks = ["pick", "stack", "sort", "pour"] * 10
+    train, val = split_episodes(ids, tasks, 0.2, ["sort"])
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(40))
+    assert all(tasks[i] != "sort" for i in train) and {i for i in range(40) if tasks[i] == "sort"} <= set(val)
+    assert any(tasks[i] != "sort" for i in val)
+    again = split_episodes(ids + ["new"], tasks + ["pick"], 0.2, ["sort"])[1]
+    assert set(val) <= set(again)  # growing the dataset keeps earlier held-out episodes held out
+
+
+def test_observation_builder_pads_masks_and_resizes(specs):
+    spec = specs["arm6"]
+    cfg = ObservationConfig(image_size=32, max_cameras=3, history=4, max_dof=10, instruction_len=16)
+    frames = {"scene": np.full((48, 64, 3), 100, np.uint8), "wrist": None}
+    q = np.stack([spec.home_positions] * 2)
+    obs = build_observation(spec, frames, {"scene": 0.05}, q, np.array([0.02, 0.01]), "Pick it", cfg)
+    assert obs[batch.IMAGES].shape == (3, 3, 32, 32) and (obs[batch.IMAGES][0] == 100).all()
+    assert obs[batch.IMAGE_MASK].tolist() == [True, False, False]
+    assert obs[batch.STATE_MASK].tolist() == [False, False, True, True]
+    np.testing.assert_allclose(obs[batch.STATE][2, :7], spec.normalize(spec.home_positions), atol=1e-6)
+    assert obs[batch.STATE].shape == (4, 10) and obs[batch.JOINT_MASK].sum() == 7
+    np.testing.assert_allclose(obs[batch.JOINT_DESCRIPTORS][:7], spec.descriptors())
+    assert obs[batch.INSTRUCTION_MASK].sum() == len("pick it") + 2
+    with pytest.raises(ValueError, match="unknown camera 'head'"):
+        build_observation(spec, {"head": None}, {}, q, np.zeros(2), "", cfg)
+
+
+def test_augment_changes_pixels_within_bounds():
+    img = np.full((8, 8, 3), 128, np.uint8)
+    out = augment_image(img, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and abs(int(out.mean()) - 128) <= 14
