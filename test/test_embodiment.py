@@ -154,3 +154,25 @@ def test_cli_prints_yaml_and_fails_clearly(tmp_path: Path) -> None:
     res = subprocess.run(exe + [str(bad)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "lower limit 1.0 above upper limit -1.0" in res.stderr
+
+
+@pytest.mark.parametrize(("name", "dof", "grippers"), [("arm6", 7, 1), ("arm7", 8, 1), ("humanoid16", 16, 2)])
+def test_shipped_robots(name: str, dof: int, grippers: int) -> None:
+    import pybullet
+
+    from gen_theta_model.embodiment import load_robot
+
+    spec = load_robot(name)
+    assert spec.dof == dof and int(spec.gripper_mask.sum()) == grippers
+    assert len(spec.home) == dof and {"scene", "wrist"} <= {c.name for c in spec.cameras}
+    home = spec.home_positions
+    np.testing.assert_array_equal(spec.clamp_positions(home), home)  # home lies inside the limits
+    # pybullet loads it with the same actuated joints in the same order (mimic joints aside).
+    client = pybullet.connect(pybullet.DIRECT)
+    try:
+        body = pybullet.loadURDF(spec.urdf_path, useFixedBase=True, physicsClientId=client)
+        names = [pybullet.getJointInfo(body, i, physicsClientId=client)[1].decode()
+                 for i in range(pybullet.getNumJoints(body, physicsClientId=client))]
+    finally:
+        pybullet.disconnect(client)
+    assert [n for n in names if n in spec.joint_names] == spec.joint_names
