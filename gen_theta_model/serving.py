@@ -1,0 +1,359 @@
+"""The harmonic policy server's engine: pure Python, no ROS (the node in gen_theta_ros wraps it).
+
+One ``HarmonicServer`` serves one or several robots (any mix of embodiments) with one
+policy. Three kinds of callers, each on its own thread:
+
+- input callbacks hand in joint states, camera frames and instructions (``on_*``);
+- the control timer calls ``tick(robot, now)`` at the command rate and gets the command
+  window to publish; it never waits for inference (it takes a short per-robot lock);
+- the inference thread (``start``) loops: collect the robots due for a new chunk, build
+  their observations, run **one** ``Policy.predict_chunk`` over the batch, splice each
+  chunk into its robot's timeline (gen_theta_model.harmonic.ChunkScheduler).
+
+The committed prefix and the delay d come from the scheduler; d follows a running
+percentile of the measured latency (observation snapshot to chunk ready, including the
+``added_delay_ms`` that stands in for a larger model). Robots whose delay differs (other
+control rates) are batched by equal d. Safety (gen_theta_model.adapter): stale input,
+disable and e-stop hold the robot where it is commanded to be; when it resumes, the
+timeline restarts from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gen_theta_model import batch as K
+from gen_theta_model.adapter import (
+    Command,
+    EmbodimentAdapter,
+    SafetyConfig,
+    SafetyMonitor,
+    ServerCounters,
+    TickClock,
+)
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.harmonic import (
+    MODES,
+    ChunkScheduler,
+    InferenceRequest,
+    LatencyTracker,
+    SchedulerConfig,
+    delay_steps,
+)
+from gen_theta_model.observation import ObservationConfig, build_observation
+from gen_theta_model.policy.policy import Policy
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    mode: str = "harmonic"  # harmonic | sync | naive_async (gen_theta_model.harmonic)
+    command_rate_hz: float = 50.0  # how often a command window is published (the action grid is the robot's)
+    execute_steps: int = 10  # each chunk runs >= 0.2 s at 50 Hz before the next one takes over
+    window_steps: int = 25  # points per command: 0.5 s of look-ahead
+    delay_percentile: float = 95.0  # the delay covers 95% of recent latencies; the rest arrive late
+    latency_window: int = 50  # inferences in the running percentile
+    added_delay_ms: float = 0.0  # extra inference time, standing in for a larger model
+    sample: bool = False  # execute the mixture mean (False) or a draw from it
+    max_delay_steps: int = 0  # longest prefix to pass; 0: the policy's max_prefix_steps
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 1.0 <= self.command_rate_hz <= 1000.0:
+            raise ValueError(f"command_rate_hz must be in [1, 1000], got {self.command_rate_hz}")
+        if not 0.0 <= self.delay_percentile <= 100.0:
+            raise ValueError(f"delay_percentile must be in [0, 100], got {self.delay_percentile}")
+        if self.added_delay_ms < 0.0:
+            raise ValueError(f"added_delay_ms must be >= 0, got {self.added_delay_ms}")
+        if self.max_delay_steps < 0:
+            raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
+
+
+class RobotInputs:
+    """Latest inputs of one robot, written by callbacks and read by the inference thread.
+
+    Stamps are the messages' header stamps (s); ages are measured against them, as in
+    training. Joint positions are kept in spec order, rad|m.
+    """
+
+    def __init__(self, spec: EmbodimentSpec, history: int) -> None:
+        self._lock = threading.Lock()
+        self.spec = spec
+        self.frames: dict[str, tuple[float, np.ndarray]] = {}
+        self.joints: deque[tuple[float, np.ndarray]] = deque(maxlen=history)
+        self.instruction = ""
+
+    def joint_state(self, stamp: float, positions: np.ndarray) -> None:
+        with self._lock:
+            self.joints.append((stamp, positions))
+
+    def image(self, camera: str, stamp: float, frame: np.ndarray) -> None:
+        with self._lock:
+            self.frames[camera] = (stamp, frame)
+
+    def set_instruction(self, text: str) -> None:
+        with self._lock:
+            self.instruction = text
+
+    def latest_positions(self) -> np.ndarray | None:
+        with self._lock:
+            return self.joints[-1][1] if self.joints else None
+
+    def observation(self, chunk_start: float, cfg: ObservationConfig) -> dict[str, np.ndarray]:
+        """Build the observation (batch layout, no batch axis) for a chunk starting at ``chunk_start`` s."""
+        with self._lock:
+            frames = dict(self.frames)
+            joints = list(self.joints)
+            instruction = self.instruction
+        ages = {name: max(chunk_start - stamp, 0.0) for name, (stamp, _) in frames.items()}
+        positions = np.stack([q for _, q in joints]) if joints else np.zeros((0, self.spec.dof))
+        joint_ages = np.array([max(chunk_start - s, 0.0) for s, _ in joints])
+        images = {name: frame for name, (_, frame) in frames.items()}
+        return build_observation(self.spec, images, ages, positions, joint_ages, instruction, cfg)
+
+
+@dataclass
+class RobotSession:
+    """Everything the server keeps for one robot (``name`` = its ROS namespace)."""
+
+    name: str
+    spec: EmbodimentSpec
+    embodiment_index: int
+    adapter: EmbodimentAdapter
+    safety: SafetyMonitor
+    inputs: RobotInputs
+    scheduler: ChunkScheduler | None = None
+    counters: ServerCounters = field(default_factory=ServerCounters)
+    clock: TickClock | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    holding: bool = True  # True until the first drive, and while safety holds
+    sent_disabled_hold: bool = False
+
+
+class HarmonicServer:
+    """One policy, several robots: see the module docstring. ``clock()`` gives seconds on the
+    same clock as the message stamps (the node clock).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        obs_cfg: ObservationConfig,
+        robots: Sequence[tuple[str, EmbodimentSpec]],
+        cfg: ServerConfig,
+        clock: Callable[[], float] = time.time,
+        enabled: bool = True,
+    ) -> None:
+        if not robots:
+            raise ValueError("the server needs at least one robot")
+        self.policy = policy
+        self.obs_cfg = obs_cfg
+        self.cfg = cfg
+        self.clock = clock
+        pcfg = policy.config
+        self.max_delay = min(cfg.max_delay_steps or pcfg.max_prefix_steps, pcfg.chunk_len - 1)
+        self.latency = LatencyTracker(window=cfg.latency_window)
+        self.sessions: dict[str, RobotSession] = {}
+        for name, spec in robots:
+            if name in self.sessions:
+                raise ValueError(f"robot '{name}' is listed twice")
+            self.sessions[name] = RobotSession(
+                name=name,
+                spec=spec,
+                embodiment_index=policy.embodiment_index(spec.name),
+                adapter=EmbodimentAdapter(spec, cfg.safety),
+                safety=SafetyMonitor(cfg.safety, tuple(c.name for c in spec.cameras), enabled),
+                inputs=RobotInputs(spec, obs_cfg.history),
+                clock=TickClock(1.0 / cfg.command_rate_hz),
+            )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- configuration at run time ----------------------------------------------------------
+    def reconfigure(self, **changes: object) -> None:
+        """Replace ServerConfig fields (mode, added_delay_ms, ...); timelines restart from where
+        each robot is commanded to be.
+        """
+        self.cfg = dataclasses.replace(self.cfg, **changes)
+        for s in self.sessions.values():
+            with s.lock:
+                s.scheduler = None
+                s.holding = True
+        self.latency = LatencyTracker(window=self.cfg.latency_window, initial=self.latency.percentile(50))
+
+    def _scheduler_config(self, spec: EmbodimentSpec) -> SchedulerConfig:
+        return SchedulerConfig(
+            mode=self.cfg.mode,
+            rate_hz=spec.control_rate_hz,
+            horizon=self.policy.config.chunk_len,
+            execute_steps=self.cfg.execute_steps,
+            window_steps=self.cfg.window_steps,
+            max_delay_steps=self.max_delay,
+        )
+
+    # -- inputs (any thread) -----------------------------------------------------------------
+    def session(self, robot: str) -> RobotSession:
+        if robot not in self.sessions:
+            raise KeyError(f"unknown robot '{robot}' (serving {list(self.sessions)})")
+        return self.sessions[robot]
+
+    def on_joint_state(self, robot: str, names: list[str], positions: np.ndarray, stamp: float, now: float) -> None:
+        """Take a JointState of ``robot``: names (n), positions (n,) rad|m; EmbodimentError on a missing joint."""
+        s = self.session(robot)
+        q = s.spec.reorder_from(names, np.asarray(positions, dtype=np.float64))
+        s.inputs.joint_state(stamp, q)
+        s.safety.joint_state(now)
+
+    def on_image(self, robot: str, camera: str, frame: np.ndarray, stamp: float, now: float) -> None:
+        """Take a camera frame (H, W, 3) uint8 rgb of ``robot``."""
+        s = self.session(robot)
+        s.inputs.image(camera, stamp, frame)
+        s.safety.camera(camera, now)
+
+    def on_instruction(self, robot: str, text: str) -> None:
+        self.session(robot).inputs.set_instruction(text)
+
+    def set_enabled(self, robot: str, on: bool) -> tuple[bool, str]:
+        """Enable or disable driving ``robot``; (success, message)."""
+        return self.session(robot).safety.set_enabled(on)
+
+    def set_estop(self, robot: str, active: bool) -> None:
+        """E-stop signal of ``robot``: True latches a hold until released and enabled again."""
+        self.session(robot).safety.set_estop(active)
+
+    # -- control timer -------------------------------------------------------------------
+    def tick(self, robot: str, now: float) -> Command | None:
+        """Return the command window to publish for ``robot`` at ``now`` (None: publish nothing)."""
+        s = self.session(robot)
+        c = s.counters
+        if not s.adapter.started:
+            measured = s.inputs.latest_positions()
+            if measured is None:
+                c.hold_reason = "no joint_states yet"
+                return None
+            s.adapter.reset(measured, now)
+        reason = s.safety.check(now)
+        period = 1.0 / s.spec.control_rate_hz
+        if reason:
+            c.hold_reason = reason
+            with s.lock:
+                s.holding = True
+            if reason == "disabled":  # hand the robot over: one hold, then silence
+                if s.sent_disabled_hold:
+                    return None
+                s.sent_disabled_hold = True
+            c.holds += 1
+            s.clock.tick(now)
+            return s.adapter.hold(now, period, reason)
+        s.sent_disabled_hold = False
+        with s.lock:
+            if s.holding or s.scheduler is None:
+                start = s.spec.normalize(s.adapter.commanded(now))
+                s.scheduler = ChunkScheduler(self._scheduler_config(s.spec), start, now)
+                s.holding = False
+                self._wake.set()
+            window = s.scheduler.window(now)
+            idle = s.scheduler.idle(now)
+        cmd = s.adapter.command(window)
+        c.ticks += 1
+        c.idle_ticks += int(idle)
+        c.clamped_ticks += int(cmd.clamped)
+        if cmd.hold_reason:
+            c.holds += 1
+        c.hold_reason = cmd.hold_reason or ("waiting for the first chunk" if idle and not c.chunks else "")
+        s.clock.tick(now)
+        return cmd
+
+    # -- inference ------------------------------------------------------------------------
+    def delay(self, spec: EmbodimentSpec) -> int:
+        """Return the expected inference delay in ``spec``'s control steps (the running percentile)."""
+        horizon = self.policy.config.chunk_len
+        latency = self.latency.percentile(self.cfg.delay_percentile)
+        return delay_steps(latency, 1.0 / spec.control_rate_hz, horizon - self.cfg.execute_steps)
+
+    def infer_step(self) -> int:
+        """One inference round over every robot that is due; returns how many chunks were made."""
+        now = self.clock()
+        due: list[tuple[RobotSession, InferenceRequest]] = []
+        for s in self.sessions.values():
+            d = self.delay(s.spec)
+            s.counters.delay_steps = d
+            with s.lock:
+                if s.holding or s.scheduler is None or s.safety.check(now) or not s.scheduler.due(now, d):
+                    continue
+                due.append((s, s.scheduler.request(now, d)))
+        groups: dict[int, list[tuple[RobotSession, InferenceRequest]]] = {}
+        for item in due:
+            groups.setdefault(item[1].delay, []).append(item)
+        for d, items in groups.items():
+            self._infer(d, items, now)
+        return len(due)
+
+    def _infer(self, d: int, items: list[tuple[RobotSession, InferenceRequest]], issued: float) -> None:
+        obs = [s.inputs.observation(req.start_time, self.obs_cfg) for s, req in items]
+        batch = {key: torch.from_numpy(np.stack([o[key] for o in obs])) for key in K.OBSERVATION_KEYS}
+        batch[K.EMBODIMENT_INDEX] = torch.tensor([s.embodiment_index for s, _ in items], dtype=torch.int64)
+        prefix = np.zeros((len(items), d, self.obs_cfg.max_dof), dtype=np.float32)
+        for i, (s, req) in enumerate(items):
+            prefix[i, :, : s.spec.dof] = req.prefix
+        chunks = self.policy.predict_chunk(batch, torch.from_numpy(prefix), d, sample=self.cfg.sample).numpy()
+        if self.cfg.added_delay_ms > 0.0:
+            time.sleep(self.cfg.added_delay_ms * 1e-3)
+        arrival = self.clock()
+        self.latency.add(arrival - issued)
+        for i, (s, req) in enumerate(items):
+            chunk = chunks[i, :, : s.spec.dof].astype(np.float64)
+            s.counters.latency.add(arrival - issued)
+            with s.lock:
+                if s.scheduler is None:
+                    continue
+                if not np.all(np.isfinite(chunk)):
+                    s.counters.nonfinite_chunks += 1
+                    s.holding = True  # restart from the commanded position at the next tick
+                    continue
+                result = s.scheduler.splice(req, chunk, self.clock())
+            if not result.dropped:
+                s.counters.chunks += 1
+                s.counters.late_chunks += int(result.late)
+
+    def warm_up(self) -> float:
+        """Run one inference on a neutral observation of each robot; returns and records its latency (s)."""
+        items = []
+        for s in self.sessions.values():
+            scheduler = ChunkScheduler(self._scheduler_config(s.spec), s.spec.normalize(s.spec.home_positions), 0.0)
+            items.append((s, scheduler.request(0.0, 0)))
+        start = self.clock()
+        self._infer(0, items, start)
+        return self.clock() - start
+
+    def start(self) -> None:
+        """Run ``infer_step`` on a daemon thread until ``stop``."""
+        if self._thread is not None:
+            raise RuntimeError("the inference thread is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="harmonic-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def _loop(self) -> None:
+        poll = 0.25 / self.cfg.command_rate_hz
+        while not self._stop.is_set():
+            if not self.infer_step():
+                self._wake.wait(timeout=poll)
+                self._wake.clear()

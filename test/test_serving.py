@@ -1,0 +1,172 @@
+"""The server engine (gen_theta_model.serving) with a real tiny policy on a fake clock, no ROS."""
+
+import numpy as np
+import pytest
+import torch
+
+from gen_theta_model.adapter import SafetyConfig
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.observation import ObservationConfig
+from gen_theta_model.policy.config import preset
+from gen_theta_model.policy.example import example_norm_stats
+from gen_theta_model.policy.policy import build_policy
+from gen_theta_model.serving import HarmonicServer, ServerConfig
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return [load_robot("arm6"), load_robot("humanoid16")]
+
+
+@pytest.fixture(scope="module")
+def policy(specs):
+    torch.manual_seed(0)
+    return build_policy(preset("tiny", chunk_len=32), specs, {s.name: example_norm_stats(s) for s in specs})
+
+
+def make_server(policy, specs, clock, **cfg):
+    robots = [("left", specs[0]), ("torso", specs[1])]
+    safety = SafetyConfig(joint_timeout_s=0.1, camera_timeout_s=0.3)
+    return HarmonicServer(policy, ObservationConfig(), robots, ServerConfig(safety=safety, **cfg), clock=clock)
+
+
+def feed(server, t: float, robots=("left", "torso")) -> None:
+    for name in robots:
+        s = server.sessions[name]
+        server.on_joint_state(name, s.spec.joint_names, s.spec.home_positions, t, t)
+        for cam in s.spec.cameras:
+            server.on_image(name, cam.name, np.full((96, 96, 3), 90, np.uint8), t, t)
+        server.on_instruction(name, "put the red cube in the bin")
+
+
+def test_two_embodiments_share_one_batched_inference(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    calls = []
+    real = policy.predict_chunk
+
+    def spy(obs, prefix, delay, **kw):
+        calls.append((obs["embodiment.joint_mask"].shape[0], tuple(prefix.shape), delay))
+        return real(obs, prefix, delay, **kw)
+
+    policy.predict_chunk = spy
+    try:
+        feed(server, clock.t)
+        assert server.tick("left", clock.t).hold_reason == ""  # timelines start, holding still
+        server.tick("torso", clock.t)
+        assert server.infer_step() == 2
+    finally:
+        del policy.predict_chunk
+    assert len(calls) == 1 and calls[0][0] == 2  # one call, both robots
+    d = calls[0][2]
+    assert calls[0][1] == (2, d, 32)
+    for name, spec in zip(("left", "torso"), specs):
+        clock.t += 0.0
+        cmd = server.tick(name, clock.t + 0.1)
+        assert cmd.window.positions.shape[1] == spec.dof
+        assert server.sessions[name].counters.chunks == 1
+
+
+def test_harmonic_stream_keeps_the_committed_prefix(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock, execute_steps=5)
+    feed(server, clock.t)
+    server.tick("left", clock.t)
+    server.tick("torso", clock.t)
+    commanded = {}  # grid time -> the first point commanded for it
+    for _ in range(60):  # 1.2 s at 50 Hz, inference whenever due, 1 tick of latency
+        feed(server, clock.t)
+        server.infer_step()
+        clock.t += 0.02
+        cmd = server.tick("left", clock.t)
+        t_first = round(cmd.window.stamp + cmd.window.times[0], 4)
+        commanded.setdefault(t_first, []).append(cmd.window.positions[0])
+        server.tick("torso", clock.t)
+    c = server.sessions["left"].counters
+    assert c.chunks >= 8 and c.late_chunks == 0
+    # Every grid point was commanded once per tick, and never changed once committed.
+    assert all(len(v) == 1 for v in commanded.values())
+    assert server.sessions["left"].clock.missed == 0
+
+
+def test_stale_input_holds_and_resumes(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    server.tick("left", clock.t)
+    server.infer_step()
+    clock.t += 0.3  # no input for 0.3 s: joint_states (0.1 s) and cameras (0.3 s) are stale
+    cmd = server.tick("left", clock.t)
+    assert cmd.hold_reason.startswith("joint_states stale")
+    assert cmd.window.positions.shape[0] == 1 and not np.any(cmd.window.velocities)
+    assert server.infer_step() == 0  # no inference for a held robot
+    held = cmd.window.positions[0]
+    feed(server, clock.t)
+    clock.t += 0.02
+    cmd = server.tick("left", clock.t)  # resumes from the held position
+    assert cmd.hold_reason == ""
+    np.testing.assert_allclose(cmd.window.positions[0], held, atol=1e-9)
+    assert server.infer_step() >= 1
+    assert server.sessions["left"].counters.holds == 1
+
+
+def test_disable_estop_and_nonfinite_output(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    assert server.set_enabled("left", False) == (True, "disabled")
+    assert server.tick("left", clock.t).hold_reason == "disabled"
+    assert server.tick("left", clock.t + 0.01) is None  # one hold, then the stream stops
+    server.set_estop("left", True)
+    assert server.tick("left", clock.t + 0.02).hold_reason == "e-stop"
+    assert server.set_enabled("left", True)[0] is False
+    server.set_estop("left", False)
+    assert server.set_enabled("left", True) == (True, "enabled")
+    assert server.tick("left", clock.t + 0.03).hold_reason == ""
+    # A policy that outputs NaN: the chunk is refused and the robot holds where it is.
+    broken = build_policy(preset("tiny", chunk_len=32), specs, {s.name: example_norm_stats(s) for s in specs})
+    with torch.no_grad():
+        for p in broken.model.parameters():
+            p.fill_(float("nan"))
+    server.policy = broken
+    assert server.infer_step() == 1
+    assert server.sessions["left"].counters.nonfinite_chunks == 1
+    cmd = server.tick("left", clock.t + 0.04)
+    np.testing.assert_allclose(cmd.window.positions[-1], specs[0].home_positions, atol=1e-9)
+
+
+def test_sync_mode_idles_while_inferring(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    server.reconfigure(mode="sync", execute_steps=5)
+    real = policy.predict_chunk
+
+    def slow(*args, **kw):  # every inference takes 0.1 s, while the control timer goes on ticking
+        for _ in range(5):
+            clock.t += 0.02
+            feed(server, clock.t, robots=("left",))
+            server.tick("left", clock.t)
+        return real(*args, **kw)
+
+    policy.predict_chunk = slow
+    try:
+        feed(server, clock.t, robots=("left",))
+        server.tick("left", clock.t)
+        for _ in range(40):
+            server.infer_step()
+            clock.t += 0.02
+            feed(server, clock.t, robots=("left",))
+            server.tick("left", clock.t)
+    finally:
+        del policy.predict_chunk
+    c = server.sessions["left"].counters
+    # Cycles of 5 steps of motion and 0.1 s (5 ticks) of waiting.
+    assert c.chunks >= 3 and 0.3 < c.idle_ticks / c.ticks < 0.7
