@@ -1,0 +1,187 @@
+"""Writing one episode as a rosbag2 bag (MCAP storage) off the caller's thread.
+
+``BagEpisodeWriter`` takes serialized messages (CDR bytes, as a raw ROS
+subscription delivers them) from any thread through ``put``, which never blocks:
+a writer thread drains a byte-bounded queue into rosbags' rosbag2 writer. When
+the queue is full a message is dropped and counted per topic.
+
+Nothing is lost:
+- ``episode.yaml`` (EpisodeRecord) is written in the bag directory when the episode
+  starts and replaced atomically when it ends; ``metadata.yaml`` carries the same
+  fields in ``custom_data`` (keys ``gen_theta.*``).
+- A write error (disk full) stops writing, closes the file and marks the episode
+  ``status: error`` with the message; the chunks written before stay readable.
+- After a crash (kill -9) the MCAP file has no summary and no metadata.yaml, but
+  every chunk written before the crash (the rosbags writer closes a chunk every
+  ~1 MiB) is read back by gen_theta_model.data.bag (mcap's stream reader).
+- An existing episode directory is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.errors import WriterError
+from rosbags.typesys import Stores, get_typestore
+
+EPISODE_FILE = "episode.yaml"
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 256 * 1024  # freed on disk full so that the final episode.yaml can still be written
+CUSTOM_PREFIX = "gen_theta."
+
+
+@dataclass
+class EpisodeRecord:
+    """Episode metadata as stored in episode.yaml and metadata.yaml custom_data."""
+
+    robot: str
+    embodiment: str
+    urdf_sha256: str
+    task: str = ""
+    category: str = ""
+    instruction: str = ""
+    success: bool | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+    status: str = "recording"  # recording (also: crashed) | complete | error
+    error: str = ""
+    messages: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def custom_data(self) -> dict[str, str]:
+        """Flat string map for rosbag2's metadata.yaml custom_data."""
+        out = {}
+        for k, v in asdict(self).items():
+            if isinstance(v, (dict, bool)) or v is None:
+                v = json.dumps(v)  # null / true / false / {"topic": n}
+            out[CUSTOM_PREFIX + k] = str(v)
+        return out
+
+
+def read_record(bag: str | Path) -> EpisodeRecord:
+    """Read ``episode.yaml`` of a recorded bag directory."""
+    p = Path(bag) / EPISODE_FILE
+    try:
+        return EpisodeRecord(**yaml.safe_load(p.read_text()))
+    except (OSError, yaml.YAMLError, TypeError) as err:
+        raise ValueError(f"{p}: cannot read the episode record: {err}") from err
+
+
+def write_record(bag: str | Path, record: EpisodeRecord) -> None:
+    """Atomically replace ``episode.yaml``."""
+    p = Path(bag) / EPISODE_FILE
+    tmp = p.with_name(EPISODE_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(asdict(record), sort_keys=False))
+    tmp.replace(p)
+
+
+def update_custom_data(bag: str | Path, record: EpisodeRecord) -> None:
+    """Rewrite metadata.yaml's custom_data of a closed bag (e.g. success marked after stop)."""
+    p = Path(bag) / "metadata.yaml"
+    doc = yaml.safe_load(p.read_text())
+    doc["rosbag2_bagfile_information"]["custom_data"] = record.custom_data()
+    tmp = p.with_name("metadata.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(p)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    topic: str  # absolute name
+    msgtype: str  # e.g. sensor_msgs/msg/Image
+
+
+class BagEpisodeWriter:
+    """One episode bag at ``path`` (must not exist) with ``topics``; see the module docstring."""
+
+    def __init__(self, path: str | Path, topics: list[TopicSpec], record: EpisodeRecord,
+                 max_queue_bytes: int = 512 * 1024 * 1024) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path}: episode exists already, not overwriting")
+        self.record = record
+        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()  # creates the directory; fails if it appeared meanwhile
+        with open(self.path / RESERVE_FILE, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        store = get_typestore(Stores.ROS2_KILTED)
+        self._connections = {t.topic: self._writer.add_connection(t.topic, t.msgtype, typestore=store)
+                             for t in topics}
+        record.messages = {t.topic: 0 for t in topics}
+        record.drops = {t.topic: 0 for t in topics}
+        write_record(self.path, record)
+        self._max_bytes = max_queue_bytes
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._failed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"bag-writer {self.path.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        """True once a write error ended the episode (see ``record.error``)."""
+        return self._failed.is_set()
+
+    def put(self, topic: str, stamp_ns: int, data: bytes) -> bool:
+        """Queue one serialized message; never blocks. False if dropped (queue full or writer failed)."""
+        if topic not in self._connections:
+            raise KeyError(f"{self.path.name}: topic '{topic}' is not recorded")
+        with self._lock:
+            if self._failed.is_set() or self._pending + len(data) > self._max_bytes:
+                self.record.drops[topic] += 1
+                return False
+            self._pending += len(data)
+        self._queue.put((topic, stamp_ns, data))
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            topic, stamp, data = item
+            with self._lock:
+                self._pending -= len(data)
+            if self._failed.is_set():
+                self.record.drops[topic] += 1
+                continue
+            try:
+                self._writer.write(self._connections[topic], stamp, data)
+                self.record.messages[topic] += 1
+            except OSError as err:  # disk full, file-size limit, I/O error: keep what is written
+                self.record.status, self.record.error = "error", f"writing {self.path}: {err}"
+                self.record.drops[topic] += 1
+                self._failed.set()
+
+    def close(self, end_ns: int) -> EpisodeRecord:
+        """Drain the queue, close the bag (metadata.yaml with custom_data) and finish episode.yaml."""
+        self._queue.put(None)
+        self._thread.join()
+        self.record.end_ns = end_ns
+        reserve = self.path / RESERVE_FILE
+        if self._failed.is_set():
+            reserve.unlink(missing_ok=True)
+            try:
+                self._writer.abort()  # flushing the file buffer may fail again on a full disk
+            except OSError as err:
+                self.record.error += f"; closing: {err}"
+        else:
+            reserve.unlink(missing_ok=True)
+            self.record.status = "complete"
+            for k, v in self.record.custom_data().items():
+                self._writer.set_custom_data(k, v)
+            try:
+                self._writer.close()
+            except (OSError, WriterError) as err:
+                self._writer.abort()
+                self.record.status, self.record.error = "error", f"closing {self.path}: {err}"
+        write_record(self.path, self.record)
+        return self.record

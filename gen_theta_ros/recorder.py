@@ -1,0 +1,232 @@
+"""Recorder node: one rosbag2 (MCAP) episode per start/stop, written off the callback thread.
+
+Subscribes (raw, serialized CDR, no conversion) to a robot's topics from
+config/topics.yaml: every camera (Image, or CompressedImage with
+``compressed:=true``), joint_states, the JointTrajectory command stream, the
+instruction and the sim's task announcements. Services (names in topics.yaml):
+recorder/start and recorder/stop (std_srvs/Trigger), recorder/mark_success
+(std_srvs/SetBool). Bags go to ``<output_dir>/<robot>_<task>_<UTC time>``; the
+storage and crash/disk-full behaviour is gen_theta_model/data/recording.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from pathlib import Path
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from gen_theta_model.data.recording import (
+    BagEpisodeWriter,
+    EpisodeRecord,
+    TopicSpec,
+    read_record,
+    update_custom_data,
+    write_record,
+)
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.topics import load_topics
+from gen_theta_ros.runtime import run_node
+
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def message_class(msgtype: str) -> type:
+    """'pkg/msg/Type' -> the message class."""
+    pkg, _, name = msgtype.partition("/msg/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.msg"), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"unknown message type '{msgtype}' (expected pkg/msg/Type): {err}") from err
+
+
+def type_name(cls: type) -> str:
+    """Message class -> 'pkg/msg/Type'."""
+    module = cls.__module__.split(".")
+    return f"{module[0]}/msg/{cls.__name__}"
+
+
+class Recorder(Node):
+    def __init__(self) -> None:
+        super().__init__("recorder")
+        self.declare_parameter("robot", "arm6")
+        self.declare_parameter("output_dir", "episodes")
+        self.declare_parameter("compressed", False)  # cameras as CompressedImage (.../compressed)
+        self.declare_parameter("topics", [""])  # empty: every configured topic; else names, 'topic=pkg/msg/Type'
+        self.declare_parameter("task", "")
+        self.declare_parameter("category", "")
+        self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
+        p = self.get_parameter
+        self.robot = p("robot").value
+        self.output_dir = Path(p("output_dir").value).expanduser()
+        self.spec = load_robot(self.robot)
+        names = load_topics()
+        self._lock = threading.Lock()
+        self._writer: BagEpisodeWriter | None = None
+        self._last: Path | None = None
+        self._meta = {"task": p("task").value, "category": p("category").value, "instruction": ""}
+        self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
+        self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
+        sensors = ReentrantCallbackGroup()  # callbacks only enqueue: any thread may run them
+        for topic, cls in self.topics.items():
+            qos = qos_profile_sensor_data if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
+            if cls is String:
+                qos = LATCHED_QOS
+            callback = self._make_callback(topic, latched=cls is String)
+            self.create_subscription(cls, topic, callback, qos, raw=True, callback_group=sensors)
+        instr, task = names.resolve(self.robot, names.instruction), names.resolve(self.robot, names.task)
+        # Decoded copies of the instruction and task topics fill the episode metadata.
+        self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS, callback_group=sensors)
+        self.create_subscription(String, task, self._on_task, LATCHED_QOS, callback_group=sensors)
+        control = MutuallyExclusiveCallbackGroup()  # start/stop/mark never interleave
+        srv = names.services
+        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_start), self._start, callback_group=control)
+        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_stop), self._stop, callback_group=control)
+        self.create_service(
+            SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark, callback_group=control
+        )
+        self.create_timer(0.5, self._check_failed, callback_group=control)
+        self.get_logger().info(f"recording {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
+
+    def _topic_types(self, names, compressed: bool, chosen: list[str]) -> dict[str, type]:
+        configured = {names.camera_topic(self.robot, c.name, compressed): CompressedImage if compressed else Image
+                      for c in self.spec.cameras}
+        configured[names.resolve(self.robot, names.joint_states)] = JointState
+        configured[names.resolve(self.robot, names.command)] = JointTrajectory
+        configured[names.resolve(self.robot, names.instruction)] = String
+        configured[names.resolve(self.robot, names.task)] = String
+        if not chosen:
+            return configured
+        out = {}
+        for entry in chosen:
+            topic, _, msgtype = entry.partition("=")
+            topic = names.resolve(self.robot, topic)
+            if msgtype:
+                out[topic] = message_class(msgtype)
+            elif topic in configured:
+                out[topic] = configured[topic]
+            else:
+                raise ValueError(f"topic '{topic}' is not configured for '{self.robot}'; give its type as "
+                                 f"'{topic}=pkg/msg/Type'")
+        return out
+
+    def _make_callback(self, topic: str, latched: bool):
+        def callback(data: bytes) -> None:
+            if latched:  # instruction/task: the state at the episode start belongs in the episode
+                self._latched[topic] = (time.time_ns(), data)
+            writer = self._writer
+            if writer is not None:
+                writer.put(topic, time.time_ns(), data)
+
+        return callback
+
+    def _on_instruction(self, msg: String) -> None:
+        self._meta["instruction"] = msg.data
+
+    def _on_task(self, msg: String) -> None:
+        try:
+            info = json.loads(msg.data)
+        except json.JSONDecodeError:
+            self.get_logger().warning(f"task announcement is not JSON: {msg.data[:80]!r}")
+            return
+        for key in ("task", "category", "instruction"):
+            if isinstance(info.get(key), str):
+                self._meta[key] = info[key]
+
+    # -- services -----------------------------------------------------------------------
+    def start_episode(self) -> Path:
+        with self._lock:
+            if self._writer is not None:
+                raise RuntimeError(f"already recording {self._writer.path}")
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9 // 1000:06d}"
+            task = self._meta["task"] or "episode"
+            path = self.output_dir / f"{self.robot}_{task}_{stamp}"
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            record = EpisodeRecord(
+                robot=self.robot, embodiment=self.spec.name, urdf_sha256=self.spec.urdf_sha256,
+                task=self._meta["task"], category=self._meta["category"], instruction=self._meta["instruction"],
+                start_ns=time.time_ns(),
+            )
+            specs = [TopicSpec(t, type_name(cls)) for t, cls in self.topics.items()]
+            writer = BagEpisodeWriter(path, specs, record, self.get_parameter("queue_mb").value * 2**20)
+            for topic, (stamp, data) in list(self._latched.items()):
+                writer.put(topic, stamp, data)
+            self._writer = writer
+            self._last = path
+            return path
+
+    def stop_episode(self) -> EpisodeRecord:
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is None:
+            raise RuntimeError("not recording")
+        # The instruction may arrive after start (latched topics); keep the latest.
+        writer.record.instruction = self._meta["instruction"] or writer.record.instruction
+        record = writer.close(time.time_ns())
+        total = sum(record.messages.values())
+        drops = {t: n for t, n in record.drops.items() if n}
+        log = self.get_logger().error if record.status == "error" else self.get_logger().info
+        log(f"episode {writer.path}: {record.status}, {total} messages, drops {drops or 'none'} {record.error}")
+        return record
+
+    def _start(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        try:
+            path = self.start_episode()
+            resp.success, resp.message = True, str(path)
+        except (RuntimeError, FileExistsError, OSError) as err:
+            resp.success, resp.message = False, str(err)
+        return resp
+
+    def _stop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        try:
+            record = self.stop_episode()
+        except RuntimeError as err:
+            resp.success, resp.message = False, str(err)
+            return resp
+        resp.success = record.status == "complete"
+        resp.message = json.dumps({"path": str(self._last), "status": record.status, "error": record.error,
+                                   "messages": record.messages, "drops": record.drops})
+        return resp
+
+    def _mark(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            writer = self._writer
+            if writer is not None:
+                writer.record.success = bool(req.data)
+                resp.success, resp.message = True, str(writer.path)
+                return resp
+        if self._last is None:
+            resp.success, resp.message = False, "no episode recorded yet"
+            return resp
+        record = read_record(self._last)  # marked after stop: update the closed episode's files
+        record.success = bool(req.data)
+        write_record(self._last, record)
+        if (self._last / "metadata.yaml").exists():
+            update_custom_data(self._last, record)
+        resp.success, resp.message = True, str(self._last)
+        return resp
+
+    def _check_failed(self) -> None:
+        writer = self._writer
+        if writer is not None and writer.failed:
+            self.get_logger().error(f"episode ended by a write error: {writer.record.error}")
+            self.stop_episode()
+
+    def close(self) -> None:
+        """Close the open episode cleanly (run_node calls this on SIGINT/SIGTERM)."""
+        if self._writer is not None:
+            self.stop_episode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(Recorder, argv)

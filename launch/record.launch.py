@@ -1,0 +1,43 @@
+"""Record episodes of a robot: `ros2 launch gen_theta record.launch.py robot:=arm6 output_dir:=episodes`.
+
+Start/stop episodes with the recorder's services (names in config/topics.yaml), e.g.
+`ros2 service call /arm6/recorder/start std_srvs/srv/Trigger`.
+"""
+
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    args = [
+        DeclareLaunchArgument("robot", default_value="arm6", description="robot name (config/robots/<robot>.yaml)"),
+        DeclareLaunchArgument("output_dir", default_value="episodes", description="directory for the episode bags"),
+        DeclareLaunchArgument(
+            "topics", default_value="['']",
+            description="topics to record; [''] records every configured topic of the robot; "
+            "entries are names from config/topics.yaml or 'topic=pkg/msg/Type'",
+        ),
+        DeclareLaunchArgument("compressed", default_value="false", description="record cameras as CompressedImage"),
+        DeclareLaunchArgument("task", default_value="", description="task name stored with each episode"),
+        DeclareLaunchArgument("category", default_value="", description="task category stored with each episode"),
+    ]
+    profile = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
+    recorder = Node(
+        package="gen_theta",
+        executable="recorder",
+        name="recorder",
+        output="screen",
+        parameters=[{
+            "robot": LaunchConfiguration("robot"),
+            "output_dir": LaunchConfiguration("output_dir"),
+            "topics": LaunchConfiguration("topics"),
+            "compressed": LaunchConfiguration("compressed"),
+            "task": LaunchConfiguration("task"),
+            "category": LaunchConfiguration("category"),
+        }],
+    )
+    return LaunchDescription([*args, SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile), recorder])

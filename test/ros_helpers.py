@@ -1,0 +1,114 @@
+"""Real-DDS helpers for tests: start a node executable, call services, publish a robot's streams."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.topics import load_topics
+from gen_theta_model.trajectory import Trajectory
+from gen_theta_ros.conversions import arrays_to_joint_state, numpy_to_image, trajectory_to_msg
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def start_exe(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """Start ``gen-theta <args>`` in its own process group, output to ``log``."""
+    exe = Path(sys.executable).parent / "gen-theta"
+    return subprocess.Popen([str(exe), *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ), start_new_session=True, **kwargs)
+
+
+def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):
+    """Call a service and wait for the answer (fails the test on timeout).
+
+    The request is re-sent every 3 s: a server of a killed process may linger in
+    discovery, and a request sent before the new server is matched is lost.
+    """
+    client = node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+    deadline = time.monotonic() + timeout
+    while True:
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=3.0)
+        if future.done() or time.monotonic() > deadline:
+            break
+        client.remove_pending_request(future)
+    assert future.done(), f"service {name} did not answer within {timeout} s"
+    node.destroy_client(client)
+    return future.result()
+
+
+def frame_value(camera_index: int, i: int) -> int:
+    return (30 * camera_index + 7 * i) % 250
+
+
+class Feeder:
+    """Publishes a robot's cameras (rgb8, the spec's sizes and rates), joint_states, commands and instruction."""
+
+    def __init__(self, node: Node, robot: str, spec: EmbodimentSpec, joint_rate: float = 100.0,
+                 width: int | None = None, height: int | None = None) -> None:
+        names = load_topics()
+        self.spec = spec
+        self.cams = [(c, node.create_publisher(Image, names.camera_topic(robot, c.name), qos_profile_sensor_data))
+                     for c in spec.cameras]
+        self.size = {c.name: (height or c.height, width or c.width) for c in spec.cameras}
+        self.js = node.create_publisher(JointState, names.resolve(robot, names.joint_states), qos_profile_sensor_data)
+        self.cmd = node.create_publisher(JointTrajectory, names.resolve(robot, names.command), 10)
+        self.instr = node.create_publisher(String, names.resolve(robot, names.instruction), LATCHED)
+        self.task = node.create_publisher(String, names.resolve(robot, names.task), LATCHED)
+        self.joint_rate = joint_rate
+        self.sent: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def announce(self, task: str, category: str, instruction: str) -> None:
+        self.task.publish(String(data=f'{{"task": "{task}", "category": "{category}"}}'))
+        self.instr.publish(String(data=instruction))
+
+    def command(self) -> None:
+        q = self.spec.home_positions
+        traj = Trajectory.from_arrays(self.spec.joint_names, np.array([0.5, 1.0]), np.stack([q, q]))
+        self.cmd.publish(trajectory_to_msg(traj))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        next_js, next_cam = t0, {c.name: t0 for c, _ in self.cams}
+        count = {c.name: 0 for c, _ in self.cams}
+        q = self.spec.home_positions
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_js:
+                self.js.publish(arrays_to_joint_state(self.spec.joint_names, q, stamp=time.time()))
+                self.sent["joint_states"] = self.sent.get("joint_states", 0) + 1
+                next_js += 1.0 / self.joint_rate
+            for k, (cam, pub) in enumerate(self.cams):
+                if now >= next_cam[cam.name]:
+                    img = np.full((*self.size[cam.name], 3), frame_value(k, count[cam.name]), np.uint8)
+                    pub.publish(numpy_to_image(img, "rgb8", stamp=time.time()))
+                    count[cam.name] += 1
+                    next_cam[cam.name] += 1.0 / cam.fps
+            time.sleep(max(0.0, min([next_js, *next_cam.values()]) - time.monotonic()))
+        self.sent.update(count)

@@ -1,0 +1,129 @@
+"""Recorder node over real DDS: episodes as rosbag2 MCAP, read back by rosbags and by mcap."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import yaml
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from ros_helpers import Feeder, call, start_exe
+from rosbags.rosbag2 import Reader
+from rosbags.typesys import Stores, get_typestore
+from std_srvs.srv import SetBool, Trigger
+
+from gen_theta_model.data.recording import read_record
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.topics import load_topics
+
+ROBOT = "arm6"
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    node = rclpy.create_node("recorder_test")
+    yield node
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def service(name: str) -> str:
+    t = load_topics()
+    return t.resolve(ROBOT, getattr(t.services, name))
+
+
+def read_rosbags(bag: Path) -> dict[str, list]:
+    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
+    store = get_typestore(Stores.ROS2_KILTED)
+    out: dict[str, list] = {}
+    with Reader(bag) as reader:
+        for conn, _, data in reader.messages():
+            out.setdefault(conn.topic, []).append(store.deserialize_cdr(data, conn.msgtype))
+    return out
+
+
+def read_mcap(bag: Path) -> dict[str, list]:
+    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
+    (path,) = bag.glob("*.mcap")
+    out: dict[str, list] = {}
+    with path.open("rb") as f:
+        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            out.setdefault(channel.topic, []).append(msg)
+    return out
+
+
+def test_record_episodes_and_sigterm(ros, tmp_path):
+    spec = load_robot(ROBOT)
+    proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={tmp_path}"],
+                     tmp_path / "recorder.log")
+    feeder = Feeder(ros, ROBOT, spec)
+    try:
+        feeder.announce("pick", "real_world", "pick the red cube")
+        resp = call(ros, Trigger, service("recorder_start"), Trigger.Request())
+        assert resp.success, resp.message
+        bag = Path(resp.message)
+        assert read_record(bag).status == "recording"
+        assert not call(ros, Trigger, service("recorder_start"), Trigger.Request()).success  # already recording
+        feeder.start()
+        time.sleep(0.3)
+        feeder.command()
+        time.sleep(1.5)
+        assert call(ros, SetBool, service("recorder_mark_success"), SetBool.Request(data=True)).success
+        feeder.stop()
+        time.sleep(0.3)
+        stop = call(ros, Trigger, service("recorder_stop"), Trigger.Request())
+        assert stop.success, stop.message
+        summary = json.loads(stop.message)
+        assert summary["status"] == "complete" and not any(summary["drops"].values())
+
+        # A second episode, ended by SIGTERM: the node closes it cleanly.
+        resp2 = call(ros, Trigger, service("recorder_start"), Trigger.Request())
+        assert resp2.success and resp2.message != resp.message
+        bag2 = Path(resp2.message)
+        feeder2 = Feeder(ros, ROBOT, spec)
+        feeder2.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        feeder2.stop()
+    finally:
+        feeder.stop()
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "recorder.log").read_text()
+
+    names = load_topics()
+    topics = {names.camera_topic(ROBOT, c.name) for c in spec.cameras}
+    topics |= {names.resolve(ROBOT, names.joint_states), names.resolve(ROBOT, names.command)}
+    by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
+    assert topics <= set(by_rosbags), log
+    for topic in topics | {names.resolve(ROBOT, names.instruction)}:
+        assert len(by_rosbags[topic]) == len(by_mcap[topic]) > 0, topic
+    js = by_mcap[names.resolve(ROBOT, names.joint_states)]
+    assert 100 <= len(js) <= 200 and list(js[0].name) == spec.joint_names  # ~1.8 s at 100 Hz
+    np.testing.assert_allclose(js[-1].position, spec.home_positions)
+    img = by_rosbags[names.camera_topic(ROBOT, "scene")][3]
+    assert (img.height, img.width, img.encoding) == (96, 96, "rgb8") and len(set(img.data.tolist())) == 1
+    assert by_mcap[names.resolve(ROBOT, names.instruction)][0].data == "pick the red cube"
+
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["storage_identifier"] == "mcap" and meta["version"] == 9
+    custom = meta["custom_data"]
+    assert custom["gen_theta.success"] == "true" and custom["gen_theta.task"] == "pick"
+    assert custom["gen_theta.category"] == "real_world" and custom["gen_theta.urdf_sha256"] == spec.urdf_sha256
+    assert custom["gen_theta.instruction"] == "pick the red cube"
+    record = read_record(bag)
+    assert record.status == "complete" and record.success is True and record.end_ns > record.start_ns
+    assert record.messages[names.resolve(ROBOT, names.joint_states)] == len(js)
+
+    record2 = read_record(bag2)
+    assert record2.status == "complete" and record2.success is None, log
+    assert len(read_mcap(bag2)[names.resolve(ROBOT, names.joint_states)]) > 50
+    assert read_rosbags(bag2).keys() == read_mcap(bag2).keys()
