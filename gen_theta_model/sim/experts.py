@@ -1,0 +1,252 @@
+"""Scripted experts: pick-and-place by phases, planned in joint space with the task arm's IK.
+
+The expert sees what a teleoperator's tooling would see over ROS: the robot's joint
+positions, the object poses (privileged sim state) and the task state (which object to
+pick, where to put it). It never touches the simulation: IK and FK run on its own
+kinematics-only pybullet client (``ArmKinematics``).
+
+Every phase plans a Cartesian path of the tool (pointing down) sampled every
+``point_dt`` s, solves IK point by point (each seeded by the previous one) and emits
+one ``Trajectory`` over the task arm and its gripper (other joints hold), with
+positions and finite-difference velocities, so the follower interpolates with cubic
+splines. Phases: approach (hover above the object), descend, close, lift (retry from
+approach if the object did not come along), transfer, lower, release, retreat.
+
+Moving objects: each object's velocity is estimated from its observed poses. While
+picking, the goal moves with the object: the path is a minimum-jerk blend in the
+object's moving frame, so the tool arrives above the object at the object's speed and
+keeps tracking it (a ``track_tail`` of points past the phase end keeps following it
+until the next phase takes over). The approach aims at the intercept: the earliest
+time the object is inside the workspace that the arm can reach with the time needed to
+get there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
+from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
+
+PHASES = ("approach", "descend", "close", "lift", "transfer", "lower", "release", "retreat", "done")
+PICK_PHASES = ("approach", "descend", "close")  # phases whose goal moves with the object
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    hover: float = 0.10  # m above grasp and place heights for approach, lift and retreat
+    speed: float = 0.2  # m/s mean Cartesian tool speed (minimum-jerk peak is 1.9x)
+    min_duration: float = 0.5  # s, shortest move
+    point_dt: float = 0.1  # s between trajectory points
+    close_time: float = 0.6  # s to close the gripper on an object
+    open_time: float = 0.4  # s to open it
+    settle: float = 0.15  # s to wait after a phase's last point before the next phase
+    track_tail: float = 1.5  # s of tracking points past a moving goal
+    grasp_offset: float = 0.005  # m, tool above the object's centre when grasping
+    drop_clearance: float = 0.03  # m between a held cube and a bin's rim when dropping
+    max_attempts: int = 3
+    joint_speed_fraction: float = 0.6  # joint speeds stay below this fraction of the URDF limits
+
+
+def _yaw_of(quat: np.ndarray) -> float:
+    x, y, z, w = quat
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def _min_jerk(s: np.ndarray) -> np.ndarray:
+    return 10 * s**3 - 15 * s**4 + 6 * s**5
+
+
+class ScriptedExpert:
+    """Pick ``info['pick']`` and put it on/into ``info['place']`` (see module docstring)."""
+
+    def __init__(
+        self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, config: ExpertConfig | None = None
+    ):
+        self.spec = spec
+        self.kin = kinematics or ArmKinematics(spec)
+        self.cfg = config or ExpertConfig()
+        self.joints = list(self.kin.arm) + [self.kin.gripper]
+        self.joint_names = tuple(spec.joint_names[i] for i in self.joints)
+        self._open = float(spec.upper[self.kin.gripper])
+        self._closed = float(spec.lower[self.kin.gripper])
+        self.info: dict[str, Any] = {}
+        self.phase = "done"
+        self.done = True
+
+    def reset(self, info: dict[str, Any]) -> None:
+        """Start a new episode from the task state ``info`` (``Task.info``)."""
+        self.info = info
+        self._objects = {o["name"]: o for o in info["objects"]}
+        ws = info["workspace"]
+        self.workspace = Workspace(tuple(ws["center"]), tuple(ws["half"]))
+        self.phase = "start"
+        self.done = False
+        self.attempts = 0
+        self._until = -math.inf
+        self._history: dict[str, tuple[float, np.ndarray]] = {}
+        self._velocity: dict[str, np.ndarray] = {}
+        self._mirror: TrajectoryFollower | None = None
+        self._pick_z = 0.0
+        self._yaw = 0.0
+
+    # -- observation ---------------------------------------------------------------------
+    def _observe(self, t: float, names: list[str], positions: np.ndarray) -> None:
+        """Track object velocities from poses at least 0.1 s apart."""
+        for name, pos in zip(names, positions):
+            last = self._history.get(name)
+            if last is None:
+                self._history[name] = (t, pos.copy())
+            elif t - last[0] >= 0.1:
+                self._velocity[name] = (pos - last[1]) / (t - last[0])
+                self._history[name] = (t, pos.copy())
+
+    def act(
+        self, t: float, q: np.ndarray, names: list[str], positions: np.ndarray, quaternions: np.ndarray
+    ) -> Trajectory | None:
+        """One tick at time ``t`` s: joint positions ``q`` (dof,), object poses (N, 3) and (N, 4).
+
+        Returns a trajectory to send now (start "now"), or None to let the current one run.
+        """
+        self._observe(t, names, positions)
+        if self.done or t < self._until or self.info["pick"] not in self._velocity:
+            return None
+        if self._mirror is None:
+            self._mirror = TrajectoryFollower(self.spec, q, t)
+        poses = {n: (positions[i], quaternions[i]) for i, n in enumerate(names)}
+        self.phase = self._next_phase(poses)
+        if self.phase == "done":
+            self.done = True
+            return None
+        traj, duration = self._plan(t, poses)
+        self._mirror.set_trajectory(traj, t)
+        self._until = t + duration + self.cfg.settle
+        return traj
+
+    def _next_phase(self, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+        if self.phase == "start":
+            return "approach"
+        if self.phase == "lift":
+            lifted = poses[self.info["pick"]][0][2] > self._pick_z + 0.5 * self.cfg.hover
+            if not lifted:
+                self.attempts += 1
+                return "approach" if self.attempts < self.cfg.max_attempts else "done"
+        return PHASES[PHASES.index(self.phase) + 1]
+
+    # -- planning -----------------------------------------------------------------------------
+    def _plan(self, t: float, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Trajectory, float]:
+        """Plan the current phase: its trajectory and its duration (s)."""
+        cfg = self.cfg
+        q_now, _ = self._mirror.sample(t)
+        start, _ = self.kin.fk(q_now)
+        grip_now = float(q_now[self.kin.gripper])
+        pick_pos, pick_quat = poses[self.info["pick"]]
+        velocity = np.zeros(3)
+        grip = self._closed
+        duration = None
+        if self.phase in PICK_PHASES:
+            velocity = self._velocity.get(self.info["pick"], np.zeros(3))
+            grasp = pick_pos + np.array([0.0, 0.0, cfg.grasp_offset])
+            if self.phase == "approach":
+                self._pick_z = float(pick_pos[2])
+                self._yaw = self._grasp_yaw(pick_quat, q_now)
+                grip = self._open
+                goal = grasp + np.array([0.0, 0.0, cfg.hover])
+                duration = self._intercept_time(start, goal, velocity)
+            elif self.phase == "descend":
+                grip = self._open
+                goal = grasp
+            else:  # close
+                goal = grasp
+                duration = cfg.close_time
+        elif self.phase == "lift":
+            goal = start + np.array([0.0, 0.0, cfg.hover])
+        elif self.phase in ("transfer", "lower"):
+            goal = self._place_goal(poses, lowered=self.phase == "lower")
+        elif self.phase == "release":
+            goal, grip, duration = start, self._open, cfg.open_time
+        else:  # retreat
+            goal, grip = start + np.array([0.0, 0.0, cfg.hover]), self._open
+        if duration is None:
+            duration = max(cfg.min_duration, float(np.linalg.norm(goal - start)) / cfg.speed)
+        return self._path(q_now, start, goal, velocity, duration, grip_now, grip)
+
+    def _grasp_yaw(self, quat: np.ndarray, q_now: np.ndarray) -> float:
+        """Tool yaw aligned with the cube's faces (mod 90 deg), nearest to the current tool yaw."""
+        _, rot = self.kin.fk(q_now)
+        current = math.atan2(rot[1, 0], rot[0, 0])
+        base = _yaw_of(quat)
+        options = [base + k * math.pi / 2 for k in range(-4, 5)]
+        return min(options, key=lambda y: abs(math.remainder(y - current, 2 * math.pi)) + 1e-3 * abs(y))
+
+    def _intercept_time(self, start: np.ndarray, goal: np.ndarray, velocity: np.ndarray) -> float:
+        """Shortest approach time that reaches the moving goal inside the reachable workspace."""
+        cfg = self.cfg
+        for k in range(200):
+            duration = cfg.min_duration + 0.05 * k
+            target = goal + velocity * duration
+            if np.linalg.norm(target - start) / cfg.speed <= duration and self.workspace.contains(target, 0.02):
+                return duration
+        return max(cfg.min_duration, float(np.linalg.norm(goal - start)) / cfg.speed)
+
+    def _place_goal(self, poses: dict[str, tuple[np.ndarray, np.ndarray]], lowered: bool) -> np.ndarray:
+        cfg = self.cfg
+        place = self.info["place"]
+        place_pos = poses[place][0]
+        pick_half = self._objects[self.info["pick"]]["half_extents"][2]
+        half = self._objects[place]["half_extents"]
+        if self._objects[place]["kind"] == "bin":  # drop from above the rim
+            z = 2 * half[2] + pick_half + cfg.drop_clearance
+        else:  # stack: the held cube's centre one cube height above the base's centre
+            z = place_pos[2] + half[2] + pick_half + 0.003
+        z += cfg.grasp_offset + (0.0 if lowered else cfg.hover)
+        return np.array([place_pos[0], place_pos[1], z])
+
+    def _path(
+        self,
+        q_now: np.ndarray,
+        start: np.ndarray,
+        goal: np.ndarray,
+        velocity: np.ndarray,
+        duration: float,
+        grip_from: float,
+        grip_to: float,
+    ) -> tuple[Trajectory, float]:
+        """IK along a min-jerk path from ``start`` to ``goal`` (which moves at ``velocity``), timed."""
+        cfg = self.cfg
+        moving = bool(np.linalg.norm(velocity) > 1e-4)
+        n = max(2, int(math.ceil(duration / cfg.point_dt)))
+        taus = np.linspace(duration / n, duration, n)
+        if moving:
+            taus = np.concatenate(
+                [taus, duration + np.arange(1, int(cfg.track_tail / cfg.point_dt) + 1) * cfg.point_dt]
+            )
+        s = _min_jerk(np.clip(taus / duration, 0.0, 1.0))
+        cart = goal + velocity * taus[:, None] + (1.0 - s)[:, None] * (start - goal)
+        grips = grip_from + np.clip(taus / duration, 0.0, 1.0) * (grip_to - grip_from)
+        q = q_now.copy()
+        rows = []
+        for pos, grip in zip(cart, grips):
+            q, _ = self.kin.ik(q, pos, self._yaw)
+            q[self.kin.gripper] = grip
+            rows.append(q[self.joints].copy())
+        qs = np.asarray(rows)
+        if not moving:  # slow down where joints would exceed their speed limits
+            steps = np.abs(np.diff(np.vstack([q_now[self.joints], qs]), axis=0))
+            limits = self.spec.velocity_limits[self.joints] * cfg.joint_speed_fraction
+            ratio = float(np.max(steps / (limits * (duration / n))))
+            if ratio > 1.0:
+                taus, duration = taus * ratio, duration * ratio
+        vel = np.gradient(qs, taus, axis=0) if len(taus) > 1 else np.zeros_like(qs)
+        if not moving:
+            vel[-1] = 0.0
+        return Trajectory.from_arrays(self.joint_names, taus, qs, vel), duration
+
+    def close(self) -> None:
+        """Release the kinematics client."""
+        self.kin.close()
