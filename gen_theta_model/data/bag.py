@@ -22,7 +22,7 @@ import yaml
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
-from rosbags.highlevel import AnyReader
+from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
@@ -61,7 +61,7 @@ class BagSource:
                 conns = [c for c in reader.connections if topics is None or c.topic in topics]
                 for conn, stamp, raw in reader.messages(connections=conns):
                     yield BagMessage(conn.topic, conn.msgtype, stamp, reader.deserialize(raw, conn.msgtype))
-        except (ReaderError, struct.error, McapError, EOFError) as err:
+        except (AnyReaderError, ReaderError, struct.error, McapError, EOFError) as err:
             raise BagError(f"{self.path}: corrupt or truncated bag: {err}") from err
 
 

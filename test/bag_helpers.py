@@ -1,0 +1,99 @@
+"""Bags written with rosbags for ingest tests: the recorder's layout, `ros2 bag record`'s, and faulty ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from gen_theta_model.data.recording import EpisodeRecord, write_record
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.topics import load_topics
+
+T0 = 1_700_000_000_000_000_000
+STORE = get_typestore(Stores.ROS2_KILTED)
+
+
+def _time(ns: int):
+    return STORE.types["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def _header(ns: int):
+    return STORE.types["std_msgs/msg/Header"](stamp=_time(ns), frame_id="")
+
+
+def target(spec: EmbodimentSpec) -> np.ndarray:
+    """Return the position the bag's one command moves to."""
+    return spec.home_positions + 0.2 * (spec.upper - spec.home_positions)
+
+
+def frame_value(i: int) -> int:
+    return (50 + 11 * i) % 200
+
+
+def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: str = "mcap",
+              record: bool = True, fault: str = "", task: str = "pick", success: bool = True) -> Path:
+    """Write one episode bag. ``fault``: '', 'nonmonotonic', 'wrong_joints', 'missing_topic',
+    'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml).
+    """
+    names = load_topics()
+    robot = spec.name
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    w = Writer(path, version=9, storage_plugin=plugin)
+    w.open()
+    T = STORE.types
+    topics = {names.resolve(robot, names.joint_states): "sensor_msgs/msg/JointState",
+              names.resolve(robot, names.command): "trajectory_msgs/msg/JointTrajectory",
+              names.resolve(robot, names.instruction): "std_msgs/msg/String"}
+    cams = [] if fault == "missing_topic" else list(spec.cameras)
+    for cam in cams:
+        topics[names.camera_topic(robot, cam.name)] = "sensor_msgs/msg/Image"
+    conns = {t: w.add_connection(t, ty, typestore=STORE) for t, ty in topics.items()}
+    msgs = []  # (recv ns, topic, message)
+    msgs.append((T0, names.resolve(robot, names.instruction), T["std_msgs/msg/String"](data="pick the red cube")))
+    joint_names = list(spec.joint_names)[::-1]  # another order than the spec's: ingest must reorder
+    if fault == "wrong_joints":
+        joint_names[0] = "not_a_joint"
+    q = spec.home_positions[::-1].copy()
+    for i in range(int(duration * 100)):
+        recv = T0 + i * 10_000_000 + (2_000_000 if i % 3 else 0)
+        stamp = recv - 50_000_000 if fault == "nonmonotonic" and i == 50 else recv  # a clock jump back
+        js = T["sensor_msgs/msg/JointState"](header=_header(stamp), name=joint_names, position=q.copy(),
+                                             velocity=np.zeros(len(q)), effort=np.array([], dtype=np.float64))
+        msgs.append((recv + 1_000_000, names.resolve(robot, names.joint_states), js))
+    for cam in cams:
+        for i in range(int(duration * cam.fps)):
+            stamp = T0 + int(i / cam.fps * 1e9) + 3_000_000
+            data = np.full(cam.height * cam.width * 3, frame_value(i), np.uint8)
+            img = T["sensor_msgs/msg/Image"](header=_header(stamp), height=cam.height, width=cam.width,
+                                             encoding="rgb8", is_bigendian=0, step=cam.width * 3, data=data)
+            msgs.append((stamp + 2_000_000, names.camera_topic(robot, cam.name), img))
+    dur = T["builtin_interfaces/msg/Duration"]
+    point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=target(spec), velocities=np.array([], float), accelerations=np.array([], float),
+        effort=np.array([], float), time_from_start=dur(sec=0, nanosec=500_000_000))
+    cmd = T["trajectory_msgs/msg/JointTrajectory"](header=_header(0), joint_names=list(spec.joint_names),
+                                                   points=[point])
+    msgs.append((T0 + 200_000_000, names.resolve(robot, names.command), cmd))
+    for recv, topic, msg in sorted(msgs, key=lambda m: m[0]):
+        w.write(conns[topic], recv, STORE.serialize_cdr(msg, topics[topic]))
+    if fault == "crash":
+        mcap = w.storage  # on disk at a crash: the header and every complete chunk
+        mcap.close_chunk()
+        w.abort()
+        f = path / f"{path.name}.mcap"
+        f.write_bytes(f.read_bytes() + b"\x05\x10")  # and a record cut short
+    else:
+        w.close()
+    if fault == "truncate":
+        f = path / f"{path.name}.mcap"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    if record:
+        write_record(path, EpisodeRecord(robot=robot, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
+                                         task=task, category="real_world", instruction="pick the red cube",
+                                         success=success, start_ns=T0, end_ns=T0 + int(duration * 1e9),
+                                         status="complete" if fault != "crash" else "recording"))
+    return path
+
