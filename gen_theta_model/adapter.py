@@ -46,9 +46,12 @@ class SafetyConfig:
 
 @dataclass(frozen=True)
 class Command:
-    """A window in joint units for ``EmbodimentAdapter.spec``'s joints, and what happened to it."""
+    """A window in joint units for ``EmbodimentAdapter.spec``'s joints, the same as a
+    Trajectory (start time = the window's stamp), and what happened to it.
+    """
 
     window: CommandWindow
+    trajectory: Trajectory
     clamped: bool  # a position or velocity hit a limit, or a jump was rate-limited
     hold_reason: str = ""  # non-empty: this is a hold, and why
 
@@ -134,8 +137,9 @@ class EmbodimentAdapter:
     def _send(self, window: CommandWindow, clamped: bool, reason: str) -> Command:
         if self._mirror is None:
             raise RuntimeError(f"{self.spec.name}: adapter has no reference position yet; call reset()")
-        self._mirror.set_trajectory(self.trajectory(window), window.stamp)
-        return Command(window, clamped, reason)
+        traj = self.trajectory(window)
+        self._mirror.set_trajectory(traj, window.stamp)
+        return Command(window, traj, clamped, reason)
 
 
 def rate_limit(points: np.ndarray, times: np.ndarray, vmax: np.ndarray) -> np.ndarray:

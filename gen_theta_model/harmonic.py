@@ -273,9 +273,17 @@ class ChunkScheduler:
             self._t0 = self._time(self._next_index(now))
             takeover = 0
         else:
-            self._t0 = request.start_time
             chunk[: request.delay] = request.prefix  # exactly what is being executed
             takeover = request.delay
+            # A chunk may start after the grid point now being approached (its start moved
+            # later for a long delay): keep the plan from the last grid point up to its start.
+            first_old = max(self._next_index(now) - 1, 0)
+            start_old = int(round((request.start_time - self._t0) / self.cfg.period))
+            kept = [self._position(j) for j in range(first_old, start_old)]
+            if kept:
+                chunk = np.vstack([np.stack(kept), chunk])
+                takeover += len(kept)
+            self._t0 = request.start_time - len(kept) * self.cfg.period
         first = self._next_index(now)  # first grid point after arrival
         late = self.cfg.mode == "harmonic" and first > takeover
         self._chunk = chunk

@@ -141,22 +141,23 @@ class RobotSession:
 
 class HarmonicServer:
     """One policy, several robots: see the module docstring. ``clock()`` gives seconds on the
-    same clock as the message stamps (the node clock).
+    same clock as the message stamps (the node clock). Observations are built with the
+    policy's ObservationConfig unless ``obs_cfg`` is given.
     """
 
     def __init__(
         self,
         policy: Policy,
-        obs_cfg: ObservationConfig,
         robots: Sequence[tuple[str, EmbodimentSpec]],
         cfg: ServerConfig,
         clock: Callable[[], float] = time.time,
         enabled: bool = True,
+        obs_cfg: ObservationConfig | None = None,
     ) -> None:
         if not robots:
             raise ValueError("the server needs at least one robot")
         self.policy = policy
-        self.obs_cfg = obs_cfg
+        self.obs_cfg = obs_cfg or policy.observation_config  # as in training
         self.cfg = cfg
         self.clock = clock
         pcfg = policy.config
@@ -172,7 +173,7 @@ class HarmonicServer:
                 embodiment_index=policy.embodiment_index(spec.name),
                 adapter=EmbodimentAdapter(spec, cfg.safety),
                 safety=SafetyMonitor(cfg.safety, tuple(c.name for c in spec.cameras), enabled),
-                inputs=RobotInputs(spec, obs_cfg.history),
+                inputs=RobotInputs(spec, self.obs_cfg.history),
                 clock=TickClock(1.0 / cfg.command_rate_hz),
             )
         self._stop = threading.Event()

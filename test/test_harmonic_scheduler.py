@@ -137,6 +137,20 @@ def test_delay_beyond_trained_prefix_moves_the_chunk_start():
     assert sched.splice(req, np.zeros((H, 1)), now=0.15).takeover_time == pytest.approx(11 * DT)
 
 
+def test_chunk_arriving_before_its_moved_start_keeps_the_plan_up_to_it():
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, max_delay_steps=4)
+    sched = ChunkScheduler(cfg, np.zeros(1), now=0.0)
+    sched.splice(sched.request(0.0, 1), np.arange(H, dtype=float)[:, None], now=0.001)  # action j at (j+1) DT
+    req = sched.request(0.005, delay=10)  # chunk start moved to 7 DT, takeover at 11 DT
+    result = sched.splice(req, np.full((H, 1), 100.0), now=0.03)  # arrives after one step
+    assert not result.late and result.takeover_time == pytest.approx(11 * DT)
+    win = sched.window(0.03)
+    np.testing.assert_allclose(win.stamp + win.times, (np.arange(25) + 2) * DT)
+    # Old plan for 2 DT .. 10 DT (actions 1..9), then the new chunk's own actions.
+    np.testing.assert_array_equal(win.positions[:9, 0], np.arange(1.0, 10.0))
+    np.testing.assert_array_equal(win.positions[9:, 0], 100.0)
+
+
 def test_late_chunk_is_flagged_and_reset_drops_pending():
     cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H)
     sched = ChunkScheduler(cfg, np.zeros(2), now=0.0)

@@ -6,7 +6,6 @@ import torch
 
 from gen_theta_model.adapter import SafetyConfig
 from gen_theta_model.embodiment import load_robot
-from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_norm_stats
 from gen_theta_model.policy.policy import build_policy
@@ -35,7 +34,7 @@ def policy(specs):
 def make_server(policy, specs, clock, **cfg):
     robots = [("left", specs[0]), ("torso", specs[1])]
     safety = SafetyConfig(joint_timeout_s=0.1, camera_timeout_s=0.3)
-    return HarmonicServer(policy, ObservationConfig(), robots, ServerConfig(safety=safety, **cfg), clock=clock)
+    return HarmonicServer(policy, robots, ServerConfig(safety=safety, **cfg), clock=clock)
 
 
 def feed(server, t: float, robots=("left", "torso")) -> None:

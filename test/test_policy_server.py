@@ -1,0 +1,217 @@
+"""policy_server over real DDS: a real tiny checkpoint, two robots of different DoF, a slow policy.
+
+One server process serves arm6 (whose policy commands positions beyond the URDF limits)
+and humanoid16, with 300 ms of added inference delay. The robots' cameras and
+joint_states come from ros_helpers.Feeder; the test listens to the command streams and
+/diagnostics as any other node would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_helpers import Feeder, start_exe
+from server_helpers import tiny_checkpoint
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.topics import load_topics
+from gen_theta_ros.conversions import duration_to_seconds, time_to_seconds
+
+ROBOTS = ("arm6", "humanoid16")
+RATE = 50.0
+TOPICS = load_topics()
+
+
+class Listener:
+    """Commands (receive time, message) per robot and the latest diagnostics per robot."""
+
+    def __init__(self, node) -> None:
+        self.lock = threading.Lock()
+        self.commands = {r: [] for r in ROBOTS}
+        self.diag: dict[str, dict[str, str]] = {}
+        for r in ROBOTS:
+            node.create_subscription(
+                JointTrajectory, TOPICS.resolve(r, TOPICS.command), lambda m, r=r: self._cmd(r, m),
+                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+            )
+        node.create_subscription(DiagnosticArray, TOPICS.diagnostics, self._diag, 10)
+
+    def _cmd(self, robot, msg) -> None:
+        with self.lock:
+            self.commands[robot].append((time.monotonic(), msg))
+
+    def _diag(self, msg) -> None:
+        with self.lock:
+            for s in msg.status:
+                self.diag[s.hardware_id] = {"message": s.message, **{kv.key: kv.value for kv in s.values}}
+
+    def since(self, robot: str, t: float) -> list[JointTrajectory]:
+        with self.lock:
+            return [m for (r, m) in self.commands[robot] if r >= t]
+
+    def wait(self, what, timeout: float = 20.0, poll: float = 0.1):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                value = what()
+            if value:
+                return value
+            time.sleep(poll)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or 'a condition'}")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    ckpt = tiny_checkpoint(tmp / "run", {"arm6": 3.0, "humanoid16": 0.0})
+    proc = start_exe(
+        ["serve", str(ckpt), "--ros-args", "-p", f"robots:=[{','.join(ROBOTS)}]", "-p", "added_delay_ms:=300.0",
+         "-p", f"command_rate_hz:={RATE}", "-p", "joint_timeout_s:=0.3", "-p", "camera_timeout_s:=0.6"],
+        tmp / "server.log",
+    )
+    rclpy.init()
+    node = rclpy.create_node("policy_server_test")
+    listener = Listener(node)
+    specs = {r: load_robot(r) for r in ROBOTS}
+    feeders = {r: Feeder(node, r, specs[r]) for r in ROBOTS}
+    for f in feeders.values():
+        f.announce("stack", "dexterity", "stack the red cube on the blue cube")
+        f.start()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    env = {"node": node, "listener": listener, "feeders": feeders, "specs": specs}
+    try:
+        yield env
+    finally:
+        for f in env["feeders"].values():
+            f.stop()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+def set_enabled(node, robot: str, on: bool) -> SetBool.Response:
+    client = node.create_client(SetBool, TOPICS.resolve(robot, TOPICS.services.policy_enable))
+    assert client.wait_for_service(timeout_sec=20.0)
+    future = client.call_async(SetBool.Request(data=on))
+    end = time.monotonic() + 20.0
+    while not future.done() and time.monotonic() < end:
+        time.sleep(0.05)
+    node.destroy_client(client)
+    assert future.done(), "enable service did not answer"
+    return future.result()
+
+
+def driving(listener: Listener, robot: str):
+    def check():
+        """multi-point command windows (a chunk is executing)"""
+        return bool(listener.commands[robot]) and len(listener.commands[robot][-1][1].points) > 1
+    return check
+
+
+def test_commands_flow_at_rate_while_a_slow_policy_infers(system):
+    listener = system["listener"]
+    for r in ROBOTS:
+        listener.wait(driving(listener, r), timeout=60.0)
+    t0 = time.monotonic()
+    time.sleep(3.0)
+    now = time.time()
+    for r in ROBOTS:
+        msgs = listener.since(r, t0)
+        assert 0.6 * 3 * RATE < len(msgs) < 1.4 * 3 * RATE, f"{r}: {len(msgs)} commands in 3 s at {RATE} Hz"
+        spec = system["specs"][r]
+        last = msgs[-1]
+        assert list(last.joint_names) == spec.joint_names  # 7 and 16 joints on one server
+        assert abs(time_to_seconds(last.header.stamp) - now) < 1.0
+        p = last.points
+        assert len(p[0].velocities) == spec.dof and len(p[0].accelerations) == spec.dof
+        times = [duration_to_seconds(x.time_from_start) for x in p]
+        assert np.all(np.diff(times) > 0) and times[0] > 0
+    diag = listener.wait(lambda: listener.diag.get("arm6"))
+    assert float(diag["latency_p50_ms"]) >= 300.0  # the added delay is measured as latency
+    assert int(diag["chunks"]) >= 2 and int(diag["delay_steps"]) >= 15
+
+
+def test_out_of_limit_outputs_are_clamped_and_rate_limited(system):
+    listener = system["listener"]
+    spec = system["specs"]["arm6"]
+    listener.wait(driving(listener, "arm6"), timeout=30.0)
+    msgs = listener.since("arm6", time.monotonic() - 2.0)
+    q = np.array([pt.positions for m in msgs for pt in m.points])
+    assert np.all(q >= spec.lower - 1e-9) and np.all(q <= spec.upper + 1e-9)
+    qd = np.array([pt.velocities for m in msgs for pt in m.points])
+    assert np.all(np.abs(qd) <= spec.velocity_limits + 1e-9)
+    for m in msgs:
+        pos = np.array([pt.positions for pt in m.points])
+        dt = np.diff([duration_to_seconds(pt.time_from_start) for pt in m.points])
+        assert np.all(np.abs(np.diff(pos, axis=0)) <= spec.velocity_limits * dt[:, None] * (1 + 1e-4) + 1e-9)
+    assert int(listener.wait(lambda: listener.diag.get("arm6"))["clamped_ticks"]) > 0
+
+
+def test_stale_input_holds_and_the_server_resumes(system):
+    listener, feeders = system["listener"], system["feeders"]
+    listener.wait(driving(listener, "arm6"), timeout=30.0)
+    feeders["arm6"].stop()
+
+    def holding():
+        """arm6 holding on stale input"""
+        d = listener.diag.get("arm6", {})
+        msgs = listener.commands["arm6"]
+        return "stale" in d.get("message", "") and len(msgs[-1][1].points) == 1
+
+    listener.wait(holding, timeout=10.0)
+    hold = listener.since("arm6", time.monotonic() - 0.2)[-1].points[0]
+    assert not np.any(hold.velocities)
+    assert listener.wait(driving(listener, "humanoid16"))  # the other robot goes on
+    feeders["arm6"] = Feeder(system["node"], "arm6", system["specs"]["arm6"])
+    feeders["arm6"].start()
+    listener.wait(driving(listener, "arm6"), timeout=20.0)
+    assert listener.wait(lambda: listener.diag.get("arm6", {}).get("message") == "driving")
+
+
+def test_enable_disable_and_estop(system):
+    node, listener = system["node"], system["listener"]
+    listener.wait(driving(listener, "arm6"), timeout=30.0)
+    assert set_enabled(node, "arm6", False).success
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    assert len(listener.since("arm6", t0)) == 0  # disabled: the stream stops (after one hold)
+    assert len(listener.since("humanoid16", t0)) > 20
+    assert set_enabled(node, "arm6", True).success
+    listener.wait(driving(listener, "arm6"), timeout=20.0)
+
+    estop = node.create_publisher(Bool, TOPICS.resolve("arm6", TOPICS.estop), 10)
+    estop.publish(Bool(data=True))
+
+    def stopped():
+        """arm6 e-stop hold"""
+        return listener.diag.get("arm6", {}).get("message") == "holding: e-stop"
+
+    listener.wait(stopped, timeout=10.0)
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    held = listener.since("arm6", t0)
+    assert len(held) > 20 and all(len(m.points) == 1 for m in held)  # holds at rate
+    refused = set_enabled(node, "arm6", True)
+    assert not refused.success and "e-stop" in refused.message
+    estop.publish(Bool(data=False))
+    time.sleep(0.3)
+    assert set_enabled(node, "arm6", True).success
+    listener.wait(driving(listener, "arm6"), timeout=20.0)
