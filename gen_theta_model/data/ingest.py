@@ -167,7 +167,7 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
             episode=bag.name, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
             task=(rec.task if rec else "") or opts.task, category=(rec.category if rec else "") or opts.category,
             instruction=instruction, success=rec.success if rec else None, start_ns=int(js_t[0]),
-            duration_s=(last_ns - js_t[0]) * 1e-9, num_trajectories=len(commands),
+            duration_s=float(last_ns - js_t[0]) * 1e-9, num_trajectories=len(commands),
             complete=not source.recovered, source=str(bag.resolve()),
         )
         writer.finish(meta)

@@ -1,0 +1,62 @@
+"""LeRobotDataset v3 export and import: the layout, and a round trip back to the same episodes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from data_helpers import make_episode
+
+from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, JOINT_POSITION, JOINT_STAMP, load_episode
+from gen_theta_model.data.lerobot import main
+from gen_theta_model.data.manifest import finalize_dataset, open_dataset
+from gen_theta_model.data.video import decode_all
+from gen_theta_model.embodiment import load_robot
+
+
+def test_round_trip(tmp_path):
+    spec = load_robot("arm7")
+    src = tmp_path / "src"
+    make_episode(src, spec, "e0", duration=1.0, task="stack", category="dexterity", instruction="stack them")
+    make_episode(src, spec, "e1", duration=1.4, task="pick", instruction="pick the cube", seed=1)
+    finalize_dataset(src, {"arm7": spec})
+    lr = tmp_path / "lerobot"
+    assert main(["export", str(src), str(lr)]) == 0
+    info = json.loads((lr / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["fps"] == 50.0
+    assert info["features"]["action"]["names"] == spec.joint_names
+    data = pq.read_table(lr / "data/chunk-000/file-000.parquet")
+    assert data.num_rows == info["total_frames"] == 50 + 70
+    eps = pq.read_table(lr / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["tasks"] for e in eps] == [["stack them"], ["pick the cube"]]
+    video = decode_all(lr / "videos/observation.images.scene/chunk-000/file-000.mp4")
+    assert len(video) == 120 and eps[1]["videos/observation.images.scene/from_timestamp"] == pytest.approx(1.0)
+
+    back = tmp_path / "back"
+    assert main(["import", str(lr), str(back), "--robot", "arm7"]) == 0
+    ds = open_dataset(back)
+    assert [(m.episode, m.task, m.category, m.instruction) for m in ds.episodes] == [
+        ("e0", "stack", "dexterity", "stack them"), ("e1", "pick", "real_world", "pick the cube")]
+    for name in ("e0", "e1"):
+        a, b = load_episode(src / "episodes" / name), load_episode(back / "episodes" / name)
+        np.testing.assert_array_equal(a.arrays[ACTION_STAMP], b.arrays[ACTION_STAMP])
+        np.testing.assert_allclose(a.arrays[ACTION_POSITION], b.arrays[ACTION_POSITION], atol=1e-6)
+        grid = a.arrays[ACTION_STAMP]
+        idx = np.maximum(np.searchsorted(a.arrays[JOINT_STAMP], grid, side="right") - 1, 0)
+        np.testing.assert_allclose(b.arrays[JOINT_POSITION], a.arrays[JOINT_POSITION][idx], atol=1e-6)
+        frames_a = decode_all(a.path / "wrist.mp4")
+        frames_b = decode_all(b.path / "wrist.mp4")
+        stamps = a.arrays["camera.wrist.stamp_ns"]
+        want = frames_a[np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)]
+        assert frames_b.shape == want.shape and np.abs(frames_b.astype(int) - want).mean() < 3
+
+
+def test_import_rejects_a_different_robot(tmp_path, capsys):
+    spec = load_robot("arm6")
+    make_episode(tmp_path / "src", spec, "e0", duration=0.5)
+    finalize_dataset(tmp_path / "src", {"arm6": spec})
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "lr")]) == 0
+    assert main(["import", str(tmp_path / "lr"), str(tmp_path / "back"), "--robot", "arm7"]) == 2
+    assert "arm7" in capsys.readouterr().err
