@@ -99,11 +99,15 @@ def add_bin(
 
 
 def add_conveyor(client: int, center_xy: np.ndarray, half_length: float, half_width: float, height: float) -> int:
-    """Add a static belt surface along world y, top at z = ``height``; the world moves what rests on it."""
+    """Add a static belt surface along world y, top at z = ``height``; the world moves what rests on it.
+
+    The surface is frictionless: the world sets the belt velocity on resting objects every step,
+    and friction against a static body would brake them within the step.
+    """
     half = (half_width, half_length, height / 2)
     col = p.createCollisionShape(p.GEOM_BOX, halfExtents=half, physicsClientId=client)
     vis = p.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=(0.15, 0.15, 0.15, 1), physicsClientId=client)
     pos = (float(center_xy[0]), float(center_xy[1]), height / 2)
     body = p.createMultiBody(0.0, col, vis, pos, physicsClientId=client)
-    p.changeDynamics(body, -1, lateralFriction=1.0, physicsClientId=client)
+    p.changeDynamics(body, -1, lateralFriction=0.0, physicsClientId=client)
     return body

@@ -8,7 +8,7 @@ task               category       what
 stack              dexterity      put the red cube on the blue cube
 pick_place_bin     real_world     pick a cube and drop it into a bin
 instruction_pick   generalization "put the <colour> cube in the bin" among distractors
-conveyor_pack      real_world     pick a cube off a moving conveyor (5-8 cm/s), box it
+conveyor_pack      real_world     pick a cube off a moving conveyor (7-10 cm/s), box it
 =================  ============== =======================================================
 
 Objects are placed in the robot's ``Workspace`` (its reachable table region), so every
@@ -210,8 +210,9 @@ class ConveyorTask(Task):
     """A cube rides a conveyor across the workspace; the robot must pick it on the move and box it.
 
     The belt runs along y through the workspace, 6 cm beyond its centre line; the cube
-    enters at one end at 5-8 cm/s and leaves the reachable region after about 4-6 s.
-    Stopping to think costs centimetres: at 6.5 cm/s a 300 ms pause moves the cube 2 cm.
+    enters at one end at 7-10 cm/s and crosses the reachable region in 3-4.5 s.
+    Stopping to think costs centimetres: at 8.5 cm/s a 300 ms pause moves the cube 2.5 cm, more
+    than the 2 cm of slack on each side of a 4 cm cube in the open gripper.
     """
 
     name = "conveyor_pack"
@@ -225,7 +226,7 @@ class ConveyorTask(Task):
         half_len = ws.half[1] + 0.15
         belt = objects.add_conveyor(world.client, np.array([belt_x, cy]), half_len, BELT_HALF_WIDTH, BELT_HEIGHT)
         direction = float(rng.choice([-1.0, 1.0]))
-        speed = rng.uniform(0.05, 0.08)
+        speed = rng.uniform(0.07, 0.10)
         self.belt_velocity = np.array([0.0, direction * speed, 0.0])
         world.add_object(
             SceneObject("conveyor", belt, "conveyor", (BELT_HALF_WIDTH, half_len, BELT_HEIGHT / 2), False),

@@ -1,0 +1,47 @@
+"""Scripted experts succeed on >= 90% of seeds of every task on every shipped embodiment.
+
+The episodes run in-process (world, follower and expert as in the sim node, no DDS), faster
+than real time; test_sim_node.py runs one expert end to end through the ROS topics.
+"""
+
+import numpy as np
+import pytest
+
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.sim.episode import SimSession
+from gen_theta_model.sim.tasks import TASKS
+
+ROBOTS = ("arm6", "arm7", "humanoid16")
+SEEDS = range(10)
+
+
+@pytest.fixture(scope="module", params=ROBOTS)
+def session(request):
+    s = SimSession(load_robot(request.param))
+    yield s
+    s.close()
+
+
+def test_task_arm_and_workspace(session):
+    spec = session.spec
+    arm_names = [spec.joint_names[i] for i in session.kin.arm]
+    if spec.name == "humanoid16":
+        assert all("right" in n for n in arm_names) and len(arm_names) == 5  # torso and head hold
+    else:
+        assert len(arm_names) == spec.dof - 1
+    assert spec.joints[session.kin.gripper].gripper
+    tool, rot = session.kin.fk(spec.home_positions)
+    assert rot[2, 2] < -0.99  # the shipped homes point the tool down
+    center = np.array([*session.workspace.center, 0.03])
+    q, err = session.kin.ik(spec.home_positions, center, yaw=0.0)
+    assert err < 2e-3
+    np.testing.assert_allclose(session.kin.fk(q)[0], center, atol=2e-3)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_expert_success_rate(session, task):
+    results = [session.run(task, seed) for seed in SEEDS]
+    failed = [(r.seed, r.expert_phase, round(r.time, 2)) for r in results if not r.success]
+    rate = 1.0 - len(failed) / len(results)
+    assert rate >= 0.9, f"{session.spec.name}/{task}: success {rate:.0%}; failed (seed, phase, time): {failed}"
+    assert all(r.time < TASKS[task].time_limit for r in results if r.success)
