@@ -63,10 +63,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     from gen_theta_model.config import load_config
     from gen_theta_model.scaling.sweep import SweepConfig, run_sweep_config
 
-    overrides = {k: v for k, v in (("out_dir", args.out and str(args.out)), ("engine", args.engine),
-                                   ("workers", args.workers)) if v is not None}
+    overrides = {k: v for k, v in (("out_dir", args.out and str(args.out)), ("run.engine", args.engine),
+                                   ("run.workers", args.workers)) if v is not None}
     config = load_config(SweepConfig, args.config, overrides=overrides)
-    out_dir = run_sweep_config(config, config_path=args.config)
+    out_dir = run_sweep_config(config)
     if args.no_fit:
         return 0
     return run_fit(_fit_parser_defaults([str(out_dir)]))

@@ -1,0 +1,133 @@
+"""`gen-theta scaling sweep CONFIG`: nested pretraining subsets x model sizes x seeds.
+
+The sweep directory (``out_dir``)::
+
+    sweep.yaml                    the configuration used (resolved)
+    subsets.json                  {suites: {name: [episode ids]}, sizes: {D: [episode ids]}}
+    views/suites/<suite>/<src>/   downstream suite data (taken out of the pretraining pool)
+    views/pretrain/D<d>/<src>/    the nested subset of D episodes
+    trials/<model>-D<d>-s<seed>/  pretrain/ and finetune/<suite>/ runs, and result.json
+
+Then `gen-theta scaling fit <out_dir>` (run at the end unless --no-fit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gen_theta_model.config import resolve_path, to_mapping
+from gen_theta_model.scaling.engine import EngineConfig, run_trials
+from gen_theta_model.scaling.subsets import (
+    EpisodeKey,
+    list_episodes,
+    materialize_view,
+    nested_order,
+    nested_subsets,
+    split_suites,
+)
+from gen_theta_model.scaling.trial import SuiteSpec, TrialSpec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model size of the sweep: a policy preset, optionally with PolicyConfig overrides."""
+
+    name: str
+    preset: str = "tiny"
+    policy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """A downstream suite: ``episodes`` episodes of ``tasks``, held out of pretraining."""
+
+    name: str
+    tasks: list[str]
+    episodes: int
+
+    def __post_init__(self) -> None:
+        if self.episodes < 2 or not self.tasks:
+            raise ValueError(f"suite '{self.name}': needs tasks and episodes >= 2 (fine-tune + validation)")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    data: list[str]  # source dataset directories (gen-theta ingest output)
+    sizes: list[int]  # D: pretraining trajectories (episodes) per subset
+    models: list[ModelEntry]
+    suites: list[SuiteEntry]
+    seeds: list[int] = field(default_factory=lambda: [0])  # model init and data order; subsets use subset_seed
+    subset_seed: int = 0  # fixes the nested subsets and the suites, whatever the trial seeds
+    pretrain_config: str = "config/train/tiny_pretrain.yaml"
+    finetune_config: str = "config/train/tiny_sft.yaml"
+    pretrain_set: dict[str, Any] = field(default_factory=dict)  # dotted overrides, e.g. {max_steps: 400}
+    finetune_set: dict[str, Any] = field(default_factory=dict)
+    metric_delay: int = 0  # validation delay whose MSE is L (0, or the training config's validation delay)
+    out_dir: str = "runs/scaling"
+    run: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.data and self.sizes and self.models and self.suites and self.seeds):
+            raise ValueError("data, sizes, models, suites and seeds must each list at least one entry")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be distinct, got {names}")
+
+
+def _category(episodes: list[EpisodeKey]) -> str:
+    return Counter(e.category for e in episodes).most_common(1)[0][0]
+
+
+def _info(episodes: list[EpisodeKey]) -> dict[str, Any]:
+    seconds = sum(e.duration_s for e in episodes)
+    return {"episodes": len(episodes), "experience_hours": seconds / 3600.0,
+            "mean_episode_s": seconds / max(len(episodes), 1)}
+
+
+def plan_sweep(cfg: SweepConfig) -> list[TrialSpec]:
+    """Write the suite and subset views and the sweep's record files; return the trial specs."""
+    out = Path(cfg.out_dir)
+    sources = [resolve_path(d) for d in cfg.data]
+    episodes = list_episodes(sources)
+    suite_eps, pool = split_suites(
+        episodes, {s.name: (list(s.tasks), s.episodes) for s in cfg.suites}, cfg.subset_seed
+    )
+    suites = [
+        SuiteSpec(name, _category(eps), [str(v) for v in materialize_view(sources, eps, out / "views/suites" / name)])
+        for name, eps in suite_eps.items()
+    ]
+    subsets = nested_subsets(nested_order(pool, cfg.subset_seed), list(cfg.sizes))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    (out / "subsets.json").write_text(json.dumps({
+        "suites": {n: [f"{sources[e.source].name}/{e.episode}" for e in eps] for n, eps in suite_eps.items()},
+        "sizes": {str(d): [f"{sources[e.source].name}/{e.episode}" for e in eps] for d, eps in subsets.items()},
+    }, indent=1))
+    specs = []
+    for d, eps in subsets.items():
+        views = [str(v) for v in materialize_view(sources, eps, out / "views" / "pretrain" / f"D{d}")]
+        for model in cfg.models:
+            for seed in cfg.seeds:
+                trial_id = f"{model.name}-D{d}-s{seed}"
+                specs.append(TrialSpec(
+                    trial_id=trial_id, trial_dir=str(out / "trials" / trial_id), model=model.name,
+                    preset=model.preset, policy=dict(model.policy), d=d, seed=seed, pretrain_data=views,
+                    suites=suites, pretrain_config=str(resolve_path(cfg.pretrain_config)),
+                    finetune_config=str(resolve_path(cfg.finetune_config)),
+                    pretrain_set=dict(cfg.pretrain_set), finetune_set=dict(cfg.finetune_set),
+                    metric_delay=cfg.metric_delay, info=_info(eps),
+                ))
+    return specs
+
+
+def run_sweep_config(cfg: SweepConfig) -> Path:
+    """Plan and run (or resume) the sweep; returns its directory."""
+    specs = plan_sweep(cfg)
+    run_trials(specs, cfg.run)
+    return Path(cfg.out_dir)
