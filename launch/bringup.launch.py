@@ -1,0 +1,53 @@
+"""Bring up robots and the policy server: `ros2 launch gen_theta bringup.launch.py robot:=arm6 checkpoint:=RUN`.
+
+The graph (nodes, parameters, namespaces) is defined once in gen_theta_ros/graph.py;
+`gen-theta bringup` starts the same graph without launch_ros. Any node ending ends
+the bring-up, as it does there.
+"""
+
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from gen_theta_ros.graph import ARGUMENTS, BringupArgs, bringup_graph
+from launch import LaunchContext, LaunchDescription
+
+
+def launch_setup(context: LaunchContext) -> list:
+    """Evaluate the launch arguments and build one launch_ros Node per graph node."""
+    args = BringupArgs.from_strings({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
+    actions = []
+    for spec in bringup_graph(args):
+        node = Node(
+            package="gen_theta",
+            executable=spec.executable,
+            name=spec.name,
+            namespace=spec.namespace or None,
+            parameters=[*spec.params_files, spec.parameters],
+            output="screen",
+        )
+        stop_all = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[EmitEvent(event=Shutdown())]))
+        actions += [node, stop_all]
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=description)
+        for name, (default, description) in ARGUMENTS.items()
+    ]
+    profile = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
+    return LaunchDescription([
+        *declared,
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+        OpaqueFunction(function=launch_setup),
+    ])

@@ -1,0 +1,92 @@
+"""The bring-up graph (gen_theta_ros/graph.py) and `gen-theta bringup` over real DDS.
+
+test_launch.py checks that `ros2 launch gen_theta bringup.launch.py` starts the same graph.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from ros_helpers import start_exe
+from server_helpers import graph_snapshot, tiny_checkpoint
+
+from gen_theta_model.config import ConfigError
+from gen_theta_model.embodiment import load_robot
+from gen_theta_ros.graph import ARGUMENTS, BringupArgs, bringup_graph, default_params_file
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("bringup") / "run", {"arm6": 0.0, "humanoid16": 0.0})
+
+
+def custom_params(tmp: Path) -> tuple[Path, dict]:
+    """Write the shipped params file with two values changed; return (path, its parameters)."""
+    doc = yaml.safe_load(default_params_file().read_text())
+    doc["policy_server"]["ros__parameters"].update(mode="sync", command_rate_hz=100.0)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path, doc["policy_server"]["ros__parameters"]
+
+
+def test_graph_nodes_and_parameters(checkpoint):
+    nodes = bringup_graph(BringupArgs.from_strings({"robot": "arm6,humanoid16", "checkpoint": str(checkpoint)}))
+    assert [n.full_name for n in nodes] == ["/arm6/sim_robot", "/humanoid16/sim_robot", "/policy_server"]
+    sim = nodes[0]
+    assert sim.parameters["robot"] == "arm6"
+    assert sim.parameters["robot_description"] == Path(load_robot("arm6").urdf_path).read_text()
+    server = nodes[-1]
+    assert server.parameters == {"checkpoint": str(checkpoint.resolve()), "robots": ["arm6", "humanoid16"]}
+    assert server.params_files == (str(default_params_file()),)
+    assert [n.full_name for n in bringup_graph(BringupArgs(sim=False))] == []  # nothing without sim or policy
+    assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"robot": "arm9"}, "unknown robot 'arm9'"),
+        ({"sim": "maybe"}, "'sim' must be true or false"),
+        ({"robots": "arm6"}, "unknown argument 'robots'"),
+        ({"robot": " , "}, "names no robot"),
+        ({"checkpoint": "x", "params_file": "/nonexistent.yaml"}, "does not exist"),
+    ],
+)
+def test_bad_arguments_are_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        bringup_graph(BringupArgs.from_strings(values))
+
+
+def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_path):
+    params, values = custom_params(tmp_path)
+    proc = start_exe(["bringup", "robot:=arm6,humanoid16", f"checkpoint:={checkpoint}", "sim:=false",
+                      f"params_file:={params}"], tmp_path / "bringup.log")
+    rclpy.init()
+    node = rclpy.create_node("bringup_test")
+    try:
+        snap = graph_snapshot(node, {"/policy_server": ["checkpoint", "robots", *values]})
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    # Every key of the params file is a declared parameter (an undeclared one would read back unset).
+    expected = {"checkpoint": str(checkpoint.resolve()), "robots": ["arm6", "humanoid16"], **values}
+    assert snap["/policy_server"] == expected
+    assert code == 0, (tmp_path / "bringup.log").read_text()
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert str(params) not in ps  # the node went with it
+
+
+def test_gen_theta_bringup_rejects_bad_input(tmp_path):
+    out = subprocess.run([str(Path(sys.executable).parent / "gen-theta"), "bringup", "robot"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "expected name:=value" in out.stderr

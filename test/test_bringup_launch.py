@@ -1,0 +1,61 @@
+"""`ros2 launch gen_theta bringup.launch.py` starts the same graph as `gen-theta bringup`.
+
+Both come from gen_theta_ros/graph.py; this test runs both in a colcon workspace and
+compares the running nodes and their parameters over DDS. Collected only where ros2cli
+and launch_ros are installed (conftest.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from server_helpers import graph_snapshot, tiny_checkpoint
+from workspace import build_workspace, workspace_env
+
+from gen_theta_ros.graph import ARGUMENTS, default_params_file
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
+
+
+def run_and_snapshot(cmd: list[str], env: dict[str, str], log: Path, params: dict[str, list[str]]) -> dict:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    rclpy.init()
+    node = rclpy.create_node("bringup_launch_test")
+    try:
+        return graph_snapshot(node, params)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+def test_launch_file_declares_every_argument_with_a_description(install: Path) -> None:
+    out = subprocess.run(["ros2", "launch", "gen_theta", "bringup.launch.py", "--show-args"],
+                         env=workspace_env(install), capture_output=True, text=True, check=True, timeout=120).stdout
+    for name, (_, description) in ARGUMENTS.items():
+        assert f"'{name}':" in out and description.split(";")[0] in out
+
+
+def test_launch_and_gen_theta_bringup_start_the_same_graph(install: Path, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "run", {"arm6": 0.0, "humanoid16": 0.0})
+    doc = yaml.safe_load(default_params_file().read_text())
+    doc["policy_server"]["ros__parameters"]["mode"] = "naive_async"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(doc))
+    names = ["checkpoint", "robots", *doc["policy_server"]["ros__parameters"]]
+    args = ["robot:=arm6,humanoid16", f"checkpoint:={ckpt}", "sim:=false", f"params_file:={params_file}"]
+    env = workspace_env(install)
+    launched = run_and_snapshot(["ros2", "launch", "gen_theta", "bringup.launch.py", *args], env,
+                                tmp_path / "launch.log", {"/policy_server": names})
+    plain = run_and_snapshot(["gen-theta", "bringup", *args], env, tmp_path / "bringup.log", {"/policy_server": names})
+    assert launched == plain
+    assert launched["/policy_server"]["mode"] == "naive_async"
