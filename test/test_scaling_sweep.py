@@ -9,11 +9,13 @@ import pytest
 import yaml
 from data_helpers import make_episode
 
+from gen_theta_model.checkpoint import latest_checkpoint, read_checkpoint_config
 from gen_theta_model.config import share_dir
 from gen_theta_model.data.manifest import finalize_dataset
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.scaling import cli
 from gen_theta_model.scaling.results import load_results
+from gen_theta_model.scaling.trial import zero_shot_point
 
 FAST = {  # a few-second run per training: small batches and images, narrow model, no workers
     "data.batch_size": 4, "data.num_workers": 0, "data.val_samples": 8, "data.horizon": 20,
@@ -63,8 +65,13 @@ def test_tiny_sweep_end_to_end_and_resume(source, tmp_path, capsys):
     assert t.d == 6 and 0 < t.n_params < 100_000 and t.info["episodes"] == 6
     assert [p.step for p in t.pretrain_curve] == [2, 4]
     (s,) = t.suites
-    assert s.suite == "pick_suite" and s.category == "dexterity" and [p.step for p in s.curve] == [2, 4]
+    assert s.suite == "pick_suite" and s.category == "dexterity" and [p.step for p in s.curve] == [0, 2, 4]
     assert s.mse > 0 and s.rkl is not None and s.mse == s.curve[-1].mse
+    # step 0 is measured like the trainer's validation: the final checkpoint gives the final logged point
+    ft_dir = out / "trials" / "nano-D6-s0" / "finetune" / "pick_suite"
+    ft_cfg, _, _ = read_checkpoint_config(latest_checkpoint(ft_dir))
+    again = zero_shot_point(latest_checkpoint(ft_dir), ft_cfg, delay=0)
+    assert again.mse == pytest.approx(s.mse, rel=1e-5) and again.rkl == pytest.approx(s.rkl, rel=1e-4)
     report = (out / "report" / "scaling.md").read_text()
     assert "| nano |" in report and (out / "report" / "loss_vs_d.png").is_file()
     capsys.readouterr()

@@ -11,6 +11,7 @@ Re-running an interrupted trial resumes its runs from their latest checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,15 +20,18 @@ from typing import Any
 
 import torch
 
-from gen_theta_model.checkpoint import latest_checkpoint, read_checkpoint_config
+from gen_theta_model.checkpoint import latest_checkpoint, load_policy, read_checkpoint_config
 from gen_theta_model.config import ConfigError, from_mapping, to_mapping
+from gen_theta_model.data.loader import make_dataloaders
 from gen_theta_model.distributed import setup, teardown
+from gen_theta_model.evaluate import ALL, EvalConfig, evaluate_policy, summarise
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.scaling.results import CurvePoint, SuiteResult, TrialResult, write_result
 from gen_theta_model.train import train
 from gen_theta_model.train_config import TrainConfig, load_train_config
 
 TRAIN_LOG = "train_log.jsonl"
+VALIDATION_KL_SAMPLES = 8  # as the trainer's periodic validation (gen_theta_model.train.validate)
 
 
 class TrialError(RuntimeError):
@@ -78,9 +82,13 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
 
 
-def _run(config: str, values: dict[str, Any], user: dict[str, Any]) -> TrainConfig:
-    """Train with ``config`` + user overrides + the trial's own keys (which win); raise if it stops early."""
-    cfg = load_train_config(config, _overrides(user) + _overrides(values))
+def _config(config: str, values: dict[str, Any], user: dict[str, Any]) -> TrainConfig:
+    """``config`` + user overrides + the trial's own keys (which win)."""
+    return load_train_config(config, _overrides(user) + _overrides(values))
+
+
+def _run(cfg: TrainConfig) -> None:
+    """Train ``cfg``; raise TrialError if the run stops early."""
     env = setup(cfg.device)
     try:
         code = train(cfg, env)
@@ -88,7 +96,25 @@ def _run(config: str, values: dict[str, Any], user: dict[str, Any]) -> TrainConf
         teardown(env)
     if code != 0:
         raise TrialError(f"training run {cfg.out_dir} stopped early (exit code {code}); see its train_log.jsonl")
-    return cfg
+
+
+def zero_shot_point(checkpoint: Path, ft_cfg: TrainConfig, delay: int) -> CurvePoint:
+    """Step 0 of a fine-tuning curve: the pretrained checkpoint on the fine-tuning run's validation batches.
+
+    Unlike ``evaluate.evaluate_checkpoint`` (the checkpoint's own data split), this
+    uses the fine-tuning config's split, keys and batch count, so step 0 and the
+    curve the trainer logs are measured on the same validation samples.
+    """
+    policy = load_policy(checkpoint)
+    _, val, info = make_dataloaders(list(ft_cfg.dataset), dataclasses.replace(ft_cfg.data, num_workers=0))
+    categories = sorted({m.category for m in info.episodes})
+    ecfg = EvalConfig(delays=(delay,), kl_samples=VALIDATION_KL_SAMPLES)
+    totals, _ = evaluate_policy(
+        policy, val, policy.embodiment_map([info.specs[n] for n in info.embodiment_names]), categories,
+        [categories.index(m.category) for m in info.episodes], ecfg, ft_cfg.eval_batches,
+    )
+    row = next(r for r in summarise(totals, categories, ecfg) if r["category"] == ALL)
+    return CurvePoint(0, row["mse"], row["kl"])
 
 
 def read_curve(run_dir: Path, delay: int) -> list[CurvePoint]:
@@ -123,17 +149,19 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     root = Path(spec.trial_dir)
     pre_dir = root / "pretrain"
     common = {"seed": spec.seed, "data.seed": spec.seed, "progress": False}
-    _run(spec.pretrain_config, {
+    _run(_config(spec.pretrain_config, {
         "dataset": spec.pretrain_data, "out_dir": str(pre_dir), "preset": spec.preset, "policy": spec.policy,
         **common,
-    }, spec.pretrain_set)
+    }, spec.pretrain_set))
     suites = []
     for suite in spec.suites:
         ft_dir = root / "finetune" / suite.name
-        _run(spec.finetune_config, {
+        ft_cfg = _config(spec.finetune_config, {
             "dataset": suite.data, "out_dir": str(ft_dir), "init_from": str(pre_dir), **common,
         }, spec.finetune_set)
-        curve = read_curve(ft_dir, spec.metric_delay)
+        start_point = zero_shot_point(latest_checkpoint(pre_dir), ft_cfg, spec.metric_delay)
+        _run(ft_cfg)
+        curve = [start_point, *read_curve(ft_dir, spec.metric_delay)]
         suites.append(SuiteResult(suite.name, suite.category, curve[-1].mse, curve[-1].rkl, curve))
     result = TrialResult(
         trial_id=spec.trial_id, preset=spec.model, n_params=count_parameters(pre_dir), d=spec.d, seed=spec.seed,
