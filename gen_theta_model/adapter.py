@@ -222,6 +222,10 @@ class TickClock:
         self.missed = 0
         self.jitter = LatencyTracker(window=window)  # |gap - period|, s
 
+    def pause(self) -> None:
+        """Mark a deliberate stop of the stream (disabled): the gap until the next tick is no miss."""
+        self.last = None
+
     def tick(self, now: float) -> None:
         if self.last is not None:
             gap = now - self.last

@@ -136,6 +136,7 @@ class RobotSession:
     clock: TickClock | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     holding: bool = True  # True until the first drive, and while safety holds
+    resync: bool = False  # the robot may have been moved by others: restart from its measured position
     sent_disabled_hold: bool = False
 
 
@@ -183,13 +184,15 @@ class HarmonicServer:
     # -- configuration at run time ----------------------------------------------------------
     def reconfigure(self, **changes: object) -> None:
         """Replace ServerConfig fields (mode, added_delay_ms, ...); timelines restart from where
-        each robot is commanded to be.
+        each robot is commanded to be, and the counters start again.
         """
         self.cfg = dataclasses.replace(self.cfg, **changes)
         for s in self.sessions.values():
             with s.lock:
                 s.scheduler = None
                 s.holding = True
+                s.counters = ServerCounters()
+                s.clock = TickClock(1.0 / self.cfg.command_rate_hz)
         self.latency = LatencyTracker(window=self.cfg.latency_window, initial=self.latency.percentile(50))
 
     def _scheduler_config(self, spec: EmbodimentSpec) -> SchedulerConfig:
@@ -249,14 +252,19 @@ class HarmonicServer:
             c.hold_reason = reason
             with s.lock:
                 s.holding = True
-            if reason == "disabled":  # hand the robot over: one hold, then silence
-                if s.sent_disabled_hold:
-                    return None
-                s.sent_disabled_hold = True
+            s.resync = s.resync or reason in ("disabled", "e-stop")
+            if reason == "disabled" and s.sent_disabled_hold:  # hand the robot over: one hold, then silence
+                return None
             c.holds += 1
             s.clock.tick(now)
+            if reason == "disabled":
+                s.sent_disabled_hold = True
+                s.clock.pause()
             return s.adapter.hold(now, period, reason)
         s.sent_disabled_hold = False
+        if s.resync:
+            s.adapter.reset(s.inputs.latest_positions(), now)
+            s.resync = False
         with s.lock:
             if s.holding or s.scheduler is None:
                 start = s.spec.normalize(s.adapter.commanded(now))

@@ -11,7 +11,8 @@ The knobs are ``ARGUMENTS`` (names, defaults, descriptions), shared by both::
 Nodes: one ``sim_robot`` per robot in the robot's namespace (``sim:=true``; with
 ``sim:=false`` real drivers provide the same topics), given the robot's URDF as
 ``robot_description``; one ``policy_server`` for all robots (if a checkpoint is given),
-parameters from ``params_file`` plus ``checkpoint`` and ``robots``.
+parameters from ``params_file`` plus ``checkpoint``, ``robots`` and the robots' URDFs
+(``robot_descriptions``, which the server checks against the checkpoint).
 """
 
 from __future__ import annotations
@@ -87,21 +88,30 @@ def default_params_file() -> Path:
 def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
     """List the nodes of the bring-up for ``args``, in start order."""
     nodes = []
+    urdfs = {robot: robot_urdf(robot).read_text() for robot in args.robots}
     if args.sim:
         for robot in args.robots:
-            yaml_path = resolve_path(Path("config/robots") / f"{robot}.yaml")
-            if not yaml_path.is_file():
-                raise ConfigError(f"bringup: unknown robot '{robot}': no file {yaml_path}")
-            urdf = resolve_path(load_robot_config(yaml_path).urdf, base=yaml_path.parent)
-            params = {"robot": robot, "robot_description": urdf.read_text()}
+            params = {"robot": robot, "robot_description": urdfs[robot]}
             nodes.append(NodeSpec("sim_robot", "sim_robot", robot, params))
     if args.checkpoint:
         params_file = args.params_file or str(default_params_file())
         if not Path(params_file).is_file():
             raise ConfigError(f"bringup: params_file {params_file} does not exist")
-        params = {"checkpoint": str(Path(args.checkpoint).expanduser().resolve()), "robots": list(args.robots)}
+        params = {
+            "checkpoint": str(Path(args.checkpoint).expanduser().resolve()),
+            "robots": list(args.robots),
+            "robot_descriptions": [urdfs[r] for r in args.robots],  # checked against the checkpoint
+        }
         nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,)))
     return nodes
+
+
+def robot_urdf(robot: str) -> Path:
+    """Return the URDF path of a shipped robot (config/robots/<robot>.yaml)."""
+    yaml_path = resolve_path(Path("config/robots") / f"{robot}.yaml")
+    if not yaml_path.is_file():
+        raise ConfigError(f"bringup: unknown robot '{robot}': no file {yaml_path}")
+    return resolve_path(load_robot_config(yaml_path).urdf, base=yaml_path.parent)
 
 
 # -- `gen-theta bringup`: the graph as subprocesses -----------------------------------------

@@ -16,6 +16,7 @@ and the command timer never wait for it (docs/serving.md).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
 import numpy as np
@@ -63,6 +64,7 @@ class PolicyServer(Node):
         self.declare_parameter("checkpoint", "")  # checkpoint directory or training run directory
         self.declare_parameter("robots", ["arm6"])  # robot namespaces served
         self.declare_parameter("embodiments", [""])  # embodiment name per robot; empty: the namespace
+        self.declare_parameter("robot_descriptions", [""])  # URDF text per robot, checked against the checkpoint
         self.declare_parameter("mode", "harmonic")  # harmonic | sync | naive_async
         self.declare_parameter("command_rate_hz", 50.0)
         self.declare_parameter("execute_steps", 10)
@@ -89,11 +91,19 @@ class PolicyServer(Node):
         policy = load_policy(checkpoint, device=p("device"))
         train_cfg, _, _ = read_checkpoint_config(checkpoint)
         specs = {e.name: e for e in policy.embodiments}
+        descriptions = [d for d in p("robot_descriptions") if d]
+        if descriptions and len(descriptions) != len(robots):
+            raise ConfigError(f"policy_server: {len(robots)} robots but {len(descriptions)} robot_descriptions")
         served: list[tuple[str, EmbodimentSpec]] = []
-        for robot, emb in zip(robots, embodiments):
+        for i, (robot, emb) in enumerate(zip(robots, embodiments)):
             if emb not in specs:
                 raise ConfigError(
                     f"policy_server: robot '{robot}': checkpoint {checkpoint} knows {list(specs)}, not '{emb}'"
+                )
+            if descriptions and hashlib.sha256(descriptions[i].encode()).hexdigest() != specs[emb].urdf_sha256:
+                raise ConfigError(
+                    f"policy_server: robot '{robot}': its robot_description differs from the URDF the checkpoint "
+                    f"was trained on ({specs[emb].urdf_path}, sha256 {specs[emb].urdf_sha256[:12]})"
                 )
             served.append((robot, specs[emb]))
         cfg = ServerConfig(

@@ -43,7 +43,11 @@ def test_graph_nodes_and_parameters(checkpoint):
     assert sim.parameters["robot"] == "arm6"
     assert sim.parameters["robot_description"] == Path(load_robot("arm6").urdf_path).read_text()
     server = nodes[-1]
-    assert server.parameters == {"checkpoint": str(checkpoint.resolve()), "robots": ["arm6", "humanoid16"]}
+    assert server.parameters == {
+        "checkpoint": str(checkpoint.resolve()),
+        "robots": ["arm6", "humanoid16"],
+        "robot_descriptions": [Path(load_robot(r).urdf_path).read_text() for r in ("arm6", "humanoid16")],
+    }
     assert server.params_files == (str(default_params_file()),)
     assert [n.full_name for n in bringup_graph(BringupArgs(sim=False))] == []  # nothing without sim or policy
     assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file"}
@@ -90,3 +94,10 @@ def test_gen_theta_bringup_rejects_bad_input(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "gen-theta"), "bringup", "robot"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "expected name:=value" in out.stderr
+
+
+def test_server_refuses_a_robot_whose_urdf_differs_from_the_checkpoint(checkpoint, tmp_path):
+    proc = start_exe(["serve", str(checkpoint), "--ros-args", "-p", "robots:=[arm6]",
+                      "-p", "robot_descriptions:=['<robot name=\"other\"/>']"], tmp_path / "serve.log")
+    assert proc.wait(timeout=120) != 0
+    assert "robot 'arm6': its robot_description differs" in (tmp_path / "serve.log").read_text()

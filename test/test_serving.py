@@ -169,3 +169,22 @@ def test_sync_mode_idles_while_inferring(policy, specs):
     c = server.sessions["left"].counters
     # Cycles of 5 steps of motion and 0.1 s (5 ticks) of waiting.
     assert c.chunks >= 3 and 0.3 < c.idle_ticks / c.ticks < 0.7
+
+
+def test_enabling_again_starts_from_where_the_robot_was_moved(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t, robots=("left",))
+    server.tick("left", clock.t)
+    server.set_enabled("left", False)
+    server.tick("left", clock.t + 0.02)
+    spec = specs[0]
+    moved = spec.home_positions + 0.2 * (spec.upper - spec.home_positions)  # someone else moved the robot
+    clock.t += 1.0
+    server.on_joint_state("left", spec.joint_names, moved, clock.t, clock.t)
+    for cam in spec.cameras:
+        server.on_image("left", cam.name, np.zeros((96, 96, 3), np.uint8), clock.t, clock.t)
+    server.set_enabled("left", True)
+    cmd = server.tick("left", clock.t)
+    np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)
+    assert server.sessions["left"].clock.missed == 0  # the silent time while disabled is no miss
