@@ -90,40 +90,63 @@ def _info(episodes: list[EpisodeKey]) -> dict[str, Any]:
             "mean_episode_s": seconds / max(len(episodes), 1)}
 
 
-def plan_sweep(cfg: SweepConfig) -> list[TrialSpec]:
-    """Write the suite and subset views and the sweep's record files; return the trial specs."""
-    out = Path(cfg.out_dir)
-    sources = [resolve_path(d) for d in cfg.data]
+@dataclass(frozen=True)
+class Views:
+    """The data views of a sweep or ablation: downstream suites and pretraining subsets."""
+
+    suites: list[SuiteSpec]
+    pretrain: dict[int, list[str]]  # D -> view directories
+    info: dict[int, dict[str, Any]]  # D -> data facts (episodes, experience hours)
+
+
+def prepare_views(
+    data: list[str], suites: list[SuiteEntry], sizes: list[int] | None, subset_seed: int, out: Path
+) -> Views:
+    """Write the suite views and the nested subset views (``sizes`` None: the whole pool) and subsets.json."""
+    sources = [resolve_path(d) for d in data]
     episodes = list_episodes(sources)
-    suite_eps, pool = split_suites(
-        episodes, {s.name: (list(s.tasks), s.episodes) for s in cfg.suites}, cfg.subset_seed
-    )
-    suites = [
+    suite_eps, pool = split_suites(episodes, {s.name: (list(s.tasks), s.episodes) for s in suites}, subset_seed)
+    specs = [
         SuiteSpec(name, _category(eps), [str(v) for v in materialize_view(sources, eps, out / "views/suites" / name)])
         for name, eps in suite_eps.items()
     ]
-    subsets = nested_subsets(nested_order(pool, cfg.subset_seed), list(cfg.sizes))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.yaml").write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    subsets = nested_subsets(nested_order(pool, subset_seed), list(sizes) if sizes else [len(pool)])
+
+    def ids(eps: list[EpisodeKey]) -> list[str]:
+        return [f"{sources[e.source].name}/{e.episode}" for e in eps]
+
     (out / "subsets.json").write_text(json.dumps({
-        "suites": {n: [f"{sources[e.source].name}/{e.episode}" for e in eps] for n, eps in suite_eps.items()},
-        "sizes": {str(d): [f"{sources[e.source].name}/{e.episode}" for e in eps] for d, eps in subsets.items()},
+        "suites": {n: ids(eps) for n, eps in suite_eps.items()},
+        "sizes": {str(d): ids(eps) for d, eps in subsets.items()},
     }, indent=1))
-    specs = []
-    for d, eps in subsets.items():
-        views = [str(v) for v in materialize_view(sources, eps, out / "views" / "pretrain" / f"D{d}")]
-        for model in cfg.models:
-            for seed in cfg.seeds:
-                trial_id = f"{model.name}-D{d}-s{seed}"
-                specs.append(TrialSpec(
-                    trial_id=trial_id, trial_dir=str(out / "trials" / trial_id), model=model.name,
-                    preset=model.preset, policy=dict(model.policy), d=d, seed=seed, pretrain_data=views,
-                    suites=suites, pretrain_config=str(resolve_path(cfg.pretrain_config)),
-                    finetune_config=str(resolve_path(cfg.finetune_config)),
-                    pretrain_set=dict(cfg.pretrain_set), finetune_set=dict(cfg.finetune_set),
-                    metric_delay=cfg.metric_delay, info=_info(eps),
-                ))
-    return specs
+    views = {d: [str(v) for v in materialize_view(sources, eps, out / "views/pretrain" / f"D{d}")]
+             for d, eps in subsets.items()}
+    return Views(specs, views, {d: _info(eps) for d, eps in subsets.items()})
+
+
+def trial_spec(cfg: Any, model: ModelEntry, d: int, seed: int, views: Views, trial_id: str,
+               mixture: str = "", extra_set: dict[str, Any] | None = None) -> TrialSpec:
+    """Build the TrialSpec of one trial of a sweep or ablation config ``cfg`` (the fields both share)."""
+    return TrialSpec(
+        trial_id=trial_id, trial_dir=str(Path(cfg.out_dir) / "trials" / trial_id), model=model.name,
+        preset=model.preset, policy=dict(model.policy), d=d, seed=seed, pretrain_data=views.pretrain[d],
+        suites=views.suites, pretrain_config=str(resolve_path(cfg.pretrain_config)),
+        finetune_config=str(resolve_path(cfg.finetune_config)),
+        pretrain_set={**cfg.pretrain_set, **(extra_set or {})}, finetune_set=dict(cfg.finetune_set),
+        metric_delay=cfg.metric_delay, mixture=mixture, info=views.info[d],
+    )
+
+
+def plan_sweep(cfg: SweepConfig) -> list[TrialSpec]:
+    """Write the views and the sweep's record files; return the trial specs."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    views = prepare_views(cfg.data, cfg.suites, cfg.sizes, cfg.subset_seed, out)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    return [
+        trial_spec(cfg, model, d, seed, views, f"{model.name}-D{d}-s{seed}")
+        for d in sorted(views.pretrain) for model in cfg.models for seed in cfg.seeds
+    ]
 
 
 def run_sweep_config(cfg: SweepConfig) -> Path:
