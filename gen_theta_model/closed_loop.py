@@ -1,0 +1,228 @@
+"""Closed-loop evaluation figures from what a robot received: pure functions, no ROS.
+
+``gen-theta rollout`` records, per episode, every command (receive time, Trajectory),
+the sim's outcome and the server's latency; these functions turn that into the
+figures of the results table:
+
+- chunk switches: consecutive command windows that disagree on a time both cover mark
+  the moment a new plan takes over; the *jump* is the largest joint difference there
+  (rad or m) between the new plan and the one it replaced;
+- jerk at switches: the command stream is replayed through the JointTrajectoryController
+  semantics (gen_theta_model.trajectory.resample_commands) at 500 Hz, and the largest
+  |d³q/dt³| within 0.1 s of a switch is taken (rad/s³ or m/s³);
+- idle fraction: the share of commands that tell the robot to stand still for lack of a
+  plan (a single point with zero velocity: the server's hold);
+- command timing: missed deadlines (control slots without a command) and |gap - period|
+  jitter percentiles, from receive times (gen_theta_model.adapter.TickClock).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from gen_theta_model.adapter import TickClock
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.trajectory import Trajectory, resample_commands
+
+JERK_RATE_HZ = 500.0
+JERK_WINDOW_S = 0.1
+
+
+@dataclass(frozen=True)
+class Switch:
+    time: float  # s, the first time where the new plan departs from the old one
+    jump: float  # largest |q_new - q_old| over the joints at that time, rad|m
+
+
+def is_hold(traj: Trajectory) -> bool:
+    """Whether ``traj`` is a stand-still command: one point, no or zero velocity."""
+    if len(traj.points) != 1:
+        return False
+    v = traj.points[0].velocities
+    return v is None or not np.any(v)
+
+
+def _absolute(traj: Trajectory, stamp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (times (N,) absolute s, positions (N, n)) of a trajectory received at ``stamp`` s."""
+    start = traj.start_time or stamp
+    times = np.array([start + p.time_from_start for p in traj.points])
+    return times, np.stack([p.positions for p in traj.points])
+
+
+def chunk_switches(
+    commands: Sequence[tuple[float, Trajectory]], tol: float = 1e-4, time_tol: float = 1e-4
+) -> list[Switch]:
+    """Plan changes in a command stream of (receive time s, trajectory), in order.
+
+    A window is compared with the one before on the times both cover (a hold covers all
+    later times); the first time they differ by more than ``tol`` is a switch.
+    """
+    out = []
+    for (s0, prev), (s1, new) in zip(commands, commands[1:]):
+        t_old, q_old = _absolute(prev, s0)
+        t_new, q_new = _absolute(new, s1)
+        holds = is_hold(prev)
+        for t, q in zip(t_new, q_new):
+            if t > t_old[-1] + time_tol and not holds:
+                break  # beyond the old window: nothing planned to compare with
+            if holds or t >= t_old[-1]:
+                ref = q_old[-1]
+            else:
+                ref = np.array([np.interp(t, t_old, q_old[:, j]) for j in range(q_old.shape[1])])
+            diff = float(np.max(np.abs(q - ref)))
+            if diff > tol:
+                out.append(Switch(float(t), diff))
+                break
+    return out
+
+
+def idle_fraction(trajectories: Sequence[Trajectory]) -> float:
+    """Share of commands that are holds (0 for an empty stream)."""
+    return float(np.mean([is_hold(t) for t in trajectories])) if trajectories else 0.0
+
+
+def command_timing(receive_times: Sequence[float], period: float) -> dict[str, float]:
+    """Missed deadlines and inter-command jitter percentiles (ms) of one command stream."""
+    clock = TickClock(period, window=max(len(receive_times), 1))
+    for t in receive_times:
+        clock.tick(t)
+    return {
+        "missed_deadlines": float(clock.missed),
+        "jitter_p50_ms": clock.jitter.percentile(50) * 1e3,
+        "jitter_p99_ms": clock.jitter.percentile(99) * 1e3,
+    }
+
+
+def replay(
+    spec: EmbodimentSpec, initial: np.ndarray, commands: Sequence[tuple[float, Trajectory]], rate_hz: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay the stream as a JointTrajectoryController would: (times (T,), q, qd (T, dof))."""
+    t0, t1 = commands[0][0], commands[-1][0] + 0.5
+    times = np.arange(t0, t1, 1.0 / rate_hz)
+    q, qd = resample_commands(spec, initial, list(commands), times)
+    return times, q, qd
+
+
+def jerk_at_switches(times: np.ndarray, qd: np.ndarray, switches: Sequence[Switch]) -> float:
+    """Largest |jerk| (units/s³) of the replayed motion within JERK_WINDOW_S of any switch."""
+    if not switches or len(times) < 4:
+        return 0.0
+    dt = float(times[1] - times[0])
+    jerk = np.abs(np.diff(qd, n=2, axis=0)) / dt**2  # (T-2, dof), centred on times[1:-1]
+    centres = times[1:-1]
+    worst = 0.0
+    for s in switches:
+        near = np.abs(centres - s.time) <= JERK_WINDOW_S
+        if near.any():
+            worst = max(worst, float(jerk[near].max()))
+    return worst
+
+
+@dataclass
+class EpisodeFigures:
+    mode: str
+    added_delay_ms: float
+    seed: int
+    task: str
+    success: bool
+    time_to_success: float | None  # s of the episode
+    idle_fraction: float
+    switches: int
+    max_jump: float  # rad|m
+    max_jerk: float  # rad/s³|m/s³
+    missed_deadlines: float
+    jitter_p50_ms: float
+    jitter_p99_ms: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    server_missed_deadlines: float
+
+
+def episode_figures(
+    spec: EmbodimentSpec,
+    initial: np.ndarray,
+    commands: Sequence[tuple[float, Trajectory]],
+    period: float,
+    **known: object,
+) -> EpisodeFigures:
+    """Figures of one episode's command stream; ``known`` gives the fields measured elsewhere
+    (mode, delay, seed, task, success, time, latencies, the server's missed deadlines).
+    """
+    switches = chunk_switches(commands)
+    times, _, qd = replay(spec, initial, commands, JERK_RATE_HZ) if commands else (np.zeros(0), None, None)
+    return EpisodeFigures(
+        idle_fraction=idle_fraction([c for _, c in commands]),
+        switches=len(switches),
+        max_jump=max((s.jump for s in switches), default=0.0),
+        max_jerk=jerk_at_switches(times, qd, switches) if commands else 0.0,
+        **command_timing([t for t, _ in commands], period),
+        **known,
+    )
+
+
+COLUMNS = (
+    ("success rate", "success_rate", "{:.2f}"),
+    ("time to success s", "time_to_success", "{:.1f}"),
+    ("idle %", "idle_pct", "{:.1f}"),
+    ("max jump at switch", "max_jump", "{:.3f}"),
+    ("max jerk at switch", "max_jerk", "{:.0f}"),
+    ("missed deadlines", "missed_deadlines", "{:.0f}"),
+    ("jitter p50/p99 ms", "jitter", "{}"),
+    ("latency p50/p99 ms", "latency", "{}"),
+)
+
+
+def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
+    """One row per (mode, added delay): rates and means over seeds, worst cases for jumps,
+    jerk and deadlines; latency p50 as the median of episode p50s, p99 as their maximum.
+    """
+    rows = []
+    keys = sorted({(e.added_delay_ms, e.mode) for e in episodes})
+    for delay, mode in keys:
+        eps = [e for e in episodes if e.mode == mode and e.added_delay_ms == delay]
+        times = [e.time_to_success for e in eps if e.success and e.time_to_success is not None]
+        rows.append({
+            "mode": mode,
+            "added_delay_ms": delay,
+            "episodes": len(eps),
+            "success_rate": float(np.mean([e.success for e in eps])),
+            "time_to_success": float(np.mean(times)) if times else None,
+            "idle_pct": 100.0 * float(np.mean([e.idle_fraction for e in eps])),
+            "max_jump": max(e.max_jump for e in eps),
+            "max_jerk": max(e.max_jerk for e in eps),
+            "missed_deadlines": sum(e.missed_deadlines for e in eps),
+            "server_missed_deadlines": sum(e.server_missed_deadlines for e in eps),
+            "jitter_p50_ms": float(np.median([e.jitter_p50_ms for e in eps])),
+            "jitter_p99_ms": max(e.jitter_p99_ms for e in eps),
+            "latency_p50_ms": float(np.median([e.latency_p50_ms for e in eps])),
+            "latency_p99_ms": max(e.latency_p99_ms for e in eps),
+        })
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, object]]) -> str:
+    """Format the results table in Markdown, one line per (added delay, mode)."""
+    head = ["added delay ms", "mode", *[c[0] for c in COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['added_delay_ms']:.0f}", str(r["mode"])]
+        for _, key, fmt in COLUMNS:
+            if key == "jitter":
+                cells.append(f"{r['jitter_p50_ms']:.1f} / {r['jitter_p99_ms']:.1f}")
+            elif key == "latency":
+                cells.append(f"{r['latency_p50_ms']:.0f} / {r['latency_p99_ms']:.0f}")
+            elif r[key] is None:
+                cells.append("-")
+            else:
+                cells.append(fmt.format(r[key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_json(rows: Sequence[dict[str, object]], episodes: Sequence[EpisodeFigures], meta: dict) -> str:
+    """Everything as JSON: run metadata, the aggregated rows and every episode."""
+    return json.dumps({"meta": meta, "rows": list(rows), "episodes": [asdict(e) for e in episodes]}, indent=1)
