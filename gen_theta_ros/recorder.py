@@ -38,6 +38,11 @@ from gen_theta_model.topics import load_topics
 from gen_theta_ros.runtime import run_node
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Sensor-data QoS (best effort, volatile) with a deep history: a burst waits in the DDS
+# reader instead of overwriting unread samples while the executor is busy.
+SENSOR_QOS = QoSProfile(
+    depth=100, reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability
+)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -79,7 +84,7 @@ class Recorder(Node):
         self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
         sensors = ReentrantCallbackGroup()  # callbacks only enqueue: any thread may run them
         for topic, cls in self.topics.items():
-            qos = qos_profile_sensor_data if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
+            qos = SENSOR_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
             if cls is String:
                 qos = LATCHED_QOS
             callback = self._make_callback(topic, latched=cls is String)
@@ -99,8 +104,10 @@ class Recorder(Node):
         self.get_logger().info(f"recording {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
 
     def _topic_types(self, names, compressed: bool, chosen: list[str]) -> dict[str, type]:
-        configured = {names.camera_topic(self.robot, c.name, compressed): CompressedImage if compressed else Image
-                      for c in self.spec.cameras}
+        configured = {
+            names.camera_topic(self.robot, c.name, compressed): CompressedImage if compressed else Image
+            for c in self.spec.cameras
+        }
         configured[names.resolve(self.robot, names.joint_states)] = JointState
         configured[names.resolve(self.robot, names.command)] = JointTrajectory
         configured[names.resolve(self.robot, names.instruction)] = String
@@ -116,8 +123,9 @@ class Recorder(Node):
             elif topic in configured:
                 out[topic] = configured[topic]
             else:
-                raise ValueError(f"topic '{topic}' is not configured for '{self.robot}'; give its type as "
-                                 f"'{topic}=pkg/msg/Type'")
+                raise ValueError(
+                    f"topic '{topic}' is not configured for '{self.robot}'; give its type as '{topic}=pkg/msg/Type'"
+                )
         return out
 
     def _make_callback(self, topic: str, latched: bool):
@@ -153,8 +161,12 @@ class Recorder(Node):
             path = self.output_dir / f"{self.robot}_{task}_{stamp}"
             self.output_dir.mkdir(parents=True, exist_ok=True)
             record = EpisodeRecord(
-                robot=self.robot, embodiment=self.spec.name, urdf_sha256=self.spec.urdf_sha256,
-                task=self._meta["task"], category=self._meta["category"], instruction=self._meta["instruction"],
+                robot=self.robot,
+                embodiment=self.spec.name,
+                urdf_sha256=self.spec.urdf_sha256,
+                task=self._meta["task"],
+                category=self._meta["category"],
+                instruction=self._meta["instruction"],
                 start_ns=time.time_ns(),
             )
             specs = [TopicSpec(t, type_name(cls)) for t, cls in self.topics.items()]
@@ -194,8 +206,15 @@ class Recorder(Node):
             resp.success, resp.message = False, str(err)
             return resp
         resp.success = record.status == "complete"
-        resp.message = json.dumps({"path": str(self._last), "status": record.status, "error": record.error,
-                                   "messages": record.messages, "drops": record.drops})
+        resp.message = json.dumps(
+            {
+                "path": str(self._last),
+                "status": record.status,
+                "error": record.error,
+                "messages": record.messages,
+                "drops": record.drops,
+            }
+        )
         return resp
 
     def _mark(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
