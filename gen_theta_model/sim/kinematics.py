@@ -203,7 +203,7 @@ def reachable_workspace(kin: ArmKinematics, half: tuple[float, float] = WORKSPAC
     offsets = [(sx, sy) for sx in (-1, 1) for sy in (-1, 1)] + [(-1, 0), (1, 0), (0, -1), (0, 1), (0, 0)]
     for cx, cy in centers:
         if all(ok(cx + sx * half[0], cy + sy * half[1], z) for z in PROBE_HEIGHTS for sx, sy in offsets):
-            return Workspace((round(cx, 3), round(cy, 3)), half)
+            return Workspace((round(cx, 3) + 0.0, round(cy, 3) + 0.0), half)  # + 0.0: no "-0.0"
     raise KinematicsError(
         f"{kin.spec.name}: no {2 * half[0]:.2f} x {2 * half[1]:.2f} m table region is reachable with the tool "
         "pointing down"

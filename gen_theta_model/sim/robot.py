@@ -1,0 +1,101 @@
+"""SimRobot: the world, the current task episode and the trajectory follower, driven by a clock.
+
+This is everything the ``sim_robot`` node does besides ROS: it resets episodes, takes
+trajectory commands, steps physics with the follower's commands and reports the task
+state. The node calls it from its real-time loop with the node clock; in-process
+episodes (tests, benchmarks) call it with the simulated clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.sim.kinematics import ArmKinematics, reachable_workspace
+from gen_theta_model.sim.tasks import Task, make_task
+from gen_theta_model.sim.world import SimWorld
+from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
+
+SUCCESS_CHECK_S = 0.1  # simulated seconds between success checks
+
+
+class SimRobot:
+    """One simulated robot and its task episodes. Times (``now``) are seconds on the caller's clock."""
+
+    def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None) -> None:
+        self.spec = spec
+        self.world = SimWorld(spec)
+        own = kinematics is None
+        kin = ArmKinematics(spec) if own else kinematics
+        try:
+            self.workspace = reachable_workspace(kin)
+        finally:
+            if own:
+                kin.close()
+        self.follower = TrajectoryFollower(spec, self.world.actuated_positions(), 0.0)
+        self.task: Task | None = None
+        self.episode = 0
+        self.episode_start = 0.0  # caller's clock at the last reset
+        self.success_time: float | None = None  # simulated seconds into the episode
+        self.sim_time = 0.0  # simulated seconds since start, over all episodes
+        self._next_check = 0.0
+
+    def reset(self, task: str, seed: int, now: float) -> Task:
+        """Start a new episode of ``task`` from ``seed``; the robot holds its home pose."""
+        new = make_task(task)  # raises ValueError on an unknown name before anything changes
+        new.reset(self.world, self.workspace, seed)
+        self.task = new
+        self.follower.reset(self.world.actuated_positions(), now)
+        self.episode += 1
+        self.episode_start = now
+        self.success_time = None
+        self._next_check = SUCCESS_CHECK_S
+        return new
+
+    def command(self, traj: Trajectory, now: float) -> bool:
+        """Follow ``traj`` received at ``now``; False if all its points lie in the past (ignored)."""
+        return self.follower.set_trajectory(traj, now)
+
+    def step(self, now: float) -> None:
+        """One physics step (``world.dt`` simulated seconds) toward the command at ``now``."""
+        self.world.set_targets(*self.follower.sample(now))
+        self.world.step()
+        self.sim_time += self.world.dt
+        if self.task is not None and self.world.time >= self._next_check:
+            self._next_check += SUCCESS_CHECK_S
+            if self.success_time is None and not self.timed_out and self.task.success(self.world):
+                self.success_time = self.world.time
+
+    @property
+    def elapsed(self) -> float:
+        """Simulated seconds since the episode started."""
+        return self.world.time
+
+    @property
+    def timed_out(self) -> bool:
+        return self.task is not None and self.world.time >= self.task.time_limit
+
+    @property
+    def done(self) -> bool:
+        """The episode ended: success, or the task's time limit passed."""
+        return self.success_time is not None or self.timed_out
+
+    def state(self) -> dict[str, Any]:
+        """Return the task state published on sim/task: ``Task.info`` plus episode progress."""
+        if self.task is None:
+            raise RuntimeError("SimRobot.state() before the first reset()")
+        return {
+            **self.task.info(self.world),
+            "robot": self.spec.name,
+            "episode": self.episode,
+            "episode_start": self.episode_start,
+            "success": self.success_time is not None,
+            "success_time": self.success_time,
+            "elapsed": round(self.elapsed, 4),
+            "done": self.done,
+            "sim_time": round(self.sim_time, 4),
+        }
+
+    def close(self) -> None:
+        """Disconnect the physics client."""
+        self.world.close()
