@@ -88,8 +88,8 @@ class MixtureHead(nn.Module):
     def forward(self, joint_tokens: torch.Tensor) -> ChunkMixture:
         b, d, _ = joint_tokens.shape
         out = self.proj(joint_tokens).float()  # (B, D, K*(1+2H)); the density is always evaluated in fp32
-        logits = out[..., : self.k]  # (B, D, K)
+        logits = out[..., : self.k].clone()  # (B, D, K); copies, not views of `out` (FSDP2 output hooks)
         mean, raw = out[..., self.k :].view(b, d, self.k, 2, self.h).unbind(3)  # (B, D, K, H) each
         span = self.max_log_std - self.min_log_std
         log_std = self.min_log_std + span * torch.sigmoid(raw + self.log_std_offset)
-        return ChunkMixture(logits, mean, log_std)
+        return ChunkMixture(logits, mean.clone(), log_std)

@@ -21,6 +21,7 @@ import torch
 from gen_theta_model import batch as K
 from gen_theta_model.data.stats import NormStats
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.head import ChunkMixture
 from gen_theta_model.policy.model import HarmonicTransformer, chunk_loss
@@ -32,13 +33,23 @@ class UnknownEmbodimentError(ValueError):
 
 
 class Policy:
-    def __init__(self, model: HarmonicTransformer, normalizer: Normalizer, embodiments: Sequence[EmbodimentSpec]):
+    def __init__(
+        self,
+        model: HarmonicTransformer,
+        normalizer: Normalizer,
+        embodiments: Sequence[EmbodimentSpec],
+        observation: ObservationConfig | None = None,
+    ) -> None:
         names = [e.name for e in embodiments]
         if names != normalizer.names:
             raise ValueError(f"embodiments {names} and normalisation statistics {normalizer.names} differ")
         self.model = model
         self.normalizer = normalizer
         self.embodiments = list(embodiments)
+        # How observations are built for this policy (training data config; the server builds the same).
+        self.observation_config = observation or ObservationConfig(
+            max_cameras=model.cfg.max_cameras, max_dof=model.cfg.max_dof, instruction_len=model.cfg.max_instruction_len
+        )
         self.last_inference_ms = float("nan")  # wall time of the latest predict_chunk
 
     @property
@@ -101,7 +112,6 @@ class Policy:
         std, mean = self.normalizer.action_scale_shift(e, batch[K.JOINT_MASK].shape[1])
         return dist.affine(std, mean)  # (B, D, K, H) canonical
 
-    @torch.no_grad()
     def predict_chunk(
         self,
         observation: dict[str, torch.Tensor],
@@ -117,6 +127,19 @@ class Policy:
         the model infers. Returns the mixture mean, or a draw with ``sample=True``.
         Padded joints are 0. The wall time is left in ``last_inference_ms``.
         """
+        return self.infer(observation, committed_prefix, delay, sample=sample, generator=generator)[0]
+
+    @torch.no_grad()
+    def infer(
+        self,
+        observation: dict[str, torch.Tensor],
+        committed_prefix: torch.Tensor,
+        delay: int,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, ChunkMixture]:
+        """``predict_chunk`` that also returns the policy's distribution (canonical units) for metrics."""
         start = time.perf_counter()
         batch = self.chunk_request(observation, committed_prefix, delay)
         was_training = self.model.training
@@ -129,7 +152,7 @@ class Policy:
         if chunk.is_cuda:
             torch.cuda.synchronize(chunk.device)
         self.last_inference_ms = (time.perf_counter() - start) * 1e3
-        return chunk
+        return chunk, dist
 
     def chunk_request(
         self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int
@@ -167,7 +190,12 @@ class Policy:
         return torch.zeros(batch[K.JOINT_MASK].shape[0], dtype=torch.int64, device=self.device)
 
 
-def build_policy(cfg: PolicyConfig, embodiments: Sequence[EmbodimentSpec], stats: dict[str, NormStats]) -> Policy:
+def build_policy(
+    cfg: PolicyConfig,
+    embodiments: Sequence[EmbodimentSpec],
+    stats: dict[str, NormStats],
+    observation: ObservationConfig | None = None,
+) -> Policy:
     """Build a freshly initialised policy for ``embodiments`` with their dataset statistics."""
     normalizer = Normalizer([e.name for e in embodiments], stats, cfg.max_dof)
-    return Policy(HarmonicTransformer(cfg), normalizer, embodiments)
+    return Policy(HarmonicTransformer(cfg), normalizer, embodiments, observation)

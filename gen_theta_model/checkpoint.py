@@ -1,0 +1,222 @@
+"""Self-describing checkpoints: one directory rebuilds the policy, or resumes the run exactly.
+
+Layout of a run directory (``TrainConfig.out_dir``)::
+
+    checkpoints/
+      latest                      name of the newest complete checkpoint (text, replaced atomically)
+      step_00001000/
+        config.yaml               {train: TrainConfig, policy: PolicyConfig, step, metrics, torch}
+        model.safetensors         model weights, fp32, full (unsharded) names of the bare nn.Module
+        norm_stats/<robot>.json   NormStats per embodiment (and .safetensors, exact float32)
+        embodiments.yaml          [EmbodimentSpec.to_dict()] in the policy's embodiment order
+        training_state.pt         optimizer, LR scheduler, RNG states, loader position, step
+                                  (tensors and plain types only: loaded with weights_only=True)
+
+A checkpoint is written into ``checkpoints/.tmp-<name>`` and renamed into place when
+complete; ``latest`` is updated after the rename. A crash at any point leaves the
+previous checkpoint and ``latest`` intact; stale ``.tmp-*`` directories are removed
+by the next save. ``load_policy`` is the one loader used by the trainer
+(``--init-from``), evaluation and the policy server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from gen_theta_model.config import ConfigError, from_mapping, read_yaml, to_mapping
+from gen_theta_model.data.stats import NormStats
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.policy.model import HarmonicTransformer
+from gen_theta_model.policy.normalize import Normalizer
+from gen_theta_model.policy.policy import Policy
+from gen_theta_model.train_config import TrainConfig
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+CONFIG = "config.yaml"
+MODEL = "model.safetensors"
+NORM_STATS = "norm_stats"
+EMBODIMENTS = "embodiments.yaml"
+TRAINING_STATE = "training_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+class CheckpointError(ValueError):
+    """A path is not a (complete) checkpoint; the message names it and what is missing."""
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    policy: Policy,
+    train_cfg: TrainConfig,
+    model_state: dict[str, torch.Tensor],
+    training_state: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` of ``run_dir`` atomically; returns its directory.
+
+    ``model_state`` is the full state dict of the bare model (under FSDP: gathered
+    on the saving rank). Older checkpoints beyond the newest ``keep`` are removed.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale)
+    name = f"step_{step:08d}"
+    tmp = root / f".tmp-{name}"
+    tmp.mkdir()
+    doc = {
+        "train": to_mapping(train_cfg),
+        "policy": to_mapping(policy.config),
+        "step": int(step),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "torch": str(torch.__version__),
+    }
+    _write_text(tmp / CONFIG, yaml.safe_dump(doc, sort_keys=False))
+    _write_text(tmp / EMBODIMENTS, yaml.safe_dump([e.to_dict() for e in policy.embodiments], sort_keys=False))
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
+    save_file(tensors, str(tmp / MODEL), metadata={"format": "pt", "step": str(step)})
+    for stats in policy.normalizer.stats.values():
+        stats.save(tmp / NORM_STATS)
+    if training_state is not None:
+        torch.save(training_state, tmp / TRAINING_STATE)
+    _fsync_tree(tmp)
+    final = root / name
+    if final.exists():  # the same step saved again (a resumed run): swap it out
+        old = root / f".tmp-old-{name}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    _write_text(root / LATEST, name + "\n")
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        if old != final:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / MODEL).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Return the checkpoint ``checkpoints/latest`` names (the newest complete one if it is gone), or None."""
+    root = Path(run_dir) / CHECKPOINTS
+    marker = root / LATEST
+    if marker.is_file():
+        named = root / marker.read_text().strip()
+        if (named / MODEL).is_file():
+            return named
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Resolve a checkpoint directory, or a run directory (its latest checkpoint), to the checkpoint directory."""
+    p = Path(path)
+    if (p / MODEL).is_file() and (p / CONFIG).is_file():
+        return p
+    latest = latest_checkpoint(p) or (latest_checkpoint(p.parent) if p.name == CHECKPOINTS else None)
+    if latest is not None:
+        return latest
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint or run directory")
+    raise CheckpointError(f"{p}: not a checkpoint (no {MODEL} and {CONFIG}) and holds no {CHECKPOINTS}/")
+
+
+def read_checkpoint_config(path: str | Path) -> tuple[TrainConfig, PolicyConfig, dict[str, Any]]:
+    """(TrainConfig, PolicyConfig, the whole config.yaml) of a checkpoint."""
+    ckpt = resolve_checkpoint(path)
+    doc = read_yaml(ckpt / CONFIG)
+    source = str(ckpt / CONFIG)
+    for key in ("train", "policy"):
+        if key not in doc:
+            raise ConfigError(f"{source}: missing section '{key}'")
+    return from_mapping(TrainConfig, doc["train"], source), from_mapping(PolicyConfig, doc["policy"], source), doc
+
+
+def load_embodiments(path: str | Path) -> list[EmbodimentSpec]:
+    """Read the embodiment specs a checkpoint was trained on, in the policy's order."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        docs = yaml.safe_load((ckpt / EMBODIMENTS).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{ckpt / EMBODIMENTS}: cannot read: {err}") from err
+    return [EmbodimentSpec.from_dict(d) for d in docs]
+
+
+def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode."""
+    ckpt = resolve_checkpoint(checkpoint_dir)
+    train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
+    specs = load_embodiments(ckpt)
+    stats = {}
+    for spec in specs:
+        path = ckpt / NORM_STATS / f"{spec.name}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{ckpt}: no normalisation statistics for embodiment '{spec.name}' ({path})")
+        stats[spec.name] = NormStats.load(path)
+    model = HarmonicTransformer(policy_cfg)
+    state = load_file(str(ckpt / MODEL))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
+                    observation=train_cfg.data.observation)
+    model.eval()
+    return policy.to(device)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read the training state of a checkpoint (optimizer, scheduler, RNG, loader, step)."""
+    ckpt = resolve_checkpoint(path)
+    file = ckpt / TRAINING_STATE
+    if not file.is_file():
+        raise CheckpointError(f"{ckpt}: no {TRAINING_STATE}; this checkpoint can initialise, not resume, a run")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

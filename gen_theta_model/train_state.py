@@ -1,0 +1,92 @@
+"""Training state for exact resume, and the throughput meter of the training loop.
+
+A resumed run continues with the same weights, AdamW moments, LR-schedule position,
+RNG states and loader position (epoch and batches consumed; the loader's sample
+keys and per-sample seeds are a function of these), so its losses equal those of a
+run that was never stopped (test/test_train.py checks this).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gen_theta_model.checkpoint import load_training_state, save_checkpoint
+from gen_theta_model.distributed import DistEnv, full_state, load_optimizer_state
+from gen_theta_model.policy.policy import Policy
+from gen_theta_model.train_config import TrainConfig
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) generator states as tensors and plain types."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.Module,
+         optimizer: torch.optim.Optimizer, loader: Any, metrics: dict[str, float], env: DistEnv) -> Path | None:
+    """Checkpoint ``step`` (every process calls this; the master writes). Returns the directory on the master."""
+    model_sd, optim_sd = full_state(model, optimizer, env)
+    path = None
+    if env.master:
+        schedule = {"kind": "warmup_cosine", "lr": cfg.optim.lr, "min_lr": cfg.optim.min_lr,
+                    "warmup_steps": cfg.optim.warmup_steps, "decay_steps": cfg.decay_steps}
+        state = {"step": step, "optimizer": optim_sd, "scheduler": schedule, "rng": rng_state(),
+                 "loader": loader.state_dict(), "world_size": env.world_size}
+        path = save_checkpoint(run_dir, step, policy, cfg, model_sd, state, metrics, cfg.keep_checkpoints)
+    if env.enabled:
+        torch.distributed.barrier()
+    return path
+
+
+def restore(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
+            cfg: TrainConfig) -> int:
+    """Load optimizer moments, RNG and loader state (the weights came with the policy); returns the step.
+
+    The LR schedule is a function of the step; betas and weight decay come from ``cfg``, so
+    a resumed run follows its (possibly edited) config, and exactly the old run when unedited.
+    """
+    state = load_training_state(checkpoint)
+    load_optimizer_state(model, optimizer, state["optimizer"])
+    for group, decay in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0)):
+        group["betas"], group["weight_decay"] = cfg.optim.betas, decay
+    set_rng_state(state["rng"])
+    loader.load_state_dict(state["loader"])
+    return int(state["step"])
+
+
+class Throughput:
+    """Samples/s and experience-seconds/s since the last ``pause`` (wall time, data loading included)."""
+
+    def __init__(self) -> None:
+        self.pause()
+
+    def pause(self) -> None:
+        self.start, self.samples, self.experience = time.perf_counter(), 0, 0.0
+
+    def update(self, samples: int, experience_s: float) -> tuple[float, float]:
+        self.samples += samples
+        self.experience += experience_s
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return self.samples / elapsed, self.experience / elapsed

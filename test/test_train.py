@@ -1,0 +1,163 @@
+"""Training end to end on a real (tiny) dataset: exact resume, SFT, bad input, NaN stop,
+and torchrun with two CPU processes on gloo (DDP and FSDP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from data_helpers import make_episode
+
+from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config
+from gen_theta_model.config import share_dir
+from gen_theta_model.data.manifest import finalize_dataset
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.train import main as train_main
+
+CONFIG = share_dir() / "config" / "train" / "tiny_pretrain.yaml"
+SMALL = [  # a few-second run: small batches, a narrow model, no workers, no progress bar
+    "data.batch_size=4", "data.num_workers=0", "data.val_samples=8", "data.horizon=20",
+    "data.harmonic.max_delay_steps=6", "policy={d_model: 64, n_layer: 2, n_head: 2, image_grid: 2}",
+    "optim.warmup_steps=2", "log_interval=1", "eval_interval=1000", "eval_batches=1", "progress=false",
+]
+
+
+def build_dataset(root: Path, robots: dict[str, int]) -> Path:
+    specs = {n: load_robot(n) for n in robots}
+    for name, count in robots.items():
+        for i in range(count):
+            make_episode(root, specs[name], f"{name}_{i}", duration=1.5, task=f"task{i % 2}",
+                         category=("dexterity", "real_world")[i % 2], seed=i)
+    finalize_dataset(root, specs)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("mixed"), {"arm6": 3, "arm7": 2, "humanoid16": 2})
+
+
+def run(out: Path, data: Path, *sets: str, config: Path = CONFIG) -> int:
+    args = [str(config), "--set", f"dataset=[{data}]", "--set", f"out_dir={out}"]
+    for s in (*SMALL, *sets):
+        args += ["--set", s]
+    return train_main(args)
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, dataset):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(straight, dataset, "max_steps=6", "checkpoint_interval=3") == 0
+    # Same schedule (decay over 6 steps), stopped after 3, then the same command with max_steps=6 resumes.
+    assert run(stopped, dataset, "max_steps=3", "optim.decay_steps=6", "checkpoint_interval=3") == 0
+    assert run(stopped, dataset, "max_steps=6", "checkpoint_interval=3") == 0
+    a, b = losses(straight), losses(stopped)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    final_a = load_policy(straight).model.state_dict()
+    final_b = load_policy(stopped).model.state_dict()
+    for k in final_a:
+        torch.testing.assert_close(final_a[k], final_b[k], rtol=0, atol=1e-6)
+    assert [p.name for p in list_checkpoints(stopped)] == ["step_00000003", "step_00000006"]
+
+
+def test_checkpoint_describes_itself(tmp_path, dataset):
+    out = tmp_path / "run"
+    assert run(out, dataset, "max_steps=2", "eval_interval=2") == 0
+    train_cfg, policy_cfg, doc = read_checkpoint_config(out)
+    assert train_cfg.max_steps == 2 and policy_cfg.d_model == 64 and policy_cfg.chunk_len == 20
+    assert doc["step"] == 2 and "val/all/mse_d0" in doc["metrics"]
+    policy = load_policy(out)
+    assert [e.name for e in policy.embodiments] == ["arm6", "arm7", "humanoid16"]
+    assert policy.observation_config == train_cfg.data.observation
+    ckpt = list_checkpoints(out)[-1]
+    assert {p.name for p in ckpt.iterdir()} == {"config.yaml", "model.safetensors", "norm_stats", "embodiments.yaml",
+                                                "training_state.pt"}
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert list((out / "tensorboard").iterdir())
+
+
+def test_fine_tune_from_a_checkpoint_with_a_frozen_trunk(tmp_path, dataset):
+    pre, sft = tmp_path / "pre", tmp_path / "sft"
+    assert run(pre, dataset, "max_steps=2") == 0
+    task = build_dataset(tmp_path / "task", {"arm7": 3})
+    assert run(sft, task, "max_steps=2", f"init_from={pre}", "freeze_trunk=true", "data.val_fraction=0.3") == 0
+    before, after = load_policy(pre).model.state_dict(), load_policy(sft).model.state_dict()
+    trunk = [k for k in before if k.startswith("trunk.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)
+    assert not torch.equal(before["head.proj.weight"], after["head.proj.weight"])
+    assert [e.name for e in load_policy(sft).embodiments] == ["arm6", "arm7", "humanoid16"]
+
+
+def test_unknown_embodiment_is_a_clear_error(tmp_path, capsys):
+    arm_only = build_dataset(tmp_path / "arm6", {"arm6": 3})
+    humanoid = build_dataset(tmp_path / "hum", {"humanoid16": 3})
+    assert run(tmp_path / "pre", arm_only, "max_steps=1") == 0
+    code = run(tmp_path / "sft", humanoid, "max_steps=1", f"init_from={tmp_path / 'pre'}")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "humanoid16" in err and "does not know" in err and "extend_embodiments" in err
+    code = run(tmp_path / "sft2", humanoid, "max_steps=1", f"init_from={tmp_path / 'pre'}", "extend_embodiments=true",
+               "data.val_fraction=0.3")
+    assert code == 0
+    assert [e.name for e in load_policy(tmp_path / "sft2").embodiments] == ["arm6", "humanoid16"]
+
+
+def test_config_typo_names_the_key(tmp_path, dataset, capsys):
+    assert run(tmp_path / "x", dataset, "optim.lrr=0.1") == 2
+    assert "unknown key 'optim.lrr' for OptimConfig" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.read_text().replace("eval_interval:", "eval_intervall:"))
+    assert run(tmp_path / "y", dataset, config=bad) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "unknown key 'eval_intervall'" in err
+    assert run(tmp_path / "z", dataset, "policy={n_layers: 3}") == 2
+    assert "unknown key 'policy.n_layers' for PolicyConfig" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, capsys):
+    out = tmp_path / "run"
+    assert run(out, dataset, "max_steps=2", "checkpoint_interval=2") == 0
+    good = load_policy(out).model.state_dict()
+    # Resume with an absurd learning rate: step 3 blows the weights up, step 4's loss is NaN.
+    assert run(out, dataset, "max_steps=10", "checkpoint_interval=2", "optim.lr=1.0e30", "optim.min_lr=0") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "step 4" in err and "step_00000002" in err
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000002"]
+    kept = load_policy(out).model.state_dict()
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def torchrun(out: Path, data: Path, *sets: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "gen_theta_model.train", str(CONFIG), "--set", f"dataset=[{data}]", "--set", f"out_dir={out}"]
+    for s in (*SMALL, *sets):
+        args += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_cpu_processes(tmp_path, dataset, strategy):
+    out = tmp_path / strategy
+    proc = torchrun(out, dataset, "max_steps=3", "eval_interval=3", f"distributed={strategy}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{strategy} on 2 process(es)" in proc.stdout + proc.stderr
+    steps = losses(out)
+    assert sorted(steps) == [1, 2, 3] and all(v == v for v in steps.values())
+    policy = load_policy(out)  # the gathered (FSDP: unsharded) weights load into a plain model
+    assert sum(p.numel() for p in policy.model.parameters()) > 0
+    state = torch.load(list_checkpoints(out)[-1] / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == 3
