@@ -53,14 +53,23 @@ def reverse_kl_gaussian_closed(dist: ChunkMixture, target: torch.Tensor, sigma: 
 
 def reverse_kl_monte_carlo(dist: ChunkMixture, target: torch.Tensor, sigma: float, step_mask: torch.Tensor,
                            joint_mask: torch.Tensor, samples: int = 64,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
-    """E_pi[log pi(a) - log N(a; target, sigma^2 I)] over scored entries by ``samples`` draws, (B,)."""
-    w = _weights(step_mask, joint_mask)
-    total = torch.zeros(target.shape[0], device=target.device)
-    for _ in range(samples):
-        a = dist.sample(generator)  # (B, H, D)
-        log_q = ((-0.5 * ((a - target) / sigma).square() - math.log(sigma) - LOG_SQRT_2PI) * w).sum((1, 2))
-        total += dist.log_prob(a, step_mask, joint_mask) - log_q
+                           generator: torch.Generator | None = None, chunk: int = 64) -> torch.Tensor:
+    """E_pi[log pi(a) - log N(a; target, sigma^2 I)] over scored entries by ``samples`` draws, (B,).
+
+    Draws are taken ``chunk`` at a time, each chunk as one batch of repeated distributions.
+    """
+    b = target.shape[0]
+    total = torch.zeros(b, device=target.device)
+    done = 0
+    while done < samples:
+        n = min(chunk, samples - done)
+        rep = ChunkMixture(dist.logits.repeat(n, 1, 1), dist.mean.repeat(n, 1, 1, 1), dist.log_std.repeat(n, 1, 1, 1))
+        steps, joints, tgt = step_mask.repeat(n, 1), joint_mask.repeat(n, 1), target.repeat(n, 1, 1)
+        a = rep.sample(generator)  # (n*B, H, D)
+        w = _weights(steps, joints)
+        log_q = ((-0.5 * ((a - tgt) / sigma).square() - math.log(sigma) - LOG_SQRT_2PI) * w).sum((1, 2))
+        total += (rep.log_prob(a, steps, joints) - log_q).view(n, b).sum(0)
+        done += n
     return total / samples
 
 

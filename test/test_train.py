@@ -4,7 +4,6 @@ and torchrun with two CPU processes on gloo (DDP and FSDP).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,47 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import make_episode
+from train_helpers import CONFIG, SMALL, build_dataset, losses, run
 
 from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config
-from gen_theta_model.config import share_dir
-from gen_theta_model.data.manifest import finalize_dataset
-from gen_theta_model.embodiment import load_robot
-from gen_theta_model.train import main as train_main
-
-CONFIG = share_dir() / "config" / "train" / "tiny_pretrain.yaml"
-SMALL = [  # a few-second run: small batches, a narrow model, no workers, no progress bar
-    "data.batch_size=4", "data.num_workers=0", "data.val_samples=8", "data.horizon=20",
-    "data.harmonic.max_delay_steps=6", "policy={d_model: 64, n_layer: 2, n_head: 2, image_grid: 2}",
-    "optim.warmup_steps=2", "log_interval=1", "eval_interval=1000", "eval_batches=1", "progress=false",
-]
-
-
-def build_dataset(root: Path, robots: dict[str, int]) -> Path:
-    specs = {n: load_robot(n) for n in robots}
-    for name, count in robots.items():
-        for i in range(count):
-            make_episode(root, specs[name], f"{name}_{i}", duration=1.5, task=f"task{i % 2}",
-                         category=("dexterity", "real_world")[i % 2], seed=i)
-    finalize_dataset(root, specs)
-    return root
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return build_dataset(tmp_path_factory.mktemp("mixed"), {"arm6": 3, "arm7": 2, "humanoid16": 2})
-
-
-def run(out: Path, data: Path, *sets: str, config: Path = CONFIG) -> int:
-    args = [str(config), "--set", f"dataset=[{data}]", "--set", f"out_dir={out}"]
-    for s in (*SMALL, *sets):
-        args += ["--set", s]
-    return train_main(args)
-
-
-def losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, dataset):
