@@ -248,6 +248,9 @@ class HarmonicServer:
             s.adapter.reset(measured, now)
         reason = s.safety.check(now)
         period = 1.0 / s.spec.control_rate_hz
+        if s.resync and reason not in ("disabled", "e-stop"):
+            s.adapter.reset(s.inputs.latest_positions(), now)  # before any command: hold where it is now
+            s.resync = False
         if reason:
             c.hold_reason = reason
             with s.lock:
@@ -262,9 +265,6 @@ class HarmonicServer:
                 s.clock.pause()
             return s.adapter.hold(now, period, reason)
         s.sent_disabled_hold = False
-        if s.resync:
-            s.adapter.reset(s.inputs.latest_positions(), now)
-            s.resync = False
         with s.lock:
             if s.holding or s.scheduler is None:
                 start = s.spec.normalize(s.adapter.commanded(now))

@@ -185,6 +185,14 @@ def test_enabling_again_starts_from_where_the_robot_was_moved(policy, specs):
     for cam in spec.cameras:
         server.on_image("left", cam.name, np.zeros((96, 96, 3), np.uint8), clock.t, clock.t)
     server.set_enabled("left", True)
+    stale = server.tick("left", clock.t + 0.5)  # input stale at once: hold where the robot is now
+    assert stale.hold_reason.startswith("joint_states stale")
+    np.testing.assert_allclose(stale.window.positions[0], moved, atol=1e-9)
+    server.on_joint_state("left", spec.joint_names, moved, clock.t + 0.5, clock.t + 0.5)
+    for cam in spec.cameras:
+        server.on_image("left", cam.name, np.zeros((96, 96, 3), np.uint8), clock.t + 0.5, clock.t + 0.5)
+    clock.t += 0.5
     cmd = server.tick("left", clock.t)
+    assert cmd.hold_reason == ""
     np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)
     assert server.sessions["left"].clock.missed == 0  # the silent time while disabled is no miss
