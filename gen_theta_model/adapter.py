@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.harmonic import CommandWindow, LatencyTracker, finite_differences
+from gen_theta_model.harmonic import CommandWindow, LatencyTracker
 from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
 
 
@@ -100,11 +100,12 @@ class EmbodimentAdapter:
         times = np.concatenate([[0.0], window.times])
         limited = rate_limit(np.vstack([start, q_safe]), times, self._vmax)[1:]
         modified = not np.array_equal(limited, q)
-        if modified:
-            period = float(np.diff(window.times).mean()) if len(window.times) > 1 else float(window.times[0])
-            stops = not np.any(window.velocities[-1])
-            after = None if stops else 2.0 * limited[-1] - limited[-2] if len(limited) > 1 else None
-            vel, acc = finite_differences(limited, period, before=None, after=after)
+        if modified:  # derivatives of what is actually sent, from the commanded position on
+            path = np.vstack([start, limited])
+            vel = np.gradient(path, times, axis=0)[1:]
+            acc = np.gradient(vel, window.times, axis=0) if len(vel) > 1 else np.zeros_like(vel)
+            if not np.any(window.velocities[-1]):  # the window ends in a stop
+                vel[-1], acc[-1] = 0.0, 0.0
         else:
             vel = spec.denormalize_velocity(window.velocities)
             acc = spec.denormalize_velocity(window.accelerations)
