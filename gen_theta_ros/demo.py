@@ -57,9 +57,11 @@ class Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: list = []
 
     def start(self, name: str, args: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        log = open(self.log_dir / f"{name}.log", "w")
+        self.logs.append(log)
         cmd = [sys.executable, "-m", "gen_theta_ros.cli", *args]
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -79,6 +81,8 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in self.logs:
+            log.close()
 
 
 class EpisodeDriver(Node):

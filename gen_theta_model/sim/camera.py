@@ -33,9 +33,10 @@ def camera_pose(world: SimWorld, cam: CameraConfig) -> tuple[np.ndarray, np.ndar
         if np.linalg.norm(np.cross(forward, up)) < 1e-6:  # looking straight down or up
             up = np.array([1.0, 0.0, 0.0])
         return eye, target, up
-    if cam.link not in world.link_index:
-        raise ValueError(f"camera '{cam.name}': link '{cam.link}' is not a link of robot '{world.spec.name}'")
-    pos, orn = world.link_pose(cam.link)
+    try:
+        pos, orn = world.link_pose(cam.link)
+    except ValueError as err:
+        raise ValueError(f"camera '{cam.name}': {err}") from err
     rot = np.array(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
     return _to_world(pos, orn, cam.position), _to_world(pos, orn, cam.target), -rot[:, 1]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.sim.experts import ScriptedExpert
-from gen_theta_model.sim.kinematics import ArmKinematics
+from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
 from gen_theta_model.sim.robot import SimRobot
 
 EXPERT_HZ = 20.0  # how often the expert looks at the scene
@@ -37,7 +37,7 @@ class SimSession:
         self.expert = ScriptedExpert(spec, self.kin)
 
     @property
-    def workspace(self):
+    def workspace(self) -> Workspace:
         return self.robot.workspace
 
     def run(self, task: str, seed: int) -> EpisodeResult:

@@ -45,6 +45,8 @@ class ArmKinematics:
         self._spec_joint = {by_name[name][0]: i for i, name in enumerate(spec.joint_names)}
         self.arm = self._task_arm(infos)  # spec indices, root to tip
         self.gripper = self._task_gripper(infos)
+        body_joint = {i: bj for bj, i in self._spec_joint.items()}
+        self._arm_columns = [self._movable.index(body_joint[i]) for i in self.arm]  # Jacobian columns
         lo, hi = spec.lower, spec.upper
         self._lo, self._hi = lo[self.arm], hi[self.arm]
         self.yaw_controlled = len(self.arm) >= 6
@@ -110,11 +112,8 @@ class ArmKinematics:
                          p.getJointState(self.robot, bj, physicsClientId=self.client)[0])  # fmt: skip
         zeros = [0.0] * len(dof_q)
         lin, ang = p.calculateJacobian(self.robot, self.ee, (0, 0, 0), dof_q, zeros, zeros, physicsClientId=self.client)
-        cols = [self._movable.index(bj) for bj in (self._joint_of(i) for i in self.arm)]
+        cols = self._arm_columns
         return np.vstack([np.asarray(lin)[:, cols], np.asarray(ang)[:, cols]])
-
-    def _joint_of(self, spec_index: int) -> int:
-        return next(bj for bj, i in self._spec_joint.items() if i == spec_index)
 
     def ik(
         self, q_seed: np.ndarray, position: np.ndarray, yaw: float | None = None, iters: int = 200, tol: float = 1e-3

@@ -19,6 +19,7 @@ place it, the conveyor velocity) and what a recorder stores with the episode.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ BELT_HEIGHT = 0.02
 BELT_HALF_WIDTH = 0.04
 
 
-class Task:
+class Task(ABC):
     """Base class: subclasses build the scene in ``_build`` and judge it in ``success``."""
 
     name = ""
@@ -64,12 +65,13 @@ class Task:
             world.step()
         world.time = 0.0
 
+    @abstractmethod
     def _build(self, world: SimWorld, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+        """Add the task's objects to ``world`` and set ``instruction``, ``pick`` and ``place``."""
 
+    @abstractmethod
     def success(self, world: SimWorld) -> bool:
         """Tell whether the task is achieved (and the robot has let go)."""
-        raise NotImplementedError
 
     def info(self, world: SimWorld) -> dict[str, Any]:
         """Return the task state as plain data (published as JSON on sim/task)."""

@@ -260,13 +260,15 @@ class SimWorld:
         return {g.obj for g in self.grasps.values()}
 
     def link_pose(self, link: str) -> tuple[np.ndarray, np.ndarray]:
-        """World position (3,) and quaternion (4,) of a robot link's URDF frame ("" or base: the base)."""
-        if link not in self.link_index:
-            pos, orn = p.getBasePositionAndOrientation(self.robot, physicsClientId=self.client)
-        else:
-            state = p.getLinkState(self.robot, self.link_index[link], computeForwardKinematics=True,
-                                   physicsClientId=self.client)  # fmt: skip
+        """World position (3,) and quaternion (4,) of a robot link's URDF frame ("" or the base link: the base)."""
+        c = self.client
+        if link in ("", self.spec.base_link) and link not in self.link_index:
+            pos, orn = p.getBasePositionAndOrientation(self.robot, physicsClientId=c)
+        elif link in self.link_index:
+            state = p.getLinkState(self.robot, self.link_index[link], computeForwardKinematics=True, physicsClientId=c)
             pos, orn = state[4], state[5]
+        else:
+            raise ValueError(f"robot '{self.spec.name}' has no link '{link}'")
         return np.asarray(pos), np.asarray(orn)
 
     def close(self) -> None:
