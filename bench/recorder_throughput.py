@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROBOT = "humanoid16"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +102,8 @@ def run(seconds: float, profile: Path, domain: int) -> None:
     rclpy.shutdown()
     record = read_record(bag)
     size = sum(p.stat().st_size for p in bag.iterdir())
-    dur = (record.end_ns - record.start_ns) * 1e-9
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    dur = info["duration"]["nanoseconds"] * 1e-9  # first to last message
     images = {t: n for t, n in record.messages.items() if "camera" in t}
     js = next(n for t, n in record.messages.items() if t.endswith("joint_states"))
     total = sum(record.messages.values())
@@ -113,7 +116,8 @@ def run(seconds: float, profile: Path, domain: int) -> None:
     print(f"  dropped by the recorder queue: {sum(record.drops.values())} {record.drops}")
     print(f"  lost before the recorder (DDS): images {sent['images'] - sum(images.values())}, "
           f"joint_states {sent['joint_states'] - js}")
-    print(f"  bag {size / 1e6:.0f} MB over {dur:.1f} s episode: {size / 1e6 / dur:.1f} MB/s, {total / dur:.0f} msgs/s")
+    print(f"  bag {size / 1e6:.0f} MB, messages over {dur:.1f} s: {size / 1e6 / dur:.1f} MB/s, "
+          f"{total / dur:.0f} msgs/s")
     print(f"  stop response: {json.loads(stop.message)['status']}")
     for p in bag.iterdir():
         p.unlink()
