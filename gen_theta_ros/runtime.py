@@ -8,7 +8,6 @@ when the context is shut down from outside, e.g. by `ros2 launch` on SIGINT).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable
 
@@ -32,12 +31,13 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None, threa
     """Init rclpy with ``argv`` (ROS arguments allowed), build the node, spin until shutdown.
 
     ``make_node`` runs after ``rclpy.init`` so that it may declare parameters.
-    SIGTERM is treated like Ctrl-C so that nodes close files cleanly under launch.
+    rclpy.init's own handlers turn SIGINT and SIGTERM into a context shutdown, which
+    ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
+    close files cleanly under launch too.
     """
     use_project_dds_profile()
     args = [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))
     rclpy.init(args=args)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     node = None
     try:
         node = make_node()
