@@ -1,0 +1,66 @@
+"""`ros2 launch gen_theta record.launch.py` from a colcon workspace: arguments, and a real recording.
+
+Collected only where ros2cli and launch_ros are installed (conftest.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+from ros_helpers import Feeder, call
+from std_srvs.srv import Trigger
+from workspace import build_workspace, workspace_env
+
+from gen_theta_model.data.bag import open_bag
+from gen_theta_model.data.recording import read_record
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.topics import load_topics
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_workspace(tmp_path_factory.mktemp("ros2_ws"))
+
+
+def test_launch_arguments_have_descriptions(install: Path) -> None:
+    out = subprocess.run(["ros2", "launch", "gen_theta", "record.launch.py", "--show-args"],
+                         env=workspace_env(install), capture_output=True, text=True, check=True, timeout=120).stdout
+    for name in ("robot", "output_dir", "topics", "compressed", "task", "category"):
+        assert f"'{name}':" in out
+    assert "directory for the episode bags" in out
+
+
+def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
+    robot = "arm7"
+    log = tmp_path / "launch.log"
+    proc = subprocess.Popen(["ros2", "launch", "gen_theta", "record.launch.py", f"robot:={robot}",
+                             f"output_dir:={tmp_path / 'bags'}", "task:=stack", "category:=dexterity"],
+                            env=workspace_env(install), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    names = load_topics()
+    rclpy.init()
+    node = rclpy.create_node("record_launch_test")
+    feeder = Feeder(node, robot, load_robot(robot))
+    try:
+        resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), 60)
+        assert resp.success, log.read_text()
+        feeder.start()
+        time.sleep(1.0)
+        feeder.stop()
+        assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success
+    finally:
+        feeder.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    bag = Path(resp.message)
+    record = read_record(bag)
+    assert (record.robot, record.task, record.category, record.status) == (robot, "stack", "dexterity", "complete")
+    source = open_bag(bag)
+    assert not source.recovered and source.custom_data["gen_theta.task"] == "stack"
+    assert sum(1 for m in source.messages() if m.msgtype == "sensor_msgs/msg/JointState") > 20
