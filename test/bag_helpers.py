@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -34,7 +36,8 @@ def frame_value(i: int) -> int:
 
 
 def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: str = "mcap",
-              record: bool = True, fault: str = "", task: str = "pick", success: bool = True) -> Path:
+              record: bool = True, fault: str = "", task: str = "pick", success: bool = True,
+              compressed: bool = False) -> Path:
     """Write one episode bag. ``fault``: '', 'nonmonotonic', 'wrong_joints', 'missing_topic',
     'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml).
     """
@@ -49,7 +52,10 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
               names.resolve(robot, names.instruction): "std_msgs/msg/String"}
     cams = [] if fault == "missing_topic" else list(spec.cameras)
     for cam in cams:
-        topics[names.camera_topic(robot, cam.name)] = "sensor_msgs/msg/Image"
+        if compressed:
+            topics[names.camera_topic(robot, cam.name, True)] = "sensor_msgs/msg/CompressedImage"
+        else:
+            topics[names.camera_topic(robot, cam.name)] = "sensor_msgs/msg/Image"
     conns = {t: w.add_connection(t, ty, typestore=STORE) for t, ty in topics.items()}
     msgs = []  # (recv ns, topic, message)
     msgs.append((T0, names.resolve(robot, names.instruction), T["std_msgs/msg/String"](data="pick the red cube")))
@@ -67,6 +73,13 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
         for i in range(int(duration * cam.fps)):
             stamp = T0 + int(i / cam.fps * 1e9) + 3_000_000
             data = np.full(cam.height * cam.width * 3, frame_value(i), np.uint8)
+            if compressed:
+                jpeg = io.BytesIO()
+                PILImage.fromarray(data.reshape(cam.height, cam.width, 3)).save(jpeg, format="JPEG", quality=95)
+                img = T["sensor_msgs/msg/CompressedImage"](header=_header(stamp), format="rgb8; jpeg compressed bgr8",
+                                                           data=np.frombuffer(jpeg.getvalue(), np.uint8))
+                msgs.append((stamp + 2_000_000, names.camera_topic(robot, cam.name, True), img))
+                continue
             img = T["sensor_msgs/msg/Image"](header=_header(stamp), height=cam.height, width=cam.width,
                                              encoding="rgb8", is_bigendian=0, step=cam.width * 3, data=data)
             msgs.append((stamp + 2_000_000, names.camera_topic(robot, cam.name), img))

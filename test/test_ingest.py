@@ -95,6 +95,14 @@ def test_foreign_bag_with_topic_map_through_the_cli(tmp_path, arm6, capsys):
     assert line["embodiment"] == "arm6" and "ingest: 1 added" in capsys.readouterr().out
 
 
+def test_compressed_cameras(tmp_path, arm6):
+    bag = write_bag(tmp_path / "bags" / "ep_jpeg", arm6, compressed=True)
+    report = ingest([bag], tmp_path / "ds", IngestOptions(), jobs=1, progress=False)
+    assert report.added == ["ep_jpeg"], report.failed
+    frames = decode_all(tmp_path / "ds" / "episodes" / "ep_jpeg" / "wrist.mp4")
+    assert len(frames) == 24 and all(abs(float(f.mean()) - frame_value(i)) < 3 for i, f in enumerate(frames))
+
+
 def test_ray_engine_runs_the_same_tasks(tmp_path, arm6):
     import ray
 
