@@ -5,6 +5,7 @@ and torchrun with two CPU processes on gloo (DDP and FSDP).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,16 @@ def torchrun(out: Path, data: Path, *sets: str) -> subprocess.CompletedProcess:
     for s in (*SMALL, *sets):
         args += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(args, capture_output=True, text=True, timeout=240, env=env)
+    # A session of its own, so that a hang is ended with the workers, not just the launcher.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
