@@ -155,8 +155,7 @@ class GraphProcesses:
                 out = (self.log_dir / f"{spec.full_name.strip('/').replace('/', '__')}.log").open("w")
             cmd = node_command(spec, Path(self._tmp.name))
             # Own process group: Ctrl-C in a terminal reaches us once, and we stop the nodes in order.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
             self.procs.append((spec, proc))
 
     def exited(self) -> list[tuple[NodeSpec, int]]:

@@ -10,20 +10,24 @@ message <-> numpy. Per robot namespace ``/<robot>`` (names from config/topics.ya
 - serves: policy_server/enable (std_srvs/SetBool).
 
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``. Inference runs on the engine's own thread; the callbacks
-and the command timer never wait for it (docs/serving.md).
+per ``diagnostics_period_s``. Inference runs on the engine's own thread, commands on another;
+neither the callbacks nor the command stream ever wait for inference (docs/serving.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import threading
+import time
 
 import numpy as np
+import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -79,6 +83,7 @@ class PolicyServer(Node):
         self.declare_parameter("device", "cpu")
         self.declare_parameter("torch_threads", 1)  # leave the other cores to callbacks and the robot
         self.declare_parameter("diagnostics_period_s", 1.0)
+        self.declare_parameter("realtime_priority", 0)  # SCHED_FIFO priority of the command thread; 0: normal
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         checkpoint = p("checkpoint")
         if not checkpoint:
@@ -88,6 +93,8 @@ class PolicyServer(Node):
         if len(embodiments) != len(robots):
             raise ConfigError(f"policy_server: {len(robots)} robots {robots} but {len(embodiments)} embodiments")
         torch.set_num_threads(int(p("torch_threads")))
+        # The command thread waits at most ~1 ms for the GIL held by inference or callbacks (default 5 ms).
+        sys.setswitchinterval(0.001)
         policy = load_policy(checkpoint, device=p("device"))
         train_cfg, _, _ = read_checkpoint_config(checkpoint)
         specs = {e.name: e for e in policy.embodiments}
@@ -125,45 +132,58 @@ class PolicyServer(Node):
         warm = self.server.warm_up()
 
         names = load_topics()
-        # Inputs may run on any thread (the engine locks); the command timer has a group of
-        # its own so that it is never queued behind image callbacks.
+        # Inputs may run on any executor thread (the engine locks); commands have a thread of their own.
         inputs = ReentrantCallbackGroup()
-        control = MutuallyExclusiveCallbackGroup()
         self._pubs: dict[str, object] = {}
         self._keep = []
         for robot, spec in served:
             self._pubs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command), COMMAND_QOS)
             self._keep += [
                 self.create_subscription(
-                    JointState, names.resolve(robot, names.joint_states),
-                    lambda m, r=robot: self._on_joint_state(r, m), qos_profile_sensor_data, callback_group=inputs,
+                    JointState,
+                    names.resolve(robot, names.joint_states),
+                    lambda m, r=robot: self._on_joint_state(r, m),
+                    qos_profile_sensor_data,
+                    callback_group=inputs,
                 ),
                 self.create_subscription(
-                    String, names.resolve(robot, names.instruction),
-                    lambda m, r=robot: self.server.on_instruction(r, m.data), LATCHED_QOS, callback_group=inputs,
+                    String,
+                    names.resolve(robot, names.instruction),
+                    lambda m, r=robot: self.server.on_instruction(r, m.data),
+                    LATCHED_QOS,
+                    callback_group=inputs,
                 ),
                 self.create_subscription(
-                    Bool, names.resolve(robot, names.estop),
-                    lambda m, r=robot: self._on_estop(r, m), COMMAND_QOS, callback_group=inputs,
+                    Bool,
+                    names.resolve(robot, names.estop),
+                    lambda m, r=robot: self._on_estop(r, m),
+                    COMMAND_QOS,
+                    callback_group=inputs,
                 ),
                 self.create_service(
-                    SetBool, names.resolve(robot, names.services.policy_enable),
-                    lambda req, res, r=robot: self._on_enable(r, req, res), callback_group=inputs,
+                    SetBool,
+                    names.resolve(robot, names.services.policy_enable),
+                    lambda req, res, r=robot: self._on_enable(r, req, res),
+                    callback_group=inputs,
                 ),
             ]
             for cam in spec.cameras:
                 self._keep.append(
                     self.create_subscription(
-                        Image, names.camera_topic(robot, cam.name),
-                        lambda m, r=robot, c=cam.name: self._on_image(r, c, m), qos_profile_sensor_data,
+                        Image,
+                        names.camera_topic(robot, cam.name),
+                        lambda m, r=robot, c=cam.name: self._on_image(r, c, m),
+                        qos_profile_sensor_data,
                         callback_group=inputs,
                     )
                 )
         self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
-        self.create_timer(1.0 / cfg.command_rate_hz, self._on_tick, callback_group=control)
         self.create_timer(float(p("diagnostics_period_s")), self._publish_diagnostics, callback_group=inputs)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.server.start()
+        self._stop = threading.Event()
+        self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
+        self._commands.start()
         self.get_logger().info(
             f"serving {[r for r, _ in served]} ({[s.name for _, s in served]}) from {checkpoint}, mode {cfg.mode}, "
             f"{cfg.command_rate_hz:.0f} Hz commands, warm-up inference {warm * 1e3:.0f} ms"
@@ -192,6 +212,37 @@ class PolicyServer(Node):
         res.success, res.message = self.server.set_enabled(robot, bool(req.data))
         self.get_logger().info(f"{robot}: {res.message}")
         return res
+
+    def _command_loop(self) -> None:
+        """Publish every robot's window on absolute deadlines (no drift, no catch-up bursts).
+
+        Its own thread rather than an executor timer: callbacks queued in the executor never
+        delay a command. An unexpected error ends the node (the robot then holds its last window).
+        """
+        period = 1.0 / self.server.cfg.command_rate_hz
+        priority = int(self.get_parameter("realtime_priority").value)
+        if priority > 0:  # this thread only (Linux: 0 = the calling thread)
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            except PermissionError:
+                self.get_logger().warning(
+                    f"no permission for SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or an rtprio limit): "
+                    "the command thread runs at normal priority"
+                )
+        deadline = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                deadline += period
+                wait = deadline - time.monotonic()
+                if wait > 0.0:
+                    self._stop.wait(wait)
+                elif wait < -period:  # fell behind by more than a period: re-anchor instead of bursting
+                    deadline = time.monotonic()
+                self._on_tick()
+        except Exception:
+            self.get_logger().fatal("command loop failed; shutting down")
+            rclpy.try_shutdown()
+            raise
 
     def _on_tick(self) -> None:
         now = self._now()
@@ -231,6 +282,8 @@ class PolicyServer(Node):
         self._diag.publish(msg)
 
     def close(self) -> None:
+        self._stop.set()
+        self._commands.join(timeout=2.0)
         self.server.stop()
 
 
@@ -251,4 +304,4 @@ def main(argv: list[str] | None = None) -> int:
         ros = rest[rest.index("--ros-args") + 1 :] if "--ros-args" in rest else []
         before = rest[: rest.index("--ros-args")] if "--ros-args" in rest else rest
         args = [*before, "--ros-args", "-p", f"checkpoint:={args[0]}", *ros]
-    return run_node(PolicyServer, args, threads=3)
+    return run_node(PolicyServer, args, threads=2)
