@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -109,10 +110,11 @@ class NaiveDataset(EpisodeDataset):
     """Baseline: every frame decoded sequentially from the start of its video, no decoder reuse."""
 
     def frame(self, ep, camera, index):
+        rgb = VideoReformatter()  # the same colour conversion as VideoReader
         with av.open(str(self.episodes[ep].path / camera.file)) as c:
             for i, f in enumerate(c.decode(video=0)):
                 if i == index:
-                    return f.to_ndarray(format="rgb24")
+                    return rgb.reformat(f, format="rgb24").to_ndarray()
         raise IndexError(index)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class VideoWriter:
             options = {}
         stream.options = options
         self._stream = stream
+        self._yuv = VideoReformatter()
         self.width, self.height = width, height
 
     def add(self, image: np.ndarray) -> None:
@@ -69,6 +71,7 @@ class VideoWriter:
                 f"got {image.shape} {image.dtype}"
             )
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame = self._yuv.reformat(frame, format=self._stream.pix_fmt)  # one swscale context for all frames
         frame.pts = self.count
         frame.time_base = 1 / self._stream.codec_context.framerate
         self._container.mux(self._stream.encode(frame))
@@ -100,6 +103,9 @@ class VideoReader:
         self._rate = float(self._stream.average_rate or self._stream.guessed_rate)
         self._tb = float(self._stream.time_base)
         self._gop = gop
+        # One reformatter per reader: frame.to_ndarray(format=...) builds a new swscale
+        # context per call (measured: 4.5 ms vs 0.04 ms for a 96x96 frame).
+        self._rgb = VideoReformatter()
         self._frames = None  # the live decode generator
         self._next = None  # index of the frame the generator yields next
         self.decoded = 0  # frames decoded so far (for benchmarks)
@@ -123,7 +129,7 @@ class VideoReader:
             i = self._index(frame)
             self._next = i + 1
             if i == index:
-                return frame.to_ndarray(format="rgb24")
+                return self._rgb.reformat(frame, format="rgb24").to_ndarray()
             if i > index:
                 break
         self._next = None
@@ -135,5 +141,6 @@ class VideoReader:
 
 def decode_all(path: str | Path) -> np.ndarray:
     """Every frame of a video, (N, H, W, 3) uint8, decoded sequentially from the start."""
+    rgb = VideoReformatter()
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return np.stack([rgb.reformat(f, format="rgb24").to_ndarray() for f in container.decode(video=0)])
