@@ -15,6 +15,7 @@ Then the model card of every preset (parameters, FLOPs/sample, FSDP memory per G
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -26,7 +27,6 @@ from gen_theta_model.policy.config import PRESET_NAMES, preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.model_card import format_table, model_card
 from gen_theta_model.policy.policy import build_policy
-from gen_theta_model.train import forever
 
 RATE_HZ = 50.0
 BATCH = {"tiny": 16, "small": 8, "base": 8}
@@ -77,10 +77,11 @@ def main() -> None:
         bs = args.batch_size or BATCH.get(name, 4)
         policy = build_policy(cfg, specs, stats).to(device)
         batch = example_batch(specs, cfg, bs, cameras=3, history=4)
-        sps, steps = measure(policy, forever([batch]), args.steps, device)
+        sps, steps = measure(policy, itertools.repeat(batch), args.steps, device)
         print(f"{name:<6} {'synthetic':<10} {bs:>5} {sps:>10.1f} {sps / RATE_HZ:>8.2f} {steps:>8.2f}")
         if args.data:
             from gen_theta_model.data.loader import DataConfig, make_dataloaders
+            from gen_theta_model.train import forever
 
             data_cfg = DataConfig(batch_size=bs, num_workers=1, horizon=cfg.chunk_len)
             train, _, info = make_dataloaders(args.data, data_cfg)

@@ -134,6 +134,15 @@ def sum_across(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return out
 
 
+def agree(flag: bool, env: DistEnv) -> bool:
+    """Return True on every process when ``flag`` is True on any (e.g. the master's clock says stop)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
 def min_across(value: int, env: DistEnv) -> int:
     """Return the smallest ``value`` over all processes."""
     if not env.enabled:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from gen_theta_model.config import ConfigError
 from gen_theta_model.data.loader import DatasetInfo, make_dataloaders
 from gen_theta_model.distributed import (
     DistEnv,
+    agree,
     autocast,
     choose_strategy,
     mean_across,
@@ -117,7 +119,9 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
     pbar = tqdm(total=cfg.max_steps, initial=step, disable=not (env.master and cfg.progress), dynamic_ncols=True)
     meter = Throughput()
     last_good = resume_from
-    while step < cfg.max_steps:
+    deadline = time.monotonic() + cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
+    last = step >= cfg.max_steps  # a finished run that is re-run does nothing
+    while not last:
         model.train()
         loss_sum = torch.zeros((), device=env.device)
         samples, experience = 0, 0.0
@@ -144,22 +148,23 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        last = step >= cfg.max_steps or agree(time.monotonic() > deadline, env)
         rate = meter.update(samples * env.world_size, experience * env.world_size)
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss_mean:.4f}", samples_s=f"{rate[0]:.1f}", exp_s_s=f"{rate[1]:.1f}")
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+        if step % cfg.log_interval == 0 or last:
             log.scalars(step, {"train/loss": loss_mean, "train/lr": lr,
                                "train/grad_norm": grad_norm,
                                "train/nll": float(parts["nll"]), "train/mse": float(parts["mse"]),
                                "perf/samples_per_s": rate[0], "perf/experience_s_per_s": rate[1]})
         metrics: dict[str, float] = {}
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+        if step % cfg.eval_interval == 0 or last:
             with autocast(bf16, env.device):
                 metrics = validate(policy, val_loader, emb_map, categories, episode_category, cfg, env)
             log.scalars(step, metrics)
             log.info(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                                   if "/all/" in k or k == "val/loss"))
-        if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps:
+        if step % cfg.checkpoint_interval == 0 or last:
             last_good = save(run_dir, step, policy, cfg, model, optimizer, train_loader, metrics, env)
         if metrics or step % cfg.checkpoint_interval == 0:
             meter.pause()  # validation and saving are not training throughput

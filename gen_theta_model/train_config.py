@@ -49,6 +49,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0  # model initialisation; the data order has data.seed
     max_steps: int = 1000  # optimizer steps
+    max_minutes: float = 0.0  # wall-clock budget: validate, save and stop when it is spent (0: none)
     init_from: str = ""  # checkpoint to fine-tune from (SFT); its policy config wins over preset/policy
     freeze_trunk: bool = False  # SFT: train only encoders and head
     extend_embodiments: bool = False  # SFT: add robots the checkpoint does not know instead of failing
@@ -69,8 +70,8 @@ class TrainConfig:
         for name in ("max_steps", "log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_batches < 0:
-            raise ValueError(f"eval_batches must be >= 0, got {self.eval_batches}")
+        if self.eval_batches < 0 or self.max_minutes < 0:
+            raise ValueError(f"eval_batches and max_minutes must be >= 0, got {self.eval_batches}, {self.max_minutes}")
         if self.eval_delay >= self.data.horizon:
             raise ValueError(f"eval_delay={self.eval_delay} must be < data.horizon={self.data.horizon}")
 
