@@ -4,7 +4,8 @@ For each checkpoint, on the held-out validation episodes of the dataset (the
 split of the checkpoint's training config), and for each evaluation delay d:
 
 * the chunk comes from ``Policy.infer`` (the function behind ``predict_chunk``, which
-  the server calls) with the ground-truth first d actions as the committed prefix;
+  the server calls) with the ground-truth first d actions as the committed prefix
+  (``--no-prefix``: none, as a policy without harmonic conditioning runs asynchronously);
 * MSE of the chunk over the scored steps (>= d, inside the episode) and joints, in
   canonical units and in joint units (rad^2 / m^2), next to two baselines: the
   training-mean action and "hold": repeat the last known position (the last
@@ -47,6 +48,8 @@ class EvalConfig:
     mse_threshold: float = 0.01  # canonical units^2: RMS error 0.1 (5% of the range)
     kl_threshold: float = 2.0  # nats per scored scalar
     seed: int = 0  # Monte Carlo draws
+    prefix: bool = True  # give the true first d actions as the committed prefix; False: no prefix, still
+    # scored from step d (how a policy without harmonic conditioning runs asynchronously: naive async)
 
     def __post_init__(self) -> None:
         if self.sigma <= 0 or self.kl_samples < 1 or not self.delays or min(self.delays) < 0:
@@ -106,7 +109,8 @@ def evaluate_policy(
         d_pad = target.shape[-1]
         cat = ep_cat[batch[K.EPISODE_INDEX]]
         for di, d in enumerate(cfg.delays):
-            chunk, dist = policy.infer(obs, target[:, :d], d)
+            given = d if cfg.prefix else 0
+            chunk, dist = policy.infer(obs, target[:, :given], given)
             steps = scored_steps(torch.full_like(e, d), batch[K.ACTION_MASK])
             sq, n = squared_error(chunk, target, steps, jmask)
             sq_joint, _ = squared_error(chunk, target, steps, jmask, scale=half[e, :d_pad])
@@ -205,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kl-samples", type=int, default=EvalConfig.kl_samples)
     parser.add_argument("--mse-threshold", type=float, default=EvalConfig.mse_threshold)
     parser.add_argument("--kl-threshold", type=float, default=EvalConfig.kl_threshold)
+    parser.add_argument("--no-prefix", action="store_true",
+                        help="do not give the committed prefix (score from step d anyway): naive async")
     parser.add_argument("--samples", type=int, default=0, help="validation samples (default: the training config's)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=0, help="stop after this many batches (0: all)")
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = EvalConfig(delays=tuple(args.delay or EvalConfig.delays), sigma=args.sigma, kl_samples=args.kl_samples,
-                         mse_threshold=args.mse_threshold, kl_threshold=args.kl_threshold)
+                         mse_threshold=args.mse_threshold, kl_threshold=args.kl_threshold,
+                         prefix=not args.no_prefix)
         results = {c: evaluate_checkpoint(c, args.data, cfg, args.device, args.batch_size, args.samples,
                                           args.batches) for c in args.checkpoints}
     except (ConfigError, ValueError, OSError) as err:  # CheckpointError/UnknownEmbodimentError are ValueErrors

@@ -15,6 +15,7 @@ import torch
 from train_helpers import CONFIG, SMALL, build_dataset, losses, run
 
 from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config
+from gen_theta_model.train_config import load_train_config, policy_config
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,17 @@ def test_torchrun_two_cpu_processes(tmp_path, dataset, strategy):
     assert sum(p.numel() for p in policy.model.parameters()) > 0
     state = torch.load(list_checkpoints(out)[-1] / "training_state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG.parent).glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_train_config(CONFIG.parent / name)
+    assert policy_config(cfg).chunk_len == cfg.data.horizon
+
+
+def test_time_budget_ends_the_run_with_validation_and_a_checkpoint(tmp_path, dataset):
+    out = tmp_path / "run"
+    assert run(out, dataset, "max_steps=1000", "max_minutes=1.0e-6") == 0
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000001"]
+    _, _, doc = read_checkpoint_config(out)
+    assert "val/loss" in doc["metrics"]
