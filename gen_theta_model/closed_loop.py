@@ -11,9 +11,10 @@ figures of the results table:
   semantics (gen_theta_model.trajectory.resample_commands) at 500 Hz, and the largest
   |d³q/dt³| within 0.1 s of a switch is taken (rad/s³ or m/s³);
 - idle fraction: the share of commands that tell the robot to stand still for lack of a
-  plan (a single point with zero velocity: the server's hold);
+  plan (a single point with zero velocity: the server's hold), after the first chunk;
 - command timing: missed deadlines (control slots without a command) and |gap - period|
-  jitter percentiles, from receive times (gen_theta_model.adapter.TickClock).
+  jitter percentiles, from receive times (gen_theta_model.adapter.TickClock); the server
+  counts its own missed deadlines at publish time the same way (``server_missed_deadlines``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,16 @@ def chunk_switches(
 
 
 def idle_fraction(trajectories: Sequence[Trajectory]) -> float:
-    """Share of commands that are holds (0 for an empty stream)."""
-    return float(np.mean([is_hold(t) for t in trajectories])) if trajectories else 0.0
+    """Share of commands that are holds, from the first command that moves the robot on.
+
+    The wait for the very first chunk (the same in every mode) is left out; a stream that
+    never moves is idle throughout (1.0), an empty one 0.0.
+    """
+    holds = [is_hold(t) for t in trajectories]
+    if not holds:
+        return 0.0
+    first = holds.index(False) if False in holds else len(holds) - 1
+    return float(np.mean(holds[first:]))
 
 
 def command_timing(receive_times: Sequence[float], period: float) -> dict[str, float]:
@@ -170,8 +179,8 @@ COLUMNS = (
     ("idle %", "idle_pct", "{:.1f}"),
     ("max jump at switch", "max_jump", "{:.3f}"),
     ("max jerk at switch", "max_jerk", "{:.0f}"),
-    ("missed deadlines", "missed_deadlines", "{:.0f}"),
-    ("jitter p50/p99 ms", "jitter", "{}"),
+    ("missed deadlines sent/received", "missed", "{}"),
+    ("received jitter p50/p99 ms", "jitter", "{}"),
     ("latency p50/p99 ms", "latency", "{}"),
 )
 
@@ -211,7 +220,9 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
     for r in rows:
         cells = [f"{r['added_delay_ms']:.0f}", str(r["mode"])]
         for _, key, fmt in COLUMNS:
-            if key == "jitter":
+            if key == "missed":
+                cells.append(f"{r['server_missed_deadlines']:.0f} / {r['missed_deadlines']:.0f}")
+            elif key == "jitter":
                 cells.append(f"{r['jitter_p50_ms']:.1f} / {r['jitter_p99_ms']:.1f}")
             elif key == "latency":
                 cells.append(f"{r['latency_p50_ms']:.0f} / {r['latency_p99_ms']:.0f}")

@@ -4,8 +4,14 @@ Step "sim episodes": start the simulated robot (``gen-theta sim``) and a scripte
 (``gen-theta expert``) as two processes talking over DDS, then for each task and episode
 set the sim's ``task``/``seed`` parameters, call its ``sim/reset`` service, wait for the
 episode to end on ``sim/task`` and print a table: task, category, robot, success, time.
-The expert drives the robot only through the ROS topics. Later steps (record, ingest,
-train, serve) extend ``STEPS``.
+The expert drives the robot only through the ROS topics.
+
+Then the learning loop (gen_theta_ros/demo_loop.py): collect expert episodes of one task
+through the recorder, ingest them, train the tiny harmonic policy, bring up the policy
+server on the sim robot and roll out synchronous, naive asynchronous and harmonic
+execution at 0, 100 and 300 ms of added inference delay; the results table is printed
+and written with its PNG and mp4 into ``--out``/rollout. ``--expert-only`` stops after
+the first step.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from std_srvs.srv import Trigger
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
+from gen_theta_ros import demo_loop
 from gen_theta_ros.runtime import use_project_dds_profile
 
 STARTUP_TIMEOUT_S = 60.0
@@ -49,6 +56,13 @@ class DemoContext:
     seed: int
     log_dir: Path
     rows: list[dict] = field(default_factory=list)
+    # the learning loop (demo_loop.py)
+    out: Path = Path("runs/demo")
+    learn_task: str = "conveyor_pack"
+    collect_episodes: int = 12
+    train_steps: int = 300
+    rollout_seeds: int = 1
+    rollout_seconds: float = 12.0
 
 
 class Processes:
@@ -189,6 +203,7 @@ def print_table(rows: list[dict]) -> None:
 
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("sim episodes: scripted expert over ROS topics", step_sim_episodes),
+    *demo_loop.STEPS,
 ]
 
 
@@ -201,19 +216,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-dir", type=Path, default=None, help="where the child processes log (default: a temp dir)"
     )
+    loop = parser.add_argument_group("learning loop (collect, ingest, train, serve and roll out)")
+    loop.add_argument("--expert-only", action="store_true", help="stop after the scripted-expert episodes")
+    loop.add_argument("--out", type=Path, default=Path("runs/demo"), help="episodes, dataset, run and rollout go here")
+    loop.add_argument("--learn-task", default="conveyor_pack", choices=list(TASKS), help="task to learn and roll out")
+    loop.add_argument("--collect-episodes", type=int, default=12, help="expert episodes recorded for training")
+    loop.add_argument("--train-steps", type=int, default=300, help="optimizer steps of the tiny policy")
+    loop.add_argument("--rollout-seeds", type=int, default=1, help="rollout episodes per mode and delay")
+    loop.add_argument("--rollout-seconds", type=float, default=12.0, help="wall-clock cap per rollout episode")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
     use_project_dds_profile()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gen_theta_demo_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(args.robot, args.task or list(TASKS), args.episodes, args.seed, log_dir)
+    ctx = DemoContext(args.robot, args.task or list(TASKS), args.episodes, args.seed, log_dir, out=args.out,
+                      learn_task=args.learn_task, collect_episodes=args.collect_episodes,
+                      train_steps=args.train_steps, rollout_seeds=args.rollout_seeds,
+                      rollout_seconds=args.rollout_seconds)
     print(
         f"gen_theta demo: robot {args.robot}, ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}, logs in {log_dir}"
     )
     start = time.monotonic()
-    for name, step in STEPS:
-        print(f"== {name}")
+    for name, step in STEPS[:1] if args.expert_only else STEPS:
+        print(f"== {name}", flush=True)
         step(ctx)
     print(f"demo finished in {time.monotonic() - start:.1f} s")
     return 0 if all(r["success"] == "yes" for r in ctx.rows) else 1

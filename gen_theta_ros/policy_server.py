@@ -304,4 +304,4 @@ def main(argv: list[str] | None = None) -> int:
         ros = rest[rest.index("--ros-args") + 1 :] if "--ros-args" in rest else []
         before = rest[: rest.index("--ros-args")] if "--ros-args" in rest else rest
         args = [*before, "--ros-args", "-p", f"checkpoint:={args[0]}", *ros]
-    return run_node(PolicyServer, args, threads=2)
+    return run_node(PolicyServer, args, threads=1)

@@ -13,6 +13,7 @@ from gen_theta_model.closed_loop import (
     chunk_switches,
     command_timing,
     episode_figures,
+    idle_fraction,
     is_hold,
     markdown_table,
     results_json,
@@ -70,7 +71,7 @@ def test_switches_jumps_and_idle_by_mode(spec):
     assert h.switches >= 5 and n.switches >= 5 and s.switches >= 3
     assert h.max_jump < 0.5 * n.max_jump  # the prefix keeps harmonic switches smooth
     assert h.max_jerk < n.max_jerk
-    assert h.idle_fraction < 0.2 < s.idle_fraction  # only the first inference idles harmonic
+    assert h.idle_fraction == 0.0 and s.idle_fraction > 0.3  # harmonic never waits once it moves
     assert h.missed_deadlines == 0 and h.jitter_p99_ms < 1e-6  # fake clock: perfectly regular
 
 
@@ -87,6 +88,14 @@ def test_switch_found_where_plans_differ(spec):
     hold = Trajectory.from_arrays(spec.joint_names, np.array([0.02]), q[:1], np.zeros((1, spec.dof)), start_time=9.0)
     assert is_hold(hold) and not is_hold(a)
     assert len(chunk_switches([(9.0, hold), (10.02, b)])) == 1  # a hold plans to stay forever
+
+
+def test_idle_fraction_leaves_out_the_wait_for_the_first_chunk(spec):
+    q = spec.home_positions[None]
+    hold = Trajectory.from_arrays(spec.joint_names, np.array([0.02]), q, np.zeros_like(q), start_time=1.0)
+    move = Trajectory.from_arrays(spec.joint_names, np.array([0.02, 0.04]), np.vstack([q, q + 0.01]), start_time=1.0)
+    assert idle_fraction([hold, hold, move, hold, move, move]) == pytest.approx(0.25)
+    assert idle_fraction([hold, hold]) == 1.0 and idle_fraction([]) == 0.0
 
 
 def test_command_timing_counts_missing_slots():
