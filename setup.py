@@ -14,7 +14,6 @@ EXECUTABLES = {
     "expert": "gen_theta_ros.expert:main",
     "recorder": "gen_theta_ros.recorder:main",
     "policy_server": "gen_theta_ros.policy_server:main",
-    "adapter": "gen_theta_ros.adapter:main",
     "train": "gen_theta_model.train:main",
     "collect": "gen_theta_ros.collect:main",
     "ingest": "gen_theta_model.data.ingest:main",
