@@ -33,6 +33,8 @@ setup(
         (f"share/{PACKAGE}/config/robots", glob("config/robots/*.yaml")),
         (f"share/{PACKAGE}/config/mixtures", glob("config/mixtures/*.yaml")),
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
+        (f"share/{PACKAGE}/config/scaling", glob("config/scaling/*.yaml")),
+        (f"share/{PACKAGE}/config/scaling/mixtures", glob("config/scaling/mixtures/*.yaml")),
         (f"share/{PACKAGE}/urdf", glob("urdf/*.urdf")),
     ],
     package_data={"gen_theta_model": ["py.typed"]},

@@ -143,9 +143,10 @@ def plan_sweep(cfg: SweepConfig) -> list[TrialSpec]:
     out.mkdir(parents=True, exist_ok=True)
     views = prepare_views(cfg.data, cfg.suites, cfg.sizes, cfg.subset_seed, out)
     (out / "sweep.yaml").write_text(yaml.safe_dump(to_mapping(cfg), sort_keys=False))
+    # model-major: a sweep stopped early has whole L(D) curves for the first models listed
     return [
         trial_spec(cfg, model, d, seed, views, f"{model.name}-D{d}-s{seed}")
-        for d in sorted(views.pretrain) for model in cfg.models for seed in cfg.seeds
+        for model in cfg.models for seed in cfg.seeds for d in sorted(views.pretrain)
     ]
 
 
