@@ -67,6 +67,15 @@ class ChunkMixture:
         w = torch.softmax(self.logits, dim=-1).unsqueeze(-1)  # (B, D, K, 1)
         return (w * self.mean).sum(2).transpose(1, 2)  # (B, H, D)
 
+    def pad_joints(self, dof: int) -> ChunkMixture:
+        """Return the same mixture with joints padded to ``dof`` (padded joints: N(0, 1) per step)."""
+        extra = dof - self.logits.shape[1]
+        if extra <= 0:
+            return self
+        pad = (0, 0, 0, 0, 0, extra)
+        return ChunkMixture(torch.nn.functional.pad(self.logits, (0, 0, 0, extra)),
+                            torch.nn.functional.pad(self.mean, pad), torch.nn.functional.pad(self.log_std, pad))
+
     def affine(self, scale: torch.Tensor, shift: torch.Tensor) -> ChunkMixture:
         """Distribution of ``a * scale + shift`` with per-joint scale, shift (B, D) (scale > 0)."""
         s = scale[:, :, None, None]

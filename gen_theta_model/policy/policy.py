@@ -24,7 +24,7 @@ from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.head import ChunkMixture
-from gen_theta_model.policy.model import HarmonicTransformer, chunk_loss
+from gen_theta_model.policy.model import HarmonicTransformer, chunk_loss, trim_padding
 from gen_theta_model.policy.normalize import Normalizer
 
 
@@ -99,7 +99,7 @@ class Policy:
 
         ``model`` is the module to call (a DDP/FSDP wrapper of ``self.model``), default the bare model.
         """
-        normed = self.normalizer.normalize_batch(batch)
+        normed = trim_padding(self.normalizer.normalize_batch(batch))
         dist = (model or self.model)(normed)
         return chunk_loss(dist, normed, self.config.mse_weight)
 
@@ -107,10 +107,10 @@ class Policy:
     def action_distribution(self, batch: dict[str, torch.Tensor]) -> ChunkMixture:
         """Return the mixture in canonical units for a batch with ACTION (prefix), ACTION_MASK, DELAY."""
         e = self._embodiments_of(batch)
-        normed = self.normalizer.normalize_batch({**batch, K.EMBODIMENT_INDEX: e})
-        dist = self.model(normed)
-        std, mean = self.normalizer.action_scale_shift(e, batch[K.JOINT_MASK].shape[1])
-        return dist.affine(std, mean)  # (B, D, K, H) canonical
+        normed = trim_padding(self.normalizer.normalize_batch({**batch, K.EMBODIMENT_INDEX: e}))
+        dist = self.model(normed)  # (B, D', K, H), D' <= D joints in use
+        std, mean = self.normalizer.action_scale_shift(e, dist.logits.shape[1])
+        return dist.affine(std, mean).pad_joints(batch[K.JOINT_MASK].shape[1])  # (B, D, K, H) canonical
 
     def predict_chunk(
         self,
