@@ -52,10 +52,15 @@ def test_launch_and_gen_theta_bringup_start_the_same_graph(install: Path, tmp_pa
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(doc))
     names = ["checkpoint", "robots", *doc["policy_server"]["ros__parameters"]]
-    args = ["robot:=arm6,humanoid16", f"checkpoint:={ckpt}", "sim:=false", f"params_file:={params_file}"]
     env = workspace_env(install)
-    launched = run_and_snapshot(["ros2", "launch", "gen_theta", "bringup.launch.py", *args], env,
-                                tmp_path / "launch.log", {"/policy_server": names})
-    plain = run_and_snapshot(["gen-theta", "bringup", *args], env, tmp_path / "bringup.log", {"/policy_server": names})
-    assert launched == plain
-    assert launched["/policy_server"]["mode"] == "naive_async"
+    for robots, sim in (("arm6,humanoid16", "false"), ("arm6", "true")):
+        args = [f"robot:={robots}", f"checkpoint:={ckpt}", f"sim:={sim}", f"params_file:={params_file}"]
+        nodes = {"/policy_server": names}
+        if sim == "true":
+            nodes["/arm6/sim_robot"] = ["robot", "task", "seed"]
+        launched = run_and_snapshot(["ros2", "launch", "gen_theta", "bringup.launch.py", *args], env,
+                                    tmp_path / "launch.log", nodes)
+        plain = run_and_snapshot(["gen-theta", "bringup", *args], env, tmp_path / "bringup.log", nodes)
+        assert launched == plain
+        assert launched["/policy_server"]["mode"] == "naive_async"
+        assert launched["/policy_server"]["robots"] == robots.split(",")
