@@ -1,5 +1,6 @@
 """From trial results to the report: analysis, plots, markdown and strict JSON, and `scaling fit`."""
 
+import dataclasses
 import json
 
 import matplotlib.image
@@ -40,6 +41,7 @@ def synthetic_trial(preset: str, d: int, seed: int = 0) -> TrialResult:
     return TrialResult(
         trial_id=f"{preset}-D{d}-s{seed}", preset=preset, n_params=n, d=d, seed=seed,
         pretrain_curve=[CurvePoint(s, float(v), None) for s, v in zip(PRE_STEPS, pre)], suites=suites,
+        info={"mean_episode_s": 6.0},
     )
 
 
@@ -55,6 +57,7 @@ def test_analysis_recovers_the_synthetic_law_and_size_effects(trials):
     assert fits["small"].power.alpha == pytest.approx(0.40, abs=0.05)
     req = fits["tiny"].requirements[0]
     assert req["target"] == 0.2 and req["d_needed"] > 400
+    assert req["hours_per_trajectory"] == pytest.approx(6.0 / 3600)  # from the trials' episode durations
     assert analysis.loss_vs_size_d == 400 and analysis.loss_vs_size is not None
     # the bigger model reaches the fine-tuning target in fewer steps
     assert analysis.ft_steps["small"] < analysis.ft_steps["tiny"]
@@ -100,6 +103,15 @@ def test_bad_result_files_are_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="empty: no result.json"):
         load_results([tmp_path / "empty"])
+
+
+def test_trajectory_duration_must_be_known(trials):
+    bare = [dataclasses.replace(t, info={}) for t in trials]
+    with pytest.raises(ValueError, match="--seconds-per-trajectory"):
+        analyze(bare, AnalysisOptions(n_boot=0))
+    analysis = analyze(bare, AnalysisOptions(n_boot=0, hours_per_trajectory=0.01, targets=[0.2]))
+    assert analysis.presets[0].requirements[0]["hours"] == pytest.approx(
+        0.01 * analysis.presets[0].requirements[0]["d_needed"])
 
 
 def test_steps_to_target_interpolates():

@@ -33,7 +33,7 @@ class AnalysisOptions:
     level: float = 0.95
     seed: int = 0
     targets: list[float] = field(default_factory=list)  # losses to invert; empty: 0.9x the best observed
-    hours_per_trajectory: float = 30.0 / 3600.0  # the sim episodes are ~30 s
+    hours_per_trajectory: float | None = None  # None: the trials' mean episode duration (info.mean_episode_s)
     hours_per_week: float = 10_000.0  # the seed's weekly collection rate
     ft_target: float | None = None  # None: 1.1x the loosest minimum, so every preset reaches it
     plateau_window: int = 5
@@ -42,7 +42,7 @@ class AnalysisOptions:
     def __post_init__(self) -> None:
         if not 0 < self.level < 1:
             raise ValueError(f"level must be in (0, 1), got {self.level}")
-        if self.hours_per_trajectory <= 0 or self.hours_per_week <= 0:
+        if (self.hours_per_trajectory is not None and self.hours_per_trajectory <= 0) or self.hours_per_week <= 0:
             raise ValueError(
                 f"hours_per_trajectory and hours_per_week must be > 0, got "
                 f"{self.hours_per_trajectory}, {self.hours_per_week}"
@@ -108,6 +108,13 @@ def analyze(trials: list[TrialResult], options: AnalysisOptions | None = None) -
     if not trials:
         raise ValueError("no trial results to analyse")
     notes: list[str] = []
+    if opt.hours_per_trajectory is None:
+        seconds = [t.info["mean_episode_s"] for t in trials if t.info.get("mean_episode_s")]
+        if not seconds:
+            raise ValueError("the trial results do not record episode durations (info.mean_episode_s): "
+                             "give the experience per trajectory (--seconds-per-trajectory)")
+        opt = dataclasses.replace(opt, hours_per_trajectory=float(np.mean(seconds)) / 3600.0)
+        notes.append(f"experience per trajectory: {np.mean(seconds):.1f} s, the mean episode of the trials' data")
     by_preset: dict[str, list[TrialResult]] = defaultdict(list)
     for t in trials:
         by_preset[t.preset].append(t)

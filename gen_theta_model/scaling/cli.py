@@ -18,8 +18,8 @@ def _fit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--target", type=float, action="append", default=[],
                    help="target loss to invert into data and weeks (repeatable; default 0.9x best observed)")
-    p.add_argument("--seconds-per-trajectory", type=float, default=30.0,
-                   help="experience per trajectory, seconds (default 30, the sim episodes)")
+    p.add_argument("--seconds-per-trajectory", type=float,
+                   help="experience per trajectory, seconds (default: the mean episode of the trials' data)")
     p.add_argument("--hours-per-week", type=float, default=10_000.0,
                    help="collection rate, hours of experience per week (default 10000, the seed's figure)")
     p.add_argument("--ft-target", type=float,
@@ -47,7 +47,8 @@ def run_fit(args: argparse.Namespace) -> int:
     trials = load_results(args.results)
     options = AnalysisOptions(
         n_boot=args.n_boot, level=args.level, seed=args.seed, targets=args.target,
-        hours_per_trajectory=args.seconds_per_trajectory / 3600.0, hours_per_week=args.hours_per_week,
+        hours_per_trajectory=args.seconds_per_trajectory and args.seconds_per_trajectory / 3600.0,
+        hours_per_week=args.hours_per_week,
         ft_target=args.ft_target, plateau_window=args.window, plateau_threshold=args.threshold,
     )
     analysis = analyze(trials, options)

@@ -78,7 +78,9 @@ def markdown(analysis: ScalingAnalysis, plots: list[Path], base: Path) -> str:
     out += ["", "Extrapolation check (power form fitted without the largest D, predicting it):", ""]
     for pf in analysis.presets:
         h = pf.holdout
-        if h is not None:
+        if h is None:
+            out.append(f"- {pf.preset}: not possible (fewer than 3 distinct D)")
+        else:
             out.append(
                 f"- {pf.preset}: at D={h['x']:.0f} observed {h['observed']:.4g}, predicted "
                 f"{h['predicted']:.4g} ({100 * h['relative_error']:+.1f}%)"
