@@ -180,6 +180,7 @@ class HarmonicServer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_error: Callable[[BaseException], None] | None = None
 
     # -- configuration at run time ----------------------------------------------------------
     def reconfigure(self, **changes: object) -> None:
@@ -345,11 +346,16 @@ class HarmonicServer:
         self._infer(0, items, start)
         return self.clock() - start
 
-    def start(self) -> None:
-        """Run ``infer_step`` on a daemon thread until ``stop``."""
+    def start(self, on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Run ``infer_step`` on a daemon thread until ``stop``.
+
+        An exception there ends the thread (the robots then hold at the end of their plans)
+        after ``on_error(exception)`` is called, e.g. to shut the node down.
+        """
         if self._thread is not None:
             raise RuntimeError("the inference thread is already running")
         self._stop.clear()
+        self._on_error = on_error
         self._thread = threading.Thread(target=self._loop, name="harmonic-inference", daemon=True)
         self._thread.start()
 
@@ -362,7 +368,12 @@ class HarmonicServer:
 
     def _loop(self) -> None:
         poll = 0.25 / self.cfg.command_rate_hz
-        while not self._stop.is_set():
-            if not self.infer_step():
-                self._wake.wait(timeout=poll)
-                self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                if not self.infer_step():
+                    self._wake.wait(timeout=poll)
+                    self._wake.clear()
+        except Exception as err:
+            if self._on_error is not None:
+                self._on_error(err)
+            raise

@@ -180,7 +180,7 @@ class PolicyServer(Node):
         self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
         self.create_timer(float(p("diagnostics_period_s")), self._publish_diagnostics, callback_group=inputs)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.server.start()
+        self.server.start(on_error=self._on_inference_error)
         self._stop = threading.Event()
         self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         self._commands.start()
@@ -243,6 +243,10 @@ class PolicyServer(Node):
             self.get_logger().fatal("command loop failed; shutting down")
             rclpy.try_shutdown()
             raise
+
+    def _on_inference_error(self, err: BaseException) -> None:
+        self.get_logger().fatal(f"inference failed: {err!r}; shutting down (the robots hold their last plans)")
+        rclpy.try_shutdown()
 
     def _on_tick(self) -> None:
         now = self._now()

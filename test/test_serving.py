@@ -1,5 +1,8 @@
 """The server engine (gen_theta_model.serving) with a real tiny policy on a fake clock, no ROS."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +199,18 @@ def test_enabling_again_starts_from_where_the_robot_was_moved(policy, specs):
     assert cmd.hold_reason == ""
     np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)
     assert server.sessions["left"].clock.missed == 0  # the silent time while disabled is no miss
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises
+def test_an_inference_error_is_reported_not_swallowed(policy, specs):
+    server = make_server(policy, specs, time.time)
+    server.max_delay = policy.config.chunk_len - 1  # longer than the policy's trained prefix: predict_chunk refuses
+    server.latency.add(0.5)  # 0.5 s of expected latency: a 26-step prefix at 50 Hz
+    feed(server, time.time(), robots=("left",))
+    server.tick("left", time.time())
+    errors = []
+    done = threading.Event()
+    server.start(on_error=lambda err: (errors.append(err), done.set()))
+    assert done.wait(timeout=30.0)
+    server.stop()
+    assert isinstance(errors[0], ValueError) and "delay must be in" in str(errors[0])
