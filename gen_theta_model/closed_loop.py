@@ -6,10 +6,10 @@ figures of the results table:
 
 - chunk switches: consecutive command windows that disagree on a time both cover mark
   the moment a new plan takes over; the *jump* is the largest joint difference there
-  (rad or m) between the new plan and the one it replaced;
+  (rad or m) between the new plan and the one it replaced (largest and mean over switches);
 - jerk at switches: the command stream is replayed through the JointTrajectoryController
   semantics (gen_theta_model.trajectory.resample_commands) at 500 Hz, and the largest
-  |d³q/dt³| within 0.1 s of a switch is taken (rad/s³ or m/s³);
+  |d³q/dt³| within 0.1 s of each switch is taken (rad/s³ or m/s³; largest and mean);
 - idle fraction: the share of commands that tell the robot to stand still for lack of a
   plan (a single point with zero velocity: the server's hold), after the first chunk;
 - command timing: missed deadlines (control slots without a command) and |gap - period|
@@ -116,19 +116,18 @@ def replay(
     return times, q, qd
 
 
-def jerk_at_switches(times: np.ndarray, qd: np.ndarray, switches: Sequence[Switch]) -> float:
-    """Largest |jerk| (units/s³) of the replayed motion within JERK_WINDOW_S of any switch."""
+def jerk_at_switches(times: np.ndarray, qd: np.ndarray, switches: Sequence[Switch]) -> np.ndarray:
+    """Per switch, the largest |jerk| (units/s³) of the replayed motion within JERK_WINDOW_S of it."""
     if not switches or len(times) < 4:
-        return 0.0
+        return np.zeros(0)
     dt = float(times[1] - times[0])
     jerk = np.abs(np.diff(qd, n=2, axis=0)) / dt**2  # (T-2, dof), centred on times[1:-1]
     centres = times[1:-1]
-    worst = 0.0
+    out = []
     for s in switches:
         near = np.abs(centres - s.time) <= JERK_WINDOW_S
-        if near.any():
-            worst = max(worst, float(jerk[near].max()))
-    return worst
+        out.append(float(jerk[near].max()) if near.any() else 0.0)
+    return np.array(out)
 
 
 @dataclass
@@ -142,7 +141,9 @@ class EpisodeFigures:
     idle_fraction: float
     switches: int
     max_jump: float  # rad|m
+    mean_jump: float
     max_jerk: float  # rad/s³|m/s³
+    mean_jerk: float
     missed_deadlines: float
     jitter_p50_ms: float
     jitter_p99_ms: float
@@ -162,12 +163,18 @@ def episode_figures(
     (mode, delay, seed, task, success, time, latencies, the server's missed deadlines).
     """
     switches = chunk_switches(commands)
-    times, _, qd = replay(spec, initial, commands, JERK_RATE_HZ) if commands else (np.zeros(0), None, None)
+    jumps = np.array([s.jump for s in switches])
+    jerks = np.zeros(0)
+    if commands:
+        times, _, qd = replay(spec, initial, commands, JERK_RATE_HZ)
+        jerks = jerk_at_switches(times, qd, switches)
     return EpisodeFigures(
         idle_fraction=idle_fraction([c for _, c in commands]),
         switches=len(switches),
-        max_jump=max((s.jump for s in switches), default=0.0),
-        max_jerk=jerk_at_switches(times, qd, switches) if commands else 0.0,
+        max_jump=float(jumps.max(initial=0.0)),
+        mean_jump=float(jumps.mean()) if len(jumps) else 0.0,
+        max_jerk=float(jerks.max(initial=0.0)),
+        mean_jerk=float(jerks.mean()) if len(jerks) else 0.0,
         **command_timing([t for t, _ in commands], period),
         **known,
     )
@@ -177,8 +184,8 @@ COLUMNS = (
     ("success rate", "success_rate", "{:.2f}"),
     ("time to success s", "time_to_success", "{:.1f}"),
     ("idle %", "idle_pct", "{:.1f}"),
-    ("max jump at switch", "max_jump", "{:.3f}"),
-    ("max jerk at switch", "max_jerk", "{:.0f}"),
+    ("jump at switch max/mean", "jump", "{}"),
+    ("jerk at switch max/mean", "jerk", "{}"),
     ("missed deadlines sent/received", "missed", "{}"),
     ("received jitter p50/p99 ms", "jitter", "{}"),
     ("latency p50/p99 ms", "latency", "{}"),
@@ -202,7 +209,9 @@ def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
             "time_to_success": float(np.mean(times)) if times else None,
             "idle_pct": 100.0 * float(np.mean([e.idle_fraction for e in eps])),
             "max_jump": max(e.max_jump for e in eps),
+            "mean_jump": _weighted([e.mean_jump for e in eps], [e.switches for e in eps]),
             "max_jerk": max(e.max_jerk for e in eps),
+            "mean_jerk": _weighted([e.mean_jerk for e in eps], [e.switches for e in eps]),
             "missed_deadlines": sum(e.missed_deadlines for e in eps),
             "server_missed_deadlines": sum(e.server_missed_deadlines for e in eps),
             "jitter_p50_ms": float(np.median([e.jitter_p50_ms for e in eps])),
@@ -213,6 +222,12 @@ def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
     return rows
 
 
+def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
+    """Mean of per-episode means, weighted by their number of switches."""
+    total = sum(weights)
+    return float(np.dot(values, weights) / total) if total else 0.0
+
+
 def markdown_table(rows: Sequence[dict[str, object]]) -> str:
     """Format the results table in Markdown, one line per (added delay, mode)."""
     head = ["added delay ms", "mode", *[c[0] for c in COLUMNS]]
@@ -220,7 +235,11 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
     for r in rows:
         cells = [f"{r['added_delay_ms']:.0f}", str(r["mode"])]
         for _, key, fmt in COLUMNS:
-            if key == "missed":
+            if key == "jump":
+                cells.append(f"{r['max_jump']:.3f} / {r['mean_jump']:.3f}")
+            elif key == "jerk":
+                cells.append(f"{r['max_jerk']:.0f} / {r['mean_jerk']:.0f}")
+            elif key == "missed":
                 cells.append(f"{r['server_missed_deadlines']:.0f} / {r['missed_deadlines']:.0f}")
             elif key == "jitter":
                 cells.append(f"{r['jitter_p50_ms']:.1f} / {r['jitter_p99_ms']:.1f}")

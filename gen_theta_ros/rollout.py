@@ -204,7 +204,8 @@ def run_episode(node: RolloutNode, cfg: RolloutConfig, mode: str, delay: float, 
     )
     print(f"  {mode:<11} +{delay:>3.0f} ms seed {seed}: {'success' if success else 'failure'} after "
           f"{stopped - start:4.1f} s, idle {figures.idle_fraction:.0%}, {figures.switches} switches, "
-          f"max jump {figures.max_jump:.3f}, missed {figures.missed_deadlines:.0f}", flush=True)
+          f"jump max/mean {figures.max_jump:.3f}/{figures.mean_jump:.3f}, missed {figures.server_missed_deadlines:.0f} "
+          f"sent / {figures.missed_deadlines:.0f} received", flush=True)
     return figures, trace
 
 

@@ -69,8 +69,8 @@ def test_switches_jumps_and_idle_by_mode(spec):
         figures[mode] = episode_figures(spec, spec.home_positions, cmds, DT, **known)
     h, n, s = figures["harmonic"], figures["naive_async"], figures["sync"]
     assert h.switches >= 5 and n.switches >= 5 and s.switches >= 3
-    assert h.max_jump < 0.5 * n.max_jump  # the prefix keeps harmonic switches smooth
-    assert h.max_jerk < n.max_jerk
+    assert h.max_jump < 0.5 * n.max_jump and h.mean_jump < 0.5 * n.mean_jump  # the prefix keeps switches smooth
+    assert h.max_jerk < n.max_jerk and h.mean_jerk < n.mean_jerk
     assert h.idle_fraction == 0.0 and s.idle_fraction > 0.3  # harmonic never waits once it moves
     assert h.missed_deadlines == 0 and h.jitter_p99_ms < 1e-6  # fake clock: perfectly regular
 
@@ -117,5 +117,6 @@ def test_aggregate_table_and_json(spec):
     assert row["latency_p50_ms"] == pytest.approx(120.5)
     table = markdown_table([row])
     assert table.splitlines()[2].startswith("| 100 | harmonic | 0.50 | 4.0 |")
+    assert row["mean_jump"] == pytest.approx(eps[0].mean_jump)  # same stream twice
     doc = json.loads(results_json([row], eps, {"robot": "arm6"}))
     assert doc["episodes"][1]["seed"] == 1 and doc["meta"]["robot"] == "arm6"
