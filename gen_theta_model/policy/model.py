@@ -35,6 +35,7 @@ from gen_theta_model.policy.head import ChunkMixture, MixtureHead
 from gen_theta_model.policy.trunk import Trunk
 
 N_TOKEN_TYPES = 5  # images, proprio, instruction, joints, prefix
+ANCHOR = "policy.anchor"  # (B, D) normalised action the chunk is predicted relative to (Normalizer adds it)
 
 
 def committed_prefix(
@@ -80,7 +81,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for key in keys:
             out[key] = batch[key].narrow(axis, 0, n)
         if mask_key == K.JOINT_MASK:
-            for key in (K.STATE, K.ACTION):
+            for key in (K.STATE, K.ACTION, ANCHOR):
                 if key in batch:
                     out[key] = batch[key][..., :n]
     return out
@@ -137,7 +138,11 @@ class HarmonicTransformer(nn.Module):
         mask = torch.cat([m.bool() for _, m in groups], dim=1)  # (B, N)
         x = self.trunk(tokens, mask)
         start = sum(x.shape[1] for x, _ in groups[:3])
-        return self.head(x[:, start : start + desc.shape[1]])  # joint tokens -> (B, D, K, H)
+        dist = self.head(x[:, start : start + desc.shape[1]])  # joint tokens -> (B, D, K, H)
+        if self.cfg.residual:
+            anchor = batch[ANCHOR].float()[:, :, None, None]  # (B, D, 1, 1)
+            dist = ChunkMixture(dist.logits, dist.mean + anchor, dist.log_std)
+        return dist
 
 
 def chunk_loss(

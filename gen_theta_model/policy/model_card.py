@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import PRESET_NAMES, PolicyConfig, nominal_params, preset
 from gen_theta_model.policy.example import example_batch
-from gen_theta_model.policy.model import HarmonicTransformer
+from gen_theta_model.policy.model import ANCHOR, HarmonicTransformer
 
 GIB = 1024**3
 REFERENCE_CAMERAS = 3
@@ -78,6 +79,7 @@ def forward_flops(cfg: PolicyConfig) -> int:
     with torch.device("meta"):
         model = HarmonicTransformer(cfg)
     meta = {k: v.to("meta") for k, v in batch.items()}
+    meta[ANCHOR] = torch.zeros(meta[K.JOINT_MASK].shape, device="meta")  # added by the Normalizer in a Policy
     with FlopCounterMode(display=False) as counter:
         model(meta)
     return counter.get_total_flops()

@@ -15,6 +15,8 @@ import torch
 
 from gen_theta_model import batch as K
 from gen_theta_model.data.stats import NormStats
+from gen_theta_model.policy.encoders import masked_last
+from gen_theta_model.policy.model import ANCHOR
 
 MIN_STD = 0.01  # canonical units (0.5% of a joint's range): a static joint is not blown up to huge z-scores
 
@@ -58,9 +60,10 @@ class Normalizer:
         out = dict(batch)
         sm, ss = self._t["sm"][e, :dof], self._t["ss"][e, :dof]  # (B, D)
         out[K.STATE] = (batch[K.STATE] - sm[:, None]) / ss[:, None] * jmask[:, None]
+        std, mean = self.action_scale_shift(e, dof)
         if K.ACTION in batch:
-            std, mean = self.action_scale_shift(e, dof)
             out[K.ACTION] = (batch[K.ACTION] - mean[:, None]) / std[:, None] * jmask[:, None]
+        out[ANCHOR] = (anchor(batch) - mean) / std * jmask
         return out
 
     def unnormalize_actions(self, actions: torch.Tensor, embodiment: torch.Tensor, joint_mask: torch.Tensor
@@ -68,3 +71,17 @@ class Normalizer:
         """Standardised actions (B, H, D) -> canonical (B, H, D); padded joints are 0."""
         std, mean = self.action_scale_shift(embodiment, actions.shape[-1])
         return (actions * std[:, None] + mean[:, None]) * joint_mask.to(actions.dtype)[:, None]
+
+
+def anchor(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Canonical (B, D): the last committed action where DELAY > 0, else the latest joint state.
+
+    The policy predicts the chunk relative to it (``PolicyConfig.residual``): where the
+    robot is, or will be when the new chunk takes over.
+    """
+    latest = masked_last(batch[K.STATE], batch[K.STATE_MASK])  # (B, D)
+    if K.ACTION not in batch:
+        return latest
+    d = batch[K.DELAY]
+    last = batch[K.ACTION][torch.arange(d.shape[0], device=d.device), (d - 1).clamp_min(0)]  # (B, D)
+    return torch.where((d > 0)[:, None], last, latest)
