@@ -30,7 +30,7 @@ class PolicyConfig:
     min_log_std: float = -5.0  # std >= 0.0067 normalised units: keeps the NLL bounded on static joints
     max_log_std: float = 1.0  # std <= 2.7 normalised units: data is z-scored, wider is never needed
     mse_weight: float = 0.0  # optional MSE on the mixture mean added to the NLL
-    residual: bool = True  # means relative to the anchor (last committed action, else the latest state)
+    residual: bool = True  # means relative to the last committed action: a chunk continues from its prefix
     # inputs
     max_dof: int = DEFAULT_MAX_DOF  # joint tokens padded to this many (EmbodimentSpec.max_dof)
     joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM

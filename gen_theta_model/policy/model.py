@@ -35,7 +35,7 @@ from gen_theta_model.policy.head import ChunkMixture, MixtureHead
 from gen_theta_model.policy.trunk import Trunk
 
 N_TOKEN_TYPES = 5  # images, proprio, instruction, joints, prefix
-ANCHOR = "policy.anchor"  # (B, D) normalised action the chunk is predicted relative to (Normalizer adds it)
+ANCHOR = "policy.anchor"  # (B, D) normalised last committed action (0 without a prefix), added by the Normalizer
 
 
 def committed_prefix(

@@ -15,7 +15,6 @@ import torch
 
 from gen_theta_model import batch as K
 from gen_theta_model.data.stats import NormStats
-from gen_theta_model.policy.encoders import masked_last
 from gen_theta_model.policy.model import ANCHOR
 
 MIN_STD = 0.01  # canonical units (0.5% of a joint's range): a static joint is not blown up to huge z-scores
@@ -60,10 +59,10 @@ class Normalizer:
         out = dict(batch)
         sm, ss = self._t["sm"][e, :dof], self._t["ss"][e, :dof]  # (B, D)
         out[K.STATE] = (batch[K.STATE] - sm[:, None]) / ss[:, None] * jmask[:, None]
-        std, mean = self.action_scale_shift(e, dof)
         if K.ACTION in batch:
+            std, mean = self.action_scale_shift(e, dof)
             out[K.ACTION] = (batch[K.ACTION] - mean[:, None]) / std[:, None] * jmask[:, None]
-        out[ANCHOR] = (anchor(batch) - mean) / std * jmask
+            out[ANCHOR] = last_committed(out[K.ACTION], batch[K.DELAY])
         return out
 
     def unnormalize_actions(self, actions: torch.Tensor, embodiment: torch.Tensor, joint_mask: torch.Tensor
@@ -73,15 +72,13 @@ class Normalizer:
         return (actions * std[:, None] + mean[:, None]) * joint_mask.to(actions.dtype)[:, None]
 
 
-def anchor(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Canonical (B, D): the last committed action where DELAY > 0, else the latest joint state.
 
-    The policy predicts the chunk relative to it (``PolicyConfig.residual``): where the
-    robot is, or will be when the new chunk takes over.
+def last_committed(actions: torch.Tensor, delay: torch.Tensor) -> torch.Tensor:
+    """(B, D): ``actions[b, delay[b] - 1]``, the last committed action, and 0 where delay is 0.
+
+    The residual head predicts the chunk relative to it (``PolicyConfig.residual``): where
+    the robot will be when the new chunk takes over. Without a prefix (0, in normalised
+    units: the mean action) the chunk is predicted as is.
     """
-    latest = masked_last(batch[K.STATE], batch[K.STATE_MASK])  # (B, D)
-    if K.ACTION not in batch:
-        return latest
-    d = batch[K.DELAY]
-    last = batch[K.ACTION][torch.arange(d.shape[0], device=d.device), (d - 1).clamp_min(0)]  # (B, D)
-    return torch.where((d > 0)[:, None], last, latest)
+    last = actions[torch.arange(delay.shape[0], device=delay.device), (delay - 1).clamp_min(0)]  # (B, D)
+    return last * (delay > 0).to(last.dtype)[:, None]
