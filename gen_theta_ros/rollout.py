@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -58,6 +59,7 @@ class RolloutConfig:
     out: str = "runs/rollout"
     params_file: str = ""  # policy_server parameters; "" the package's
     video: bool = True
+    realtime_priority: int = 5  # SCHED_FIFO priority of the listener (below the server's command thread)
 
 
 class RolloutNode(Node):
@@ -209,6 +211,19 @@ def run_episode(node: RolloutNode, cfg: RolloutConfig, mode: str, delay: float, 
     return figures, trace
 
 
+def listen(executor: SingleThreadedExecutor, priority: int) -> None:
+    """Spin the rollout node, with SCHED_FIFO ``priority`` (if permitted) so that receive times
+    measure the command stream as a real-time robot driver would see it, not this process's load.
+    """
+    if priority > 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except PermissionError:
+            print(f"rollout: no permission for SCHED_FIFO priority {priority}; receive times include "
+                  "this process's scheduling delays", file=sys.stderr)
+    executor.spin()
+
+
 def rollout_params(cfg: RolloutConfig, out: Path) -> Path:
     """Write the server's parameter file for the rollout: the user's, disabled at start, fast diagnostics."""
     source = Path(cfg.params_file) if cfg.params_file else default_params_file()
@@ -233,7 +248,7 @@ def run_rollout(cfg: RolloutConfig) -> list[dict]:
         node = RolloutNode(cfg.robot, spec)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin = threading.Thread(target=listen, args=(executor, cfg.realtime_priority), daemon=True)
         spin.start()
         try:
             node.wait_for(lambda: bool(node.task_state), 120.0, "the sim's task state")
