@@ -10,11 +10,12 @@ import yaml
 from data_helpers import make_episode
 
 from gen_theta_model.checkpoint import latest_checkpoint, read_checkpoint_config
-from gen_theta_model.config import share_dir
+from gen_theta_model.config import from_mapping, share_dir
 from gen_theta_model.data.manifest import finalize_dataset
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.scaling import cli
 from gen_theta_model.scaling.results import load_results
+from gen_theta_model.scaling.sweep import SweepConfig, plan_sweep
 from gen_theta_model.scaling.trial import zero_shot_point
 
 FAST = {  # a few-second run per training: small batches and images, narrow model, no workers
@@ -105,7 +106,23 @@ def test_bad_sweep_configs_are_named(source, tmp_path, capsys):
     config.write_text(yaml.safe_dump(data))
     assert cli.main(["sweep", str(config)]) == 2
     assert "subset sizes [50] are not in [1, 7]" in capsys.readouterr().err
-    data["sizes"], data["modles"] = [3], data.pop("models")
+    data["sizes"], data["models"][0]["sizes"] = [3], [6]
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["sweep", str(config)]) == 2
+    assert "model 'nano': sizes [6] are not in the sweep's sizes [3]" in capsys.readouterr().err
+    data["models"][0]["sizes"] = []
+    data["modles"] = data.pop("models")
     config.write_text(yaml.safe_dump(data))
     assert cli.main(["sweep", str(config)]) == 2
     assert "unknown key 'modles'" in capsys.readouterr().err
+
+
+def test_plan_runs_models_in_order_on_their_sizes(source, tmp_path):
+    config = write_config(tmp_path / "sweep.yaml", source, tmp_path / "plan")
+    data = yaml.safe_load(config.read_text())
+    data["models"].append({"name": "big", "preset": "tiny", "sizes": [6]})
+    data["seeds"] = [0, 1]
+    specs = plan_sweep(from_mapping(SweepConfig, data))
+    assert [s.trial_id for s in specs] == ["nano-D3-s0", "nano-D6-s0", "nano-D3-s1", "nano-D6-s1",
+                                           "big-D6-s0", "big-D6-s1"]
+    assert specs[-1].pretrain_data == specs[1].pretrain_data  # the same D=6 view for every model

@@ -41,6 +41,7 @@ class ModelEntry:
     name: str
     preset: str = "tiny"
     policy: dict[str, Any] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)  # D values this model trains on; empty: all the sweep's
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class SweepConfig:
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be distinct, got {names}")
+        for m in self.models:
+            if set(m.sizes) - set(self.sizes):
+                raise ValueError(f"model '{m.name}': sizes {sorted(set(m.sizes) - set(self.sizes))} are not "
+                                 f"in the sweep's sizes {self.sizes}")
 
 
 def _category(episodes: list[EpisodeKey]) -> str:
@@ -146,7 +151,7 @@ def plan_sweep(cfg: SweepConfig) -> list[TrialSpec]:
     # model-major: a sweep stopped early has whole L(D) curves for the first models listed
     return [
         trial_spec(cfg, model, d, seed, views, f"{model.name}-D{d}-s{seed}")
-        for model in cfg.models for seed in cfg.seeds for d in sorted(views.pretrain)
+        for model in cfg.models for seed in cfg.seeds for d in sorted(model.sizes or views.pretrain)
     ]
 
 
