@@ -63,7 +63,8 @@ def sample_delay(cfg: HarmonicConfig, horizon: int, rng: np.random.Generator) ->
 #                a prefix; the new chunk replaces the old one at arrival, aligned in time.
 
 MODES = ("harmonic", "sync", "naive_async")
-_EPS = 1e-6  # s: tolerance when placing a time on the control grid
+_EPS = 1e-6  # control periods: tolerance when placing a time on the control grid
+MIN_LEAD = 0.1  # control periods: a window's first point is at least this far ahead (no ~0 s segment to it)
 
 
 @dataclass(frozen=True)
@@ -294,12 +295,12 @@ class ChunkScheduler:
 
     # -- commands -----------------------------------------------------------------------
     def window(self, now: float) -> CommandWindow:
-        """Canonical command window at ``now``: the grid points after ``now``, at most
-        ``window_steps``, with finite-difference velocities and accelerations; past the
-        timeline's end a single stop point one period ahead.
+        """Canonical command window at ``now``: the grid points more than MIN_LEAD periods after
+        ``now``, at most ``window_steps``, with finite-difference velocities and accelerations;
+        past the timeline's end a single stop point one period ahead.
         """
         period = self.cfg.period
-        k = self._next_index(now)
+        k = self._next_index(now + MIN_LEAD * period)
         if k > self._end:
             q = self._position(self._end)[None]
             zero = np.zeros_like(q)

@@ -208,3 +208,13 @@ def test_config_validation():
         SchedulerConfig(mode="fast")
     with pytest.raises(ValueError, match="max_delay_steps"):
         SchedulerConfig(horizon=8, max_delay_steps=8)
+
+
+def test_window_never_starts_with_a_point_at_now():
+    cfg = SchedulerConfig(mode="naive_async", rate_hz=RATE, horizon=H)
+    sched = ChunkScheduler(cfg, np.zeros(1), now=0.0)
+    sched.splice(sched.request(0.0, 0), np.arange(H, dtype=float)[:, None], now=0.001)  # action j at (j+1) DT
+    for now in (0.1 - 1e-9, 0.1 - 2e-8, 0.1, 0.1 + 1e-9, 0.1 - 0.1 * DT):
+        win = sched.window(now)
+        assert win.times[0] >= 0.1 * DT - 1e-12  # a controller never gets a ~0 s segment to its first point
+        assert win.times[0] <= 1.1 * DT + 1e-12
