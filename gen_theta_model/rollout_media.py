@@ -47,8 +47,8 @@ def switch_figure(traces: Sequence[EpisodeTrace], path: Path, window_s: float = 
     """
     fig = Figure(figsize=(4.2 * len(traces), 5.5))
     axes = fig.subplots(2, len(traces), squeeze=False)
+    j = _busiest_joint(traces[0])  # the same joint in every column
     for col, tr in enumerate(traces):
-        j = _busiest_joint(traces[0])
         switches = chunk_switches(tr.commands)
         ax_q, ax_v = axes[0, col], axes[1, col]
         ax_q.set_title(f"{tr.mode}: joint {tr.spec.joint_names[j]}")
