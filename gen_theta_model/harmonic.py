@@ -294,6 +294,17 @@ class ChunkScheduler:
         return SpliceResult(self._time(max(takeover, first)), late=late)
 
     # -- commands -----------------------------------------------------------------------
+    def amend(self, window: CommandWindow) -> None:
+        """Make the positions actually sent (canonical, e.g. clamped or rate-limited by the
+        adapter) the plan at their grid points, so that later prefixes commit what the
+        robot really executes. ``window`` must come from ``window()`` of this timeline.
+        """
+        first = int(round((window.stamp + window.times[0] - self._t0) / self.cfg.period))
+        if first > self._end:  # a stop point past the end: nothing planned to amend
+            return
+        last = min(first + len(window.times), self._end + 1)
+        self._chunk[first:last] = window.positions[: last - first]
+
     def window(self, now: float) -> CommandWindow:
         """Canonical command window at ``now``: the grid points more than MIN_LEAD periods after
         ``now``, at most ``window_steps``, with finite-difference velocities and accelerations;

@@ -275,6 +275,10 @@ class HarmonicServer:
             window = s.scheduler.window(now)
             idle = s.scheduler.idle(now)
         cmd = s.adapter.command(window)
+        if cmd.clamped and not cmd.hold_reason:  # commit what is really sent, not what was planned
+            sent = dataclasses.replace(window, positions=s.spec.normalize(cmd.window.positions))
+            with s.lock:
+                s.scheduler.amend(sent)
         c.ticks += 1
         c.idle_ticks += int(idle)
         c.clamped_ticks += int(cmd.clamped)

@@ -5,6 +5,7 @@ import pytest
 
 from gen_theta_model.harmonic import (
     ChunkScheduler,
+    CommandWindow,
     LatencyTracker,
     SchedulerConfig,
     delay_steps,
@@ -218,3 +219,14 @@ def test_window_never_starts_with_a_point_at_now():
         win = sched.window(now)
         assert win.times[0] >= 0.1 * DT - 1e-12  # a controller never gets a ~0 s segment to its first point
         assert win.times[0] <= 1.1 * DT + 1e-12
+
+
+def test_amended_positions_become_the_committed_prefix():
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H)
+    sched = ChunkScheduler(cfg, np.zeros(1), now=0.0)
+    sched.splice(sched.request(0.0, 1), np.arange(H, dtype=float)[:, None], now=0.001)  # action j at (j+1) DT
+    win = sched.window(0.005)
+    limited = np.minimum(win.positions, 3.0)  # what an adapter let through
+    sched.amend(CommandWindow(win.stamp, win.times, limited, win.velocities, win.accelerations))
+    req = sched.request(0.005, delay=6)
+    np.testing.assert_array_equal(req.prefix[:, 0], [0.0, 1.0, 2.0, 3.0, 3.0, 3.0])
