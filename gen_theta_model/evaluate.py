@@ -171,7 +171,8 @@ def scatter_plot(points: list[tuple[str, float, float]], cfg: EvalConfig, path: 
     ax.set_xlabel("validation MSE (canonical units²)")
     ax.set_ylabel(f"reverse KL to N(a*, {cfg.sigma}²I), nats/scalar")
     ax.set_title(title)
-    ax.text(0.02, 0.02, "SFT: left, below | RL: right, below", transform=ax.transAxes, fontsize=8, color="grey")
+    ax.text(0.02, 0.97, "below the KL line: SFT left of the MSE line, RL right of it", transform=ax.transAxes,
+            fontsize=8, color="grey", va="top")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
