@@ -114,6 +114,7 @@ def test_json_round_trip():
         ([10, 20, 20], [0.5, 0.4, 0.3], "power_floor", "3 distinct"),
         ([10, 20], [0.5], "power", "differ in length"),
         ([10, 20, 40], [0.5, 0.4, 0.3], "cubic", "unknown form"),
+        ([10, 20, 40], [0.5, 0.5, 0.5], "power", "do not change with scale"),
     ],
 )
 def test_bad_points_are_rejected_with_a_reason(x, y, form, match):

@@ -274,8 +274,8 @@ def _fit_loglinear(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, 
     mx, my = np.average(lx, weights=w), np.average(ly, weights=w)
     b = np.sum(w * (lx - mx) * (ly - my)) / np.sum(w * (lx - mx) ** 2)
     alpha = -float(b)
-    if abs(alpha) < 1e-12:  # flat: L = const, any xc with alpha -> 0; report xc = 1, alpha = 0
-        return 1.0, 0.0
+    if abs(alpha) < 1e-12:
+        raise ValueError(f"the losses do not change with scale (slope {b:.3g} in log-log): no power law to fit")
     return float(np.exp((my - b * mx) / alpha)), alpha
 
 
