@@ -182,8 +182,10 @@ class Recorder(Node):
             writer, self._writer = self._writer, None
         if writer is None:
             raise RuntimeError("not recording")
-        # The instruction may arrive after start (latched topics); keep the latest.
-        writer.record.instruction = self._meta["instruction"] or writer.record.instruction
+        # The task announcement and the instruction may reach this process after start
+        # (another subscriber, a loaded machine): the latest ones describe the episode.
+        for key in ("task", "category", "instruction"):
+            setattr(writer.record, key, self._meta[key] or getattr(writer.record, key))
         record = writer.close(time.time_ns())
         total = sum(record.messages.values())
         drops = {t: n for t, n in record.drops.items() if n}
