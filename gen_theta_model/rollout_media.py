@@ -77,7 +77,8 @@ def switch_figure(traces: Sequence[EpisodeTrace], path: Path, window_s: float = 
 
 def overlay_video(traces: Sequence[EpisodeTrace], path: Path, fps: float = 15.0, history_s: float = 2.0) -> int:
     """mp4 (H.264): the modes side by side, each camera frame with the commanded trajectory of
-    every joint over the last ``history_s`` s drawn over it (dots: chunk switches). Returns frames written.
+    every joint over the last ``history_s`` s drawn over it (canonical units about each joint's
+    mean over that span; dots: chunk switches). Returns frames written.
     """
     usable = [t for t in traces if t.frames and t.commands]
     if not usable:
@@ -96,13 +97,12 @@ def overlay_video(traces: Sequence[EpisodeTrace], path: Path, fps: float = 15.0,
         inset = ax.inset_axes((0.0, 0.0, 1.0, 0.35))
         inset.set_facecolor((1, 1, 1, 0.35))
         inset.set_xlim(-history_s, 0.0)
-        inset.set_ylim(-1.1, 1.1)  # positions drawn in canonical units: every joint fits
         inset.set_xticks([])
         inset.set_yticks([])
         lines = [inset.plot([], [], lw=0.8)[0] for _ in range(tr.spec.dof)]
         marks = inset.plot([], [], "wo", ms=3)[0]
         title = ax.set_title(tr.mode, color=MODE_COLORS.get(tr.mode, "k"))
-        panels.append((image, lines, marks, title))
+        panels.append((image, inset, lines, marks, title))
     fig.tight_layout()
     container = av.open(str(path), "w")
     stream = container.add_stream("libx264", rate=int(round(fps)))
@@ -111,18 +111,22 @@ def overlay_video(traces: Sequence[EpisodeTrace], path: Path, fps: float = 15.0,
     count = 0
     for k in range(int(length * fps)):
         t_rel = k / fps
-        for tr, start, (times, q, _), sw, (image, lines, marks, title) in zip(
+        for tr, start, (times, q, _), sw, (image, inset, lines, marks, title) in zip(
             usable, starts, replays, switches, panels
         ):
             t = start + t_rel
             i = int(np.searchsorted([f[0] for f in tr.frames], t, side="right")) - 1
             image.set_data(tr.frames[max(i, 0)][1])
             keep = (times <= t) & (times >= t - history_s)
-            x = tr.spec.normalize(q[keep]) if keep.any() else np.zeros((0, tr.spec.dof))
+            # canonical units, each joint about its mean over the shown span: shape and jumps stand out
+            x = tr.spec.normalize(q[keep]) if keep.any() else np.zeros((1, tr.spec.dof))
+            x = x - x.mean(axis=0)
+            span = max(float(np.abs(x).max()), 0.01) * 1.15
+            inset.set_ylim(-span, span)
             for j, line in enumerate(lines):
-                line.set_data(times[keep] - t, x[:, j])
+                line.set_data(times[keep] - t, x[:, j] if keep.any() else [])
             recent = [s.time - t for s in sw if t - history_s <= s.time <= t]
-            marks.set_data(recent, [-1.0] * len(recent))
+            marks.set_data(recent, [-0.9 * span] * len(recent))
             title.set_text(f"{tr.mode}  t={t_rel:4.1f} s")
         canvas.draw()
         rgb = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
