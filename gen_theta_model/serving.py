@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,7 +50,22 @@ from gen_theta_model.harmonic import (
     delay_steps,
 )
 from gen_theta_model.observation import ObservationConfig, build_observation
-from gen_theta_model.policy.policy import Policy
+from gen_theta_model.policy.config import PolicyConfig
+
+
+class ChunkPolicy(Protocol):
+    """What the server needs of a policy: ``gen_theta_model.policy.policy.Policy`` in this
+    process, or ``gen_theta_model.inference_worker.WorkerPolicy`` in a child process.
+    """
+
+    config: PolicyConfig
+    observation_config: ObservationConfig
+
+    def embodiment_index(self, name: str) -> int: ...
+
+    def predict_chunk(
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -148,7 +164,7 @@ class HarmonicServer:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: ChunkPolicy,
         robots: Sequence[tuple[str, EmbodimentSpec]],
         cfg: ServerConfig,
         clock: Callable[[], float] = time.time,

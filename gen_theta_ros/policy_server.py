@@ -10,7 +10,8 @@ message <-> numpy. Per robot namespace ``/<robot>`` (names from config/topics.ya
 - serves: policy_server/enable (std_srvs/SetBool).
 
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``. Inference runs on the engine's own thread, commands on another;
+per ``diagnostics_period_s``. The model runs in a child process (``inference_process``, else
+on a thread), fed by the engine's inference thread; commands have a thread of their own;
 neither the callbacks nor the command stream ever wait for inference (docs/serving.md).
 """
 
@@ -40,6 +41,7 @@ from gen_theta_model.adapter import SafetyConfig
 from gen_theta_model.checkpoint import load_policy, read_checkpoint_config
 from gen_theta_model.config import ConfigError
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.inference_worker import WorkerPolicy
 from gen_theta_model.serving import HarmonicServer, ServerConfig
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import image_to_numpy, joint_state_to_arrays, time_to_seconds, trajectory_to_msg
@@ -83,7 +85,8 @@ class PolicyServer(Node):
         self.declare_parameter("device", "cpu")
         self.declare_parameter("torch_threads", 1)  # leave the other cores to callbacks and the robot
         self.declare_parameter("diagnostics_period_s", 1.0)
-        self.declare_parameter("realtime_priority", 0)  # SCHED_FIFO priority of the command thread; 0: normal
+        self.declare_parameter("realtime_priority", 0)  # SCHED_FIFO priority of the server's threads; 0: normal
+        self.declare_parameter("inference_process", True)  # run the model in a child process (else a thread)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         checkpoint = p("checkpoint")
         if not checkpoint:
@@ -92,10 +95,15 @@ class PolicyServer(Node):
         embodiments = [e for e in p("embodiments") if e] or robots
         if len(embodiments) != len(robots):
             raise ConfigError(f"policy_server: {len(robots)} robots {robots} but {len(embodiments)} embodiments")
-        torch.set_num_threads(int(p("torch_threads")))
-        # The command thread waits at most ~1 ms for the GIL held by inference or callbacks (default 5 ms).
+        # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
-        policy = load_policy(checkpoint, device=p("device"))
+        self._worker: WorkerPolicy | None = None
+        if p("inference_process"):  # the model never holds this process's interpreter lock
+            self._worker = policy = WorkerPolicy(checkpoint, p("device"), int(p("torch_threads")))
+            self._realtime(int(p("realtime_priority")), [int(t) for t in os.listdir("/proc/self/task")])
+        else:
+            torch.set_num_threads(int(p("torch_threads")))
+            policy = load_policy(checkpoint, device=p("device"))
         train_cfg, _, _ = read_checkpoint_config(checkpoint)
         specs = {e.name: e for e in policy.embodiments}
         descriptions = [d for d in p("robot_descriptions") if d]
@@ -220,15 +228,8 @@ class PolicyServer(Node):
         delay a command. An unexpected error ends the node (the robot then holds its last window).
         """
         period = 1.0 / self.server.cfg.command_rate_hz
-        priority = int(self.get_parameter("realtime_priority").value)
-        if priority > 0:  # this thread only (Linux: 0 = the calling thread)
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            except PermissionError:
-                self.get_logger().warning(
-                    f"no permission for SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or an rtprio limit): "
-                    "the command thread runs at normal priority"
-                )
+        if self._worker is None:  # inference is a thread of this process: only commands run real-time
+            self._realtime(int(self.get_parameter("realtime_priority").value), [0])
         deadline = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -285,10 +286,29 @@ class PolicyServer(Node):
             msg.status.append(status)
         self._diag.publish(msg)
 
+    def _realtime(self, priority: int, threads: list[int]) -> None:
+        """SCHED_FIFO ``priority`` for ``threads`` (Linux thread ids; 0: the calling thread).
+
+        With the model in its own process every thread here is light, so all of them (DDS,
+        executor, commands, and the threads they start) run real-time; otherwise only commands.
+        """
+        if priority <= 0:
+            return
+        try:
+            for tid in threads:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except PermissionError:
+            self.get_logger().warning(
+                f"no permission for SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or an rtprio limit): "
+                "running at normal priority"
+            )
+
     def close(self) -> None:
         self._stop.set()
         self._commands.join(timeout=2.0)
         self.server.stop()
+        if self._worker is not None:
+            self._worker.close()
 
 
 USAGE = """usage: gen-theta serve CHECKPOINT [--ros-args -p robots:=[arm6] -p mode:=harmonic ...]
