@@ -29,6 +29,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -94,10 +95,10 @@ class RolloutNode(Node):
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_command(self, msg: JointTrajectory) -> None:
-        if self.recording:
+    def _on_command(self, msg: JointTrajectory, info: MessageInfo) -> None:
+        if self.recording:  # the middleware's reception time: DDS delivery, not this executor's backlog
             with self.lock:
-                self.commands.append((self.now(), trajectory_from_msg(msg)))
+                self.commands.append((info["received_timestamp"] * 1e-9, trajectory_from_msg(msg)))
 
     def _on_joints(self, msg: JointState) -> None:
         if self.recording:
@@ -253,6 +254,7 @@ def run_rollout(cfg: RolloutConfig) -> list[dict]:
         try:
             node.wait_for(lambda: bool(node.task_state), 120.0, "the sim's task state")
             node.call(node.enable_client, SetBool.Request(data=False), timeout=180.0)  # server up
+            time.sleep(2.0)  # let the freshly started processes settle before the first episode
             for delay in cfg.delays_ms:
                 for mode in cfg.modes:
                     for seed in cfg.seeds:
