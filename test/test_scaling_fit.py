@@ -95,6 +95,21 @@ def test_floor_inversion_below_floor_is_infinite():
     assert float(fit.predict(d)) == pytest.approx(0.2, rel=1e-9)
 
 
+def test_flat_losses_fit_alpha_zero():
+    fit = fit_power_law(D, np.full(len(D), 0.3), n_boot=20)
+    assert fit.alpha == pytest.approx(0.0, abs=1e-12) and math.isinf(fit.xc)
+    assert np.allclose(fit.predict(D), 0.3) and math.isinf(fit.invert(0.2))
+
+
+def test_loss_rising_with_scale_inverts_to_infinity():
+    y = (D / 10.0) ** 0.1 * np.exp(np.random.default_rng(9).normal(0, 0.02, len(D)))  # alpha = -0.1
+    fit = fit_power_law(D, y, n_boot=100)
+    assert fit.alpha == pytest.approx(-0.1, abs=0.02)
+    assert math.isinf(fit.invert(0.5 * y.min()))
+    assert all(math.isinf(v) for v in fit.invert_interval(0.5 * y.min()))
+    assert math.isinf(data_requirement(fit, 0.5 * y.min(), 0.01, 10.0).weeks)
+
+
 def test_holdout_extrapolation_of_an_exact_law():
     h = holdout_error(D, (10.0 / D) ** 0.3)
     assert h["x"] == 800.0 and abs(h["relative_error"]) < 1e-9
@@ -114,7 +129,6 @@ def test_json_round_trip():
         ([10, 20, 20], [0.5, 0.4, 0.3], "power_floor", "3 distinct"),
         ([10, 20], [0.5], "power", "differ in length"),
         ([10, 20, 40], [0.5, 0.4, 0.3], "cubic", "unknown form"),
-        ([10, 20, 40], [0.5, 0.5, 0.5], "power", "do not change with scale"),
     ],
 )
 def test_bad_points_are_rejected_with_a_reason(x, y, form, match):

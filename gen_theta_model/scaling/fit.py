@@ -8,12 +8,15 @@ Two forms, both fitted in log space (the errors of a loss are multiplicative):
 ``x`` is the number of pretraining trajectories D (the seed's L(D) = (Dc/D)^alphaD),
 or the parameter count N, or anything else that scales. The pure power law is a
 weighted linear regression of log L on log x; the floor form is a bounded
-nonlinear least-squares fit (scipy ``least_squares``) from several starts.
+nonlinear least-squares fit (scipy ``least_squares``) from several starts. Both
+are fitted as L = e + exp(a - alpha log x), well conditioned also where alpha is
+near 0 (no law: the loss does not fall with scale); xc = exp(a / alpha) is
+derived (inf when alpha <= 0 gives no finite xc).
 
 Intervals come from a seeded pairs bootstrap: points are resampled with
 replacement and the form refitted; a resample with fewer distinct x than the form
-has parameters is drawn again. Percentile intervals are reported. With no more
-distinct x than parameters there is nothing to resample and no interval is given.
+has parameters is drawn again. Percentile intervals are reported. With fewer than
+parameters + 2 distinct x, most resamples would fit exactly, and no interval is given.
 
 Every result is a frozen dataclass with ``to_dict``/``from_dict`` (plain JSON).
 """
@@ -29,7 +32,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 Form = Literal["power", "power_floor"]
-PARAM_NAMES = ("xc", "alpha", "e")
+INTERVAL_NAMES = ("xc", "alpha", "e")
 N_PARAMS: dict[str, int] = {"power": 2, "power_floor": 3}
 MAX_BOOT_DRAWS = 20  # draws per kept resample before giving up on degenerate data
 
@@ -38,9 +41,10 @@ MAX_BOOT_DRAWS = 20  # draws per kept resample before giving up on degenerate da
 class ScalingFit:
     """One fitted power law with its goodness of fit and bootstrap samples.
 
-    ``samples`` holds one (xc, alpha, e) row per kept bootstrap resample; intervals
-    of anything derived from the fit (a prediction, an inversion) are percentiles
-    over these rows. ``aicc`` is None where n - k - 1 <= 0.
+    ``a`` is the log-space intercept (L = e + exp(a - alpha log x)); ``samples``
+    holds one (a, alpha, e) row per kept bootstrap resample; intervals of anything
+    derived from the fit (a prediction, an inversion, xc) are percentiles over these
+    rows. ``aicc`` is None where n - k - 1 <= 0.
     """
 
     form: Form
@@ -48,6 +52,7 @@ class ScalingFit:
     xc: float
     alpha: float
     e: float
+    a: float
     x: list[float]
     y: list[float]
     r2_log: float
@@ -66,7 +71,7 @@ class ScalingFit:
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         """Loss at scale ``x`` (any shape)."""
-        return _model(np.asarray(x, dtype=float), self.xc, self.alpha, self.e)
+        return _model(np.asarray(x, dtype=float), self.a, self.alpha, self.e)
 
     def predict_band(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Pointwise percentile band of the prediction at ``x`` (shape (M,)), or None."""
@@ -78,16 +83,18 @@ class ScalingFit:
         return np.percentile(preds, lo, axis=0), np.percentile(preds, hi, axis=0)
 
     def invert(self, target: float) -> float:
-        """Scale x at which the fitted loss equals ``target``; inf when below the floor."""
-        return _invert(target, self.xc, self.alpha, self.e)
+        """Scale x at which the fitted loss equals ``target``.
+
+        inf when ``target`` is at or below the floor e, or when alpha <= 0 (the fitted
+        loss does not fall with scale, so no amount of data reaches a lower target).
+        """
+        return _invert(target, self.a, self.alpha, self.e)
 
     def invert_interval(self, target: float) -> list[float] | None:
         """Percentile interval of :meth:`invert` over the bootstrap samples (may hold inf)."""
         if not self.samples:
             return None
-        xs = np.array([_invert(target, *row) for row in self.samples])
-        lo, hi = _percentiles(self.level)
-        return [float(np.percentile(xs, lo)), float(np.percentile(xs, hi))]
+        return _interval([_invert(target, *row) for row in self.samples], self.level)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -141,26 +148,25 @@ def fit_power_law(
     ``n_boot`` bootstrap resamples drawn from ``np.random.default_rng(seed)``.
     """
     x, y, w = _check_points(x, y, sigma_log, form)
-    xc, alpha, e = _fit_once(form, x, y, w)
-    resid = np.log(y) - np.log(_model(x, xc, alpha, e))
+    a, alpha, e = _fit_once(form, x, y, w)
+    resid = np.log(y) - np.log(_model(x, a, alpha, e))
     k, n = N_PARAMS[form], len(x)
     wrss = float(np.sum(w * resid**2))
     ly = np.log(y)
     ss_tot = float(np.sum(w * (ly - np.average(ly, weights=w)) ** 2))
     aic = n * math.log(max(wrss, 1e-300) / n) + 2 * k
-    samples, rejected = _bootstrap(form, x, y, w, (xc, alpha, e), n_boot, seed)
+    samples, rejected = _bootstrap(form, x, y, w, (a, alpha, e), n_boot, seed)
     ci = {}
     if samples:
-        lo, hi = _percentiles(level)
-        arr = np.asarray(samples)
-        ci = {name: [float(np.percentile(arr[:, i], lo)), float(np.percentile(arr[:, i], hi))]
-              for i, name in enumerate(PARAM_NAMES[:k])}
+        columns = {"xc": [_xc(r[0], r[1]) for r in samples], "alpha": [r[1] for r in samples],
+                   "e": [r[2] for r in samples]}
+        ci = {name: _interval(columns[name], level) for name in INTERVAL_NAMES[:k]}
     return ScalingFit(
-        form=form, x_name=x_name, xc=xc, alpha=alpha, e=e,
+        form=form, x_name=x_name, xc=_xc(a, alpha), alpha=alpha, e=e, a=a,
         x=x.tolist(), y=y.tolist(),
         r2_log=1.0 - wrss / ss_tot if ss_tot > 0 else float("nan"),
         rmse_log=float(np.sqrt(np.mean(resid**2))),
-        rmse=float(np.sqrt(np.mean((y - _model(x, xc, alpha, e)) ** 2))),
+        rmse=float(np.sqrt(np.mean((y - _model(x, a, alpha, e)) ** 2))),
         aic=aic,
         aicc=aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else None,
         level=level, ci=ci, samples=samples, boot_rejected=rejected,
@@ -185,10 +191,10 @@ def holdout_error(
     keep = x < x.max()
     if len(np.unique(x[keep])) < N_PARAMS[form]:
         return None
-    xc, alpha, e = _fit_once(form, x[keep], y[keep], w[keep])
+    a, alpha, e = _fit_once(form, x[keep], y[keep], w[keep])
     held = x == x.max()
     observed = float(np.exp(np.mean(np.log(y[held]))))
-    predicted = float(_model(x.max(), xc, alpha, e))
+    predicted = float(_model(x.max(), a, alpha, e))
     return {"x": float(x.max()), "observed": observed, "predicted": predicted,
             "relative_error": predicted / observed - 1.0}
 
@@ -220,14 +226,30 @@ def data_requirement(
     )
 
 
-def _model(x: np.ndarray, xc: Any, alpha: Any, e: Any) -> np.ndarray:
-    return e + np.exp(alpha * (np.log(xc) - np.log(x)))
+def _model(x: np.ndarray, a: Any, alpha: Any, e: Any) -> np.ndarray:
+    return e + np.exp(a - alpha * np.log(x))
 
 
-def _invert(target: float, xc: float, alpha: float, e: float) -> float:
-    if target <= e:
+def _exp_or_inf(v: float) -> float:
+    return math.exp(v) if v < 700.0 else math.inf
+
+
+def _xc(a: float, alpha: float) -> float:
+    """Return xc of L = (xc / x)^alpha: exp(a / alpha); inf where alpha <= 0 (no finite scale)."""
+    return _exp_or_inf(a / alpha) if alpha > 0 else math.inf
+
+
+def _invert(target: float, a: float, alpha: float, e: float) -> float:
+    """Scale at which the loss is ``target``; inf at or below the floor, or when loss does not fall with scale."""
+    if target <= e or alpha <= 0:
         return math.inf
-    return float(xc * math.exp(-math.log(target - e) / alpha))
+    return _exp_or_inf((a - math.log(target - e)) / alpha)
+
+
+def _interval(values: list[float], level: float) -> list[float]:
+    """Percentile interval by order statistics (no interpolation: values may be inf)."""
+    lo, hi = _percentiles(level)
+    return [float(np.percentile(np.asarray(values, dtype=float), q, method="inverted_cdf")) for q in (lo, hi)]
 
 
 def _percentiles(level: float) -> tuple[float, float]:
@@ -269,43 +291,40 @@ def _fit_once(form: Form, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[
 
 
 def _fit_loglinear(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares of log y = a + b log x; alpha = -b, xc = exp(a / alpha)."""
+    """Weighted least squares of log y = a + b log x: returns (a, alpha = -b)."""
     lx, ly = np.log(x), np.log(y)
     mx, my = np.average(lx, weights=w), np.average(ly, weights=w)
     b = np.sum(w * (lx - mx) * (ly - my)) / np.sum(w * (lx - mx) ** 2)
-    alpha = -float(b)
-    if abs(alpha) < 1e-12:
-        raise ValueError(f"the losses do not change with scale (slope {b:.3g} in log-log): no power law to fit")
-    return float(np.exp((my - b * mx) / alpha)), alpha
+    return float(my - b * mx), -float(b)
 
 
 def _floor_starts(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> list[tuple[float, float, float]]:
     starts = []
     for frac in (0.0, 0.3, 0.6, 0.9):
         e0 = frac * float(y.min())
-        xc0, a0 = _fit_loglinear(x, np.maximum(y - e0, 1e-12), w)
-        starts.append((xc0, max(a0, 1e-3), e0))
+        a0, alpha0 = _fit_loglinear(x, np.maximum(y - e0, 1e-12), w)
+        starts.append((a0, max(alpha0, 1e-3), e0))
     return starts
 
 
 def _fit_floor(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, starts: list[tuple[float, float, float]]
 ) -> tuple[float, float, float]:
-    """Bounded least squares in log space over theta = (log xc, alpha, e)."""
+    """Bounded least squares in log space over theta = (a, alpha, e)."""
     lx, ly, sw = np.log(x), np.log(y), np.sqrt(w)
 
     def resid(theta: np.ndarray) -> np.ndarray:
-        return sw * (ly - np.log(theta[2] + np.exp(theta[1] * (theta[0] - lx))))
+        return sw * (ly - np.log(theta[2] + np.exp(theta[0] - theta[1] * lx)))
 
     lower, upper = [-np.inf, 1e-6, 0.0], [np.inf, 20.0, float(y.min()) * (1 - 1e-9)]
     best = None
-    for xc0, a0, e0 in starts:
-        theta0 = np.clip([math.log(xc0), a0, e0], np.add(lower, 1e-12), np.subtract(upper, 1e-12))
+    for a0, alpha0, e0 in starts:
+        theta0 = np.clip([a0, alpha0, e0], np.add(lower, 1e-12), np.subtract(upper, 1e-12))
         sol = least_squares(resid, theta0, bounds=(lower, upper), method="trf")
         if best is None or sol.cost < best.cost:
             best = sol
-    lxc, alpha, e = best.x
-    return float(math.exp(lxc)), float(alpha), float(e)
+    a, alpha, e = best.x
+    return float(a), float(alpha), float(e)
 
 
 def _bootstrap(
@@ -318,7 +337,7 @@ def _bootstrap(
     seed: int,
 ) -> tuple[list[list[float]], int]:
     k = N_PARAMS[form]
-    if n_boot <= 0 or len(np.unique(x)) <= k:
+    if n_boot <= 0 or len(np.unique(x)) < k + 2:  # resamples of k + 1 points mostly fit exactly
         return [], 0
     rng = np.random.default_rng(seed)
     samples: list[list[float]] = []
