@@ -47,6 +47,13 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None, threa
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # rclpy's signal handler shuts the context down from another thread; a spin that
+        # is building its wait set at that moment raises RCLError ("the given context is
+        # not valid", ros2/ros2cli#854) instead of ExternalShutdownException. Only an
+        # error while the context is still valid is a real failure.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)

@@ -91,7 +91,7 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
         feeder2.start()
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, (tmp_path / "recorder.log").read_text()
         feeder2.stop()
     finally:
         feeder.stop()
