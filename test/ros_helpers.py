@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,18 @@ from gen_theta_model.trajectory import Trajectory
 from gen_theta_ros.conversions import arrays_to_joint_state, numpy_to_image, trajectory_to_msg
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@contextmanager
+def ros_node(name: str) -> Iterator[Node]:
+    """Initialise rclpy with one plain node for the test; destroy both afterwards."""
+    rclpy.init()
+    node = rclpy.create_node(name)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
 
 
 def start_exe(args: list[str], log: Path, **kwargs) -> subprocess.Popen:

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
-from ros_helpers import start_exe
+from ros_helpers import ros_node, start_exe
 from server_helpers import graph_snapshot, tiny_checkpoint
 
 from gen_theta_model.config import ConfigError
@@ -72,13 +71,10 @@ def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_
     params, values = custom_params(tmp_path)
     proc = start_exe(["bringup", "robot:=arm6,humanoid16", f"checkpoint:={checkpoint}", "sim:=false",
                       f"params_file:={params}"], tmp_path / "bringup.log")
-    rclpy.init()
-    node = rclpy.create_node("bringup_test")
     try:
-        snap = graph_snapshot(node, {"/policy_server": ["checkpoint", "robots", *values]})
+        with ros_node("bringup_test") as node:
+            snap = graph_snapshot(node, {"/policy_server": ["checkpoint", "robots", *values]})
     finally:
-        node.destroy_node()
-        rclpy.shutdown()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
     # Every key of the params file is a declared parameter (an undeclared one would read back unset).

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import rclpy
 import yaml
+from ros_helpers import ros_node
 from server_helpers import graph_snapshot, tiny_checkpoint
 from workspace import build_workspace, workspace_env
 
@@ -27,13 +27,10 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_and_snapshot(cmd: list[str], env: dict[str, str], log: Path, params: dict[str, list[str]]) -> dict:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    rclpy.init()
-    node = rclpy.create_node("bringup_launch_test")
     try:
-        return graph_snapshot(node, params)
+        with ros_node("bringup_launch_test") as node:
+            return graph_snapshot(node, params)
     finally:
-        node.destroy_node()
-        rclpy.shutdown()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, log.read_text()
 

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
-from ros_helpers import Feeder, call
+from ros_helpers import Feeder, call, ros_node
 from std_srvs.srv import Trigger
 from workspace import build_workspace, workspace_env
 
@@ -42,20 +41,18 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
                              f"output_dir:={tmp_path / 'bags'}", "task:=stack", "category:=dexterity"],
                             env=workspace_env(install), stdout=log.open("w"), stderr=subprocess.STDOUT)
     names = load_topics()
-    rclpy.init()
-    node = rclpy.create_node("record_launch_test")
-    feeder = Feeder(node, robot, load_robot(robot))
     try:
-        resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), 60)
-        assert resp.success, log.read_text()
-        feeder.start()
-        time.sleep(1.0)
-        feeder.stop()
-        assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success
+        with ros_node("record_launch_test") as node:
+            feeder = Feeder(node, robot, load_robot(robot))
+            try:
+                resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), 60)
+                assert resp.success, log.read_text()
+                feeder.start()
+                time.sleep(1.0)
+            finally:
+                feeder.stop()
+            assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success
     finally:
-        feeder.stop()
-        node.destroy_node()
-        rclpy.shutdown()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, log.read_text()
     bag = Path(resp.message)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from ros_helpers import Feeder, call, start_exe
+from ros_helpers import Feeder, call, ros_node, start_exe
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 from std_srvs.srv import SetBool, Trigger
@@ -27,11 +26,8 @@ ROBOT = "arm6"
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("recorder_test")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_node("recorder_test") as node:
+        yield node
 
 
 def service(name: str) -> str:

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
-from ros_helpers import Feeder, call, start_exe
+from ros_helpers import Feeder, call, ros_node, start_exe
 from std_srvs.srv import Trigger
 
 from gen_theta_model.data.bag import open_bag
@@ -27,11 +26,8 @@ ROBOT = "arm6"
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("recorder_failure_test")
-    yield node
-    node.destroy_node()
-    rclpy.shutdown()
+    with ros_node("recorder_failure_test") as node:
+        yield node
 
 
 def start_service() -> str:
