@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -147,6 +148,9 @@ def serve(inp: BinaryIO, out: BinaryIO, checkpoint: str, device: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C reaches the whole process group; the server ends this child by closing its
+    # stdin, so the child ignores SIGINT instead of dying mid-reply with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = sys.argv[1:] if argv is None else list(argv)
     checkpoint, device = args[0], args[1] if len(args) > 1 else "cpu"
     threads, nice = int(args[2]) if len(args) > 2 else 1, int(args[3]) if len(args) > 3 else 0

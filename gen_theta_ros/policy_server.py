@@ -241,6 +241,8 @@ class PolicyServer(Node):
                     deadline = time.monotonic()
                 self._on_tick()
         except Exception:
+            if not self.context.ok():  # shut down (SIGINT/SIGTERM) between the stop check and a publish
+                return
             self.get_logger().fatal("command loop failed; shutting down")
             rclpy.try_shutdown()
             raise
@@ -328,4 +330,4 @@ def main(argv: list[str] | None = None) -> int:
         ros = rest[rest.index("--ros-args") + 1 :] if "--ros-args" in rest else []
         before = rest[: rest.index("--ros-args")] if "--ros-args" in rest else rest
         args = [*before, "--ros-args", "-p", f"checkpoint:={args[0]}", *ros]
-    return run_node(PolicyServer, args, threads=1)
+    return run_node(PolicyServer, args)

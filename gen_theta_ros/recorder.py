@@ -250,6 +250,5 @@ class Recorder(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    # One thread: callbacks only enqueue, and the single-threaded executor dispatches them
-    # several times faster (measured in bench/recorder_throughput.py).
-    return run_node(Recorder, argv, threads=1)
+    # Callbacks only enqueue; the writer thread does the disk work (bench/recorder_throughput.py).
+    return run_node(Recorder, argv)

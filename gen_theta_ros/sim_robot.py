@@ -159,6 +159,15 @@ class SimRobotNode(Node):
 
     # -- the real-time loop ----------------------------------------------------------------
     def _physics_loop(self) -> None:
+        try:
+            self._run_physics()
+        except Exception:
+            if self.context.ok():
+                raise
+            # else: the context was shut down (SIGINT/SIGTERM) before close() stopped this
+            # thread, and a publish found it invalid: nothing is lost, the node is going down.
+
+    def _run_physics(self) -> None:
         dt = self.sim.world.dt
         start = time.monotonic()
         done_steps = 0
