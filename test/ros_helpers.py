@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -44,6 +45,40 @@ def start_exe(args: list[str], log: Path, **kwargs) -> subprocess.Popen:
     exe = Path(sys.executable).parent / "gen-theta"
     return subprocess.Popen([str(exe), *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env=dict(os.environ), start_new_session=True, **kwargs)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents first (bring-up nodes run in their own sessions)."""
+    rows = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(map(int, rows[::2]), map(int, rows[1::2])):
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop(0))
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def stop_or_kill(proc: subprocess.Popen, sig: int, timeout: float) -> int | None:
+    """Send ``sig`` and wait; if ``proc`` is still running after ``timeout`` s, describe its
+    process tree (state, scheduling class, CPU), SIGKILL all of it and raise AssertionError,
+    so that nodes left running cannot disturb the tests that follow.
+    """
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = process_tree(proc.pid)
+        ps = subprocess.run(["ps", "-o", "pid,stat,cls,rtprio,pcpu,etime,args", "-p", ",".join(map(str, tree))],
+                            capture_output=True, text=True).stdout
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+        raise AssertionError(f"{proc.args} still ran {timeout} s after signal {sig}; killed:\n{ps}") from None
 
 
 def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import ros_node, start_exe
+from ros_helpers import ros_node, start_exe, stop_or_kill
 from server_helpers import graph_snapshot, tiny_checkpoint
 
 from gen_theta_model.config import ConfigError
@@ -75,8 +75,7 @@ def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_
         with ros_node("bringup_test") as node:
             snap = graph_snapshot(node, {"/policy_server": ["checkpoint", "robots", *values]})
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        code = stop_or_kill(proc, signal.SIGINT, 30)
     # Every key of the params file is a declared parameter (an undeclared one would read back unset).
     expected = {"checkpoint": str(checkpoint.resolve()), "robots": ["arm6", "humanoid16"], **values}
     assert snap["/policy_server"] == expected

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import ros_node
+from ros_helpers import ros_node, stop_or_kill
 from server_helpers import graph_snapshot, tiny_checkpoint
 from workspace import build_workspace, workspace_env
 
@@ -31,8 +31,7 @@ def run_and_snapshot(cmd: list[str], env: dict[str, str], log: Path, params: dic
         with ros_node("bringup_launch_test") as node:
             return graph_snapshot(node, params)
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()
 
 
 def test_launch_file_declares_every_argument_with_a_description(install: Path) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ros_helpers import Feeder, call, ros_node
+from ros_helpers import Feeder, call, ros_node, stop_or_kill
 from std_srvs.srv import Trigger
 from workspace import build_workspace, workspace_env
 
@@ -53,8 +53,7 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
                 feeder.stop()
             assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()
     bag = Path(resp.message)
     record = read_record(bag)
     assert (record.robot, record.task, record.category, record.status) == (robot, "stack", "dexterity", "complete")

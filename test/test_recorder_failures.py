@@ -13,7 +13,7 @@ import pytest
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
-from ros_helpers import Feeder, call, ros_node, start_exe
+from ros_helpers import Feeder, call, ros_node, start_exe, stop_or_kill
 from std_srvs.srv import Trigger
 
 from gen_theta_model.data.bag import open_bag
@@ -108,8 +108,7 @@ def test_disk_full_ends_episode_with_error_and_keeps_data(ros, tmp_path):
         n_stream, _ = stream_count(bag)
         assert n_stream > 0
         assert len(list(open_bag(bag).messages())) == n_stream
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert stop_or_kill(proc, signal.SIGINT, 20) == 0
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(out)], check=False)
