@@ -33,6 +33,7 @@ from gen_theta_model.checkpoint import load_embodiments, load_policy, read_check
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.policy.policy import embodiment_index
 
 _HEADER = struct.Struct("<I")
 
@@ -96,10 +97,8 @@ class WorkerPolicy:
             raise WorkerError(f"the inference process for {ckpt} ended (status {code}) before it was ready")
 
     def embodiment_index(self, name: str) -> int:
-        names = [e.name for e in self.embodiments]
-        if name not in names:
-            raise ValueError(f"the policy does not know embodiment '{name}'; it was trained on {names}")
-        return names.index(name)
+        """As ``Policy.embodiment_index``."""
+        return embodiment_index(self.embodiments, name)
 
     def predict_chunk(
         self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False

@@ -32,6 +32,16 @@ class UnknownEmbodimentError(ValueError):
     """A dataset or a request names a robot the policy was not trained on (or another URDF of it)."""
 
 
+def embodiment_index(embodiments: Sequence[EmbodimentSpec], name: str) -> int:
+    """Index of the embodiment called ``name`` in a policy's ``embodiments``; UnknownEmbodimentError if absent."""
+    for i, e in enumerate(embodiments):
+        if e.name == name:
+            return i
+    raise UnknownEmbodimentError(
+        f"the policy does not know embodiment '{name}'; it was trained on {[e.name for e in embodiments]}"
+    )
+
+
 class Policy:
     def __init__(
         self,
@@ -67,12 +77,7 @@ class Policy:
 
     def embodiment_index(self, name: str) -> int:
         """Return this policy's index of the embodiment called ``name``."""
-        for i, e in enumerate(self.embodiments):
-            if e.name == name:
-                return i
-        raise UnknownEmbodimentError(
-            f"the policy does not know embodiment '{name}'; it was trained on {[e.name for e in self.embodiments]}"
-        )
+        return embodiment_index(self.embodiments, name)
 
     def embodiment_map(self, specs: Sequence[EmbodimentSpec]) -> torch.Tensor:
         """(len(specs),) int64: a dataset's embodiment index -> this policy's index.
