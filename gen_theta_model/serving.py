@@ -75,6 +75,7 @@ class ServerConfig:
     execute_steps: int = 10  # each chunk runs >= 0.2 s at 50 Hz before the next one takes over
     window_steps: int = 25  # points per command: 0.5 s of look-ahead
     delay_percentile: float = 95.0  # the delay covers 95% of recent latencies; the rest arrive late
+    min_prefix_steps: int = 15  # harmonic: commit at least this many steps per chunk, however fast inference is
     latency_window: int = 50  # inferences in the running percentile
     added_delay_ms: float = 0.0  # extra inference time, standing in for a larger model
     sample: bool = False  # execute the mixture mean (False) or a draw from it
@@ -92,6 +93,8 @@ class ServerConfig:
             raise ValueError(f"added_delay_ms must be >= 0, got {self.added_delay_ms}")
         if self.max_delay_steps < 0:
             raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
+        if self.min_prefix_steps < 0:
+            raise ValueError(f"min_prefix_steps must be >= 0, got {self.min_prefix_steps}")
 
 
 class RobotInputs:
@@ -306,10 +309,16 @@ class HarmonicServer:
 
     # -- inference ------------------------------------------------------------------------
     def delay(self, spec: EmbodimentSpec) -> int:
-        """Return the expected inference delay in ``spec``'s control steps (the running percentile)."""
+        """Return the committed-prefix length in ``spec``'s control steps: the expected inference
+        delay (the running percentile), and in harmonic mode at least ``min_prefix_steps``.
+        """
         horizon = self.policy.config.chunk_len
         latency = self.latency.percentile(self.cfg.delay_percentile)
-        return delay_steps(latency, 1.0 / spec.control_rate_hz, horizon - self.cfg.execute_steps)
+        longest = horizon - self.cfg.execute_steps
+        d = delay_steps(latency, 1.0 / spec.control_rate_hz, longest)
+        if self.cfg.mode == "harmonic":  # commit more than the latency needs: consecutive chunks agree
+            d = max(d, min(self.cfg.min_prefix_steps, longest))
+        return d
 
     def infer_step(self) -> int:
         """One inference round over every robot that is due; returns how many chunks were made."""

@@ -49,7 +49,7 @@ from gen_theta_ros.runtime import run_node
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RECONFIGURABLE = ("mode", "added_delay_ms", "execute_steps", "delay_percentile")
+RECONFIGURABLE = ("mode", "added_delay_ms", "execute_steps", "delay_percentile", "min_prefix_steps")
 
 
 def rgb(msg: Image) -> np.ndarray:
@@ -76,6 +76,7 @@ class PolicyServer(Node):
         self.declare_parameter("execute_steps", 10)
         self.declare_parameter("window_steps", 25)
         self.declare_parameter("delay_percentile", 95.0)
+        self.declare_parameter("min_prefix_steps", 15)  # harmonic: commit at least this many steps
         self.declare_parameter("added_delay_ms", 0.0)
         self.declare_parameter("sample", False)
         self.declare_parameter("joint_timeout_s", 0.25)
@@ -127,6 +128,7 @@ class PolicyServer(Node):
             execute_steps=int(p("execute_steps")),
             window_steps=int(p("window_steps")),
             delay_percentile=float(p("delay_percentile")),
+            min_prefix_steps=int(p("min_prefix_steps")),
             added_delay_ms=float(p("added_delay_ms")),
             sample=bool(p("sample")),
             max_delay_steps=train_cfg.data.harmonic.max_delay_steps,

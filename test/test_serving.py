@@ -214,3 +214,34 @@ def test_an_inference_error_is_reported_not_swallowed(policy, specs):
     assert done.wait(timeout=30.0)
     server.stop()
     assert isinstance(errors[0], ValueError) and "delay must be in" in str(errors[0])
+
+
+@pytest.mark.parametrize("mode, floor, expected", [("harmonic", 12, 12), ("harmonic", 0, 1), ("naive_async", 12, 0)])
+def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, expected):
+    """However fast inference is, a harmonic chunk is conditioned on >= min_prefix_steps committed
+    actions (the baselines keep their own semantics: naive async passes no prefix).
+    """
+    clock = FakeClock()
+    server = make_server(policy, specs, clock, mode=mode, min_prefix_steps=floor)
+    delays = []
+    real = policy.predict_chunk
+
+    def spy(obs, prefix, delay, **kw):
+        delays.append(delay)
+        assert prefix.shape[1] == delay
+        return real(obs, prefix, delay, **kw)
+
+    policy.predict_chunk = spy
+    try:
+        feed(server, clock.t)
+        server.tick("left", clock.t)
+        server.tick("torso", clock.t)
+        for _ in range(30):  # inference takes no time on this clock
+            clock.t += 0.02
+            feed(server, clock.t)
+            server.tick("left", clock.t)
+            server.tick("torso", clock.t)
+            server.infer_step()
+    finally:
+        del policy.predict_chunk
+    assert len(delays) > 1 and set(delays) == {expected}
