@@ -310,14 +310,15 @@ class HarmonicServer:
     # -- inference ------------------------------------------------------------------------
     def delay(self, spec: EmbodimentSpec) -> int:
         """Return the committed-prefix length in ``spec``'s control steps: the expected inference
-        delay (the running percentile), and in harmonic mode at least ``min_prefix_steps``.
+        delay (the running percentile), and in harmonic mode at least ``min_prefix_steps``
+        (or the longest prefix the policy was trained with, if shorter).
         """
         horizon = self.policy.config.chunk_len
         latency = self.latency.percentile(self.cfg.delay_percentile)
         longest = horizon - self.cfg.execute_steps
         d = delay_steps(latency, 1.0 / spec.control_rate_hz, longest)
         if self.cfg.mode == "harmonic":  # commit more than the latency needs: consecutive chunks agree
-            d = max(d, min(self.cfg.min_prefix_steps, longest))
+            d = max(d, min(self.cfg.min_prefix_steps, longest, self.max_delay))
         return d
 
     def infer_step(self) -> int:

@@ -245,3 +245,9 @@ def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, 
     finally:
         del policy.predict_chunk
     assert len(delays) > 1 and set(delays) == {expected}
+
+
+def test_min_prefix_is_capped_at_the_trained_prefix_length(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock, min_prefix_steps=25, max_delay_steps=8)
+    assert server.delay(specs[0]) == 8  # longer prefixes were never trained: no later takeover for nothing
