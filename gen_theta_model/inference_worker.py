@@ -16,6 +16,7 @@ u32 header length, a JSON header, then the raw bytes of the arrays the header li
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -132,6 +133,7 @@ class WorkerPolicy:
 def serve(inp: BinaryIO, out: BinaryIO, checkpoint: str, device: str) -> int:
     """Run the child's loop: load the policy, greet, answer requests until stdin closes."""
     policy = load_policy(checkpoint, device=device)
+    gc.freeze()  # torch and the model stay loaded: full collections need not walk them (runtime.run_node)
     write_message(out, {"op": "ready"})
     while (msg := read_message(inp)) is not None:
         header, arrays = msg
