@@ -18,6 +18,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -99,6 +100,22 @@ def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):
     assert future.done(), f"service {name} did not answer within {timeout} s"
     node.destroy_client(client)
     return future.result()
+
+
+def start_episode(node: Node, robot: str, timeout: float = 20.0) -> Path:
+    """Start a recorder episode of ``robot`` and return its bag directory.
+
+    ``call`` re-sends a request whose answer did not come back (a service's reply can be
+    lost while discovery is still matching the client); when the first request did start
+    the episode, the re-sent one answers "already recording <path>": that episode is ours.
+    """
+    names = load_topics()
+    resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), timeout)
+    already = "already recording "
+    if not resp.success and resp.message.startswith(already):
+        return Path(resp.message[len(already):])
+    assert resp.success, resp.message
+    return Path(resp.message)
 
 
 def frame_value(camera_index: int, i: int) -> int:

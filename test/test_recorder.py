@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from ros_helpers import Feeder, call, ros_node, start_exe
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 from std_srvs.srv import SetBool, Trigger
@@ -62,9 +62,7 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
     feeder = Feeder(ros, ROBOT, spec)
     try:
         feeder.announce("pick", "real_world", "pick the red cube")
-        resp = call(ros, Trigger, service("recorder_start"), Trigger.Request())
-        assert resp.success, resp.message
-        bag = Path(resp.message)
+        bag = start_episode(ros, ROBOT)
         assert read_record(bag).status == "recording"
         assert not call(ros, Trigger, service("recorder_start"), Trigger.Request()).success  # already recording
         feeder.start()
@@ -80,9 +78,8 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
         assert summary["status"] == "complete" and not any(summary["drops"].values())
 
         # A second episode, ended by SIGTERM: the node closes it cleanly.
-        resp2 = call(ros, Trigger, service("recorder_start"), Trigger.Request())
-        assert resp2.success and resp2.message != resp.message
-        bag2 = Path(resp2.message)
+        bag2 = start_episode(ros, ROBOT)
+        assert bag2 != bag
         feeder2 = Feeder(ros, ROBOT, spec)
         feeder2.start()
         time.sleep(1.0)

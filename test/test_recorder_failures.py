@@ -13,7 +13,7 @@ import pytest
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
-from ros_helpers import Feeder, call, ros_node, start_exe, stop_or_kill
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill
 from std_srvs.srv import Trigger
 
 from gen_theta_model.data.bag import open_bag
@@ -28,11 +28,6 @@ ROBOT = "arm6"
 def ros():
     with ros_node("recorder_failure_test") as node:
         yield node
-
-
-def start_service() -> str:
-    t = load_topics()
-    return t.resolve(ROBOT, t.services.recorder_start)
 
 
 def stream_count(bag: Path) -> tuple[int, str]:
@@ -51,9 +46,12 @@ def stream_count(bag: Path) -> tuple[int, str]:
 def record_until(ros, out: Path, done, log: Path, **popen) -> tuple[subprocess.Popen, Path, Feeder]:
     """Start a recorder and an episode, feed it until ``done(bag)`` (at most 30 s)."""
     proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={out}"], log, **popen)
-    resp = call(ros, Trigger, start_service(), Trigger.Request())
-    assert resp.success, resp.message
-    bag = Path(resp.message)
+    try:
+        bag = start_episode(ros, ROBOT)
+        assert bag.parent == out, bag
+    except BaseException:  # never leave a recorder running: it would answer the next test's calls
+        stop_or_kill(proc, signal.SIGINT, 10)
+        raise AssertionError(f"the recorder did not start an episode; its log:\n{log.read_text()}") from None
     feeder = Feeder(ros, ROBOT, load_robot(ROBOT), width=320, height=240)  # 230 kB frames fill chunks fast
     feeder.start()
     deadline = time.monotonic() + 30
