@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ros_helpers import Feeder, call, ros_node, stop_or_kill
+from ros_helpers import Feeder, call, ros_node, start_episode, stop_or_kill
 from std_srvs.srv import Trigger
 from workspace import build_workspace, workspace_env
 
@@ -45,8 +45,10 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
         with ros_node("record_launch_test") as node:
             feeder = Feeder(node, robot, load_robot(robot))
             try:
-                resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), 60)
-                assert resp.success, log.read_text()
+                try:
+                    bag = start_episode(node, robot, 60)
+                except AssertionError as err:
+                    raise AssertionError(f"{err}\n{log.read_text()}") from None
                 feeder.start()
                 time.sleep(1.0)
             finally:
@@ -54,7 +56,6 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
             assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success
     finally:
         assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()
-    bag = Path(resp.message)
     record = read_record(bag)
     assert (record.robot, record.task, record.category, record.status) == (robot, "stack", "dexterity", "complete")
     source = open_bag(bag)
