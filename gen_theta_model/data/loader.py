@@ -74,6 +74,12 @@ class TrainLoader:
     def __init__(self, dataset: EpisodeDataset, sampler: MixtureSampler, cfg: DataConfig) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.batch_size = cfg.batch_size
+        if cfg.num_workers > 0:
+            # Workers hand batches over as named shared-memory files, not as file descriptors
+            # passed through multiprocessing's resource sharer: with fd passing, a batch fetch
+            # in a process that had other threads when it forked the workers once hung for good
+            # in the sharer's handshake (py-spy: answer_challenge, the worker idle).
+            torch.multiprocessing.set_sharing_strategy("file_system")
         self.loader = DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
             collate_fn=collate, drop_last=True, persistent_workers=cfg.num_workers > 0,
