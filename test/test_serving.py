@@ -2,6 +2,7 @@
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -49,9 +50,9 @@ def feed(server, t: float, robots=("left", "torso")) -> None:
         server.on_instruction(name, "put the red cube in the bin")
 
 
-def test_two_embodiments_share_one_batched_inference(policy, specs):
-    clock = FakeClock()
-    server = make_server(policy, specs, clock)
+@contextmanager
+def predict_calls(policy):
+    """Record (batch size, prefix shape, delay) of every ``predict_chunk`` call made inside the block."""
     calls = []
     real = policy.predict_chunk
 
@@ -61,12 +62,19 @@ def test_two_embodiments_share_one_batched_inference(policy, specs):
 
     policy.predict_chunk = spy
     try:
+        yield calls
+    finally:
+        del policy.predict_chunk
+
+
+def test_two_embodiments_share_one_batched_inference(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    with predict_calls(policy) as calls:
         feed(server, clock.t)
         assert server.tick("left", clock.t).hold_reason == ""  # timelines start, holding still
         server.tick("torso", clock.t)
         assert server.infer_step() == 2
-    finally:
-        del policy.predict_chunk
     assert len(calls) == 1 and calls[0][0] == 2  # one call, both robots
     d = calls[0][2]
     assert calls[0][1] == (2, d, 32)
@@ -223,16 +231,7 @@ def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, 
     """
     clock = FakeClock()
     server = make_server(policy, specs, clock, mode=mode, min_prefix_steps=floor)
-    delays = []
-    real = policy.predict_chunk
-
-    def spy(obs, prefix, delay, **kw):
-        delays.append(delay)
-        assert prefix.shape[1] == delay
-        return real(obs, prefix, delay, **kw)
-
-    policy.predict_chunk = spy
-    try:
+    with predict_calls(policy) as calls:
         feed(server, clock.t)
         server.tick("left", clock.t)
         server.tick("torso", clock.t)
@@ -242,9 +241,8 @@ def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, 
             server.tick("left", clock.t)
             server.tick("torso", clock.t)
             server.infer_step()
-    finally:
-        del policy.predict_chunk
-    assert len(delays) > 1 and set(delays) == {expected}
+    assert all(prefix[1] == delay for _, prefix, delay in calls)
+    assert len(calls) > 1 and {delay for _, _, delay in calls} == {expected}
 
 
 def test_min_prefix_is_capped_at_the_trained_prefix_length(policy, specs):
