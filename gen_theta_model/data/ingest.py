@@ -53,6 +53,8 @@ from gen_theta_model.trajectory import TrajectoryError, resample_commands
 # A write failing with one of these stops the whole run: the next episode would fail the same way.
 OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 RESERVE_FILE = ".reserve"  # freed when the run ends, so that manifest and statistics fit on a full disk
+RESERVE_BYTES = 256 * 1024  # info, embodiments, statistics and their temporary copies
+RESERVE_PER_EPISODE = 2 * 1024  # a manifest line (~0.5 kB) and its temporary copy, with room to spare
 
 
 class IngestError(ValueError):
@@ -226,7 +228,7 @@ class IngestReport:
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the dataset
     failed: dict[str, str] = field(default_factory=dict)  # bag -> error (rejected episodes)
-    excluded: dict[str, str] = field(default_factory=dict)  # bag -> why (success false / unknown)
+    excluded: dict[str, bool | None] = field(default_factory=dict)  # bag -> its success mark (False / None)
     recovered: list[str] = field(default_factory=list)  # never-closed bags read up to the last chunk
     stopped: str = ""  # why the run stopped early (disk full); the dataset holds what finished
     seconds: float = 0.0
@@ -248,9 +250,9 @@ def plan_ingest(bags: list[Path], out: Path, opts: IngestOptions) -> tuple[list[
         if path in sources:
             report.skipped.append(sources[path])
             continue
-        why = _excluded(bag, opts)
-        if why:
-            report.excluded[str(bag)] = why
+        success = _recorded_success(bag)
+        if (success is False and not opts.include_failed) or (success is None and not opts.include_unknown):
+            report.excluded[str(bag)] = success
             continue
         episode = bag.name if bag.name not in taken else f"{bag.name}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
         taken.add(episode)
@@ -258,17 +260,15 @@ def plan_ingest(bags: list[Path], out: Path, opts: IngestOptions) -> tuple[list[
     return todo, report
 
 
-def _excluded(bag: Path, opts: IngestOptions) -> str:
-    """Why ``bag`` is left out by its recorded success ('' if it is taken)."""
+def _recorded_success(bag: Path) -> bool | None:
+    """Read the success mark of the bag's episode.yaml: None if never marked or no episode.yaml.
+
+    An unreadable episode.yaml counts as True: the bag goes to a worker, which reports it.
+    """
     try:
-        success = read_record(bag).success if (bag / EPISODE_FILE).is_file() else None
+        return read_record(bag).success if (bag / EPISODE_FILE).is_file() else None
     except ValueError:
-        return ""  # an unreadable record: the worker reports it
-    if success is False and not opts.include_failed:
-        return "success: false (--include-failed takes it)"
-    if success is None and not opts.include_unknown:
-        return "success never marked (--include-unknown takes it)"
-    return ""
+        return True
 
 
 def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "process", jobs: int = 0,
@@ -285,7 +285,7 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
     reserve = out / RESERVE_FILE
     try:
         with open(reserve, "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, (256 + 2 * (len(todo) + len(report.skipped))) * 1024)
+            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES + RESERVE_PER_EPISODE * (len(todo) + len(report.skipped)))
     except OSError as err:
         reserve.unlink(missing_ok=True)
         report.stopped = f"{out}: {err}"
@@ -385,11 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     report = ingest(bags, Path(a.out), opts, a.engine, a.jobs)
     for err in report.failed.values():
         print(f"FAILED {err}", file=sys.stderr)
-    failed, unknown = (sum(why.startswith(k) for why in report.excluded.values()) for k in ("success: false",
-                                                                                          "success never"))
+    failed = sum(success is False for success in report.excluded.values())
     print(f"ingest: {len(report.added)} added ({len(report.recovered)} recovered from unfinished bags), "
           f"{len(report.skipped)} already present, {len(report.failed)} rejected, {len(report.excluded)} left out "
-          f"({failed} failed: --include-failed; {unknown} never marked: --include-unknown), "
+          f"({failed} failed: --include-failed; {len(report.excluded) - failed} never marked: --include-unknown), "
           f"in {report.seconds:.1f} s -> {a.out}")
     if report.stopped:
         print(f"gen-theta ingest: stopped early: {report.stopped}; {a.out} holds the episodes finished before "

@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import yaml
@@ -115,7 +115,7 @@ class CrcMcapStorage:
         zstd = compression == CompressionMode.STORAGE
         self._mcap = McapWriter(self._file, compression=CompressionType.ZSTD if zstd else CompressionType.NONE,
                                 enable_crcs=True, enable_data_crcs=True)
-        self._mcap.start(profile="ros2", library=f"gen_theta (mcap {version('mcap')})")
+        self._mcap.start(profile="ros2", library=f"gen_theta (mcap {package_version('mcap')})")
         self._schemas: dict[str, int] = {}  # msgtype -> schema id
         self._channels: dict[int, int] = {}  # rosbags connection id -> channel id
 
