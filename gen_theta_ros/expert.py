@@ -12,7 +12,6 @@ would, so a recorder sees the same traffic. It starts over on every new episode 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
 import rclpy
@@ -129,15 +128,13 @@ class ExpertNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the expert node; exit status 0 when every finished episode succeeded."""
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     nodes: list[ExpertNode] = []
 
     def make() -> ExpertNode:
         nodes.append(ExpertNode())
         return nodes[0]
 
-    run_node(make, argv)
-    return 0 if nodes and nodes[0].outcomes and all(o.success for o in nodes[0].outcomes) else 1
+    code = run_node(make, argv)
+    if not nodes:  # --help: no node was made
+        return code
+    return 0 if nodes[0].outcomes and all(o.success for o in nodes[0].outcomes) else 1

@@ -17,7 +17,6 @@ stops when the ROS context shuts down (Ctrl-C, SIGTERM).
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 
@@ -229,8 +228,4 @@ class SimRobotNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sim_robot node; ROS arguments (``--ros-args -p robot:=arm7``) configure it."""
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     return run_node(SimRobotNode, argv)
