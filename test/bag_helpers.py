@@ -6,8 +6,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from PIL import Image as PILImage
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from gen_theta_model.data.recording import EpisodeRecord, write_record
@@ -110,3 +112,22 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
                                          status="complete" if fault != "crash" else "recording"))
     return path
 
+
+
+def read_rosbags(bag: Path) -> dict[str, list]:
+    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
+    out: dict[str, list] = {}
+    with Reader(bag) as reader:
+        for conn, _, data in reader.messages():
+            out.setdefault(conn.topic, []).append(STORE.deserialize_cdr(data, conn.msgtype))
+    return out
+
+
+def read_mcap(bag: Path) -> dict[str, list]:
+    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
+    (path,) = bag.glob("*.mcap")
+    out: dict[str, list] = {}
+    with path.open("rb") as f:
+        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            out.setdefault(channel.topic, []).append(msg)
+    return out

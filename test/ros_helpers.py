@@ -106,14 +106,11 @@ def start_episode(node: Node, robot: str, timeout: float = 20.0) -> Path:
     """Start a recorder episode of ``robot`` and return its bag directory.
 
     ``call`` re-sends a request whose answer did not come back (a service's reply can be
-    lost while discovery is still matching the client); when the first request did start
-    the episode, the re-sent one answers "already recording <path>": that episode is ours.
+    lost while discovery is still matching the client); the recorder answers a re-sent
+    start with the episode the first one started.
     """
     names = load_topics()
     resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), timeout)
-    already = "already recording "
-    if not resp.success and resp.message.startswith(already):
-        return Path(resp.message[len(already):])
     assert resp.success, resp.message
     return Path(resp.message)
 

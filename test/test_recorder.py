@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mcap.reader import make_reader
-from mcap_ros2.decoder import DecoderFactory
+from bag_helpers import read_mcap, read_rosbags
 from ros_helpers import Feeder, call, ros_node, start_episode, start_exe
-from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
 from std_srvs.srv import SetBool, Trigger
 
 from gen_theta_model.data.recording import read_record
@@ -35,26 +32,6 @@ def service(name: str) -> str:
     return t.resolve(ROBOT, getattr(t.services, name))
 
 
-def read_rosbags(bag: Path) -> dict[str, list]:
-    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
-    store = get_typestore(Stores.ROS2_KILTED)
-    out: dict[str, list] = {}
-    with Reader(bag) as reader:
-        for conn, _, data in reader.messages():
-            out.setdefault(conn.topic, []).append(store.deserialize_cdr(data, conn.msgtype))
-    return out
-
-
-def read_mcap(bag: Path) -> dict[str, list]:
-    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
-    (path,) = bag.glob("*.mcap")
-    out: dict[str, list] = {}
-    with path.open("rb") as f:
-        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-            out.setdefault(channel.topic, []).append(msg)
-    return out
-
-
 def test_record_episodes_and_sigterm(ros, tmp_path):
     spec = load_robot(ROBOT)
     proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={tmp_path}"],
@@ -64,7 +41,8 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
         feeder.announce("pick", "real_world", "pick the red cube")
         bag = start_episode(ros, ROBOT)
         assert read_record(bag).status == "recording"
-        assert not call(ros, Trigger, service("recorder_start"), Trigger.Request()).success  # already recording
+        again = call(ros, Trigger, service("recorder_start"), Trigger.Request())  # a re-sent start: same episode
+        assert again.success and Path(again.message) == bag, again.message
         feeder.start()
         time.sleep(0.3)
         feeder.command()
