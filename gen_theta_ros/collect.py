@@ -24,7 +24,8 @@ from tqdm import tqdm
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
-from gen_theta_ros.demo import EpisodeDriver, Processes, print_table
+from gen_theta_ros.demo import EpisodeDriver, print_table
+from gen_theta_ros.processes import Processes
 from gen_theta_ros.runtime import use_project_dds_profile
 
 SHIPPED_ROBOTS = ("arm6", "arm7", "humanoid16")
@@ -95,7 +96,6 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
                   bar: tqdm) -> list[dict]:
     """Record ``episodes`` per task on one robot; returns one row per episode."""
     procs = Processes(log_dir / robot)
-    (log_dir / robot).mkdir(parents=True, exist_ok=True)
     procs.start("sim", ["sim", "--ros-args", "-p", f"robot:={robot}", "-p", f"task:={tasks[0]}"])
     procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}"])
     procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])

@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +37,7 @@ from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
 from gen_theta_ros import demo_loop
+from gen_theta_ros.processes import Processes
 from gen_theta_ros.runtime import use_project_dds_profile
 
 STARTUP_TIMEOUT_S = 60.0
@@ -63,40 +61,6 @@ class DemoContext:
     train_steps: int = 300
     rollout_seeds: int = 1
     rollout_seconds: float = 12.0
-
-
-class Processes:
-    """Child processes started by the demo, each logging to a file; stopped with SIGINT."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: list = []
-
-    def start(self, name: str, args: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "w")
-        self.logs.append(log)
-        cmd = [sys.executable, "-m", "gen_theta_ros.cli", *args]
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
-                raise RuntimeError(f"'{name}' exited with status {proc.returncode}; its log ends:\n{tail}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
 
 
 class EpisodeDriver(Node):

@@ -51,7 +51,8 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     ``make_node`` runs after ``rclpy.init`` so that it may declare parameters.
     rclpy.init's own handlers turn SIGINT and SIGTERM into a context shutdown, which
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
-    close files cleanly under launch too. SIGHUP is turned into SIGTERM. With ``-h`` or
+    close files cleanly under launch too. SIGHUP is turned into SIGTERM; while the node
+    closes, SIGINT, SIGTERM and SIGHUP are ignored. With ``-h`` or
     ``--help`` it prints the docstring of ``make_node``'s module and returns 0.
     """
     own = sys.argv[1:] if argv is None else list(argv)
@@ -86,6 +87,11 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         if rclpy.ok():
             raise
     finally:
+        # Closing (an open episode, files) must not be cut short by the next signal: a terminal's
+        # Ctrl-C reaches a tool's child once directly and once more from the tool's stop. A close
+        # that hangs still ends with SIGKILL.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             close = getattr(node, "close", None)
             if callable(close):

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from gen_theta_model.data.recording import EpisodeRecord, write_record
+from gen_theta_model.data.recording import EpisodeRecord, read_record, write_record
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 
@@ -131,3 +131,12 @@ def read_mcap(bag: Path) -> dict[str, list]:
         for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
             out.setdefault(channel.topic, []).append(msg)
     return out
+
+
+def assert_counts_on_disk(bag: Path) -> None:
+    """episode.yaml's message counts are what rosbags and mcap read back from the closed bag."""
+    record = read_record(bag)
+    by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
+    for topic, n in record.messages.items():
+        assert n == len(by_rosbags.get(topic, [])) == len(by_mcap.get(topic, [])), (topic, n)
+    assert sum(record.messages.values()) > 0

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bag_helpers import read_mcap, read_rosbags
+from bag_helpers import assert_counts_on_disk
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
@@ -73,15 +73,6 @@ def record_until(ros, out: Path, done, log: Path, params: tuple[str, ...] = (), 
 
 def mcap_size(bag: Path) -> int:
     return sum(p.stat().st_size for p in bag.glob("*.mcap"))
-
-
-def assert_counts_on_disk(bag: Path) -> None:
-    """episode.yaml's message counts are what rosbags and mcap read back from the closed bag."""
-    record = read_record(bag)
-    by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
-    for topic, n in record.messages.items():
-        assert n == len(by_rosbags.get(topic, [])) == len(by_mcap.get(topic, [])), (topic, n)
-    assert sum(record.messages.values()) > 0
 
 
 def test_kill_9_keeps_every_complete_chunk(ros, tmp_path):
