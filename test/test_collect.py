@@ -11,14 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from bag_helpers import assert_counts_on_disk
-from ros_helpers import process_tree
+from ros_helpers import alive, process_tree, wait_for
 
 from gen_theta_model import batch
 from gen_theta_model.data.ingest import IngestOptions, ingest
@@ -49,22 +47,6 @@ def test_collect_ingest_load(tmp_path):
     assert info.episodes[0].num_trajectories > 0 and info.episodes[0].success == record.success
     assert b[batch.IMAGE_MASK][:, :2].all() and b[batch.ACTION_MASK].any()
     assert torch.isfinite(b[batch.ACTION]).all() and b[batch.IMAGES].float().std() > 1  # real rendered frames
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    """Tell whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def recording_bag(bags: Path) -> Path | None:
