@@ -1,6 +1,6 @@
 """The bring-up graph (gen_theta_ros/graph.py) and `gen-theta bringup` over real DDS.
 
-test_launch.py checks that `ros2 launch gen_theta bringup.launch.py` starts the same graph.
+test_bringup_launch.py checks that `ros2 launch gen_theta bringup.launch.py` starts the same graph.
 """
 
 from __future__ import annotations

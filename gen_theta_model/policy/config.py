@@ -3,7 +3,7 @@
 ``preset("tiny")`` .. ``preset("10b")`` return ready configs; a training YAML names
 a preset and may override single fields (``policy: {n_layer: 6}``). The parameter
 count of every preset is checked against its nominal size on the meta device
-(test/test_policy_presets.py, ``gen-theta model-card PRESET``).
+(test/test_policy.py, ``gen-theta model-card PRESET``).
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ class PolicyConfig:
             )
         if self.max_prefix_steps >= self.chunk_len:
             raise ValueError(f"max_prefix_steps={self.max_prefix_steps} must be < chunk_len={self.chunk_len}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
 
 # name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style
