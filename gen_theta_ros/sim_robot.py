@@ -32,6 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.robot import SimRobot
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError
@@ -129,9 +130,9 @@ class SimRobotNode(Node):
         with self._lock:
             self.sim.reset(task, seed, self._now())
             state = self.sim.state()
-        self.pub_instruction.publish(String(data=state["instruction"]))
+        self.pub_instruction.publish(String(data=state.instruction))
         self._publish_task(state)
-        return state["instruction"]
+        return state.instruction
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         task, seed = self.get_parameter("task").value, int(self.get_parameter("seed").value)
@@ -211,8 +212,8 @@ class SimRobotNode(Node):
         _, pos, quat = self.sim.world.object_poses()
         self.pub_poses.publish(poses_to_msg(pos, quat, stamp, "world"))
 
-    def _publish_task(self, state: dict) -> None:
-        self.pub_task.publish(String(data=json.dumps(state)))
+    def _publish_task(self, state: TaskState) -> None:
+        self.pub_task.publish(String(data=state.to_json()))
 
     def _stop(self) -> None:
         self._running = False
