@@ -21,6 +21,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from gen_theta_model.data.recording import readable_counts
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
@@ -75,6 +76,13 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def wait_on_disk(bag: Path, least: dict[str, int]) -> None:
+    """Wait until the episode's MCAP file holds at least ``least[topic]`` messages of each topic."""
+    (mcap,) = bag.glob("*.mcap")
+    wait_for(lambda: all(readable_counts(mcap).get(t, 0) >= n for t, n in least.items()), 30,
+             f"{least} messages in {mcap.name}")
 
 
 def stop_or_kill(proc: subprocess.Popen, sig: int, timeout: float) -> int | None:

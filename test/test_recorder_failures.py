@@ -7,7 +7,6 @@ import resource
 import signal
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from bag_helpers import assert_counts_on_disk
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
-from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill, wait_for
 from std_srvs.srv import Trigger
 
 from gen_theta_model.data.bag import open_bag
@@ -65,9 +64,12 @@ def record_until(ros, out: Path, done, log: Path, params: tuple[str, ...] = (), 
         raise AssertionError(f"the recorder did not start an episode; its log:\n{log.read_text()}") from None
     feeder = Feeder(ros, ROBOT, load_robot(ROBOT), width=320, height=240)  # 230 kB frames fill chunks fast
     feeder.start()
-    deadline = time.monotonic() + 30
-    while not done(bag) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_for(lambda: done(bag), 30, "the recording's condition")
+    except BaseException:
+        feeder.stop()
+        stop_or_kill(proc, signal.SIGINT, 20)
+        raise
     return proc, bag, feeder
 
 
