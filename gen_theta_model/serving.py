@@ -24,7 +24,7 @@ import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -407,3 +407,16 @@ class HarmonicServer:
             if self._on_error is not None:
                 self._on_error(err)
             raise
+
+
+def server_config(params: Mapping[str, object], max_delay_steps: int = 0) -> ServerConfig:
+    """ServerConfig from policy_server parameters (config/policy_server.yaml's ``ros__parameters``):
+    the keys that name ServerConfig or SafetyConfig fields are used, every other key is ignored
+    (checkpoint, robots, device, ...); missing keys keep the dataclass defaults.
+    """
+    def pick(cls: type) -> dict[str, object]:
+        skip = ("safety", "max_delay_steps")  # set below: the checkpoint decides the longest prefix
+        return {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params and f.name not in skip}
+
+    safety = SafetyConfig(**pick(SafetyConfig))
+    return ServerConfig(**pick(ServerConfig), max_delay_steps=max_delay_steps, safety=safety)

@@ -39,7 +39,8 @@ def test_collect_ingest_load(tmp_path):
     assert all(n > 0 for t, n in record.messages.items() if not t.endswith("instruction")), record.messages
     assert (bag / "metadata.yaml").is_file()
 
-    report = ingest([bag], tmp_path / "ds", IngestOptions(), jobs=1, progress=False)
+    # The expert may fail this seed: the episode enters the dataset either way.
+    report = ingest([bag], tmp_path / "ds", IngestOptions(include_failed=True), jobs=1, progress=False)
     assert report.added == [bag.name], report.failed
     train, _, info = make_dataloaders(tmp_path / "ds", DataConfig(batch_size=4, num_workers=0, val_fraction=0.0,
                                                                   samples_per_epoch=8))

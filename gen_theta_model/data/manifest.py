@@ -43,6 +43,12 @@ def existing_episodes(root: str | Path) -> set[str]:
     return {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
+def existing_sources(root: str | Path) -> dict[str, str]:
+    """Bag path (``EpisodeMeta.source``) -> id of the complete episodes under ``root/episodes``."""
+    d = Path(root) / EPISODES
+    return {read_episode_doc(d / ep)["meta"]["source"]: ep for ep in sorted(existing_episodes(root))}
+
+
 def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> DatasetIndex:
     """Rebuild manifest, info, embodiment files and NormStats from ``root/episodes``.
 

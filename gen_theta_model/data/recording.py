@@ -17,6 +17,8 @@ Nothing is lost:
   every chunk written before the crash (the rosbags writer closes a chunk every
   ~1 MiB) is read back by gen_theta_model.data.bag (mcap's stream reader).
 - An existing episode directory is never overwritten.
+- Every chunk carries the CRC-32 of its data and the file the CRC of its whole data
+  section (``BagWriter``), so a damaged file is detected by any MCAP reader.
 - ``EpisodeLimits`` caps an episode's duration and size; the recorder ends an episode
   that reaches a cap cleanly, as ``status: truncated``.
 """
@@ -31,13 +33,18 @@ import shutil
 import struct
 import threading
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import yaml
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message
 from mcap.stream_reader import StreamReader
+from mcap.writer import CompressionType
+from mcap.writer import Writer as McapWriter
+from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.enums import CompressionMode
 from rosbags.rosbag2.errors import WriterError
 from rosbags.typesys import Stores, get_typestore
 
@@ -102,6 +109,60 @@ def update_custom_data(bag: str | Path, record: EpisodeRecord) -> None:
     tmp.replace(p)
 
 
+class CrcMcapStorage:
+    """The MCAP file of a rosbag2 bag, written by the mcap library with chunk and data-section CRCs.
+
+    rosbags' own MCAP storage (0.11) writes every CRC as 0, so no reader can tell a
+    damaged file from a good one. This class is the same storage interface
+    (rosbags' ``StorageWriter``) over ``mcap.writer.Writer``: the same layout
+    otherwise (~1 MiB uncompressed chunks holding schemas, channels and messages,
+    channel metadata ``offered_qos_profiles``, the ``rosbag2`` metadata record).
+    """
+
+    def __init__(self, path: Path, compression: CompressionMode) -> None:
+        self.path = path / f"{path.name}.mcap"
+        self._file = self.path.open("xb")
+        zstd = compression == CompressionMode.STORAGE
+        self._mcap = McapWriter(self._file, compression=CompressionType.ZSTD if zstd else CompressionType.NONE,
+                                enable_crcs=True, enable_data_crcs=True)
+        self._mcap.start(profile="ros2", library=f"gen_theta (mcap {package_version('mcap')})")
+        self._schemas: dict[str, int] = {}  # msgtype -> schema id
+        self._channels: dict[int, int] = {}  # rosbags connection id -> channel id
+
+    def add_msgtype(self, connection: Connection) -> None:
+        """Register the schema (message definition) of ``connection.msgtype``."""
+        encoding = "ros2msg" if connection.msgdef.format == MessageDefinitionFormat.MSG else "ros2idl"
+        self._schemas[connection.msgtype] = self._mcap.register_schema(
+            connection.msgtype, encoding, connection.msgdef.data.encode())
+
+    def add_connection(self, connection: Connection, offered_qos_profiles: str) -> None:
+        """Register a channel (topic) whose messages are ``connection.ext.serialization_format`` bytes."""
+        self._channels[connection.id] = self._mcap.register_channel(
+            connection.topic, connection.ext.serialization_format, self._schemas[connection.msgtype],
+            {"offered_qos_profiles": offered_qos_profiles})
+
+    def write(self, connection: Connection, timestamp: int, data: bytes | memoryview) -> None:
+        """Append one serialized message received at ``timestamp`` (ns since the epoch)."""
+        self._mcap.add_message(self._channels[connection.id], log_time=timestamp, data=bytes(data),
+                               publish_time=timestamp)
+
+    def close(self, version: int, metadata: str) -> None:
+        """Write the last chunk, the rosbag2 metadata record, the summary and the footer."""
+        self._mcap.add_metadata("rosbag2", {"serialized_metadata": metadata})
+        self._mcap.finish()
+        self._file.close()
+
+    def abort(self) -> None:
+        """Close without the summary (as after a crash: the complete chunks stay readable)."""
+        self._file.close()
+
+
+class BagWriter(Writer):
+    """rosbags' rosbag2 writer (metadata.yaml, connections, custom data) with ``CrcMcapStorage``."""
+
+    STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: CrcMcapStorage}
+
+
 @dataclass(frozen=True)
 class EpisodeLimits:
     """Caps on one episode; the recorder ends an episode that reaches one as ``truncated``.
@@ -155,11 +216,14 @@ class BagEpisodeWriter:
         if self.path.exists():
             raise FileExistsError(f"{self.path}: episode exists already, not overwriting")
         self.record = record
-        self._writer = Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer = BagWriter(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         try:
             self._writer.open()  # creates the directory
         except WriterError as err:  # it appeared meanwhile: not ours to remove
             raise FileExistsError(f"{self.path}: episode exists already, not overwriting") from err
+        except BaseException:  # e.g. no space for the MCAP header: nothing may stay behind
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
         try:
             with open(self.path / RESERVE_FILE, "wb") as f:
                 os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)

@@ -78,6 +78,7 @@ class ScriptedExpert:
         self.info: TaskInfo | None = None
         self.phase = "done"
         self.done = True
+        self._mirror: TrajectoryFollower | None = None
 
     def reset(self, info: TaskInfo) -> None:
         """Start a new episode from the task's scene ``info`` (``Task.info``, or the TaskState)."""
@@ -245,6 +246,14 @@ class ScriptedExpert:
         if not moving:
             vel[-1] = 0.0
         return Trajectory.from_arrays(self.joint_names, taus, qs, vel), duration
+
+    def planned(self, times: np.ndarray) -> np.ndarray | None:
+        """Positions (len(times), dof) rad|m the expert has commanded for ``times`` s (joints it does
+        not drive hold), or None before its first plan.
+        """
+        if self._mirror is None:
+            return None
+        return np.stack([self._mirror.sample(float(t))[0] for t in times])
 
     def close(self) -> None:
         """Release the kinematics client."""
