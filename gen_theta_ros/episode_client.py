@@ -100,10 +100,13 @@ class EpisodeClient(Node):
     def wait_ready(self, timeout: float, check: Callable[[], None] | None = None, expert: bool = True) -> None:
         """Wait until the sim's services (and the recorder's, and with ``expert`` a command publisher) are up."""
         clients = [self.reset_client, self.sim_params, *self.recorder.values()]
-        self.wait_for(lambda: all(c.service_is_ready() for c in clients)
-                      and (not expert or self.count_publishers(self.command_topic) > 0),
-                      timeout, "the sim" + (", the recorder" if self.recorder else "") + (" and the expert" if expert
-                                                                                          else ""), check)
+
+        def ready() -> bool:
+            return all(c.service_is_ready() for c in clients) and (
+                not expert or self.count_publishers(self.command_topic) > 0)
+
+        what = "the sim" + (", the recorder" if self.recorder else "") + (" and the expert" if expert else "")
+        self.wait_for(ready, timeout, what, check)
 
     def wait_done(self, episode: int, timeout: float, check: Callable[[], None] | None = None) -> TaskState:
         """Wait for sim/task to report ``episode`` done (success or its time limit); return that state."""
