@@ -12,8 +12,6 @@ and rollout.mp4 (gen_theta_model.rollout_media, the largest delay, the first see
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import threading
 import time
@@ -26,14 +24,10 @@ import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figures, markdown_table, results_json
@@ -41,8 +35,9 @@ from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, trajectory_from_msg
+from gen_theta_ros.episode_client import EpisodeClient, spinning
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph, default_params_file
-from gen_theta_ros.policy_server import COMMAND_QOS, LATCHED_QOS, rgb
+from gen_theta_ros.policy_server import COMMAND_QOS, rgb
 from gen_theta_ros.runtime import use_project_dds_profile
 
 MODE_ORDER = ("sync", "naive_async", "harmonic")
@@ -83,13 +78,13 @@ def parse_seeds(items: Sequence[str]) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-class RolloutNode(Node):
-    """Watches one robot (commands, joint states, scene camera, task state, diagnostics) and
-    drives the sim and the server through their services.
+class RolloutNode(EpisodeClient):
+    """The episode client of one robot's sim, plus what rollout watches (commands, joint states,
+    scene camera, diagnostics) and the policy server's services.
     """
 
     def __init__(self, robot: str, spec: EmbodimentSpec) -> None:
-        super().__init__("rollout")
+        super().__init__(robot, name="rollout")
         t = load_topics()
         self.spec = spec
         self.lock = threading.Lock()
@@ -98,18 +93,14 @@ class RolloutNode(Node):
         self.commands: list[tuple[float, object]] = []
         self.joints: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.frames: list[tuple[float, np.ndarray]] = []
-        self.task_state: dict = {}
         self.diag: tuple[float, dict[str, str]] = (0.0, {})
         self.camera = spec.cameras[0].name if spec.cameras else ""
         self.create_subscription(JointTrajectory, t.resolve(robot, t.command), self._on_command, COMMAND_QOS)
         self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, qos_profile_sensor_data)
-        self.create_subscription(String, t.resolve(robot, t.task), self._on_task, LATCHED_QOS)
         self.create_subscription(DiagnosticArray, t.diagnostics, lambda m: self._on_diag(robot, m), 10)
         if self.camera:
             self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, qos_profile_sensor_data)
-        self.reset_client = self.create_client(Trigger, t.resolve(robot, t.services.sim_reset))
         self.enable_client = self.create_client(SetBool, t.resolve(robot, t.services.policy_enable))
-        self.sim_params = self.create_client(SetParameters, f"/{robot}/sim_robot/set_parameters")
         self.server_params = self.create_client(SetParameters, "/policy_server/set_parameters")
 
     def now(self) -> float:
@@ -133,61 +124,25 @@ class RolloutNode(Node):
             with self.lock:
                 self.frames.append((time_to_seconds(msg.header.stamp), frame))
 
-    def _on_task(self, msg: String) -> None:
-        with self.lock:
-            self.task_state = json.loads(msg.data)
-
     def _on_diag(self, robot: str, msg: DiagnosticArray) -> None:
         for s in msg.status:
             if s.hardware_id == robot:
                 with self.lock:
                     self.diag = (self.now(), {kv.key: kv.value for kv in s.values})
+                self.notify()
 
-    # -- services (called from the main thread while an executor spins this node) ------------
-    def call(self, client, request, timeout: float = 30.0):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} is not available after {timeout} s")
-        future = client.call_async(request)
-        end = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > end:
-                raise RuntimeError(f"service {client.srv_name} did not answer within {timeout} s")
-            time.sleep(0.01)
-        return future.result()
-
-    def set_params(self, client, **values: object) -> None:
-        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        results = self.call(client, req).results
-        failed = [r.reason for r in results if not r.successful]
-        if failed:
-            raise RuntimeError(f"{client.srv_name}: {failed[0]}")
-
+    # -- the policy server (called from the main thread while an executor spins this node) ---
     def enable(self, on: bool) -> None:
         res = self.call(self.enable_client, SetBool.Request(data=on))
         if not res.success:
             raise RuntimeError(f"policy_server enable({on}) refused: {res.message}")
-
-    def wait_for(self, condition, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                value = condition()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise RuntimeError(f"rollout: timed out after {timeout} s waiting for {what}")
 
 
 def run_episode(node: RolloutNode, cfg: RolloutConfig, task: str, mode: str, delay: float, seed: int,
                 keep_frames: bool) -> tuple[EpisodeFigures, EpisodeTrace]:
     node.enable(False)
     time.sleep(0.3)  # the last hold reaches the robot before the reset
-    node.set_params(node.sim_params, task=task, seed=seed)
-    before = node.task_state.get("episode", 0)
-    res = node.call(node.reset_client, Trigger.Request())
-    if not res.success:
-        raise RuntimeError(f"sim reset failed: {res.message}")
-    node.wait_for(lambda: node.task_state.get("episode", 0) > before, 10.0, "the new episode")
+    episode = node.reset(task, seed).episode
     node.set_params(node.server_params, mode=mode, added_delay_ms=float(delay))
     time.sleep(0.5)  # fresh joint states and frames of the new scene reach the server
     with node.lock:
@@ -196,27 +151,23 @@ def run_episode(node: RolloutNode, cfg: RolloutConfig, task: str, mode: str, del
         node.recording = True
     start = node.now()
     node.enable(True)
-    episode = node.task_state["episode"]
-    end = time.monotonic() + cfg.max_seconds
-    while time.monotonic() < end:
-        with node.lock:
-            state = node.task_state
-        if state.get("episode") == episode and state.get("done"):
-            break
-        time.sleep(0.05)
+    try:
+        node.wait_done(episode, cfg.max_seconds)
+    except TimeoutError:
+        pass  # the wall-clock cap of a rollout episode
     stopped = node.now()
     node.enable(False)
     node.recording = False
     diag = node.wait_for(lambda: node.diag[1] if node.diag[0] > stopped else None, 5.0, "diagnostics")
+    state = node.state
     with node.lock:
-        state, commands = dict(node.task_state), list(node.commands)
-        joints, frames = list(node.joints), list(node.frames)
+        commands, joints, frames = list(node.commands), list(node.joints), list(node.frames)
     initial = joints[0][1] if joints else node.spec.home_positions
-    success = bool(state.get("episode") == episode and state.get("success"))
+    success = state is not None and state.episode == episode and state.success
     figures = episode_figures(
         node.spec, initial, commands, 1.0 / node.spec.control_rate_hz,
         mode=mode, added_delay_ms=float(delay), seed=seed, task=task, success=success,
-        time_to_success=state.get("success_time") if success else None,
+        time_to_success=state.success_time if success else None,
         latency_p50_ms=float(diag["latency_p50_ms"]), latency_p99_ms=float(diag["latency_p99_ms"]),
         server_missed_deadlines=float(diag["missed_deadlines"]), robot=node.spec.name,
     )
@@ -236,19 +187,6 @@ def report(figures: EpisodeFigures, seconds: float) -> None:
           f"{'success' if f.success else 'failure'} after {seconds:4.1f} s, idle {f.idle_fraction:.0%}, "
           f"{f.switches} switches, jump max/mean {f.max_jump:.3f}/{f.mean_jump:.3f}, missed "
           f"{f.server_missed_deadlines:.0f} sent / {f.missed_deadlines:.0f} received", flush=True)
-
-
-def listen(executor: SingleThreadedExecutor, priority: int) -> None:
-    """Spin the rollout node, with SCHED_FIFO ``priority`` (if permitted) so that receive times
-    measure the command stream as a real-time robot driver would see it, not this process's load.
-    """
-    if priority > 0:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        except PermissionError:
-            print(f"rollout: no permission for SCHED_FIFO priority {priority}; receive times include "
-                  "this process's scheduling delays", file=sys.stderr)
-    executor.spin()
 
 
 def rollout_params(cfg: RolloutConfig, out: Path) -> Path:
@@ -288,22 +226,18 @@ def run_over_dds(cfg: RolloutConfig, out: Path, robot: str) -> list[tuple[Episod
     results = []
     with GraphProcesses(bringup_graph(args), log_dir=out / "logs" / robot) as graph:
         rclpy.init()
-        node = RolloutNode(robot, spec)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin = threading.Thread(target=listen, args=(executor, cfg.realtime_priority), daemon=True)
-        spin.start()
         try:
-            node.wait_for(lambda: bool(node.task_state), 120.0, "the sim's task state")
-            node.call(node.enable_client, SetBool.Request(data=False), timeout=180.0)  # server up
-            time.sleep(2.0)  # let the freshly started processes settle before the first episode
-            for task, delay, mode, seed, keep in episode_plan(cfg, robot):
-                if graph.exited():
-                    raise RuntimeError(f"a node ended during the rollout: {graph.exited()}; logs in {out}/logs")
-                results.append((*run_episode(node, cfg, task, mode, delay, seed, keep), keep))
+            # SCHED_FIFO for the listener, so that receive times measure the command stream as a
+            # real-time robot driver would see it, not this process's load.
+            with spinning(RolloutNode(robot, spec), cfg.realtime_priority) as node:
+                node.wait_for(lambda: node.state, 120.0, "the sim's task state")
+                node.call(node.enable_client, SetBool.Request(data=False), timeout=180.0)  # server up
+                time.sleep(2.0)  # let the freshly started processes settle before the first episode
+                for task, delay, mode, seed, keep in episode_plan(cfg, robot):
+                    if graph.exited():
+                        raise RuntimeError(f"a node ended during the rollout: {graph.exited()}; logs in {out}/logs")
+                    results.append((*run_episode(node, cfg, task, mode, delay, seed, keep), keep))
         finally:
-            executor.shutdown()
-            node.destroy_node()
             rclpy.try_shutdown()
     return results
 

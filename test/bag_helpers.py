@@ -6,11 +6,13 @@ import io
 from pathlib import Path
 
 import numpy as np
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from PIL import Image as PILImage
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from gen_theta_model.data.recording import BagEpisodeWriter, EpisodeRecord, TopicSpec, write_record
+from gen_theta_model.data.recording import BagEpisodeWriter, EpisodeRecord, TopicSpec, read_record, write_record
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 
@@ -134,3 +136,31 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
                                          status="complete" if fault != "crash" else "recording"))
     return path
 
+
+
+def read_rosbags(bag: Path) -> dict[str, list]:
+    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
+    out: dict[str, list] = {}
+    with Reader(bag) as reader:
+        for conn, _, data in reader.messages():
+            out.setdefault(conn.topic, []).append(STORE.deserialize_cdr(data, conn.msgtype))
+    return out
+
+
+def read_mcap(bag: Path) -> dict[str, list]:
+    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
+    (path,) = bag.glob("*.mcap")
+    out: dict[str, list] = {}
+    with path.open("rb") as f:
+        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            out.setdefault(channel.topic, []).append(msg)
+    return out
+
+
+def assert_counts_on_disk(bag: Path) -> None:
+    """episode.yaml's message counts are what rosbags and mcap read back from the closed bag."""
+    record = read_record(bag)
+    by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
+    for topic, n in record.messages.items():
+        assert n == len(by_rosbags.get(topic, [])) == len(by_mcap.get(topic, [])), (topic, n)
+    assert sum(record.messages.values()) > 0

@@ -34,9 +34,6 @@ class DatasetIndex:
     specs: dict[str, EmbodimentSpec]
     stats: dict[str, NormStats]
 
-    def episode_dir(self, index: int) -> Path:
-        return self.root / EPISODES / self.episodes[index].episode
-
 
 def existing_episodes(root: str | Path) -> set[str]:
     """Ids of the complete episodes under ``root/episodes`` (temporary directories excluded)."""

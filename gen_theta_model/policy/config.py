@@ -3,7 +3,7 @@
 ``preset("tiny")`` .. ``preset("10b")`` return ready configs; a training YAML names
 a preset and may override single fields (``policy: {n_layer: 6}``). The parameter
 count of every preset is checked against its nominal size on the meta device
-(test/test_policy_presets.py, ``gen-theta model-card PRESET``).
+(test/test_policy.py, ``gen-theta model-card PRESET``).
 """
 
 from __future__ import annotations
@@ -87,10 +87,6 @@ class PolicyConfig:
     def image_tokens(self) -> int:
         """Tokens per camera."""
         return self.image_grid**2 if self.image_pool == "avg" else self.image_keypoints
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
 
 
 # name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style

@@ -165,7 +165,7 @@ class SimClosedLoop:
         cfg = dataclasses.replace(self.server_cfg, mode=mode, added_delay_ms=0.0)  # the delay is simulated
         server = HarmonicServer(_SimulatedLatency(self.policy, self), [(self.spec.name, self.spec)], cfg,
                                 clock=lambda: self.now)
-        server.on_instruction(self.spec.name, state["instruction"])
+        server.on_instruction(self.spec.name, state.instruction)
         # The DDS server starts an episode knowing its recent latency; so does this one.
         server.latency = LatencyTracker(cfg.latency_window, initial=self.latency_s(self._compute_s))
         self._server = server
