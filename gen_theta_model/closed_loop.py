@@ -20,6 +20,7 @@ figures of the results table:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -30,6 +31,7 @@ from gen_theta_model.adapter import TickClock
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.trajectory import Trajectory, resample_commands
 
+STAGES = ("none", "grasped", "lifted", "success")  # how far a pick-and-place episode got, in order
 JERK_RATE_HZ = 500.0
 JERK_WINDOW_S = 0.1
 
@@ -152,6 +154,7 @@ class EpisodeFigures:
     latency_p99_ms: float
     server_missed_deadlines: float
     robot: str = ""
+    progress: str = ""  # furthest of STAGES reached, where the rollout can see it (in-process)
 
 
 def episode_figures(
@@ -199,6 +202,7 @@ def success_interval(successes: int, episodes: int, confidence: float = CONFIDEN
 
 COLUMNS = (
     ("success (95% CI)", "success", "{}"),
+    ("grasped / lifted", "progress", "{}"),
     ("time to success s", "time_to_success", "{:.1f}"),
     ("idle %", "idle_pct", "{:.1f}"),
     ("jump at switch max/mean", "jump", "{}"),
@@ -243,6 +247,7 @@ def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
             "jitter_p99_ms": max(e.jitter_p99_ms for e in eps),
             "latency_p50_ms": float(np.median([e.latency_p50_ms for e in eps])),
             "latency_p99_ms": max(e.latency_p99_ms for e in eps),
+            "progress": dict(Counter(e.progress for e in eps if e.progress)),
         })
     return rows
 
@@ -263,6 +268,8 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
             if key == "success":
                 cells.append(f"{r['successes']}/{r['episodes']} = {r['success_rate']:.2f} "
                              f"[{r['success_ci_low']:.2f}, {r['success_ci_high']:.2f}]")
+            elif key == "progress":
+                cells.append(_reached(r["progress"]))
             elif key == "jump":
                 cells.append(f"{r['max_jump']:.3f} / {r['mean_jump']:.3f}")
             elif key == "jerk":
@@ -279,6 +286,14 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
                 cells.append(fmt.format(r[key]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _reached(progress: dict[str, int]) -> str:
+    """'grasped / lifted' counts (episodes that got at least that far), or '-' where unknown."""
+    if not progress:
+        return "-"
+    at_least = [sum(n for stage, n in progress.items() if STAGES.index(stage) >= k) for k in (1, 2)]
+    return f"{at_least[0]} / {at_least[1]}"
 
 
 def results_json(rows: Sequence[dict[str, object]], episodes: Sequence[EpisodeFigures], meta: dict) -> str:

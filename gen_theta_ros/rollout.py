@@ -184,7 +184,8 @@ def report(figures: EpisodeFigures, seconds: float) -> None:
     """Print one episode's line as it ends."""
     f = figures
     print(f"  {f.robot} {f.task} {f.mode:<11} +{f.added_delay_ms:>3.0f} ms seed {f.seed}: "
-          f"{'success' if f.success else 'failure'} after {seconds:4.1f} s, idle {f.idle_fraction:.0%}, "
+          f"{'success' if f.success else 'failure'}{f' ({f.progress})' if f.progress and not f.success else ''} "
+          f"after {seconds:4.1f} s, idle {f.idle_fraction:.0%}, "
           f"{f.switches} switches, jump max/mean {f.max_jump:.3f}/{f.mean_jump:.3f}, missed "
           f"{f.server_missed_deadlines:.0f} sent / {f.missed_deadlines:.0f} received", flush=True)
 

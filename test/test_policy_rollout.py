@@ -11,7 +11,8 @@ from server_helpers import tiny_checkpoint
 from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.serving import server_config
-from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
+from gen_theta_model.sim.episode import SimSession
+from gen_theta_model.sim.policy_rollout import Progress, SimClosedLoop, SimLoopConfig
 from gen_theta_ros.rollout import main, parse_overrides, parse_seeds
 
 
@@ -63,7 +64,7 @@ def test_the_expert_served_with_300ms_delay_boxes_the_moving_cube(mode):
         figures, _ = loop.run("conveyor_pack", 1, mode, 300.0)
     finally:
         loop.close()
-    assert figures.success and figures.time_to_success < 15.0
+    assert figures.success and figures.time_to_success < 15.0 and figures.progress == "success"
     assert figures.latency_p50_ms >= 330.0
 
 
@@ -82,7 +83,8 @@ def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
         assert row["episodes"] == 2 and 0.0 <= row["success_ci_low"] <= row["success_rate"] <= row["success_ci_high"]
     assert doc["meta"]["server"] == [["min_prefix_steps", 10]] and doc["meta"]["in_process"]
     assert len(doc["episodes"]) == 8
-    assert "| arm6 | stack | 300 | sync | 0/2 = 0.00 [0.00, 0.66] |" in (out / "results.md").read_text()
+    assert "| arm6 | stack | 300 | sync | 0/2 = 0.00 [0.00, 0.66] | 0 / 0 |" in (out / "results.md").read_text()
+    assert {e["progress"] for e in doc["episodes"]} == {"none"}  # an untrained policy grasps nothing in 1 s
 
 
 def test_rollout_arguments():
@@ -97,3 +99,31 @@ def test_rollout_arguments():
         main(["--expert"])  # the expert reads the simulator: in-process only
     with pytest.raises(SystemExit):
         main([])  # neither a checkpoint nor --expert
+
+
+def test_progress_follows_the_grasp_and_the_lift():
+    session = SimSession(load_robot("arm6"))  # the scripted expert drives the sim in-process
+    robot, world = session.robot, session.robot.world
+    robot.reset("pick_place_bin", 2, now=0.0)
+    session.expert.reset(robot.state())
+    progress, stages, step = Progress(), ["none"], 0
+
+    def look() -> None:
+        progress.update(robot)
+        if progress.name != stages[-1]:
+            stages.append(progress.name)
+
+    try:
+        while not robot.done:
+            if step % 12 == 0:  # the expert at 20 Hz; progress looked at as often as the rollout does
+                names, pos, quat = world.object_poses()
+                traj = session.expert.act(world.time, world.actuated_positions(), names, pos, quat)
+                if traj is not None:
+                    robot.command(traj, world.time)
+                look()
+            robot.step(world.time)
+            step += 1
+        look()
+    finally:
+        session.close()
+    assert robot.success_time is not None and stages == ["none", "grasped", "lifted", "success"]

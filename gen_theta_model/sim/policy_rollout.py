@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gen_theta_model.closed_loop import EpisodeFigures, episode_figures
+from gen_theta_model.closed_loop import STAGES, EpisodeFigures, episode_figures
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import LatencyTracker
 from gen_theta_model.rollout_media import EpisodeTrace
@@ -53,6 +53,39 @@ class SimLoopConfig:
             raise ValueError(f"inference_ms must be >= 0, got {self.inference_ms}")
         if self.max_seconds <= 0.0:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+LIFT_M = 0.03  # the object held this far above where it was grasped counts as lifted
+PROGRESS_EVERY_S = 0.05
+
+
+class Progress:
+    """The furthest stage an episode reached: the task's object grasped (the sim's grasp model
+    attached it), lifted ``LIFT_M`` above where it was grasped, the task done. Where a policy
+    fails tells what it has not learned (reaching and grasping a moving cube, or carrying it).
+    """
+
+    def __init__(self) -> None:
+        self.stage = 0
+        self._grasp_z: float | None = None
+
+    def update(self, robot: SimRobot) -> None:
+        """Look at the world now."""
+        world, pick = robot.world, robot.task.pick if robot.task is not None else ""
+        if robot.success_time is not None:
+            self.stage = len(STAGES) - 1
+            return
+        if not any(g.obj == pick for g in world.grasps.values()):
+            self._grasp_z = None
+            return
+        z = float(world.object_position(pick)[2])
+        if self._grasp_z is None:
+            self._grasp_z = z
+        self.stage = max(self.stage, 1 + int(z > self._grasp_z + LIFT_M))
+
+    @property
+    def name(self) -> str:
+        return STAGES[self.stage]
 
 
 class _SimulatedLatency:
@@ -134,6 +167,9 @@ class SimClosedLoop:
                     self._server.on_image(self.spec.name, cam.name, frame, now, now)
                 if i == 0 and self._keep_frames:
                     self._frames.append((now, frame))
+        if now >= self._next_progress:
+            self._next_progress += PROGRESS_EVERY_S
+            self._progress.update(robot)
         if self._server is not None and now >= self._next_tick:
             self._next_tick += 1.0 / self.server_cfg.command_rate_hz
             cmd = self._server.tick(self.spec.name, now)
@@ -160,7 +196,8 @@ class SimClosedLoop:
         self._commands: list[tuple[float, Trajectory]] = []
         self._joints: list[tuple[float, np.ndarray, np.ndarray]] = []
         self._frames: list[tuple[float, np.ndarray]] = []
-        self._next_joints = self._next_tick = self.now
+        self._next_joints = self._next_tick = self._next_progress = self.now
+        self._progress = Progress()
         self._next_frames = [self.now] * len(self.spec.cameras)
         cfg = dataclasses.replace(self.server_cfg, mode=mode, added_delay_ms=0.0)  # the delay is simulated
         server = HarmonicServer(_SimulatedLatency(self.policy, self), [(self.spec.name, self.spec)], cfg,
@@ -181,13 +218,14 @@ class SimClosedLoop:
         finally:
             self._server = None
         success = robot.success_time is not None
+        self._progress.update(robot)
         c = server.session(self.spec.name).counters
         figures = episode_figures(
             self.spec, initial, self._commands, 1.0 / self.spec.control_rate_hz,
             mode=mode, added_delay_ms=float(added_delay_ms), seed=seed, task=task, success=success,
             time_to_success=robot.success_time if success else None,
             latency_p50_ms=1e3 * c.latency.percentile(50), latency_p99_ms=1e3 * c.latency.percentile(99),
-            server_missed_deadlines=0.0, robot=self.spec.name,
+            server_missed_deadlines=0.0, robot=self.spec.name, progress=self._progress.name,
         )
         joints = self._joints
         trace = EpisodeTrace(
