@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +32,7 @@ import torch
 
 from gen_theta_model import batch as K
 from gen_theta_model.adapter import (
+    JOINT_STATES,
     Command,
     EmbodimentAdapter,
     SafetyConfig,
@@ -49,8 +49,10 @@ from gen_theta_model.harmonic import (
     SchedulerConfig,
     delay_steps,
 )
-from gen_theta_model.observation import ObservationConfig, build_observation
+from gen_theta_model.messages import ConversionError
+from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.robot_inputs import RobotInputs
 
 
 class ChunkPolicy(Protocol):
@@ -95,49 +97,6 @@ class ServerConfig:
             raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
         if self.min_prefix_steps < 0:
             raise ValueError(f"min_prefix_steps must be >= 0, got {self.min_prefix_steps}")
-
-
-class RobotInputs:
-    """Latest inputs of one robot, written by callbacks and read by the inference thread.
-
-    Stamps are the messages' header stamps (s); ages are measured against them, as in
-    training. Joint positions are kept in spec order, rad|m.
-    """
-
-    def __init__(self, spec: EmbodimentSpec, history: int) -> None:
-        self._lock = threading.Lock()
-        self.spec = spec
-        self.frames: dict[str, tuple[float, np.ndarray]] = {}
-        self.joints: deque[tuple[float, np.ndarray]] = deque(maxlen=history)
-        self.instruction = ""
-
-    def joint_state(self, stamp: float, positions: np.ndarray) -> None:
-        with self._lock:
-            self.joints.append((stamp, positions))
-
-    def image(self, camera: str, stamp: float, frame: np.ndarray) -> None:
-        with self._lock:
-            self.frames[camera] = (stamp, frame)
-
-    def set_instruction(self, text: str) -> None:
-        with self._lock:
-            self.instruction = text
-
-    def latest_positions(self) -> np.ndarray | None:
-        with self._lock:
-            return self.joints[-1][1] if self.joints else None
-
-    def observation(self, chunk_start: float, cfg: ObservationConfig) -> dict[str, np.ndarray]:
-        """Build the observation (batch layout, no batch axis) for a chunk starting at ``chunk_start`` s."""
-        with self._lock:
-            frames = dict(self.frames)
-            joints = list(self.joints)
-            instruction = self.instruction
-        ages = {name: max(chunk_start - stamp, 0.0) for name, (stamp, _) in frames.items()}
-        positions = np.stack([q for _, q in joints]) if joints else np.zeros((0, self.spec.dof))
-        joint_ages = np.array([max(chunk_start - s, 0.0) for s, _ in joints])
-        images = {name: frame for name, (_, frame) in frames.items()}
-        return build_observation(self.spec, images, ages, positions, joint_ages, instruction, cfg)
 
 
 @dataclass
@@ -232,17 +191,36 @@ class HarmonicServer:
         return self.sessions[robot]
 
     def on_joint_state(self, robot: str, names: list[str], positions: np.ndarray, stamp: float, now: float) -> None:
-        """Take a JointState of ``robot``: names (n), positions (n,) rad|m; EmbodimentError on a missing joint."""
+        """Take a JointState of ``robot``: names (n), positions (n,) rad|m, stamped ``stamp`` s, received ``now`` s.
+
+        It may carry only some of the robot's joints (merged by name, others ignored); one
+        with a non-finite position of the robot's joints is refused (``reject``).
+        """
         s = self.session(robot)
-        q = s.spec.reorder_from(names, np.asarray(positions, dtype=np.float64))
-        s.inputs.joint_state(stamp, q)
-        s.safety.joint_state(now)
+        try:
+            oldest = s.inputs.joint_state(names, positions, stamp, now)
+        except ConversionError as err:
+            self.reject(robot, JOINT_STATES, str(err))
+            return
+        s.safety.joint_state(oldest)
 
     def on_image(self, robot: str, camera: str, frame: np.ndarray, stamp: float, now: float) -> None:
         """Take a camera frame (H, W, 3) uint8 rgb of ``robot``."""
         s = self.session(robot)
         s.inputs.image(camera, stamp, frame)
         s.safety.camera(camera, now)
+
+    def reject(self, robot: str, source: str, reason: str) -> None:
+        """Refuse a message of ``robot``'s input ``source`` (``JOINT_STATES`` or ``camera_input(name)``)
+        for ``reason``: count it, and hold the robot until that input's next good message.
+        """
+        s = self.session(robot)
+        if source == JOINT_STATES:
+            s.counters.rejected_joint_states += 1
+        else:
+            s.counters.rejected_images += 1
+        s.counters.last_rejected = f"{source}: {reason}"
+        s.safety.reject(source, reason)
 
     def on_instruction(self, robot: str, text: str) -> None:
         self.session(robot).inputs.set_instruction(text)
@@ -263,7 +241,10 @@ class HarmonicServer:
         if not s.adapter.started:
             measured = s.inputs.latest_positions()
             if measured is None:
-                c.hold_reason = "no joint_states yet"
+                c.hold_reason = s.safety.check(now) or "no joint_states yet"
+                missing = s.inputs.missing_joints()
+                if c.hold_reason == "no joint_states yet" and len(missing) < s.spec.dof:
+                    c.hold_reason = f"no joint_states yet of joint(s) {missing}"
                 return None
             s.adapter.reset(measured, now)
         reason = s.safety.check(now)
