@@ -72,10 +72,10 @@ class ChunkPolicy(Protocol):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    mode: str = "harmonic"  # harmonic | sync | naive_async (gen_theta_model.harmonic)
+    mode: str = SchedulerConfig.mode  # harmonic | sync | naive_async (gen_theta_model.harmonic)
     command_rate_hz: float = 50.0  # how often a command window is published (the action grid is the robot's)
-    execute_steps: int = 10  # each chunk runs >= 0.2 s at 50 Hz before the next one takes over
-    window_steps: int = 25  # points per command: 0.5 s of look-ahead
+    execute_steps: int = SchedulerConfig.execute_steps
+    window_steps: int = SchedulerConfig.window_steps
     delay_percentile: float = 95.0  # the delay covers 95% of recent latencies; the rest arrive late
     min_prefix_steps: int = 15  # harmonic: commit at least this many steps per chunk, however fast inference is
     latency_window: int = 50  # inferences in the running percentile

@@ -32,7 +32,6 @@ import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
@@ -40,10 +39,10 @@ from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
 from gen_theta_ros import demo_loop
+from gen_theta_ros.qos import LATCHED_QOS
 from gen_theta_ros.runtime import use_project_dds_profile
 
 STARTUP_TIMEOUT_S = 60.0
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass

@@ -28,7 +28,6 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -39,9 +38,9 @@ from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figur
 from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
 from gen_theta_model.topics import load_topics
-from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, trajectory_from_msg
+from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_from_msg
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph, default_params_file
-from gen_theta_ros.policy_server import COMMAND_QOS, LATCHED_QOS, rgb
+from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import use_project_dds_profile
 
 MODE_ORDER = ("sync", "naive_async", "harmonic")
@@ -82,11 +81,11 @@ class RolloutNode(Node):
         self.diag: tuple[float, dict[str, str]] = (0.0, {})
         self.camera = spec.cameras[0].name if spec.cameras else ""
         self.create_subscription(JointTrajectory, t.resolve(robot, t.command), self._on_command, COMMAND_QOS)
-        self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, qos_profile_sensor_data)
+        self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, SENSOR_QOS)
         self.create_subscription(String, t.resolve(robot, t.task), self._on_task, LATCHED_QOS)
         self.create_subscription(DiagnosticArray, t.diagnostics, lambda m: self._on_diag(robot, m), 10)
         if self.camera:
-            self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, qos_profile_sensor_data)
+            self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, SENSOR_QOS)
         self.reset_client = self.create_client(Trigger, t.resolve(robot, t.services.sim_reset))
         self.enable_client = self.create_client(SetBool, t.resolve(robot, t.services.policy_enable))
         self.sim_params = self.create_client(SetParameters, f"/{robot}/sim_robot/set_parameters")
@@ -109,7 +108,7 @@ class RolloutNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         if self.recording and self.keep_frames:
-            frame = rgb(msg)
+            frame = to_rgb8(msg)
             with self.lock:
                 self.frames.append((time_to_seconds(msg.header.stamp), frame))
 

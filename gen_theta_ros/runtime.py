@@ -34,12 +34,14 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     ``make_node`` runs after ``rclpy.init`` so that it may declare parameters.
     rclpy.init's own handlers turn SIGINT and SIGTERM into a context shutdown, which
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
-    close files cleanly under launch too.
+    close files cleanly under launch too. Returns 0, or 1 when the node shut itself down
+    for a failure (a non-empty ``failure`` attribute): launchers take 0 for a clean stop.
     """
     use_project_dds_profile()
     args = [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))
     rclpy.init(args=args)
     node = None
+    failure = None
     try:
         node = make_node()
         # What a node holds after start-up (torch, message types, the model's config) lives
@@ -65,9 +67,13 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
             raise
     finally:
         if node is not None:
+            failure = getattr(node, "failure", None) and f"{node.get_name()}: {node.failure}"
             close = getattr(node, "close", None)
             if callable(close):
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
     return 0
