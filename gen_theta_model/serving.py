@@ -360,8 +360,9 @@ class HarmonicServer:
     def start(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         """Run ``infer_step`` on a daemon thread until ``stop``.
 
-        An exception there ends the thread (the robots then hold at the end of their plans)
-        after ``on_error(exception)`` is called, e.g. to shut the node down.
+        An exception there ends the thread (the robots then hold at the end of their plans):
+        it is handed to ``on_error(exception)``, e.g. to shut the node down, or raised when
+        there is no ``on_error``.
         """
         if self._thread is not None:
             raise RuntimeError("the inference thread is already running")
@@ -385,6 +386,6 @@ class HarmonicServer:
                     self._wake.wait(timeout=poll)
                     self._wake.clear()
         except Exception as err:
-            if self._on_error is not None:
-                self._on_error(err)
-            raise
+            if self._on_error is None:
+                raise
+            self._on_error(err)

@@ -44,6 +44,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     failure = None
     try:
         node = make_node()
+        name = node.get_name()
         # What a node holds after start-up (torch, message types, the model's config) lives
         # until shutdown. Frozen, the collector never walks it again: a full collection of
         # it took 40-120 ms in policy_server (gc.callbacks), a stall of 2-5 command slots.
@@ -67,7 +68,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
             raise
     finally:
         if node is not None:
-            failure = getattr(node, "failure", None) and f"{node.get_name()}: {node.failure}"
+            failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
             close = getattr(node, "close", None)
             if callable(close):
                 close()
