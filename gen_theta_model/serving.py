@@ -62,6 +62,7 @@ class ChunkPolicy(Protocol):
 
     config: PolicyConfig
     observation_config: ObservationConfig
+    embodiments: list[EmbodimentSpec]
 
     def embodiment_index(self, name: str) -> int: ...
 

@@ -70,6 +70,7 @@ class PolicyServer(Node):
             self.declare_parameter(name, default)
         node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
+        self._realtime_priority = node_cfg.realtime_priority
         # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
         policy = self._load_policy(node_cfg)
@@ -92,7 +93,6 @@ class PolicyServer(Node):
 
     def _load_policy(self, cfg: PolicyServerConfig) -> ChunkPolicy:
         """Load the checkpoint's policy: in a child process (``inference_process``), else in this one."""
-        self._realtime_priority = cfg.realtime_priority
         self._worker: WorkerPolicy | None = None
         if cfg.inference_process:  # the model never holds this process's interpreter lock
             self._worker = WorkerPolicy(cfg.checkpoint, cfg.device, cfg.torch_threads)
