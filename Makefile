@@ -33,7 +33,7 @@ bench: $(VENV)/.installed
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 colcon-test: $(VENV)/.ros2-cli
-	bash test/colcon_workspace_test.sh
+	$(BIN)/python -m pytest test/test_colcon.py
 
 clean:
 	rm -rf $(VENV) build install log

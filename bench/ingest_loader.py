@@ -147,7 +147,7 @@ def main(n: int) -> None:
     bags = sorted((tmp / "bags").iterdir())
     for jobs in (1, 2):
         out = tmp / f"ds{jobs}"
-        report = ingest(bags, out, IngestOptions(), jobs=jobs, progress=False)
+        report = ingest(bags, out, IngestOptions(include_failed=True), jobs=jobs, progress=False)
         assert not report.failed, report.failed
         rate = len(report.added) / report.seconds * 60
         print(f"ingest, {jobs} worker(s): {report.seconds:.1f} s, {rate:.1f} episodes/min "

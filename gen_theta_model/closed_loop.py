@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import binomtest
 
 from gen_theta_model.adapter import TickClock
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -150,6 +151,7 @@ class EpisodeFigures:
     latency_p50_ms: float
     latency_p99_ms: float
     server_missed_deadlines: float
+    robot: str = ""
 
 
 def episode_figures(
@@ -180,8 +182,23 @@ def episode_figures(
     )
 
 
+CONFIDENCE = 0.95  # of the success-rate intervals
+
+
+def success_interval(successes: int, episodes: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a success rate (``successes`` of ``episodes``), as (low, high) in [0, 1].
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and keeps its coverage
+    at 0 or n successes and at the 10-50 episodes a closed-loop cell has.
+    """
+    if episodes < 1:
+        raise ValueError(f"a success interval needs at least one episode, got {episodes}")
+    ci = binomtest(successes, episodes).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 COLUMNS = (
-    ("success rate", "success_rate", "{:.2f}"),
+    ("success (95% CI)", "success", "{}"),
     ("time to success s", "time_to_success", "{:.1f}"),
     ("idle %", "idle_pct", "{:.1f}"),
     ("jump at switch max/mean", "jump", "{}"),
@@ -193,19 +210,27 @@ COLUMNS = (
 
 
 def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
-    """One row per (mode, added delay): rates and means over seeds, worst cases for jumps,
-    jerk and deadlines; latency p50 as the median of episode p50s, p99 as their maximum.
+    """One row per (robot, task, added delay, mode): success with its Wilson interval, means over
+    seeds, worst cases for jumps, jerk and deadlines; latency p50 as the median of episode p50s,
+    p99 as their maximum.
     """
     rows = []
-    keys = sorted({(e.added_delay_ms, e.mode) for e in episodes})
-    for delay, mode in keys:
-        eps = [e for e in episodes if e.mode == mode and e.added_delay_ms == delay]
+    keys = sorted({(e.robot, e.task, e.added_delay_ms, e.mode) for e in episodes})
+    for robot, task, delay, mode in keys:
+        eps = [e for e in episodes if (e.robot, e.task, e.added_delay_ms, e.mode) == (robot, task, delay, mode)]
         times = [e.time_to_success for e in eps if e.success and e.time_to_success is not None]
+        successes = sum(e.success for e in eps)
+        low, high = success_interval(successes, len(eps))
         rows.append({
+            "robot": robot,
+            "task": task,
             "mode": mode,
             "added_delay_ms": delay,
             "episodes": len(eps),
-            "success_rate": float(np.mean([e.success for e in eps])),
+            "successes": successes,
+            "success_rate": successes / len(eps),
+            "success_ci_low": low,
+            "success_ci_high": high,
             "time_to_success": float(np.mean(times)) if times else None,
             "idle_pct": 100.0 * float(np.mean([e.idle_fraction for e in eps])),
             "max_jump": max(e.max_jump for e in eps),
@@ -229,13 +254,16 @@ def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
 
 
 def markdown_table(rows: Sequence[dict[str, object]]) -> str:
-    """Format the results table in Markdown, one line per (added delay, mode)."""
-    head = ["added delay ms", "mode", *[c[0] for c in COLUMNS]]
+    """Format the results table in Markdown, one line per (robot, task, added delay, mode)."""
+    head = ["robot", "task", "added delay ms", "mode", *[c[0] for c in COLUMNS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['added_delay_ms']:.0f}", str(r["mode"])]
+        cells = [str(r["robot"]), str(r["task"]), f"{r['added_delay_ms']:.0f}", str(r["mode"])]
         for _, key, fmt in COLUMNS:
-            if key == "jump":
+            if key == "success":
+                cells.append(f"{r['successes']}/{r['episodes']} = {r['success_rate']:.2f} "
+                             f"[{r['success_ci_low']:.2f}, {r['success_ci_high']:.2f}]")
+            elif key == "jump":
                 cells.append(f"{r['max_jump']:.3f} / {r['mean_jump']:.3f}")
             elif key == "jerk":
                 cells.append(f"{r['max_jerk']:.0f} / {r['mean_jerk']:.0f}")

@@ -373,6 +373,7 @@ def _parse_urdf(path: Path) -> yourdfpy.URDF:
         if n in seen:
             raise EmbodimentError(f"{path}: duplicate joint name '{n}'")
         seen.add(n)
+    _check_tree(tree, path)
     _check_meshes(tree, path)
     try:
         return yourdfpy.URDF.load(
@@ -384,6 +385,33 @@ def _parse_urdf(path: Path) -> yourdfpy.URDF:
         )
     except (ValueError, KeyError, AttributeError, TypeError) as err:
         raise EmbodimentError(f"{path}: not a valid URDF: {err}") from err
+
+
+def _check_tree(tree: etree._ElementTree, path: Path) -> None:
+    """Check that the joints form a tree: each link the child of one joint at most, no loop.
+
+    A loop (a joint whose child is the base link, a chain that returns to itself)
+    would make every walk towards the root run forever.
+    """
+    parent: dict[str, tuple[str, str]] = {}  # child link -> (joint, parent link)
+    for j in tree.getroot().findall("joint"):
+        child, up = j.find("child"), j.find("parent")
+        if child is None or up is None:
+            continue  # yourdfpy reports the missing element
+        link = child.get("link", "")
+        if link in parent:
+            raise EmbodimentError(f"{path}: link '{link}' has two parent joints, '{parent[link][0]}' and "
+                                  f"'{j.get('name')}': a URDF must be a tree (no kinematic loops)")
+        parent[link] = (j.get("name", ""), up.get("link", ""))
+    for start in parent:
+        chain, link = [start], parent[start][1]
+        while link in parent and link not in chain:
+            chain.append(link)
+            link = parent[link][1]
+        if link == start:
+            joints = ", ".join(f"'{parent[c][0]}'" for c in reversed(chain))
+            raise EmbodimentError(f"{path}: kinematic loop: joints {joints} lead from link '{start}' back to "
+                                  "itself; a URDF must be a tree")
 
 
 def _check_meshes(tree: etree._ElementTree, path: Path) -> None:

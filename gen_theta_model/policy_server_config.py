@@ -81,15 +81,27 @@ def parameter_defaults() -> dict[str, Any]:
     return out
 
 
+def _pick(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f.name: values[f.name] for f in _fields(cls) if f.name in values}
+
+
 def configs_from_parameters(values: Mapping[str, Any]) -> tuple[PolicyServerConfig, ServerConfig]:
     """Build the node's and the engine's config from parameter ``values`` (name -> value).
 
     ConfigError naming the parameter on a bad value; ``max_delay_steps`` is left to the checkpoint.
     """
-    pick = lambda cls: {f.name: values[f.name] for f in _fields(cls) if f.name in values}  # noqa: E731
-    node = from_mapping(PolicyServerConfig, pick(PolicyServerConfig), SOURCE)
-    server = from_mapping(ServerConfig, {**pick(ServerConfig), "safety": pick(SafetyConfig)}, SOURCE)
-    return node, server
+    return from_mapping(PolicyServerConfig, _pick(PolicyServerConfig, values), SOURCE), server_config(values)
+
+
+def server_config(values: Mapping[str, Any], max_delay_steps: int = 0) -> ServerConfig:
+    """Build the engine's config from policy_server parameters (e.g. a params file's ``ros__parameters``).
+
+    Keys of ServerConfig and SafetyConfig fields are used, others ignored (checkpoint, robots,
+    device, ...); missing keys keep the defaults; ``max_delay_steps`` comes from the checkpoint.
+    ConfigError naming the parameter on a bad value.
+    """
+    cfg = from_mapping(ServerConfig, {**_pick(ServerConfig, values), "safety": _pick(SafetyConfig, values)}, SOURCE)
+    return dataclasses.replace(cfg, max_delay_steps=max_delay_steps)
 
 
 def served_robots(cfg: PolicyServerConfig, known: Sequence[EmbodimentSpec]) -> list[tuple[str, EmbodimentSpec]]:

@@ -2,11 +2,18 @@
 
 Each verb is a ``main(argv) -> int`` function, imported only when the verb runs,
 so `gen-theta --help` and the model-only verbs work without rclpy.
+
+Errors a user can fix (a bad value, a missing file, a tool that failed: ValueError,
+OSError, RuntimeError) end in one line on stderr, ``gen-theta <verb>: error: ...``,
+and exit status 1; Ctrl-C ends in ``gen-theta <verb>: interrupted`` and status 130.
+Any other exception is a bug and shows its traceback. ``--debug`` (anywhere before
+``--ros-args``) or GEN_THETA_DEBUG=1 shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # verb -> (module:function, one-line help). Keep in step with setup.py's executables.
@@ -30,26 +37,61 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+# What a user can act on; anything else (TypeError, KeyError, ...) is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
 def usage() -> str:
     width = max(len(v) for v in VERBS)
     lines = ["usage: gen-theta <verb> [args...]", "", "verbs:"]
     lines += [f"  {verb:<{width}}  {help_}" for verb, (_, help_) in VERBS.items()]
-    lines += ["", "`gen-theta <verb> --help` describes a verb."]
+    lines += ["", "`gen-theta <verb> --help` describes a verb; --debug shows tracebacks of errors."]
     return "\n".join(lines)
 
 
+def split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Remove ``--debug`` from the words before ``--ros-args``; returns (args, debug)."""
+    end = args.index("--ros-args") if "--ros-args" in args else len(args)
+    own = [a for a in args[:end] if a != "--debug"]
+    debug = len(own) < end or os.environ.get("GEN_THETA_DEBUG", "") not in ("", "0")
+    return own + args[end:], debug
+
+
+def run_verb(verb: str, args: list[str], debug: bool = False) -> int:
+    """Run ``verb``'s main with ``args``; user errors and Ctrl-C end in one line on stderr."""
+    module, _, func = VERBS[verb][0].partition(":")
+    try:
+        result = getattr(importlib.import_module(module), func)(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"gen-theta {verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"gen-theta {verb}: error: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    return int(result or 0)
+
+
+def one_line(err: BaseException) -> str:
+    """Return the error's message on one line (an OSError also names its class)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ValueError, RuntimeError)) else f"{type(err).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     verb, rest = args[0], args[1:]
     if verb not in VERBS:
         print(f"gen-theta: unknown verb '{verb}'\n\n{usage()}", file=sys.stderr)
-        return 2
-    module, _, func = VERBS[verb][0].partition(":")
-    result = getattr(importlib.import_module(module), func)(rest)
-    return int(result or 0)
+        return EXIT_USAGE
+    return run_verb(verb, rest, debug)
 
 
 if __name__ == "__main__":

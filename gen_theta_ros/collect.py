@@ -11,110 +11,52 @@ per run under ``--out``. Then: ``gen-theta ingest OUT --out DATASET``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import rclpy
-from rclpy.parameter import Parameter
-from std_srvs.srv import SetBool, Trigger
 from tqdm import tqdm
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
-from gen_theta_model.topics import load_topics
-from gen_theta_ros.demo import EpisodeDriver, Processes, print_table
+from gen_theta_ros.episode_client import EpisodeClient, print_table, spinning
+from gen_theta_ros.processes import Processes
 from gen_theta_ros.runtime import use_project_dds_profile
 
 SHIPPED_ROBOTS = ("arm6", "arm7", "humanoid16")
 
 
-class Collector(EpisodeDriver):
-    """The demo's episode driver plus the recorder's services."""
-
-    def __init__(self, robot: str) -> None:
-        super().__init__(robot)
-        topics = load_topics()
-        srv = topics.services
-        self.start_client = self.create_client(Trigger, topics.resolve(robot, srv.recorder_start))
-        self.stop_client = self.create_client(Trigger, topics.resolve(robot, srv.recorder_stop))
-        self.mark_client = self.create_client(SetBool, topics.resolve(robot, srv.recorder_mark_success))
-
-    def _call(self, client, request, what: str):
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(self, future, timeout_sec=30.0)
-        response = future.result()
-        if response is None:
-            raise RuntimeError(f"{what}: no answer within 30 s")
-        return response
-
-    def wait_recorder(self, procs: Processes, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not (self.start_client.service_is_ready() and self.stop_client.service_is_ready()
-                   and self.mark_client.service_is_ready()):
-            procs.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the recorder's services did not come up within {timeout:.0f} s")
-            rclpy.spin_once(self, timeout_sec=0.2)
-
-    def record_episode(self, task: str, seed: int, procs: Processes) -> tuple[dict, dict]:
-        """Reset to task/seed, record until the episode ends; returns (final task state, stop summary)."""
-        future = self.params.set_parameters([Parameter("task", value=task), Parameter("seed", value=seed)])
-        rclpy.spin_until_future_complete(self, future, timeout_sec=10.0)
-        result = future.result()
-        if result is None or not all(r.successful for r in result.results):
-            raise RuntimeError(f"cannot set the sim's task/seed parameters to {task}/{seed}: {result}")
-        self.state = None
-        reset = self._call(self.reset_client, Trigger.Request(), "sim/reset")
-        if not reset.success:
-            raise RuntimeError(f"sim/reset failed: {reset.message}")
-        deadline = time.monotonic() + 10.0
-        while not (self.state and self.state["task"] == task and self.state["seed"] == seed):
-            if time.monotonic() > deadline:  # the recorder takes task and instruction from sim/task
-                raise RuntimeError(f"sim/task did not announce {task}/{seed} within 10 s")
-            rclpy.spin_once(self, timeout_sec=0.05)
-        episode = self.state["episode"]
-        start = self._call(self.start_client, Trigger.Request(), "recorder/start")
-        if not start.success:
-            raise RuntimeError(f"recorder/start failed: {start.message}")
-        deadline = time.monotonic() + TASKS[task].time_limit + 15.0
-        while not (self.state["episode"] == episode and self.state["done"]):
-            procs.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"episode {task}/{seed} did not end within its time limit")
-            rclpy.spin_once(self, timeout_sec=0.1)
-        state = self.state
-        self._call(self.mark_client, SetBool.Request(data=bool(state["success"])), "recorder/mark_success")
-        stop = self._call(self.stop_client, Trigger.Request(), "recorder/stop")
-        summary = json.loads(stop.message) if stop.message.startswith("{") else {"status": stop.message}
-        return state, summary
+STARTUP_TIMEOUT_S = 60.0
+END_MARGIN_S = 15.0  # beyond a task's own time limit, for the sim's last task-state message
 
 
 def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: Path, log_dir: Path,
                   bar: tqdm) -> list[dict]:
     """Record ``episodes`` per task on one robot; returns one row per episode."""
+    name = load_robot(robot).name
     procs = Processes(log_dir / robot)
-    (log_dir / robot).mkdir(parents=True, exist_ok=True)
-    procs.start("sim", ["sim", "--ros-args", "-p", f"robot:={robot}", "-p", f"task:={tasks[0]}"])
+    procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
+                        "-p", f"task:={tasks[0]}"])
     procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}"])
     procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
-    name = load_robot(robot).name
-    node = Collector(name)
     rows = []
     try:
-        node.wait_ready(procs)
-        node.wait_recorder(procs)
-        for task in tasks:
-            for k in range(episodes):
-                state, summary = node.record_episode(task, seed + k, procs)
-                drops = sum(summary.get("drops", {}).values())
-                rows.append({"robot": name, "task": task, "seed": seed + k, "success": state["success"],
-                             "status": summary.get("status", "?"), "drops": drops,
-                             "bag": Path(summary.get("path", "?")).name})
-                bar.update()
+        with spinning(EpisodeClient(name, recorder=True, name="collect")) as client:
+            client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
+            for task in tasks:
+                for k in range(episodes):
+                    # The recorder takes task and instruction from sim/task: reset() waits for it.
+                    state = client.reset(task, seed + k)
+                    client.start_recording()
+                    final = client.wait_done(state.episode, state.time_limit + END_MARGIN_S, procs.check_alive)
+                    client.mark_success(final.success)
+                    summary = client.stop_recording()
+                    rows.append({"robot": name, "task": task, "seed": seed + k, "success": final.success,
+                                 "status": summary.get("status", "?"), "drops": sum(summary.get("drops", {}).values()),
+                                 "bag": Path(summary.get("path", "?")).name})
+                    bar.update()
     finally:
-        node.destroy_node()
         procs.stop()
     return rows
 

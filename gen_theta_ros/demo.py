@@ -17,11 +17,7 @@ the first step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,20 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
-from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rclpy.parameter_client import AsyncParameterClient
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.tasks import TASKS
-from gen_theta_model.topics import load_topics
 from gen_theta_ros import demo_loop
-from gen_theta_ros.qos import LATCHED_QOS
+from gen_theta_ros.collect import END_MARGIN_S, STARTUP_TIMEOUT_S
+from gen_theta_ros.episode_client import EpisodeClient, print_table, spinning
+from gen_theta_ros.processes import Processes
 from gen_theta_ros.runtime import use_project_dds_profile
-
-STARTUP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -64,140 +54,30 @@ class DemoContext:
     rollout_seconds: float = 12.0
 
 
-class Processes:
-    """Child processes started by the demo, each logging to a file; stopped with SIGINT."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: list = []
-
-    def start(self, name: str, args: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "w")
-        self.logs.append(log)
-        cmd = [sys.executable, "-m", "gen_theta_ros.cli", *args]
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
-                raise RuntimeError(f"'{name}' exited with status {proc.returncode}; its log ends:\n{tail}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
-
-
-class EpisodeDriver(Node):
-    """The demo's own node: sets the sim's parameters, resets episodes, watches sim/task."""
-
-    def __init__(self, robot: str) -> None:
-        super().__init__("demo")
-        topics = load_topics()
-        self.reset_client = self.create_client(Trigger, topics.resolve(robot, topics.services.sim_reset))
-        self.params = AsyncParameterClient(self, "sim_robot")
-        self.command_topic = topics.resolve(robot, topics.command)
-        self.state: dict | None = None
-        self.create_subscription(String, topics.resolve(robot, topics.task), self._on_task, LATCHED_QOS)
-
-    def _on_task(self, msg: String) -> None:
-        self.state = json.loads(msg.data)
-
-    def wait_ready(self, procs: Processes) -> None:
-        """Block until the sim's services and the expert's command publisher are up."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            procs.check_alive()
-            if (
-                self.reset_client.service_is_ready()
-                and self.params.services_are_ready()
-                and self.count_publishers(self.command_topic) > 0
-            ):
-                return
-            rclpy.spin_once(self, timeout_sec=0.2)
-        raise RuntimeError(f"the sim and the expert did not come up within {STARTUP_TIMEOUT_S:.0f} s")
-
-    def run_episode(self, task: str, seed: int, procs: Processes) -> dict:
-        """Reset the sim to ``task``/``seed`` and wait for the episode's end; returns the final task state."""
-        future = self.params.set_parameters([Parameter("task", value=task), Parameter("seed", value=seed)])
-        rclpy.spin_until_future_complete(self, future, timeout_sec=10.0)
-        result = future.result()
-        if result is None or not all(r.successful for r in result.results):
-            raise RuntimeError(f"cannot set the sim's task/seed parameters to {task}/{seed}: {result}")
-        future = self.reset_client.call_async(Trigger.Request())
-        rclpy.spin_until_future_complete(self, future, timeout_sec=10.0)
-        response = future.result()
-        if response is None or not response.success:
-            raise RuntimeError(f"sim/reset failed: {response.message if response else 'no answer in 10 s'}")
-        episode = None
-        deadline = time.monotonic() + TASKS[task].time_limit + 15.0
-        while time.monotonic() < deadline:
-            procs.check_alive()
-            rclpy.spin_once(self, timeout_sec=0.1)
-            state = self.state
-            if state is None or state["task"] != task or state["seed"] != seed:
-                continue
-            if episode is None:
-                episode = state["episode"]
-            if state["episode"] == episode and state["done"]:
-                return state
-        raise RuntimeError(f"episode {task}/{seed} did not end within its time limit")
-
-
 def step_sim_episodes(ctx: DemoContext) -> None:
     """Run the expert on each task through the ROS topics; add one result row per episode."""
+    name = load_robot(ctx.robot).name
     procs = Processes(ctx.log_dir)
-    first = ctx.tasks[0]
-    procs.start("sim", ["sim", "--ros-args", "-p", f"robot:={ctx.robot}", "-p", f"task:={first}"])
+    procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={ctx.robot}",
+                        "-p", f"task:={ctx.tasks[0]}"])
     procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={ctx.robot}"])
     rclpy.init()
-    driver = EpisodeDriver(load_robot(ctx.robot).name)
     try:
-        driver.wait_ready(procs)
-        for task in ctx.tasks:
-            for k in range(ctx.episodes):
-                state = driver.run_episode(task, ctx.seed + k, procs)
-                elapsed = state["success_time"] if state["success"] else state["elapsed"]
-                ctx.rows.append(
-                    {
-                        "task": task,
-                        "category": state["category"],
-                        "robot": state["robot"],
-                        "seed": state["seed"],
-                        "success": "yes" if state["success"] else "no",
-                        "time [s]": f"{elapsed:.2f}",
-                    }
-                )
-                print(
-                    f"  {task} seed {state['seed']}: {'success' if state['success'] else 'failure'} in {elapsed:.2f} s"
-                )
+        with spinning(EpisodeClient(name, name="demo")) as client:
+            client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
+            for task in ctx.tasks:
+                for k in range(ctx.episodes):
+                    state = client.reset(task, ctx.seed + k)
+                    final = client.wait_done(state.episode, state.time_limit + END_MARGIN_S, procs.check_alive)
+                    elapsed = final.success_time if final.success else final.elapsed
+                    ctx.rows.append({"task": task, "category": final.category, "robot": final.robot,
+                                     "seed": final.seed, "success": "yes" if final.success else "no",
+                                     "time [s]": f"{elapsed:.2f}"})
+                    print(f"  {task} seed {final.seed}: {'success' if final.success else 'failure'} in {elapsed:.2f} s")
     finally:
-        driver.destroy_node()
         rclpy.try_shutdown()
         procs.stop()
     print_table(ctx.rows)
-
-
-def print_table(rows: list[dict]) -> None:
-    """Print rows (dicts with the same keys) as a plain aligned text table."""
-    if not rows:
-        return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    print("  ".join("-" * widths[k] for k in keys))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
 
 
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [

@@ -70,8 +70,8 @@ def step_rollout(ctx: DemoContext) -> None:
 
     cfg = RolloutConfig(
         checkpoint=str(ctx.out / "run"),
-        robot=ctx.robot,
-        task=ctx.learn_task,
+        robots=(ctx.robot,),
+        tasks=(ctx.learn_task,),
         seeds=tuple(range(1000, 1000 + ctx.rollout_seeds)),  # not the seeds the expert demonstrated
         max_seconds=ctx.rollout_seconds,
         out=str(ctx.out / "rollout"),

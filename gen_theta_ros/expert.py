@@ -11,8 +11,6 @@ would, so a recorder sees the same traffic. It starts over on every new episode 
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 
 import rclpy
@@ -24,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import EmbodimentError, load_robot
 from gen_theta_model.sim.experts import ScriptedExpert
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, msg_to_poses, time_to_seconds, trajectory_to_msg
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
@@ -63,7 +62,7 @@ class ExpertNode(Node):
         self.outcomes: list[Outcome] = []
         self._joints: JointState | None = None
         self._poses: PoseArray | None = None
-        self._state: dict | None = None
+        self._state: TaskState | None = None
         self._episode = -1
         self._finished = -1
 
@@ -74,24 +73,22 @@ class ExpertNode(Node):
         self._poses = msg
 
     def _on_task(self, msg: String) -> None:
-        self._state = json.loads(msg.data)
-        if self._state["done"] and self._state["episode"] == self._episode:
+        self._state = TaskState.from_json(msg.data)
+        if self._state.done and self._state.episode == self._episode:
             self._finish(self._state)
 
     def _tick(self) -> None:
         state = self._state
         if state is None or self._joints is None or self._poses is None:
             return
-        if state["episode"] != self._episode:
-            self._episode = state["episode"]
+        if state.episode != self._episode:
+            self._episode = state.episode
             self.expert.reset(state)
-            self.get_logger().info(
-                f"episode {self._episode}: {state['task']} seed {state['seed']}: {state['instruction']!r}"
-            )
-        if state["done"]:
+            self.get_logger().info(f"episode {self._episode}: {state.task} seed {state.seed}: {state.instruction!r}")
+        if state.done:
             return
         stamp = time_to_seconds(self._poses.header.stamp)
-        if stamp < state["episode_start"] or time_to_seconds(self._joints.header.stamp) < state["episode_start"]:
+        if stamp < state.episode_start or time_to_seconds(self._joints.header.stamp) < state.episode_start:
             return  # sensed before this episode's reset
         names, q_all, _, _ = joint_state_to_arrays(self._joints)
         try:
@@ -100,21 +97,20 @@ class ExpertNode(Node):
             self.get_logger().error(f"joint_states does not match robot {self.spec.name}: {err}")
             return
         pos, quat = msg_to_poses(self._poses)
-        objects = [o["name"] for o in state["objects"]]
+        objects = [o.name for o in state.objects]
         traj = self.expert.act(stamp, q, objects, pos, quat)
         if traj is not None:
             self.pub.publish(trajectory_to_msg(traj))
             self.get_logger().debug(f"phase {self.expert.phase}: {len(traj.points)} points over {traj.duration:.2f} s")
 
-    def _finish(self, state: dict) -> None:
-        if self._finished == state["episode"]:
+    def _finish(self, state: TaskState) -> None:
+        if self._finished == state.episode:
             return
-        self._finished = state["episode"]
-        success = bool(state["success"])
-        elapsed = state["success_time"] if success else state["elapsed"]
-        self.outcomes.append(Outcome(state["episode"], state["task"], state["seed"], success, elapsed))
+        self._finished = state.episode
+        elapsed = state.success_time if state.success else state.elapsed
+        self.outcomes.append(Outcome(state.episode, state.task, state.seed, state.success, elapsed))
         self.get_logger().info(
-            f"episode {state['episode']} {state['task']}: {'success' if success else 'failure'} after {elapsed:.2f} s"
+            f"episode {state.episode} {state.task}: {'success' if state.success else 'failure'} after {elapsed:.2f} s"
         )
         if self.episodes and len(self.outcomes) >= self.episodes:
             rclpy.try_shutdown()
@@ -126,15 +122,13 @@ class ExpertNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the expert node; exit status 0 when every finished episode succeeded."""
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     nodes: list[ExpertNode] = []
 
     def make() -> ExpertNode:
         nodes.append(ExpertNode())
         return nodes[0]
 
-    run_node(make, argv)
-    return 0 if nodes and nodes[0].outcomes and all(o.success for o in nodes[0].outcomes) else 1
+    code = run_node(make, argv)
+    if not nodes:  # --help: no node was made
+        return code
+    return 0 if nodes[0].outcomes and all(o.success for o in nodes[0].outcomes) else 1

@@ -33,6 +33,7 @@ import yaml
 from gen_theta_model.checkpoint import CheckpointError, resolve_checkpoint
 from gen_theta_model.config import ConfigError, resolve_path, share_dir
 from gen_theta_model.embodiment import load_robot_config
+from gen_theta_ros.processes import die_with_parent
 
 # name -> (default, description): the launch arguments, and the `gen-theta bringup` arguments.
 ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -164,7 +165,9 @@ class GraphProcesses:
                 out = (self.log_dir / f"{spec.full_name.strip('/').replace('/', '__')}.log").open("w")
             cmd = node_command(spec, Path(self._tmp.name))
             # Own process group: Ctrl-C in a terminal reaches us once, and we stop the nodes in order.
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+            # They die with us all the same (kill -9 of the bring-up, an out-of-memory kill).
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
+                                    preexec_fn=die_with_parent())
             self.procs.append((spec, proc))
 
     def exited(self) -> list[tuple[NodeSpec, int]]:

@@ -5,8 +5,11 @@ config/topics.yaml: every camera (Image, or CompressedImage with
 ``compressed:=true``), joint_states, the JointTrajectory command stream, the
 instruction and the sim's task announcements. Services (names in topics.yaml):
 recorder/start and recorder/stop (std_srvs/Trigger), recorder/mark_success
-(std_srvs/SetBool). Bags go to ``<output_dir>/<robot>_<task>_<UTC time>``; the
-storage and crash/disk-full behaviour is gen_theta_model/data/recording.py.
+(std_srvs/SetBool). A start while an episode is being recorded answers with that
+episode (a re-sent request whose first answer was lost gets the same episode). Bags go
+to ``<output_dir>/<robot>_<task>_<UTC time>``; the storage and crash/disk-full
+behaviour is gen_theta_model/data/recording.py. An episode that reaches
+``max_episode_s`` or ``max_episode_mb`` (EpisodeLimits) is closed as ``truncated``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
@@ -25,6 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.data.recording import (
     BagEpisodeWriter,
+    EpisodeLimits,
     EpisodeRecord,
     TopicSpec,
     read_record,
@@ -62,7 +67,11 @@ class Recorder(Node):
         self.declare_parameter("task", "")
         self.declare_parameter("category", "")
         self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
+        number = ParameterDescriptor(dynamic_typing=True)  # 600 and 600.0 both work
+        self.declare_parameter("max_episode_s", EpisodeLimits.max_seconds, number)
+        self.declare_parameter("max_episode_mb", EpisodeLimits.max_mb, number)
         p = self.get_parameter
+        self.limits = EpisodeLimits(float(p("max_episode_s").value), float(p("max_episode_mb").value))
         self.robot = p("robot").value
         self.output_dir = Path(p("output_dir").value).expanduser()
         self.spec = load_robot(self.robot)
@@ -90,7 +99,7 @@ class Recorder(Node):
         self.create_service(
             SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark
         )
-        self.create_timer(0.5, self._check_failed)
+        self.create_timer(0.5, self._check_episode)
         self.get_logger().info(f"recording {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
 
     def _topic_types(self, names, compressed: bool, chosen: list[str]) -> dict[str, type]:
@@ -143,9 +152,11 @@ class Recorder(Node):
 
     # -- services -----------------------------------------------------------------------
     def start_episode(self) -> Path:
+        """Start an episode and return its bag directory; if one is being recorded, return that."""
         with self._lock:
             if self._writer is not None:
-                raise RuntimeError(f"already recording {self._writer.path}")
+                self.get_logger().info(f"start: already recording {self._writer.path}")
+                return self._writer.path
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9 // 1000:06d}"
             task = self._meta["task"] or "episode"
             path = self.output_dir / f"{self.robot}_{task}_{stamp}"
@@ -167,7 +178,8 @@ class Recorder(Node):
             self._last = path
             return path
 
-    def stop_episode(self) -> EpisodeRecord:
+    def stop_episode(self, truncated: str = "") -> EpisodeRecord:
+        """Close the episode (``truncated``: the cap that ended it); raises RuntimeError if none is open."""
         with self._lock:
             writer, self._writer = self._writer, None
         if writer is None:
@@ -176,11 +188,17 @@ class Recorder(Node):
         # (another subscriber, a loaded machine): the latest ones describe the episode.
         for key in ("task", "category", "instruction"):
             setattr(writer.record, key, self._meta[key] or getattr(writer.record, key))
-        record = writer.close(time.time_ns())
+        record = writer.close(time.time_ns(), truncated)
         total = sum(record.messages.values())
         drops = {t: n for t, n in record.drops.items() if n}
-        log = self.get_logger().error if record.status == "error" else self.get_logger().info
-        log(f"episode {writer.path}: {record.status}, {total} messages, drops {drops or 'none'} {record.error}")
+        line = f"episode {writer.path}: {record.status}, {total} messages, drops {drops or 'none'} {record.error}"
+        # One call site per severity: rclpy refuses a call site whose severity changes.
+        if record.status == "error":
+            self.get_logger().error(line)
+        elif record.status == "truncated":
+            self.get_logger().warning(line)
+        else:
+            self.get_logger().info(line)
         return record
 
     def _start(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
@@ -227,11 +245,19 @@ class Recorder(Node):
         resp.success, resp.message = True, str(self._last)
         return resp
 
-    def _check_failed(self) -> None:
+    def _check_episode(self) -> None:
+        """End the open episode on a write error, or as truncated when it reaches a cap."""
         writer = self._writer
-        if writer is not None and writer.failed:
+        if writer is None:
+            return
+        if writer.failed:
             self.get_logger().error(f"episode ended by a write error: {writer.record.error}")
             self.stop_episode()
+            return
+        cap = self.limits.reached((time.time_ns() - writer.record.start_ns) / 1e9, writer.bytes_on_disk)
+        if cap:
+            self.get_logger().warning(f"episode {writer.path} ends: {cap}")
+            self.stop_episode(truncated=cap)
 
     def close(self) -> None:
         """Close the open episode cleanly (run_node calls this on SIGINT/SIGTERM)."""

@@ -12,11 +12,10 @@ and rollout.mp4 (gen_theta_model.rollout_media, the largest delay, the first see
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,13 +24,9 @@ import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
-from std_srvs.srv import SetBool, Trigger
+from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figures, markdown_table, results_json
@@ -39,36 +34,56 @@ from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_from_msg
+from gen_theta_ros.episode_client import EpisodeClient, spinning
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph, default_params_file
-from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+from gen_theta_ros.qos import COMMAND_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import use_project_dds_profile
 
 MODE_ORDER = ("sync", "naive_async", "harmonic")
+EXPERT_MAX_PREFIX_STEPS = 20  # the scripted expert takes any prefix; as long as the trained ones
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     checkpoint: str
-    robot: str = "arm6"
-    task: str = "conveyor_pack"  # the dynamic task: acting while perceiving decides success
+    robots: tuple[str, ...] = ("arm6",)
+    tasks: tuple[str, ...] = ("conveyor_pack",)  # the dynamic task: acting while perceiving decides success
     seeds: tuple[int, ...] = (0, 1, 2)
     modes: tuple[str, ...] = MODE_ORDER
     delays_ms: tuple[float, ...] = (0.0, 100.0, 300.0)
-    max_seconds: float = 20.0  # wall-clock cap per episode (the task's own limit may end it sooner)
+    max_seconds: float = 20.0  # cap per episode: wall clock over DDS, simulated in-process
     command_rate_hz: float = 50.0
     out: str = "runs/rollout"
     params_file: str = ""  # policy_server parameters; "" the package's
+    server: tuple[tuple[str, object], ...] = ()  # policy_server parameter overrides (name, value)
     video: bool = True
     realtime_priority: int = 5  # SCHED_FIFO priority of the listener (below the server's command thread)
+    in_process: bool = False  # SimRobot + HarmonicServer in this process on simulated time (no DDS)
+    expert: bool = False  # in-process: serve the scripted expert instead of the checkpoint
+    inference_ms: float | None = None  # in-process: fixed model latency (reproducible); None: measured
 
 
-class RolloutNode(Node):
-    """Watches one robot (commands, joint states, scene camera, task state, diagnostics) and
-    drives the sim and the server through their services.
+def parse_seeds(items: Sequence[str]) -> tuple[int, ...]:
+    """Seeds from ``['1000..1019', '7']``: ``A..B`` is the inclusive range, plain integers are seeds."""
+    seeds: list[int] = []
+    for item in items:
+        first, sep, last = item.partition("..")
+        try:
+            seeds.extend(range(int(first), int(last) + 1) if sep else [int(item)])
+        except ValueError:
+            raise ValueError(f"--seeds: '{item}' is neither an integer nor a range A..B") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: need distinct seeds, got {items}")
+    return tuple(seeds)
+
+
+class RolloutNode(EpisodeClient):
+    """The episode client of one robot's sim, plus what rollout watches (commands, joint states,
+    scene camera, diagnostics) and the policy server's services.
     """
 
     def __init__(self, robot: str, spec: EmbodimentSpec) -> None:
-        super().__init__("rollout")
+        super().__init__(robot, name="rollout")
         t = load_topics()
         self.spec = spec
         self.lock = threading.Lock()
@@ -77,18 +92,14 @@ class RolloutNode(Node):
         self.commands: list[tuple[float, object]] = []
         self.joints: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.frames: list[tuple[float, np.ndarray]] = []
-        self.task_state: dict = {}
         self.diag: tuple[float, dict[str, str]] = (0.0, {})
         self.camera = spec.cameras[0].name if spec.cameras else ""
         self.create_subscription(JointTrajectory, t.resolve(robot, t.command), self._on_command, COMMAND_QOS)
         self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, SENSOR_QOS)
-        self.create_subscription(String, t.resolve(robot, t.task), self._on_task, LATCHED_QOS)
         self.create_subscription(DiagnosticArray, t.diagnostics, lambda m: self._on_diag(robot, m), 10)
         if self.camera:
             self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, SENSOR_QOS)
-        self.reset_client = self.create_client(Trigger, t.resolve(robot, t.services.sim_reset))
         self.enable_client = self.create_client(SetBool, t.resolve(robot, t.services.policy_enable))
-        self.sim_params = self.create_client(SetParameters, f"/{robot}/sim_robot/set_parameters")
         self.server_params = self.create_client(SetParameters, "/policy_server/set_parameters")
 
     def now(self) -> float:
@@ -112,61 +123,25 @@ class RolloutNode(Node):
             with self.lock:
                 self.frames.append((time_to_seconds(msg.header.stamp), frame))
 
-    def _on_task(self, msg: String) -> None:
-        with self.lock:
-            self.task_state = json.loads(msg.data)
-
     def _on_diag(self, robot: str, msg: DiagnosticArray) -> None:
         for s in msg.status:
             if s.hardware_id == robot:
                 with self.lock:
                     self.diag = (self.now(), {kv.key: kv.value for kv in s.values})
+                self.notify()
 
-    # -- services (called from the main thread while an executor spins this node) ------------
-    def call(self, client, request, timeout: float = 30.0):
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} is not available after {timeout} s")
-        future = client.call_async(request)
-        end = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > end:
-                raise RuntimeError(f"service {client.srv_name} did not answer within {timeout} s")
-            time.sleep(0.01)
-        return future.result()
-
-    def set_params(self, client, **values: object) -> None:
-        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        results = self.call(client, req).results
-        failed = [r.reason for r in results if not r.successful]
-        if failed:
-            raise RuntimeError(f"{client.srv_name}: {failed[0]}")
-
+    # -- the policy server (called from the main thread while an executor spins this node) ---
     def enable(self, on: bool) -> None:
         res = self.call(self.enable_client, SetBool.Request(data=on))
         if not res.success:
             raise RuntimeError(f"policy_server enable({on}) refused: {res.message}")
 
-    def wait_for(self, condition, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                value = condition()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise RuntimeError(f"rollout: timed out after {timeout} s waiting for {what}")
 
-
-def run_episode(node: RolloutNode, cfg: RolloutConfig, mode: str, delay: float, seed: int,
+def run_episode(node: RolloutNode, cfg: RolloutConfig, task: str, mode: str, delay: float, seed: int,
                 keep_frames: bool) -> tuple[EpisodeFigures, EpisodeTrace]:
     node.enable(False)
     time.sleep(0.3)  # the last hold reaches the robot before the reset
-    node.set_params(node.sim_params, task=cfg.task, seed=seed)
-    before = node.task_state.get("episode", 0)
-    res = node.call(node.reset_client, Trigger.Request())
-    if not res.success:
-        raise RuntimeError(f"sim reset failed: {res.message}")
-    node.wait_for(lambda: node.task_state.get("episode", 0) > before, 10.0, "the new episode")
+    episode = node.reset(task, seed).episode
     node.set_params(node.server_params, mode=mode, added_delay_ms=float(delay))
     time.sleep(0.5)  # fresh joint states and frames of the new scene reach the server
     with node.lock:
@@ -175,102 +150,142 @@ def run_episode(node: RolloutNode, cfg: RolloutConfig, mode: str, delay: float, 
         node.recording = True
     start = node.now()
     node.enable(True)
-    episode = node.task_state["episode"]
-    end = time.monotonic() + cfg.max_seconds
-    while time.monotonic() < end:
-        with node.lock:
-            state = node.task_state
-        if state.get("episode") == episode and state.get("done"):
-            break
-        time.sleep(0.05)
+    try:
+        node.wait_done(episode, cfg.max_seconds)
+    except TimeoutError:
+        pass  # the wall-clock cap of a rollout episode
     stopped = node.now()
     node.enable(False)
     node.recording = False
     diag = node.wait_for(lambda: node.diag[1] if node.diag[0] > stopped else None, 5.0, "diagnostics")
+    state = node.state
     with node.lock:
-        state, commands = dict(node.task_state), list(node.commands)
-        joints, frames = list(node.joints), list(node.frames)
+        commands, joints, frames = list(node.commands), list(node.joints), list(node.frames)
     initial = joints[0][1] if joints else node.spec.home_positions
-    success = bool(state.get("episode") == episode and state.get("success"))
+    success = state is not None and state.episode == episode and state.success
     figures = episode_figures(
         node.spec, initial, commands, 1.0 / node.spec.control_rate_hz,
-        mode=mode, added_delay_ms=float(delay), seed=seed, task=cfg.task, success=success,
-        time_to_success=state.get("success_time") if success else None,
+        mode=mode, added_delay_ms=float(delay), seed=seed, task=task, success=success,
+        time_to_success=state.success_time if success else None,
         latency_p50_ms=float(diag["latency_p50_ms"]), latency_p99_ms=float(diag["latency_p99_ms"]),
-        server_missed_deadlines=float(diag["missed_deadlines"]),
+        server_missed_deadlines=float(diag["missed_deadlines"]), robot=node.spec.name,
     )
     trace = EpisodeTrace(
         mode, node.spec, initial, commands,
         np.array([j[0] for j in joints]), np.array([j[1] for j in joints]).reshape(-1, node.spec.dof),
         np.array([j[2] for j in joints]).reshape(-1, node.spec.dof), frames,
     )
-    print(f"  {mode:<11} +{delay:>3.0f} ms seed {seed}: {'success' if success else 'failure'} after "
-          f"{stopped - start:4.1f} s, idle {figures.idle_fraction:.0%}, {figures.switches} switches, "
-          f"jump max/mean {figures.max_jump:.3f}/{figures.mean_jump:.3f}, missed {figures.server_missed_deadlines:.0f} "
-          f"sent / {figures.missed_deadlines:.0f} received", flush=True)
+    report(figures, stopped - start)
     return figures, trace
 
 
-def listen(executor: SingleThreadedExecutor, priority: int) -> None:
-    """Spin the rollout node, with SCHED_FIFO ``priority`` (if permitted) so that receive times
-    measure the command stream as a real-time robot driver would see it, not this process's load.
-    """
-    if priority > 0:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        except PermissionError:
-            print(f"rollout: no permission for SCHED_FIFO priority {priority}; receive times include "
-                  "this process's scheduling delays", file=sys.stderr)
-    executor.spin()
+def report(figures: EpisodeFigures, seconds: float) -> None:
+    """Print one episode's line as it ends."""
+    f = figures
+    print(f"  {f.robot} {f.task} {f.mode:<11} +{f.added_delay_ms:>3.0f} ms seed {f.seed}: "
+          f"{'success' if f.success else 'failure'} after {seconds:4.1f} s, idle {f.idle_fraction:.0%}, "
+          f"{f.switches} switches, jump max/mean {f.max_jump:.3f}/{f.mean_jump:.3f}, missed "
+          f"{f.server_missed_deadlines:.0f} sent / {f.missed_deadlines:.0f} received", flush=True)
 
 
 def rollout_params(cfg: RolloutConfig, out: Path) -> Path:
-    """Write the server's parameter file for the rollout: the user's, disabled at start, fast diagnostics."""
+    """Write the server's parameter file for the rollout: the user's, with ``cfg.server`` overrides,
+    disabled at start, fast diagnostics.
+    """
     source = Path(cfg.params_file) if cfg.params_file else default_params_file()
     doc = yaml.safe_load(source.read_text())
     params = doc["policy_server"]["ros__parameters"]
+    params.update(dict(cfg.server))
     params.update(enabled=False, diagnostics_period_s=0.25, command_rate_hz=float(cfg.command_rate_hz))
     path = out / "policy_server.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
+def episode_plan(cfg: RolloutConfig, robot: str) -> list[tuple[str, float, str, int, bool]]:
+    """(task, delay, mode, seed, keep frames) of every episode of ``robot``, in the order they run.
+    Frames are kept for the video: the first robot and task, the largest delay, the first seed.
+    """
+    plan = []
+    for task in cfg.tasks:
+        for delay in cfg.delays_ms:
+            for mode in cfg.modes:
+                for seed in cfg.seeds:
+                    keep = (cfg.video and robot == cfg.robots[0] and task == cfg.tasks[0]
+                            and delay == max(cfg.delays_ms) and seed == cfg.seeds[0])
+                    plan.append((task, delay, mode, seed, keep))
+    return plan
+
+
+def run_over_dds(cfg: RolloutConfig, out: Path, robot: str) -> list[tuple[EpisodeFigures, EpisodeTrace, bool]]:
+    """Every episode of ``robot``: its sim_robot and a policy_server over DDS, brought up once."""
+    spec = load_robot(robot)
+    args = BringupArgs((robot,), cfg.checkpoint, True, str(rollout_params(cfg, out)))
+    use_project_dds_profile()
+    results = []
+    with GraphProcesses(bringup_graph(args), log_dir=out / "logs" / robot) as graph:
+        rclpy.init()
+        try:
+            # SCHED_FIFO for the listener, so that receive times measure the command stream as a
+            # real-time robot driver would see it, not this process's load.
+            with spinning(RolloutNode(robot, spec), cfg.realtime_priority) as node:
+                node.wait_for(lambda: node.state, 120.0, "the sim's task state")
+                node.call(node.enable_client, SetBool.Request(data=False), timeout=180.0)  # server up
+                time.sleep(2.0)  # let the freshly started processes settle before the first episode
+                for task, delay, mode, seed, keep in episode_plan(cfg, robot):
+                    if graph.exited():
+                        raise RuntimeError(f"a node ended during the rollout: {graph.exited()}; logs in {out}/logs")
+                    results.append((*run_episode(node, cfg, task, mode, delay, seed, keep), keep))
+        finally:
+            rclpy.try_shutdown()
+    return results
+
+
+def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures, EpisodeTrace, bool]]:
+    """Every episode of ``robot`` in this process on simulated time (gen_theta_model.sim.policy_rollout)."""
+    import torch
+
+    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
+    from gen_theta_model.policy_server_config import server_config
+    from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
+
+    source = Path(cfg.params_file) if cfg.params_file else default_params_file()
+    params = {**yaml.safe_load(source.read_text())["policy_server"]["ros__parameters"], **dict(cfg.server)}
+    params["command_rate_hz"] = float(cfg.command_rate_hz)
+    torch.set_num_threads(int(params.get("torch_threads", 1)))  # as the server's inference child
+    if cfg.expert:
+        policy, spec, longest = None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
+    else:
+        train_cfg, _, _ = read_checkpoint_config(resolve_checkpoint(cfg.checkpoint))
+        policy = load_policy(cfg.checkpoint)
+        spec = policy.embodiments[policy.embodiment_index(robot)]
+        longest = train_cfg.data.harmonic.max_delay_steps
+    loop = SimClosedLoop(policy, spec, server_config(params, longest),
+                         SimLoopConfig(inference_ms=cfg.inference_ms, max_seconds=cfg.max_seconds))
+    results = []
+    try:
+        for task, delay, mode, seed, keep in episode_plan(cfg, robot):
+            start = time.monotonic()
+            figures, trace = loop.run(task, seed, mode, delay, keep_frames=keep)
+            report(figures, time.monotonic() - start)
+            results.append((figures, trace, keep))
+    finally:
+        loop.close()
+    return results
+
+
 def run_rollout(cfg: RolloutConfig) -> list[dict]:
-    """Run every (mode, delay, seed) episode; write the results into ``cfg.out``; return the rows."""
+    """Run every (robot, task, delay, mode, seed) episode; write the results into ``cfg.out``; return the rows."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = load_robot(cfg.robot)
-    args = BringupArgs((cfg.robot,), cfg.checkpoint, True, str(rollout_params(cfg, out)))
-    use_project_dds_profile()
-    episodes, traces = [], {}
-    with GraphProcesses(bringup_graph(args), log_dir=out / "logs") as graph:
-        rclpy.init()
-        node = RolloutNode(cfg.robot, spec)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin = threading.Thread(target=listen, args=(executor, cfg.realtime_priority), daemon=True)
-        spin.start()
-        try:
-            node.wait_for(lambda: bool(node.task_state), 120.0, "the sim's task state")
-            node.call(node.enable_client, SetBool.Request(data=False), timeout=180.0)  # server up
-            time.sleep(2.0)  # let the freshly started processes settle before the first episode
-            for delay in cfg.delays_ms:
-                for mode in cfg.modes:
-                    for seed in cfg.seeds:
-                        if graph.exited():
-                            raise RuntimeError(f"a node ended during the rollout: {graph.exited()}; logs in {out}/logs")
-                        keep = cfg.video and delay == max(cfg.delays_ms) and seed == cfg.seeds[0]
-                        figures, trace = run_episode(node, cfg, mode, delay, seed, keep)
-                        episodes.append(figures)
-                        if keep:
-                            traces[mode] = trace
-        finally:
-            executor.shutdown()
-            node.destroy_node()
-            rclpy.try_shutdown()
+    results = []
+    for robot in cfg.robots:
+        results += run_in_process(cfg, robot) if cfg.in_process else run_over_dds(cfg, out, robot)
+    episodes = [figures for figures, _, _ in results]
     rows = aggregate(episodes)
     (out / "results.md").write_text(markdown_table(rows))
     (out / "results.json").write_text(results_json(rows, episodes, asdict(cfg)))
+    traces = {trace.mode: trace for _, trace, keep in results if keep}
     ordered = [traces[m] for m in cfg.modes if m in traces]
     if ordered:
         switch_figure(ordered, out / "switches.png")
@@ -278,27 +293,64 @@ def run_rollout(cfg: RolloutConfig) -> list[dict]:
     return rows
 
 
+def parse_overrides(items: Sequence[str]) -> tuple[tuple[str, object], ...]:
+    """``['min_prefix_steps=10', 'mode=sync']`` -> ((name, YAML value), ...)."""
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--server: expected NAME=VALUE, got '{item}'")
+        pairs.append((name, yaml.safe_load(value)))
+    return tuple(pairs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gen-theta rollout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="checkpoint or training run directory")
-    parser.add_argument("--robot", default="arm6", help="robot (config/robots/<robot>.yaml)")
-    parser.add_argument("--task", default="conveyor_pack", help="sim task (default: the dynamic conveyor task)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="episode seeds, the same per mode")
+    parser.add_argument("checkpoint", nargs="?", default="", help="checkpoint or training run directory")
+    parser.add_argument("--robot", action="append", help="robot (config/robots/<robot>.yaml; repeatable; default arm6)")
+    parser.add_argument("--task", action="append",
+                        help="sim task (repeatable; default: the dynamic conveyor_pack task)")
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"],
+                        help="episode seeds, the same per cell: integers and inclusive ranges A..B (1000..1019)")
     parser.add_argument("--modes", nargs="+", default=list(MODE_ORDER), choices=MODE_ORDER)
     parser.add_argument("--delays-ms", type=float, nargs="+", default=[0.0, 100.0, 300.0],
                         help="added inference delays standing in for larger models")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="wall-clock cap per episode")
+    parser.add_argument("--max-seconds", type=float, default=20.0,
+                        help="cap per episode (wall clock over DDS, simulated in-process)")
     parser.add_argument("--command-rate-hz", type=float, default=50.0)
     parser.add_argument("--params-file", default="", help="policy_server parameters (default: the package's)")
+    parser.add_argument("--server", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="policy_server parameter overrides, e.g. min_prefix_steps=10 execute_steps=8")
+    parser.add_argument("--in-process", action="store_true",
+                        help="sim and server engine in this process on simulated time: no DDS, faster than real "
+                             "time, reproducible with --inference-ms")
+    parser.add_argument("--inference-ms", type=float, default=None,
+                        help="with --in-process: fixed model latency instead of the measured compute time")
+    parser.add_argument("--expert", action="store_true",
+                        help="with --in-process: serve the scripted expert (privileged state) instead of a "
+                             "checkpoint: what serving leaves of a perfect imitator")
     parser.add_argument("--out", default="runs/rollout", help="directory for results.md/.json, PNG and mp4")
     parser.add_argument("--no-video", action="store_true", help="skip the PNG and the mp4")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.expert != (not a.checkpoint):
+        parser.error("give a checkpoint, or --expert (with --in-process) instead of one")
+    if a.expert and not a.in_process:
+        parser.error("--expert needs --in-process (the expert reads the simulator's state)")
+    if a.inference_ms is not None and not a.in_process:
+        parser.error("--inference-ms needs --in-process (over DDS the server measures its latency)")
+    try:
+        seeds, server = parse_seeds(a.seeds), parse_overrides(a.server)
+    except ValueError as err:
+        parser.error(str(err))
     cfg = RolloutConfig(
-        checkpoint=a.checkpoint, robot=a.robot, task=a.task, seeds=tuple(a.seeds), modes=tuple(a.modes),
-        delays_ms=tuple(a.delays_ms), max_seconds=a.max_seconds, command_rate_hz=a.command_rate_hz,
-        out=a.out, params_file=a.params_file, video=not a.no_video,
+        checkpoint=a.checkpoint, robots=tuple(a.robot or ["arm6"]), tasks=tuple(a.task or ["conveyor_pack"]),
+        seeds=seeds, modes=tuple(a.modes), delays_ms=tuple(a.delays_ms), max_seconds=a.max_seconds,
+        command_rate_hz=a.command_rate_hz, out=a.out, params_file=a.params_file, server=server,
+        video=not a.no_video, in_process=a.in_process, inference_ms=a.inference_ms, expert=a.expert,
     )
+    started = time.monotonic()
     rows = run_rollout(cfg)
     print(markdown_table(rows))
-    print(f"results, switches.png and rollout.mp4 in {cfg.out}")
+    print(f"{len(rows) * len(cfg.seeds)} episodes in {time.monotonic() - started:.0f} s; "
+          f"results, switches.png and rollout.mp4 in {cfg.out}")
     return 0

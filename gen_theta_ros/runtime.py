@@ -3,14 +3,18 @@
 ``run_node`` does what ros2/examples' ``main()`` does: init, spin, and a clean
 shutdown on Ctrl-C or an external shutdown (Kilted raises ExternalShutdownException
 when the context is shut down from outside, e.g. by `ros2 launch` on SIGINT).
+SIGHUP (the terminal closed) ends a node as SIGTERM does, and ``-h``/``--help``
+prints the node module's docstring instead of starting the node.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -28,18 +32,38 @@ def use_project_dds_profile() -> None:
         os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))
 
 
+def wants_help(argv: list[str]) -> bool:
+    """Tell whether ``-h`` or ``--help`` comes before ``--ros-args`` (after it, ROS owns the words)."""
+    own = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    return bool({"-h", "--help"} & set(own))
+
+
+def _hangup_as_terminate(signum: int, frame: FrameType | None) -> None:
+    # rclpy's own SIGTERM handler shuts the context down (and wakes the spin): the node then
+    # closes as on SIGTERM. This Python handler runs on the main thread when the spin next
+    # returns to Python (at the latest on the node's next timer or message).
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> int:
     """Init rclpy with ``argv`` (ROS arguments allowed), build the node, spin until shutdown.
 
     ``make_node`` runs after ``rclpy.init`` so that it may declare parameters.
     rclpy.init's own handlers turn SIGINT and SIGTERM into a context shutdown, which
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
-    close files cleanly under launch too. Returns 0, or 1 when the node shut itself down
-    for a failure (a non-empty ``failure`` attribute): launchers take 0 for a clean stop.
+    close files cleanly under launch too. SIGHUP is turned into SIGTERM; while the node
+    closes, SIGINT, SIGTERM and SIGHUP are ignored. With ``-h`` or
+    ``--help`` it prints the docstring of ``make_node``'s module and returns 0. Returns 1
+    when the node shut itself down for a failure (a non-empty ``failure`` attribute):
+    launchers take 0 for a clean stop.
     """
+    own = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(own):
+        print(sys.modules[make_node.__module__].__doc__)
+        return 0
     use_project_dds_profile()
-    args = [sys.argv[0]] + (sys.argv[1:] if argv is None else list(argv))
-    rclpy.init(args=args)
+    rclpy.init(args=[sys.argv[0], *own])
+    signal.signal(signal.SIGHUP, _hangup_as_terminate)
     node = None
     failure = None
     try:
@@ -67,6 +91,11 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         if rclpy.ok():
             raise
     finally:
+        # Closing (an open episode, files) must not be cut short by the next signal: a terminal's
+        # Ctrl-C reaches a tool's child once directly and once more from the tool's stop. A close
+        # that hangs still ends with SIGKILL.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
             close = getattr(node, "close", None)

@@ -17,7 +17,6 @@ stops when the ROS context shuts down (Ctrl-C, SIGTERM).
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 
@@ -32,6 +31,7 @@ from trajectory_msgs.msg import JointTrajectory
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.robot import SimRobot
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError
@@ -127,9 +127,9 @@ class SimRobotNode(Node):
         with self._lock:
             self.sim.reset(task, seed, self._now())
             state = self.sim.state()
-        self.pub_instruction.publish(String(data=state["instruction"]))
+        self.pub_instruction.publish(String(data=state.instruction))
         self._publish_task(state)
-        return state["instruction"]
+        return state.instruction
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         task, seed = self.get_parameter("task").value, int(self.get_parameter("seed").value)
@@ -209,8 +209,8 @@ class SimRobotNode(Node):
         _, pos, quat = self.sim.world.object_poses()
         self.pub_poses.publish(poses_to_msg(pos, quat, stamp, "world"))
 
-    def _publish_task(self, state: dict) -> None:
-        self.pub_task.publish(String(data=json.dumps(state)))
+    def _publish_task(self, state: TaskState) -> None:
+        self.pub_task.publish(String(data=state.to_json()))
 
     def _stop(self) -> None:
         self._running = False
@@ -226,8 +226,4 @@ class SimRobotNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sim_robot node; ROS arguments (``--ros-args -p robot:=arm7``) configure it."""
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     return run_node(SimRobotNode, argv)

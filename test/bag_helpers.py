@@ -6,11 +6,13 @@ import io
 from pathlib import Path
 
 import numpy as np
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from PIL import Image as PILImage
-from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from gen_theta_model.data.recording import EpisodeRecord, write_record
+from gen_theta_model.data.recording import BagEpisodeWriter, EpisodeRecord, TopicSpec, read_record, write_record
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 
@@ -35,17 +37,21 @@ def frame_value(i: int) -> int:
     return (50 + 11 * i) % 200
 
 
+BAD_JOINT = 2  # the joint (spec order) that the value faults damage
+BAD_MESSAGE = 80  # the joint_states message they damage (0.8 s into the episode)
+
+
 def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: str = "mcap",
-              record: bool = True, fault: str = "", task: str = "pick", success: bool = True,
-              compressed: bool = False) -> Path:
+              record: bool = True, fault: str = "", task: str = "pick", success: bool | None = True,
+              compressed: bool = False, writer: str = "rosbags") -> Path:
     """Write one episode bag. ``fault``: '', 'nonmonotonic', 'wrong_joints', 'missing_topic',
-    'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml).
+    'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml);
+    value faults in joint BAD_JOINT: 'nan' (a NaN position in message BAD_MESSAGE), 'jump' (that message
+    half a range away, inside the limits), 'wild_command' (the command's target far outside the limits).
+    ``writer``: 'rosbags' (rosbags' writer, CRCs 0) or 'recorder' (gen_theta's BagEpisodeWriter, MCAP only).
     """
     names = load_topics()
     robot = spec.name
-    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    w = Writer(path, version=9, storage_plugin=plugin)
-    w.open()
     T = STORE.types
     topics = {names.resolve(robot, names.joint_states): "sensor_msgs/msg/JointState",
               names.resolve(robot, names.command): "trajectory_msgs/msg/JointTrajectory",
@@ -56,17 +62,21 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
             topics[names.camera_topic(robot, cam.name, True)] = "sensor_msgs/msg/CompressedImage"
         else:
             topics[names.camera_topic(robot, cam.name)] = "sensor_msgs/msg/Image"
-    conns = {t: w.add_connection(t, ty, typestore=STORE) for t, ty in topics.items()}
     msgs = []  # (recv ns, topic, message)
     msgs.append((T0, names.resolve(robot, names.instruction), T["std_msgs/msg/String"](data="pick the red cube")))
     joint_names = list(spec.joint_names)[::-1]  # another order than the spec's: ingest must reorder
     if fault == "wrong_joints":
         joint_names[0] = "not_a_joint"
     q = spec.home_positions[::-1].copy()
+    bad = spec.dof - 1 - BAD_JOINT  # the message lists the joints in reverse
     for i in range(int(duration * 100)):
         recv = T0 + i * 10_000_000 + (2_000_000 if i % 3 else 0)
         stamp = recv - 50_000_000 if fault == "nonmonotonic" and i == 50 else recv  # a clock jump back
-        js = T["sensor_msgs/msg/JointState"](header=_header(stamp), name=joint_names, position=q.copy(),
+        position = q.copy()
+        if i == BAD_MESSAGE and fault in ("nan", "jump"):
+            position[bad] = np.nan if fault == "nan" else spec.lower[BAD_JOINT] + 0.05 * (
+                spec.upper[BAD_JOINT] - spec.lower[BAD_JOINT])
+        js = T["sensor_msgs/msg/JointState"](header=_header(stamp), name=joint_names, position=position,
                                              velocity=np.zeros(len(q)), effort=np.array([], dtype=np.float64))
         msgs.append((recv + 1_000_000, names.resolve(robot, names.joint_states), js))
     for cam in cams:
@@ -84,13 +94,29 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
                                              encoding="rgb8", is_bigendian=0, step=cam.width * 3, data=data)
             msgs.append((stamp + 2_000_000, names.camera_topic(robot, cam.name), img))
     dur = T["builtin_interfaces/msg/Duration"]
+    goal = target(spec)
+    if fault == "wild_command":
+        goal[BAD_JOINT] = -8.9e9
     point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
-        positions=target(spec), velocities=np.array([], float), accelerations=np.array([], float),
+        positions=goal, velocities=np.array([], float), accelerations=np.array([], float),
         effort=np.array([], float), time_from_start=dur(sec=0, nanosec=500_000_000))
     cmd = T["trajectory_msgs/msg/JointTrajectory"](header=_header(0), joint_names=list(spec.joint_names),
                                                    points=[point])
     msgs.append((T0 + 200_000_000, names.resolve(robot, names.command), cmd))
-    for recv, topic, msg in sorted(msgs, key=lambda m: m[0]):
+    msgs.sort(key=lambda m: m[0])
+    if writer == "recorder":
+        rec = BagEpisodeWriter(path, [TopicSpec(t, ty) for t, ty in topics.items()], EpisodeRecord(
+            robot=robot, embodiment=spec.name, urdf_sha256=spec.urdf_sha256, task=task, category="real_world",
+            instruction="pick the red cube", success=success, start_ns=T0))
+        for recv, topic, msg in msgs:
+            assert rec.put(topic, recv, STORE.serialize_cdr(msg, topics[topic]))
+        assert rec.close(T0 + int(duration * 1e9)).status == "complete"
+        return path
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    w = Writer(path, version=9, storage_plugin=plugin)
+    w.open()
+    conns = {t: w.add_connection(t, ty, typestore=STORE) for t, ty in topics.items()}
+    for recv, topic, msg in msgs:
         w.write(conns[topic], recv, STORE.serialize_cdr(msg, topics[topic]))
     if fault == "crash":
         mcap = w.storage  # on disk at a crash: the header and every complete chunk
@@ -110,3 +136,31 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
                                          status="complete" if fault != "crash" else "recording"))
     return path
 
+
+
+def read_rosbags(bag: Path) -> dict[str, list]:
+    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
+    out: dict[str, list] = {}
+    with Reader(bag) as reader:
+        for conn, _, data in reader.messages():
+            out.setdefault(conn.topic, []).append(STORE.deserialize_cdr(data, conn.msgtype))
+    return out
+
+
+def read_mcap(bag: Path) -> dict[str, list]:
+    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
+    (path,) = bag.glob("*.mcap")
+    out: dict[str, list] = {}
+    with path.open("rb") as f:
+        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            out.setdefault(channel.topic, []).append(msg)
+    return out
+
+
+def assert_counts_on_disk(bag: Path) -> None:
+    """episode.yaml's message counts are what rosbags and mcap read back from the closed bag."""
+    record = read_record(bag)
+    by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
+    for topic, n in record.messages.items():
+        assert n == len(by_rosbags.get(topic, [])) == len(by_mcap.get(topic, [])), (topic, n)
+    assert sum(record.messages.values()) > 0

@@ -20,5 +20,5 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Tests that drive `ros2 run` / `ros2 launch` need ros2cli and launch_ros: a ROS 2 install has
 # them, a plain venv gets them from shared/ros2-wheels (`make test` installs them when present).
 collect_ignore = [] if has_ros2_cli() else [
-    "test_ros2_cli.py", "test_launch.py", "test_bringup_launch.py", "test_record_launch.py"
+    "test_ros2_cli.py", "test_bringup_launch.py", "test_record_launch.py"
 ]

@@ -20,6 +20,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from gen_theta_model.data.recording import readable_counts
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
@@ -57,6 +58,29 @@ def process_tree(pid: int) -> list[int]:
         tree.append(todo.pop(0))
         todo += children.get(tree[-1], [])
     return tree
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Tell whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_on_disk(bag: Path, least: dict[str, int]) -> None:
+    """Wait until the episode's MCAP file holds at least ``least[topic]`` messages of each topic."""
+    (mcap,) = bag.glob("*.mcap")
+    wait_for(lambda: all(readable_counts(mcap).get(t, 0) >= n for t, n in least.items()), 30,
+             f"{least} messages in {mcap.name}")
 
 
 def stop_or_kill(proc: subprocess.Popen, sig: int, timeout: float) -> int | None:
@@ -104,14 +128,11 @@ def start_episode(node: Node, robot: str, timeout: float = 20.0) -> Path:
     """Start a recorder episode of ``robot`` and return its bag directory.
 
     ``call`` re-sends a request whose answer did not come back (a service's reply can be
-    lost while discovery is still matching the client); when the first request did start
-    the episode, the re-sent one answers "already recording <path>": that episode is ours.
+    lost while discovery is still matching the client); the recorder answers a re-sent
+    start with the episode the first one started.
     """
     names = load_topics()
     resp = call(node, Trigger, names.resolve(robot, names.services.recorder_start), Trigger.Request(), timeout)
-    already = "already recording "
-    if not resp.success and resp.message.startswith(already):
-        return Path(resp.message[len(already):])
     assert resp.success, resp.message
     return Path(resp.message)
 

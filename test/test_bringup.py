@@ -1,19 +1,19 @@
 """The bring-up graph (gen_theta_ros/graph.py) and `gen-theta bringup` over real DDS.
 
-test_launch.py checks that `ros2 launch gen_theta bringup.launch.py` starts the same graph.
+test_bringup_launch.py checks that `ros2 launch gen_theta bringup.launch.py` starts the same graph.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import ros_node, start_exe, stop_or_kill
+from ros_helpers import alive, process_tree, ros_node, start_exe, stop_or_kill, wait_for
 from server_helpers import graph_snapshot, tiny_checkpoint
 
 from gen_theta_model.config import ConfigError
@@ -81,9 +81,26 @@ def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_
     expected = {"checkpoint": str(checkpoint.resolve()), "robots": ["arm6", "humanoid16"], **values}
     assert snap["/policy_server"] == expected
     assert code == 0, (tmp_path / "bringup.log").read_text()
-    time.sleep(0.5)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(params) not in ps  # the node went with it
+    wait_for(lambda: str(params) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+                                                       check=True).stdout, 10, "the node going with the bring-up")
+
+
+def test_kill_9_of_bringup_ends_its_nodes(tmp_path):
+    """The nodes run in sessions of their own, yet die with `gen-theta bringup` (an OOM kill, kill -9)."""
+    proc = start_exe(["bringup", "robot:=arm6"], tmp_path / "bringup.log")
+    nodes: list[int] = []
+    try:
+        wait_for(lambda: len(process_tree(proc.pid)) > 1 or proc.poll() is not None, 60, "the sim node starting")
+        nodes = process_tree(proc.pid)[1:]
+        assert nodes, (tmp_path / "bringup.log").read_text()
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(lambda: not any(map(alive, nodes)), 30, f"nodes {nodes} ending with the bring-up")
+    finally:  # nothing may outlive the test, whatever failed
+        if proc.poll() is None:
+            proc.kill()
+        for pid in filter(alive, nodes):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_gen_theta_bringup_rejects_bad_input(tmp_path):

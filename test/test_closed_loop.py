@@ -3,6 +3,7 @@ scheduler and adapter with a scripted chunk source, on a fake clock.
 """
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from gen_theta_model.closed_loop import (
     is_hold,
     markdown_table,
     results_json,
+    success_interval,
 )
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.harmonic import ChunkScheduler, SchedulerConfig, delay_steps
@@ -110,13 +112,40 @@ def test_aggregate_table_and_json(spec):
     for seed, ok in ((0, True), (1, False)):
         known = dict(mode="harmonic", added_delay_ms=100.0, seed=seed, task="t", success=ok,
                      time_to_success=4.0 if ok else None, latency_p50_ms=120.0 + seed, latency_p99_ms=150.0,
-                     server_missed_deadlines=0.0)
+                     server_missed_deadlines=0.0, robot="arm6")
         eps.append(episode_figures(spec, spec.home_positions, cmds, DT, **known))
     (row,) = aggregate(eps)
     assert row["success_rate"] == 0.5 and row["time_to_success"] == 4.0 and row["episodes"] == 2
     assert row["latency_p50_ms"] == pytest.approx(120.5)
+    assert row["successes"] == 1 and row["success_ci_low"] < 0.5 < row["success_ci_high"]
     table = markdown_table([row])
-    assert table.splitlines()[2].startswith("| 100 | harmonic | 0.50 | 4.0 |")
+    assert table.splitlines()[2].startswith("| arm6 | t | 100 | harmonic | 1/2 = 0.50 [0.09, 0.91] | 4.0 |")
     assert row["mean_jump"] == pytest.approx(eps[0].mean_jump)  # same stream twice
     doc = json.loads(results_json([row], eps, {"robot": "arm6"}))
     assert doc["episodes"][1]["seed"] == 1 and doc["meta"]["robot"] == "arm6"
+
+
+@pytest.mark.parametrize("k,n", [(0, 20), (7, 20), (16, 20), (20, 20), (1, 1)])
+def test_success_interval_is_the_wilson_score_interval(k, n):
+    z = 1.959963984540054  # the normal 97.5% quantile
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = success_interval(k, n)
+    assert low == pytest.approx(max(centre - half, 0.0), abs=1e-9)
+    assert high == pytest.approx(min(centre + half, 1.0), abs=1e-9)
+    with pytest.raises(ValueError):
+        success_interval(0, 0)
+
+
+def test_aggregate_keeps_robots_and_tasks_apart(spec):
+    cmds = stream(spec, "harmonic", latency=0.05, seconds=0.5)
+    eps = []
+    for robot, task, ok in (("arm6", "a", True), ("arm7", "a", False), ("arm6", "b", False), ("arm6", "a", True)):
+        known = dict(mode="harmonic", added_delay_ms=0.0, seed=len(eps), task=task, success=ok, time_to_success=None,
+                     latency_p50_ms=1.0, latency_p99_ms=1.0, server_missed_deadlines=0.0, robot=robot)
+        eps.append(episode_figures(spec, spec.home_positions, cmds, DT, **known))
+    rows = aggregate(eps)
+    assert [(r["robot"], r["task"], r["successes"], r["episodes"]) for r in rows] == [
+        ("arm6", "a", 2, 2), ("arm6", "b", 0, 1), ("arm7", "a", 0, 1)
+    ]

@@ -1,12 +1,22 @@
-"""The data-collection path end to end: sim + expert + recorder over DDS -> bag -> ingest -> loader batch."""
+"""The data-collection path end to end: sim + expert + recorder over DDS -> bag -> ingest -> loader batch.
+
+And what a user does to a running `gen-theta collect`: kill -9 it (or the OOM killer
+does), or press Ctrl-C. Its children must not outlive it, and the open episode must
+end closed and counted.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from bag_helpers import assert_counts_on_disk
+from ros_helpers import alive, process_tree, wait_for
 
 from gen_theta_model import batch
 from gen_theta_model.data.ingest import IngestOptions, ingest
@@ -29,7 +39,8 @@ def test_collect_ingest_load(tmp_path):
     assert all(n > 0 for t, n in record.messages.items() if not t.endswith("instruction")), record.messages
     assert (bag / "metadata.yaml").is_file()
 
-    report = ingest([bag], tmp_path / "ds", IngestOptions(), jobs=1, progress=False)
+    # The expert may fail this seed: the episode enters the dataset either way.
+    report = ingest([bag], tmp_path / "ds", IngestOptions(include_failed=True), jobs=1, progress=False)
     assert report.added == [bag.name], report.failed
     train, _, info = make_dataloaders(tmp_path / "ds", DataConfig(batch_size=4, num_workers=0, val_fraction=0.0,
                                                                   samples_per_epoch=8))
@@ -37,3 +48,47 @@ def test_collect_ingest_load(tmp_path):
     assert info.episodes[0].num_trajectories > 0 and info.episodes[0].success == record.success
     assert b[batch.IMAGE_MASK][:, :2].all() and b[batch.ACTION_MASK].any()
     assert torch.isfinite(b[batch.ACTION]).all() and b[batch.IMAGES].float().std() > 1  # real rendered frames
+
+
+def recording_bag(bags: Path) -> Path | None:
+    """Return the bag directory whose episode is being recorded and has a chunk on disk (1 MiB), if any."""
+    for bag in bags.glob("*"):
+        if (bag / "episode.yaml").is_file() and read_record(bag).status == "recording":
+            if sum(f.stat().st_size for f in bag.glob("*.mcap")) > 1 << 20:
+                return bag
+    return None
+
+
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, tmp_path: Path) -> None:
+    bags, logs = tmp_path / "bags", tmp_path / "logs"
+    exe = Path(sys.executable).parent / "gen-theta"
+    err = (tmp_path / "collect.err").open("w")
+    proc = subprocess.Popen([str(exe), "collect", "--robot", "arm6", "--task", "pick_place_bin", "--episodes", "5",
+                             "--out", str(bags), "--log-dir", str(logs)],
+                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)  # as in a terminal
+    children: list[int] = []
+    try:
+        wait_for(lambda: recording_bag(bags) is not None, 180, "collect recording an episode's first chunk")
+        bag = recording_bag(bags)
+        children = process_tree(proc.pid)[1:]
+        assert len(children) == 3, children  # sim, expert, recorder
+        if how == "kill -9":
+            proc.kill()
+        else:  # the terminal sends SIGINT to the whole foreground process group
+            os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+        wait_for(lambda: not any(map(alive, children)), 60, f"children {children} ending after {how} of collect")
+    finally:  # nothing may outlive the test, whatever failed
+        if proc.poll() is None:
+            proc.kill()
+        for pid in filter(alive, children):
+            os.kill(pid, signal.SIGKILL)
+        err.close()
+    record = read_record(bag)
+    assert record.status == "complete", (how, record)  # closed by the recorder on SIGTERM / SIGINT
+    assert_counts_on_disk(bag)
+    stderr = (tmp_path / "collect.err").read_text()
+    if how == "Ctrl-C":
+        assert code == 130 and "Traceback" not in stderr, stderr
+        assert stderr.strip().splitlines()[-1] == "gen-theta collect: interrupted", stderr

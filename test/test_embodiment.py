@@ -115,6 +115,11 @@ def bad_cases() -> dict[str, tuple[str, str]]:
                  "link 'a' refers to missing mesh 'meshes/gone.stl'"),
         "no_limits": (robot(*ok, '<joint name="j1" type="revolute"><parent link="base"/><child link="a"/></joint>'),
                       "joint 'j1' (revolute) has no position limits"),
+        # Kinematic loops once made the chain-depth walk spin forever.
+        "loop_to_base": (robot(*ok, joint("j1", "base", "a"), joint("j2", "a", "base")),
+                         "kinematic loop: joints 'j2', 'j1' lead from link 'a' back to itself"),
+        "two_parents": (robot(*ok, joint("j1", "base", "a"), joint("j2", "a", "b"), joint("j3", "base", "b")),
+                        "link 'b' has two parent joints, 'j2' and 'j3'"),
     }
 
 
@@ -154,6 +159,17 @@ def test_cli_prints_yaml_and_fails_clearly(tmp_path: Path) -> None:
     res = subprocess.run(exe + [str(bad)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "lower limit 1.0 above upper limit -1.0" in res.stderr
+
+
+@pytest.mark.parametrize("case", ["loop_to_base", "two_parents"])
+def test_cli_kinematic_loop_is_one_line_not_a_hang(tmp_path: Path, case: str) -> None:
+    text, expected = bad_cases()[case]
+    bad = toy_urdf(tmp_path, text)
+    res = subprocess.run([sys.executable, "-m", "gen_theta_ros.cli", "embodiment", str(bad)], capture_output=True,
+                         text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
+    assert str(bad) in lines[0] and expected in lines[0]
 
 
 @pytest.mark.parametrize(("name", "dof", "grippers"), [("arm6", 7, 1), ("arm7", 8, 1), ("humanoid16", 16, 2)])

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from ros_helpers import Feeder, call, ros_node, start_episode, stop_or_kill
+from ros_helpers import Feeder, call, ros_node, start_episode, stop_or_kill, wait_on_disk
 from std_srvs.srv import Trigger
 from workspace import build_workspace, workspace_env
 
@@ -50,7 +49,7 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
                 except AssertionError as err:
                     raise AssertionError(f"{err}\n{log.read_text()}") from None
                 feeder.start()
-                time.sleep(1.0)
+                wait_on_disk(bag, {names.resolve(robot, names.joint_states): 21})
             finally:
                 feeder.stop()
             assert call(node, Trigger, names.resolve(robot, names.services.recorder_stop), Trigger.Request()).success

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from mcap.reader import make_reader
-from mcap_ros2.decoder import DecoderFactory
-from ros_helpers import Feeder, call, ros_node, start_episode, start_exe
-from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
+from bag_helpers import read_mcap, read_rosbags
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, wait_for, wait_on_disk
 from std_srvs.srv import SetBool, Trigger
 
 from gen_theta_model.data.recording import read_record
@@ -35,28 +31,10 @@ def service(name: str) -> str:
     return t.resolve(ROBOT, getattr(t.services, name))
 
 
-def read_rosbags(bag: Path) -> dict[str, list]:
-    """Topic -> deserialized messages, with the rosbags reader (needs metadata.yaml)."""
-    store = get_typestore(Stores.ROS2_KILTED)
-    out: dict[str, list] = {}
-    with Reader(bag) as reader:
-        for conn, _, data in reader.messages():
-            out.setdefault(conn.topic, []).append(store.deserialize_cdr(data, conn.msgtype))
-    return out
-
-
-def read_mcap(bag: Path) -> dict[str, list]:
-    """Topic -> decoded messages, with the mcap library and mcap-ros2-support."""
-    (path,) = bag.glob("*.mcap")
-    out: dict[str, list] = {}
-    with path.open("rb") as f:
-        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-            out.setdefault(channel.topic, []).append(msg)
-    return out
-
-
 def test_record_episodes_and_sigterm(ros, tmp_path):
     spec = load_robot(ROBOT)
+    names = load_topics()
+    js_topic = names.resolve(ROBOT, names.joint_states)
     proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={tmp_path}"],
                      tmp_path / "recorder.log")
     feeder = Feeder(ros, ROBOT, spec)
@@ -64,14 +42,15 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
         feeder.announce("pick", "real_world", "pick the red cube")
         bag = start_episode(ros, ROBOT)
         assert read_record(bag).status == "recording"
-        assert not call(ros, Trigger, service("recorder_start"), Trigger.Request()).success  # already recording
+        again = call(ros, Trigger, service("recorder_start"), Trigger.Request())  # a re-sent start: same episode
+        assert again.success and Path(again.message) == bag, again.message
         feeder.start()
-        time.sleep(0.3)
+        wait_for(lambda: feeder.sent.get("joint_states", 0) > 0, 10, "the feeder's first joint state")
         feeder.command()
-        time.sleep(1.5)
+        wait_on_disk(bag, {**{names.camera_topic(ROBOT, c.name): 4 for c in spec.cameras},
+                           js_topic: 50, names.resolve(ROBOT, names.command): 1})
         assert call(ros, SetBool, service("recorder_mark_success"), SetBool.Request(data=True)).success
         feeder.stop()
-        time.sleep(0.3)
         stop = call(ros, Trigger, service("recorder_stop"), Trigger.Request())
         assert stop.success, stop.message
         summary = json.loads(stop.message)
@@ -82,7 +61,7 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
         assert bag2 != bag
         feeder2 = Feeder(ros, ROBOT, spec)
         feeder2.start()
-        time.sleep(1.0)
+        wait_on_disk(bag2, {js_topic: 51})
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, (tmp_path / "recorder.log").read_text()
         feeder2.stop()
@@ -92,7 +71,6 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
             proc.kill()
     log = (tmp_path / "recorder.log").read_text()
 
-    names = load_topics()
     topics = {names.camera_topic(ROBOT, c.name) for c in spec.cameras}
     topics |= {names.resolve(ROBOT, names.joint_states), names.resolve(ROBOT, names.command)}
     by_rosbags, by_mcap = read_rosbags(bag), read_mcap(bag)
@@ -100,7 +78,7 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
     for topic in topics | {names.resolve(ROBOT, names.instruction)}:
         assert len(by_rosbags[topic]) == len(by_mcap[topic]) > 0, topic
     js = by_mcap[names.resolve(ROBOT, names.joint_states)]
-    assert 100 <= len(js) <= 200 and list(js[0].name) == spec.joint_names  # ~1.8 s at 100 Hz
+    assert 50 <= len(js) <= feeder.sent["joint_states"] and list(js[0].name) == spec.joint_names
     np.testing.assert_allclose(js[-1].position, spec.home_positions)
     img = by_rosbags[names.camera_topic(ROBOT, "scene")][3]
     assert (img.height, img.width, img.encoding) == (96, 96, "rgb8") and len(set(img.data.tolist())) == 1

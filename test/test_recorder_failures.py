@@ -1,23 +1,31 @@
-"""Recorder failure cases: kill -9, disk full, drops, never overwriting an episode."""
+"""Recorder failure cases: kill -9, SIGHUP, disk full, size cap, drops, never overwriting an episode."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from bag_helpers import assert_counts_on_disk
 from mcap.exceptions import McapError
 from mcap.records import Message
 from mcap.stream_reader import StreamReader
-from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill, wait_for
 from std_srvs.srv import Trigger
 
 from gen_theta_model.data.bag import open_bag
-from gen_theta_model.data.recording import BagEpisodeWriter, EpisodeRecord, TopicSpec, read_record
+from gen_theta_model.data.recording import (
+    BagEpisodeWriter,
+    EpisodeLimits,
+    EpisodeRecord,
+    TopicSpec,
+    read_record,
+    readable_counts,
+)
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
 
@@ -43,9 +51,11 @@ def stream_count(bag: Path) -> tuple[int, str]:
     return n, end
 
 
-def record_until(ros, out: Path, done, log: Path, **popen) -> tuple[subprocess.Popen, Path, Feeder]:
-    """Start a recorder and an episode, feed it until ``done(bag)`` (at most 30 s)."""
-    proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={out}"], log, **popen)
+def record_until(ros, out: Path, done, log: Path, params: tuple[str, ...] = (), **popen
+                 ) -> tuple[subprocess.Popen, Path, Feeder]:
+    """Start a recorder (extra ``params``: 'name:=value') and an episode, feed it until ``done(bag)`` (at most 30 s)."""
+    args = ["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={out}"]
+    proc = start_exe(args + [w for p in params for w in ("-p", p)], log, **popen)
     try:
         bag = start_episode(ros, ROBOT)
         assert bag.parent == out, bag
@@ -54,9 +64,12 @@ def record_until(ros, out: Path, done, log: Path, **popen) -> tuple[subprocess.P
         raise AssertionError(f"the recorder did not start an episode; its log:\n{log.read_text()}") from None
     feeder = Feeder(ros, ROBOT, load_robot(ROBOT), width=320, height=240)  # 230 kB frames fill chunks fast
     feeder.start()
-    deadline = time.monotonic() + 30
-    while not done(bag) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_for(lambda: done(bag), 30, "the recording's condition")
+    except BaseException:
+        feeder.stop()
+        stop_or_kill(proc, signal.SIGINT, 20)
+        raise
     return proc, bag, feeder
 
 
@@ -106,6 +119,17 @@ def test_disk_full_ends_episode_with_error_and_keeps_data(ros, tmp_path):
         n_stream, _ = stream_count(bag)
         assert n_stream > 0
         assert len(list(open_bag(bag).messages())) == n_stream
+        (mcap,) = bag.glob("*.mcap")
+        assert record.messages == {t: readable_counts(mcap).get(t, 0) for t in record.messages}  # what is on disk
+        assert sum(record.messages.values()) == n_stream
+        if mounted:  # fill the disk to the last byte: the next start fails and leaves nothing behind
+            with contextlib.suppress(OSError), (out / "filler").open("wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+            resp = call(ros, Trigger, load_topics().resolve(ROBOT, "recorder/start"), Trigger.Request())
+            assert not resp.success and "No space left" in resp.message, resp.message
+            assert sorted(out.iterdir()) == sorted([bag, out / "filler"])
+            assert sorted(p.name for p in bag.iterdir()) == sorted(["episode.yaml", bag.name + ".mcap"])
         assert stop_or_kill(proc, signal.SIGINT, 20) == 0
     finally:
         if mounted:
@@ -123,3 +147,41 @@ def test_drops_are_counted_and_episodes_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="not overwriting"):
         BagEpisodeWriter(tmp_path / "ep", topics, EpisodeRecord(robot=ROBOT, embodiment="x", urdf_sha256=""))
     assert read_record(tmp_path / "ep").drops == {"/arm6/joint_states": 1}
+
+
+def test_sighup_closes_the_bag_as_sigterm_does(ros, tmp_path):
+    """Closing the recorder's terminal (SIGHUP) ends it with the episode closed, every message counted."""
+    log = tmp_path / "rec.log"
+    proc, bag, feeder = record_until(ros, tmp_path, lambda b: mcap_size(b) > 2 << 20, log)
+    try:
+        assert stop_or_kill(proc, signal.SIGHUP, 30) == 0, log.read_text()
+    finally:
+        feeder.stop()
+    record = read_record(bag)
+    assert record.status == "complete" and (bag / "metadata.yaml").is_file(), log.read_text()
+    assert_counts_on_disk(bag)
+
+
+def test_episode_size_cap_ends_the_episode_as_truncated(ros, tmp_path):
+    """A recorder whose controller is gone stops growing its episode at max_episode_mb."""
+    log = tmp_path / "rec.log"
+    proc, bag, feeder = record_until(ros, tmp_path, lambda b: read_record(b).status != "recording", log,
+                                     params=("max_episode_mb:=2",))
+    try:
+        record = read_record(bag)
+        assert record.status == "truncated" and "max_episode_mb" in record.error, log.read_text()
+        assert_counts_on_disk(bag)
+        assert "max_episode_mb reached" in log.read_text()
+        assert start_episode(ros, ROBOT) != bag  # the node goes on: the next start makes a new episode
+    finally:
+        feeder.stop()
+        assert stop_or_kill(proc, signal.SIGINT, 20) == 0, log.read_text()
+
+
+def test_episode_limits():
+    limits = EpisodeLimits(max_seconds=10, max_mb=1)
+    assert limits.reached(9.9, 2**20 - 1) == ""
+    assert "max_episode_s" in limits.reached(10.0, 0)
+    assert "max_episode_mb" in limits.reached(0.0, 2**20)
+    with pytest.raises(ValueError, match="max_mb must be > 0, got 0"):
+        EpisodeLimits(max_mb=0)

@@ -15,6 +15,7 @@ def test_rollout_writes_table_json_png_and_mp4(tmp_path):
                  "--max-seconds", "2.5", "--out", str(out)])
     assert code == 0
     doc = json.loads((out / "results.json").read_text())
+    assert {(r["robot"], r["task"]) for r in doc["rows"]} == {("arm6", "pick_place_bin")}
     assert [(r["added_delay_ms"], r["mode"]) for r in doc["rows"]] == [
         (0.0, "harmonic"), (0.0, "naive_async"), (0.0, "sync"),
         (100.0, "harmonic"), (100.0, "naive_async"), (100.0, "sync"),
@@ -23,7 +24,8 @@ def test_rollout_writes_table_json_png_and_mp4(tmp_path):
         assert 0.0 <= e["idle_fraction"] <= 1.0 and e["switches"] >= 1
         assert e["latency_p50_ms"] >= (100.0 if e["added_delay_ms"] == 100.0 else 0.0)
     table = (out / "results.md").read_text()
-    assert table.startswith("| added delay ms | mode | success rate") and len(table.splitlines()) == 8
+    assert table.startswith("| robot | task | added delay ms | mode | success (95% CI)")
+    assert len(table.splitlines()) == 8
     assert (out / "switches.png").stat().st_size > 10_000
     with av.open(str(out / "rollout.mp4")) as video:
         frames = sum(1 for _ in video.decode(video=0))

@@ -5,7 +5,6 @@ test process subscribes and commands like any other ROS node. Rate bounds are wi
 machine is shared.
 """
 
-import json
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
 from gen_theta_ros.conversions import image_to_numpy, joint_state_to_arrays, time_to_seconds, trajectory_to_msg
@@ -82,21 +82,21 @@ class Probe(Node):
             rclpy.spin_once(self, timeout_sec=0.05)
         return predicate()
 
-    def task_state(self) -> dict:
-        return json.loads(self.last["task"].data)
+    def task_state(self) -> TaskState:
+        return TaskState.from_json(self.last["task"].data)
 
     def joints(self) -> np.ndarray:
         names, q, _, _ = joint_state_to_arrays(self.last["joint_states"])
         return self.spec.reorder_from(names, q)
 
-    def new_episode(self, task: str, seed: int) -> dict:
+    def new_episode(self, task: str, seed: int) -> TaskState:
         future = self.params.set_parameters([Parameter("task", value=task), Parameter("seed", value=seed)])
         rclpy.spin_until_future_complete(self, future, timeout_sec=10)
         assert all(r.successful for r in future.result().results)
         future = self.reset.call_async(Trigger.Request())
         rclpy.spin_until_future_complete(self, future, timeout_sec=10)
         assert future.result().success, future.result().message
-        assert self.spin_until(lambda: self.task_state()["task"] == task and self.task_state()["seed"] == seed, 5)
+        assert self.spin_until(lambda: self.task_state().task == task and self.task_state().seed == seed, 5)
         return self.task_state()
 
 
@@ -135,7 +135,7 @@ def test_publishes_at_declared_rates(probe):
     now = probe.get_clock().now().nanoseconds * 1e-9
     assert abs(now - time_to_seconds(js.header.stamp)) < 0.5  # stamped with the node clock when sensed
     state = probe.task_state()
-    assert state["robot"] == ROBOT and state["category"] == "dexterity" and "instruction" in state
+    assert state.robot == ROBOT and state.category == "dexterity" and state.instruction
 
 
 def test_joint_trajectory_moves_the_joints(probe):
@@ -157,11 +157,11 @@ def test_joint_trajectory_moves_the_joints(probe):
 
 
 def test_reset_uses_the_task_and_seed_parameters(probe):
-    before = probe.task_state()["episode"]
+    before = probe.task_state().episode
     state = probe.new_episode("instruction_pick", 5)
-    assert state["episode"] > before and state["category"] == "generalization"
-    assert probe.spin_until(lambda: probe.last["instruction"].data == state["instruction"], 5)
-    assert not state["success"] and not state["done"]
+    assert state.episode > before and state.category == "generalization"
+    assert probe.spin_until(lambda: probe.last["instruction"].data == state.instruction, 5)
+    assert not state.success and not state.done
     future = probe.params.set_parameters([Parameter("task", value="juggle")])
     rclpy.spin_until_future_complete(probe, future, timeout_sec=10)
     future = probe.reset.call_async(Trigger.Request())
@@ -177,6 +177,6 @@ def test_expert_succeeds_end_to_end_through_topics(probe):
     finally:
         log = stop(expert)
     assert expert.returncode == 0, log[-3000:]
-    assert probe.spin_until(lambda: probe.task_state()["done"], 5)
+    assert probe.spin_until(lambda: probe.task_state().done, 5)
     state = probe.task_state()
-    assert state["success"] and state["task"] == "pick_place_bin", state
+    assert state.success and state.task == "pick_place_bin", state

@@ -9,6 +9,8 @@ from gen_theta_model.sim import objects
 from gen_theta_model.sim.camera import camera_pose, render
 from gen_theta_model.sim.kinematics import ArmKinematics, Workspace, reachable_workspace
 from gen_theta_model.sim.objects import SceneObject
+from gen_theta_model.sim.robot import SimRobot
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import TASKS, make_task
 from gen_theta_model.sim.world import SimWorld
 
@@ -152,8 +154,8 @@ def test_task_reset_is_seeded_and_starts_unsolved(name):
         task.reset(world, ws, seed=3)
         first = world.object_poses()
         info = task.info(world)
-        assert info["category"] in ("dexterity", "real_world", "generalization")
-        assert info["pick"] in first[0] and info["place"] in first[0] and info["instruction"]
+        assert info.category in ("dexterity", "real_world", "generalization")
+        assert info.pick in first[0] and info.place in first[0] and info.instruction
         assert not task.success(world)
         task.reset(world, ws, seed=3)
         np.testing.assert_allclose(world.object_poses()[1], first[1], atol=1e-3)
@@ -182,3 +184,20 @@ def test_instruction_names_the_target_colour():
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="unknown task 'juggle'.*stack"):
         make_task("juggle")
+
+
+def test_task_state_json_round_trip():
+    """sim/task carries the TaskState as JSON: parsing it gives back the same typed state."""
+    robot = SimRobot(load_robot("arm6"))
+    try:
+        robot.reset("stack", 5, now=12.5)
+        for _ in range(10):
+            robot.step(12.5)
+        state = robot.state()
+    finally:
+        robot.close()
+    assert TaskState.from_json(state.to_json()) == state
+    assert state.task == "stack" and state.seed == 5 and state.episode == 1 and state.episode_start == 12.5
+    assert {o.name for o in state.objects} >= {state.pick, state.place} and not state.done
+    with pytest.raises(ValueError, match="not a sim/task state .missing seed, instruction, .*, episode,"):
+        TaskState.from_json('{"task": "stack", "category": "dexterity"}')

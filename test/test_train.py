@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,28 @@ def test_time_budget_ends_the_run_with_validation_and_a_checkpoint(tmp_path, dat
     assert [p.name for p in list_checkpoints(out)] == ["step_00000001"]
     _, _, doc = read_checkpoint_config(out)
     assert "val/loss" in doc["metrics"]
+
+
+def test_ctrl_c_ends_training_in_one_line(tmp_path, dataset):
+    """Ctrl-C in a terminal (SIGINT to the process group, loader worker included): one line, exit 130."""
+    out = tmp_path / "run"
+    args = [str(Path(sys.executable).parent / "gen-theta"), "train", str(CONFIG), "--set", f"dataset=[{dataset}]",
+            "--set", f"out_dir={out}"]
+    for s in (*SMALL, "data.num_workers=1", "max_steps=100000"):
+        args += ["--set", s]
+    err = (tmp_path / "train.err").open("w")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "train_log.jsonl").is_file() and (out / "train_log.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.err").read_text()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        err.close()
+    stderr = (tmp_path / "train.err").read_text()
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "gen-theta train: interrupted", stderr

@@ -7,7 +7,9 @@ A bag that was never closed (recorder killed, machine crashed) has no
 metadata.yaml and its MCAP file has no summary. It is read in recovery mode: mcap's
 stream reader returns every complete chunk up to the first truncated record, and
 ``BagSource.recovered`` says so. A bag that claims to be complete (metadata.yaml)
-but whose file is damaged is an error (``BagError``) naming the file.
+but whose file is damaged is an error (``BagError``) naming the file. Chunk CRCs
+(written by gen_theta's recorder and by ``ros2 bag record``) are checked in both
+modes: a chunk whose bytes changed after writing is reported as corrupt, never read.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import yaml
 from mcap.exceptions import McapError
 from mcap.records import Channel, Message, Schema
-from mcap.stream_reader import StreamReader
+from mcap.stream_reader import CRCValidationError, StreamReader
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -80,7 +82,7 @@ def find_bags(paths: list[str | Path]) -> list[Path]:
             out.extend(sorted(c for c in p.iterdir() if is_bag(c)))
         else:
             raise BagError(f"{p}: not a rosbag2 bag directory (no metadata.yaml or .mcap)")
-    return sorted(set(out), key=lambda b: b.name)
+    return sorted(set(out), key=lambda b: (b.name, str(b)))
 
 
 def open_bag(path: str | Path) -> BagSource:
@@ -113,7 +115,7 @@ def _recover_messages(source: BagSource, topics: set[str] | None, scan: bool = F
     schemas: dict[int, Schema] = {}
     count = 0
     with files[0].open("rb") as f:
-        records = StreamReader(f, skip_magic=False, emit_chunks=False).records
+        records = StreamReader(f, skip_magic=False, emit_chunks=False, validate_crcs=True).records
         try:
             for rec in records:
                 if isinstance(rec, Schema):
@@ -128,6 +130,8 @@ def _recover_messages(source: BagSource, topics: set[str] | None, scan: bool = F
                         msgtype = schemas[ch.schema_id].name
                         count += 1
                         yield BagMessage(ch.topic, msgtype, rec.log_time, store.deserialize_cdr(rec.data, msgtype))
+        except CRCValidationError as err:  # damaged, not cut short: nothing of it can be trusted
+            raise BagError(f"{source.path}: corrupt bag: {files[0].name}: {err}") from err
         except (EOFError, struct.error, McapError) as err:
             where = f"after {count} messages" if not scan else "at the end"
             source.recovery_note = f"{files[0].name}: recovered up to the last complete chunk ({where}; {err!r})"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from gen_theta_model.data.stats import Moments
 from gen_theta_model.data.video import VideoConfig, VideoWriter
@@ -135,7 +135,7 @@ class EpisodeWriter:
             self._arrays[camera_stamp_key(name)] = np.asarray(self._stamps[name], dtype=np.int64)
         self._writers = {}
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays.items()}
-        save_file(arrays, str(self.tmp / "streams.safetensors"))
+        (self.tmp / "streams.safetensors").write_bytes(save(arrays))  # a full disk: OSError, as for the videos
         files = EpisodeFiles(
             meta=meta,
             cameras=cams,

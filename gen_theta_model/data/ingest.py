@@ -5,15 +5,23 @@ process pool, or Ray with ``--engine ray``): camera messages are streamed into
 videos, joint_states kept as recorded (their own stamps), the JointTrajectory
 command stream replayed through the trajectory follower into commanded positions
 at the control rate. Episodes already in the dataset are skipped (incremental);
-a bad episode is reported with its error and skipped. Format: docs/dataset_format.md.
+a bad episode (unreadable, corrupt, or with an implausible joint value: checks.py)
+is reported with its error and skipped, and the rest goes on. Only successful
+episodes are taken unless ``--include-failed`` / ``--include-unknown`` say otherwise.
+A full disk stops the run with the dataset holding every episode finished before.
+Format and exit codes: docs/dataset_format.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import hashlib
+import os
 import struct
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +31,7 @@ from tqdm import tqdm
 
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml
 from gen_theta_model.data.bag import BagError, find_bags, open_bag
+from gen_theta_model.data.checks import check_command, check_joint_states
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
     ACTION_STAMP,
@@ -34,11 +43,18 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
 )
-from gen_theta_model.data.manifest import EPISODES, existing_episodes, finalize_dataset
+from gen_theta_model.data.manifest import EPISODES, existing_episodes, existing_sources, finalize_dataset
+from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError, resample_commands
+
+# A write failing with one of these stops the whole run: the next episode would fail the same way.
+OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+RESERVE_FILE = ".reserve"  # freed when the run ends, so that manifest and statistics fit on a full disk
+RESERVE_BYTES = 256 * 1024  # info, embodiments, statistics and their temporary copies
+RESERVE_PER_EPISODE = 2 * 1024  # a manifest line (~0.5 kB) and its temporary copy, with room to spare
 
 
 class IngestError(ValueError):
@@ -63,6 +79,8 @@ class IngestOptions:
     instruction: str = ""
     video: VideoConfig = field(default_factory=VideoConfig)
     topic_map: TopicMap = field(default_factory=TopicMap)
+    include_failed: bool = False  # take episodes marked success: false
+    include_unknown: bool = False  # take episodes never marked (success: null, or no episode.yaml)
 
 
 def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: dict[str, str]) -> dict[str, str]:
@@ -106,8 +124,12 @@ def _stamp_ns(msg, recv_ns: int) -> int:
     return ns if ns > 0 else recv_ns
 
 
-def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> EpisodeMeta:
-    """Convert one bag into ``out/episodes/<bag name>``; raises IngestError for a bad episode."""
+def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episode: str = "") -> EpisodeMeta:
+    """Convert one bag into ``out/episodes/<episode>`` (default: the bag's name).
+
+    Raises IngestError for a bad episode (nothing of it is written); OSError when the
+    dataset cannot be written.
+    """
     from gen_theta_model.messages import joint_state_to_arrays, trajectory_from_msg
 
     bag = Path(bag)
@@ -128,12 +150,14 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
         if topics[key] not in source.topics:
             raise IngestError(f"{bag}: missing topic '{topics[key]}' ({key}); the bag has {sorted(source.topics)}")
     by_topic = {t: k for k, t in topics.items()}
-    writer = EpisodeWriter(Path(out) / EPISODES, bag.name, spec, opts.video)
+    episode = episode or bag.name
+    writer = EpisodeWriter(Path(out) / EPISODES, episode, spec, opts.video)
     js_t, js_q, js_v, commands, cmd_ns = [], [], [], [], []
     instruction = (rec.instruction if rec else "") or opts.instruction
-    last_ns = 0
+    first_ns, last_ns = 0, 0
     try:
         for m in source.messages(set(by_topic)):
+            first_ns = first_ns or m.recv_ns
             key = by_topic[m.topic]
             if key.startswith("camera."):
                 stamp = _stamp_ns(m.msg, m.recv_ns)
@@ -148,6 +172,7 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
                 js_v.append(spec.reorder_from(names, v))
             elif key == "command":
                 traj = trajectory_from_msg(m.msg)
+                check_command(spec, m.topic, m.recv_ns, traj, first_ns)
                 commands.append((m.recv_ns * 1e-9, traj))
                 cmd_ns.append(m.recv_ns)
                 stamp = m.recv_ns
@@ -157,15 +182,17 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
             last_ns = max(last_ns, stamp)
         if not js_t:
             raise IngestError(f"{bag}: no joint_states on '{topics['joint_states']}'")
+        stamps, positions, velocities = np.asarray(js_t, np.int64), np.asarray(js_q), np.asarray(js_v)
+        check_joint_states(spec, topics["joint_states"], stamps, positions, velocities, first_ns)
         rate = spec.control_rate_hz
         grid = np.arange(js_t[0], last_ns + 1, int(round(1e9 / rate)), dtype=np.int64)
         q, qd = resample_commands(spec, js_q[0], commands, grid * 1e-9)
         writer.set_streams({
-            JOINT_STAMP: np.asarray(js_t, np.int64), JOINT_POSITION: np.asarray(js_q), JOINT_VELOCITY: np.asarray(js_v),
+            JOINT_STAMP: stamps, JOINT_POSITION: positions, JOINT_VELOCITY: velocities,
             ACTION_STAMP: grid, ACTION_POSITION: q, ACTION_VELOCITY: qd, COMMAND_STAMP: np.asarray(cmd_ns, np.int64),
         })
         meta = EpisodeMeta(
-            episode=bag.name, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
+            episode=episode, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
             task=(rec.task if rec else "") or opts.task, category=(rec.category if rec else "") or opts.category,
             instruction=instruction, success=rec.success if rec else None, start_ns=int(js_t[0]),
             duration_s=float(last_ns - js_t[0]) * 1e-9, num_trajectories=len(commands),
@@ -173,8 +200,8 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
         )
         writer.finish(meta)
         return meta
-    # IngestError, BagError, EmbodimentError, TrajectoryError, ConversionError are ValueErrors;
-    # struct.error and IndexError come from deserializing a corrupt message.
+    # IngestError, BagError, EmbodimentError, TrajectoryError, ConversionError, ImplausibleValueError
+    # are ValueErrors; struct.error and IndexError come from deserializing a corrupt message.
     except (ValueError, EmbodimentError, TrajectoryError, struct.error, IndexError) as err:
         writer.abort()
         msg = str(err)
@@ -184,75 +211,158 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions) -> Epi
         raise
 
 
-def _task(bag: str, out: str, opts: dict) -> dict:
-    """Worker entry (plain data in and out): {'meta': {...}} or {'error': '...'}."""
+def _task(bag: str, episode: str, out: str, opts: dict) -> dict:
+    """Worker entry (plain data in and out): {'meta': {...}}, {'error': '...'} or {'stop': '...'}."""
     options = from_mapping(IngestOptions, opts, source="ingest options")
     try:
-        return {"meta": ingest_episode(bag, out, options).to_dict()}
+        return {"meta": ingest_episode(bag, out, options, episode).to_dict()}
     except IngestError as err:
         return {"error": str(err)}
+    except OSError as err:
+        if err.errno in OUTPUT_FULL:
+            return {"stop": f"writing the episode of {bag}: {err}"}
+        return {"error": f"{bag}: {err}"}
 
 
 @dataclass
 class IngestReport:
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already in the dataset
-    failed: dict[str, str] = field(default_factory=dict)  # bag -> error
+    failed: dict[str, str] = field(default_factory=dict)  # bag -> error (rejected episodes)
+    excluded: dict[str, bool | None] = field(default_factory=dict)  # bag -> its success mark (False / None)
     recovered: list[str] = field(default_factory=list)  # never-closed bags read up to the last chunk
+    stopped: str = ""  # why the run stopped early (disk full); the dataset holds what finished
     seconds: float = 0.0
+
+
+def plan_ingest(bags: list[Path], out: Path, opts: IngestOptions) -> tuple[list[tuple[Path, str]], IngestReport]:
+    """Decide per bag: (bag, episode id) to convert, or skipped (already present) or excluded (success).
+
+    A bag is present when an episode's ``source`` is its path. A new bag's id is its
+    directory name, or, when that id is taken (same name in another folder), the
+    name plus 8 hex digits of the hash of its path.
+    """
+    sources = existing_sources(out)
+    taken = existing_episodes(out)
+    report = IngestReport()
+    todo = []
+    for bag in bags:
+        path = str(bag.resolve())
+        if path in sources:
+            report.skipped.append(sources[path])
+            continue
+        success = _recorded_success(bag)
+        if (success is False and not opts.include_failed) or (success is None and not opts.include_unknown):
+            report.excluded[str(bag)] = success
+            continue
+        episode = bag.name if bag.name not in taken else f"{bag.name}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        taken.add(episode)
+        todo.append((bag, episode))
+    return todo, report
+
+
+def _recorded_success(bag: Path) -> bool | None:
+    """Read the success mark of the bag's episode.yaml: None if never marked or no episode.yaml.
+
+    An unreadable episode.yaml counts as True: the bag goes to a worker, which reports it.
+    """
+    try:
+        return read_record(bag).success if (bag / EPISODE_FILE).is_file() else None
+    except ValueError:
+        return True
 
 
 def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "process", jobs: int = 0,
            progress: bool = True) -> IngestReport:
-    """Ingest ``bags`` into ``out`` (incremental), then rebuild manifest and statistics."""
+    """Ingest ``bags`` into ``out`` (incremental), then rebuild manifest and statistics.
+
+    Bad episodes are reported in ``failed``; a full disk ends the run early (``stopped``)
+    and the manifest then lists every episode finished before.
+    """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    have = existing_episodes(out)
-    report = IngestReport(skipped=[b.name for b in bags if b.name in have])
-    todo = [b for b in bags if b.name not in have]
-    plain = asdict(opts)
-    results = []
+    todo, report = plan_ingest(bags, out, opts)
+    results: list[tuple[Path, dict]] = []
+    reserve = out / RESERVE_FILE
+    try:
+        with open(reserve, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES + RESERVE_PER_EPISODE * (len(todo) + len(report.skipped)))
+    except OSError as err:
+        reserve.unlink(missing_ok=True)
+        report.stopped = f"{out}: {err}"
+        todo = []
     bar = tqdm(total=len(todo), desc="ingest", unit="episode", disable=not progress)
-    if engine == "ray":
-        import ray
 
-        remote = ray.remote(_task)
-        pending = {remote.remote(str(b), str(out), plain): b for b in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            results.append((pending.pop(done[0]), ray.get(done[0])))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=jobs or None) as pool:
-            futures = {pool.submit(_task, str(b), str(out), plain): b for b in todo}
-            for f in as_completed(futures):
-                results.append((futures[f], f.result()))
-                bar.update()
-    bar.close()
+    def collect(bag: Path, res: dict) -> bool:
+        results.append((bag, res))
+        bar.update()
+        report.stopped = report.stopped or res.get("stop", "")
+        return not report.stopped
+
+    run = _run_ray if engine == "ray" else _run_local
+    try:
+        run([(str(b), e, str(out), asdict(opts)) for b, e in todo], jobs, collect)
+    finally:
+        bar.close()
+        reserve.unlink(missing_ok=True)
     robots = set()
-    for bag, res in sorted(results, key=lambda r: r[0].name):
+    for bag, res in sorted(results, key=lambda r: str(r[0])):
         if "error" in res:
             report.failed[str(bag)] = res["error"]
-        else:
+        elif "meta" in res:
             report.added.append(res["meta"]["episode"])
             robots.add(res["meta"]["embodiment"])
             if not res["meta"]["complete"]:
                 report.recovered.append(res["meta"]["episode"])
-    finalize_dataset(out, {r: load_robot(r) for r in robots})
+    try:
+        finalize_dataset(out, {r: load_robot(r) for r in robots})
+    except OSError as err:  # the previous manifest stays (atomic writes); the episodes are on disk
+        report.stopped = report.stopped or f"{out}: writing the manifest: {err}"
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def _run_local(tasks: list[tuple], jobs: int, collect: Callable[[Path, dict], bool]) -> None:
+    """Run ``_task`` over ``tasks`` in a process pool; ``collect`` returning False cancels the rest."""
+    with ProcessPoolExecutor(max_workers=jobs or None) as pool:
+        futures = {pool.submit(_task, *t): Path(t[0]) for t in tasks}
+        for f in as_completed(futures):
+            if not f.cancelled() and not collect(futures[f], f.result()):
+                for other in futures:
+                    other.cancel()
+
+
+def _run_ray(tasks: list[tuple], jobs: int, collect: Callable[[Path, dict], bool]) -> None:
+    """Run ``_task`` over ``tasks`` as Ray tasks (``ray.init`` done by the caller); as ``_run_local``."""
+    import ray
+
+    remote = ray.remote(_task)
+    pending = {remote.remote(*t): Path(t[0]) for t in tasks}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        bag = pending.pop(done[0])
+        if not collect(bag, ray.get(done[0])):
+            for ref in pending:
+                ray.cancel(ref)
+            pending = {}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 some episodes rejected, 2 bad arguments or no bags, 3 stopped early (disk full)."""
     ap = argparse.ArgumentParser(prog="gen-theta ingest", description=__doc__.split("\n")[0])
     ap.add_argument("bags", nargs="+", help="bag directories, or directories holding bags")
     ap.add_argument("--out", required=True, help="dataset directory (created; existing episodes are kept)")
     ap.add_argument("--engine", choices=("process", "ray"), default="process")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (process engine; 0: one per core)")
+    ap.add_argument("--address", default="", help="Ray cluster to join (ray engine; default: a local one on "
+                    "127.0.0.1 only)")
     ap.add_argument("--robot", default="", help="robot for bags without the recorder's episode.yaml")
     ap.add_argument("--task", default="")
     ap.add_argument("--category", default="")
     ap.add_argument("--instruction", default="")
+    ap.add_argument("--include-failed", action="store_true", help="also take episodes marked success: false")
+    ap.add_argument("--include-unknown", action="store_true",
+                    help="also take episodes never marked (success: null; bags without episode.yaml)")
     ap.add_argument("--topic-map", help="YAML: cameras {name: topic}, joint_states, command, instruction")
     ap.add_argument("--codec", default=VideoConfig.codec)
     ap.add_argument("--crf", type=int, default=VideoConfig.crf)
@@ -261,18 +371,47 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tmap = from_mapping(TopicMap, read_yaml(a.topic_map), a.topic_map) if a.topic_map else TopicMap()
         opts = IngestOptions(a.robot, a.task, a.category, a.instruction,
-                             VideoConfig(codec=a.codec, crf=a.crf, gop=a.gop), tmap)
+                             VideoConfig(codec=a.codec, crf=a.crf, gop=a.gop), tmap,
+                             include_failed=a.include_failed, include_unknown=a.include_unknown)
         bags = find_bags(a.bags)
     except (ConfigError, ValueError) as err:
         print(f"gen-theta ingest: {err}", file=sys.stderr)
         return 2
-    if a.engine == "ray":
-        import ray
-
-        ray.init(num_cpus=a.jobs or None, include_dashboard=False, ignore_reinit_error=True)
+    if not bags:
+        print(f"gen-theta ingest: no bags in {' '.join(a.bags)} (a bag is a directory with metadata.yaml or an "
+              ".mcap file)", file=sys.stderr)
+        return 2
+    if a.engine == "ray" and not _start_ray(a.address, a.jobs):
+        return 2
     report = ingest(bags, Path(a.out), opts, a.engine, a.jobs)
     for err in report.failed.values():
         print(f"FAILED {err}", file=sys.stderr)
+    failed = sum(success is False for success in report.excluded.values())
     print(f"ingest: {len(report.added)} added ({len(report.recovered)} recovered from unfinished bags), "
-          f"{len(report.skipped)} already present, {len(report.failed)} failed, in {report.seconds:.1f} s -> {a.out}")
+          f"{len(report.skipped)} already present, {len(report.failed)} rejected, {len(report.excluded)} left out "
+          f"({failed} failed: --include-failed; {len(report.excluded) - failed} never marked: --include-unknown), "
+          f"in {report.seconds:.1f} s -> {a.out}")
+    if report.stopped:
+        print(f"gen-theta ingest: stopped early: {report.stopped}; {a.out} holds the episodes finished before "
+              "(free space and run again to add the rest)", file=sys.stderr)
+        return 3
     return 1 if report.failed else 0
+
+
+def _start_ray(address: str, jobs: int) -> bool:
+    """Join the Ray cluster at ``address``, or start a local one reachable from this machine only."""
+    if not address:
+        # Ray's single-machine mode (its default on macOS and Windows): the node address is the
+        # loopback one, so GCS, raylet and workers listen on 127.0.0.1 only. Read when ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    ray.init(address=address or None, num_cpus=None if address else jobs or None, include_dashboard=False,
+             ignore_reinit_error=True)
+    gcs = ray.get_runtime_context().gcs_address
+    if not address and gcs.rsplit(":", 1)[0] not in ("127.0.0.1", "::1", "[::1]"):
+        ray.shutdown()
+        print(f"gen-theta ingest: the Ray cluster at {gcs} listens beyond this machine; give --address {gcs} "
+              "to use it anyway", file=sys.stderr)
+        return False
+    return True

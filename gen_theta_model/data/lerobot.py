@@ -61,7 +61,7 @@ def _latest(stamps: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | None = None) -> int:
     """Write the episodes of one embodiment as a LeRobotDataset v3; returns the number of frames."""
-    cfg = video or VideoConfig()
+    cfg = video or VideoConfig(pix_fmt="yuv420p")  # LeRobot's own encoding (and what its players expect)
     ix = open_dataset(dataset)
     name = embodiment or (ix.embodiment_names[0] if len(ix.embodiment_names) == 1 else "")
     if name not in ix.specs:
@@ -133,7 +133,7 @@ def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | 
             features[key] = {"dtype": "video", "shape": [w.height, w.width, 3],
                              "names": ["height", "width", "channels"],
                              "info": {"video.height": w.height, "video.width": w.width, "video.codec": codec,
-                                      "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                                      "video.pix_fmt": w.pix_fmt, "video.is_depth_map": False, "video.fps": fps,
                                       "video.channels": 3, "has_audio": False}}
     info = {"codebase_version": "v3.0", "robot_type": name, "total_episodes": len(metas),
             "total_frames": len(cols["index"]), "total_tasks": len(tasks), "chunks_size": 1000,

@@ -34,9 +34,6 @@ class DatasetIndex:
     specs: dict[str, EmbodimentSpec]
     stats: dict[str, NormStats]
 
-    def episode_dir(self, index: int) -> Path:
-        return self.root / EPISODES / self.episodes[index].episode
-
 
 def existing_episodes(root: str | Path) -> set[str]:
     """Ids of the complete episodes under ``root/episodes`` (temporary directories excluded)."""
@@ -44,6 +41,12 @@ def existing_episodes(root: str | Path) -> set[str]:
     if not d.is_dir():
         return set()
     return {p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def existing_sources(root: str | Path) -> dict[str, str]:
+    """Bag path (``EpisodeMeta.source``) -> id of the complete episodes under ``root/episodes``."""
+    d = Path(root) / EPISODES
+    return {read_episode_doc(d / ep)["meta"]["source"]: ep for ep in sorted(existing_episodes(root))}
 
 
 def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> DatasetIndex:

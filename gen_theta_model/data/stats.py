@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 ARRAY_FIELDS = ("state_mean", "state_std", "state_min", "state_max",
                 "action_mean", "action_std", "action_min", "action_max")
@@ -42,13 +42,17 @@ class NormStats:
         arrays = {k: np.asarray(getattr(self, k), dtype=np.float32) for k in ARRAY_FIELDS}
         meta = {"embodiment": self.embodiment, "count_state": str(self.count_state),
                 "count_action": str(self.count_action)}
-        save_file(arrays, str(d / f"{self.embodiment}.safetensors"), metadata=meta)
         doc = {"embodiment": self.embodiment, "count_state": self.count_state, "count_action": self.count_action}
         doc.update({k: [float(v) for v in arrays[k]] for k in ARRAY_FIELDS})
         path = d / f"{self.embodiment}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
+        # Each file replaced whole (a full disk leaves the previous one), and written by Python
+        # so that a write error is an OSError.
+        files = {d / f"{self.embodiment}.safetensors": save(arrays, metadata=meta),
+                 path: json.dumps(doc, indent=1).encode()}
+        for file, data in files.items():
+            tmp = file.with_name(file.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(file)
         return path
 
     @classmethod

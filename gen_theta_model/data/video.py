@@ -22,7 +22,9 @@ class VideoConfig:
     crf: int = 23  # quality for the x264/x265/svtav1/vp9 rate control; lower is better
     gop: int = 8  # keyframe every 8 frames: a random frame costs at most 8 decodes
     preset: str = "veryfast"
-    pix_fmt: str = "yuv420p"  # odd frame sizes fall back to yuv444p (4:2:0 needs even sizes)
+    # Full-resolution chroma: at 96x96 a 4 cm cube is ~8 px wide, and 4:2:0 smeared its colour
+    # (mean |error| 3.4 vs 1.7 levels, p99 27 vs 17, for 11% more bytes; docs/policy.md, parity).
+    pix_fmt: str = "yuv444p"
 
     def __post_init__(self) -> None:
         if self.gop < 1:
@@ -46,6 +48,7 @@ class VideoWriter:
         stream = self._container.add_stream(cfg.codec, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = cfg.pix_fmt if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self.pix_fmt = stream.pix_fmt
         ctx = stream.codec_context
         ctx.gop_size = cfg.gop
         ctx.max_b_frames = 0  # decode order == display order: simple, exact seeking

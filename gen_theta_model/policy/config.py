@@ -3,7 +3,7 @@
 ``preset("tiny")`` .. ``preset("10b")`` return ready configs; a training YAML names
 a preset and may override single fields (``policy: {n_layer: 6}``). The parameter
 count of every preset is checked against its nominal size on the meta device
-(test/test_policy_presets.py, ``gen-theta model-card PRESET``).
+(test/test_policy.py, ``gen-theta model-card PRESET``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from gen_theta_model.embodiment import DEFAULT_MAX_DOF, JOINT_DESCRIPTOR_DIM
 from gen_theta_model.policy.tokenizer import VOCAB_SIZE
+
+IMAGE_ENCODERS = ("conv", "resnet")
+IMAGE_POOLS = ("avg", "spatial_softmax")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,12 @@ class PolicyConfig:
     joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM
     max_cameras: int = 4  # size of the camera-index embedding table
     image_channels: int = 32  # width of the first conv layer (doubled twice) of the shared image encoder
-    image_grid: int = 4  # image tokens per camera = image_grid**2 (adaptive pooling of the conv map)
+    image_grid: int = 4  # image_pool avg: tokens per camera = image_grid**2 (adaptive pooling of the conv map)
+    image_encoder: str = "conv"  # conv: 3 strided convs | resnet: ResNet-style blocks with GroupNorm (robomimic, DP)
+    image_blocks: int = 1  # resnet: residual blocks per stage (3 stages; 2 is the ResNet-18 depth per stage)
+    image_pool: str = "avg"  # avg: a grid of pooled patches | spatial_softmax: learned keypoints (x, y, feature)
+    image_keypoints: int = 16  # spatial_softmax: tokens per camera, one per keypoint
+    image_shift: int = 0  # training only: random shift of each image by up to this many pixels (DrQ); 0 off
     vocab_size: int = VOCAB_SIZE
     max_instruction_len: int = 64  # byte tokens; longer instructions are truncated by the loader
     max_prefix_steps: int = 16  # committed-prefix tokens; >= HarmonicConfig.max_delay_steps (15 at 50 Hz)
@@ -65,10 +73,20 @@ class PolicyConfig:
             )
         if self.max_prefix_steps >= self.chunk_len:
             raise ValueError(f"max_prefix_steps={self.max_prefix_steps} must be < chunk_len={self.chunk_len}")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
+        if self.image_pool not in IMAGE_POOLS:
+            raise ValueError(f"image_pool must be one of {IMAGE_POOLS}, got {self.image_pool!r}")
+        for name in ("image_blocks", "image_keypoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_shift < 0:
+            raise ValueError(f"image_shift must be >= 0 pixels, got {self.image_shift}")
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+    def image_tokens(self) -> int:
+        """Tokens per camera."""
+        return self.image_grid**2 if self.image_pool == "avg" else self.image_keypoints
 
 
 # name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style

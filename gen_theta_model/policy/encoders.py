@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gen_theta_model.policy.config import PolicyConfig
@@ -33,36 +34,116 @@ class AgeEmbedding(nn.Module):
         return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))  # (..., d)
 
 
-class ImageEncoder(nn.Module):
-    """A small conv stem shared by all cameras, pooled to a grid of patch tokens.
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Shift each image (N, 3, H, W) by its own random integer offset in [-pad, pad] pixels per
+    axis, borders replicated (DrQ's augmentation: small-data visuomotor policies stop
+    memorising pixel positions). Same shape out.
+    """
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")  # (N, 3, H+2p, W+2p)
+    off = torch.randint(0, 2 * pad + 1, (n, 2), device=images.device)
+    rows = (off[:, :1] + torch.arange(h, device=images.device))[:, :, None]  # (N, H, 1)
+    cols = (off[:, 1:] + torch.arange(w, device=images.device))[:, None, :]  # (N, 1, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (N, 3, H, W)
 
-    uint8 (B, C, 3, H, W) -> (B, C * g * g, d), any H, W >= 8. Each token gets a
-    camera-index embedding and a grid-position embedding; the caller adds the age.
+
+class ResidualBlock(nn.Module):
+    """ResNet basic block with GroupNorm instead of BatchNorm (as Diffusion Policy does: batch
+    statistics break with small, temporally correlated batches and at batch size 1 when serving).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(min(8, cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(min(8, cout), cout)
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.GroupNorm(min(8, cout), cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(y)) + self.skip(x))
+
+
+def image_stem(cfg: PolicyConfig) -> nn.Sequential:
+    """(N, 3, H, W) in [-1, 1] -> (N, 4c, H/8, W/8) feature map, c = ``image_channels``."""
+    c = cfg.image_channels
+    if cfg.image_encoder == "conv":
+        return nn.Sequential(
+            nn.Conv2d(3, c, 5, stride=2, padding=2), nn.GroupNorm(min(8, c), c), nn.GELU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 2 * c), 2 * c), nn.GELU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 4 * c), 4 * c), nn.GELU(),
+        )
+    layers: list[nn.Module] = [nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, c), c),
+                               nn.ReLU()]
+    cin = c
+    for cout, stride in ((c, 1), (2 * c, 2), (4 * c, 2)):  # the ResNet stages, one stride-2 fewer for small images
+        for b in range(cfg.image_blocks):
+            layers.append(ResidualBlock(cin, cout, stride if b == 0 else 1))
+            cin = cout
+    return nn.Sequential(*layers)
+
+
+class SpatialSoftmax(nn.Module):
+    """Learned keypoints of a feature map (Levine et al. 2016; robomimic, Diffusion Policy).
+
+    (N, Ch, h, w) -> (N, K, 2 + Ch): per keypoint its expected image position (x, y) in
+    [-1, 1] under a softmax over the map, and the features pooled with the same weights.
+    """
+
+    def __init__(self, channels: int, keypoints: int) -> None:
+        super().__init__()
+        self.logits = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))  # learned sharpness of the softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        attn = (self.logits(x).flatten(2) / self.log_temperature.exp()).softmax(dim=-1)  # (N, K, h*w)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                                indexing="ij")
+        grid = torch.stack([xs.flatten(), ys.flatten()], dim=-1).to(attn.dtype)  # (h*w, 2)
+        feats = attn @ x.flatten(2).transpose(1, 2)  # (N, K, Ch)
+        return torch.cat([attn @ grid, feats], dim=-1)  # (N, K, 2 + Ch)
+
+
+class ImageEncoder(nn.Module):
+    """A conv stem shared by all cameras, read out as tokens.
+
+    uint8 (B, C, 3, H, W) -> (B, C * n, d), any H, W >= 8, n = ``cfg.image_tokens``: a grid
+    of average-pooled patches or learned keypoints (``image_pool``). Each token gets a
+    camera-index embedding and a grid-position or keypoint embedding; the caller adds the age.
+    In training, ``image_shift`` > 0 shifts every image randomly first.
     """
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         c = cfg.image_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, c, 5, stride=2, padding=2), nn.GroupNorm(min(8, c), c), nn.GELU(),
-            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 2 * c), 2 * c), nn.GELU(),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 4 * c), 4 * c), nn.GELU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(cfg.image_grid)
-        self.proj = nn.Linear(4 * c, cfg.d_model, bias=cfg.bias)
+        self.stem = image_stem(cfg)
+        if cfg.image_pool == "avg":
+            self.pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(cfg.image_grid), nn.Flatten(2))
+            self.proj = nn.Linear(4 * c, cfg.d_model, bias=cfg.bias)
+        else:
+            self.pool = SpatialSoftmax(4 * c, cfg.image_keypoints)
+            self.proj = nn.Linear(4 * c + 2, cfg.d_model, bias=cfg.bias)
         self.camera_emb = nn.Embedding(cfg.max_cameras, cfg.d_model)
-        self.grid_emb = nn.Parameter(torch.zeros(cfg.image_grid**2, cfg.d_model))
+        self.grid_emb = nn.Parameter(torch.zeros(cfg.image_tokens, cfg.d_model))
         self.max_cameras = cfg.max_cameras
+        self.shift = cfg.image_shift
+        self.avg = cfg.image_pool == "avg"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, _, h, w = images.shape
         if c > self.max_cameras:
             raise ValueError(f"{c} cameras exceed the model's max_cameras={self.max_cameras}")
         x = images.reshape(b * c, 3, h, w).float() / 127.5 - 1.0  # (B*C, 3, H, W) in [-1, 1]
-        x = self.pool(self.stem(x)).flatten(2).transpose(1, 2)  # (B*C, g*g, 4c)
-        x = self.proj(x) + self.grid_emb  # (B*C, g*g, d)
-        x = x.reshape(b, c, -1, x.shape[-1]) + self.camera_emb.weight[:c, None, :]  # (B, C, g*g, d)
-        return x.flatten(1, 2)  # (B, C*g*g, d)
+        if self.training and self.shift:
+            x = random_shift(x, self.shift)
+        x = self.pool(self.stem(x))  # avg: (B*C, 4c, n); spatial softmax: (B*C, n, 2 + 4c)
+        x = self.proj(x.transpose(1, 2) if self.avg else x) + self.grid_emb  # (B*C, n, d)
+        x = x.reshape(b, c, -1, x.shape[-1]) + self.camera_emb.weight[:c, None, :]  # (B, C, n, d)
+        return x.flatten(1, 2)  # (B, C*n, d)
 
 
 class JointSetEncoder(nn.Module):

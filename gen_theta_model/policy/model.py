@@ -124,10 +124,10 @@ class HarmonicTransformer(nn.Module):
         state, smask = batch[K.STATE], batch[K.STATE_MASK]  # (B, T, D), (B, T)
         prefix, committed = committed_prefix(batch[K.ACTION], batch[K.DELAY], batch[K.ACTION_MASK],
                                              self.cfg.max_prefix_steps)  # (B, P, D), (B, P)
-        g2 = self.cfg.image_grid**2
+        n = self.cfg.image_tokens
         groups = [
-            (self.image(batch[K.IMAGES]) + self.age(batch[K.IMAGE_AGE]).repeat_interleave(g2, dim=1),
-             batch[K.IMAGE_MASK].repeat_interleave(g2, dim=1)),  # (B, C*g2, d)
+            (self.image(batch[K.IMAGES]) + self.age(batch[K.IMAGE_AGE]).repeat_interleave(n, dim=1),
+             batch[K.IMAGE_MASK].repeat_interleave(n, dim=1)),  # (B, C*n, d)
             (self.proprio(state, desc, jmask) + self.age(batch[K.STATE_AGE]), smask),  # (B, T, d)
             (self.instruction(batch[K.INSTRUCTION]), batch[K.INSTRUCTION_MASK]),  # (B, L, d)
             (self.joints(desc, masked_last(state, smask), prefix, committed), jmask),  # (B, D, d)

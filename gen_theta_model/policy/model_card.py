@@ -68,7 +68,7 @@ def count_params(cfg: PolicyConfig) -> tuple[int, int]:
 
 def reference_tokens(cfg: PolicyConfig) -> int:
     """Tokens per sample of the reference input."""
-    return (REFERENCE_CAMERAS * cfg.image_grid**2 + REFERENCE_HISTORY + cfg.max_instruction_len
+    return (REFERENCE_CAMERAS * cfg.image_tokens + REFERENCE_HISTORY + cfg.max_instruction_len
             + cfg.max_dof + cfg.max_prefix_steps)
 
 

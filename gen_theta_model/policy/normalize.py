@@ -65,13 +65,6 @@ class Normalizer:
             out[ANCHOR] = last_committed(out[K.ACTION], batch[K.DELAY])
         return out
 
-    def unnormalize_actions(self, actions: torch.Tensor, embodiment: torch.Tensor, joint_mask: torch.Tensor
-                            ) -> torch.Tensor:
-        """Standardised actions (B, H, D) -> canonical (B, H, D); padded joints are 0."""
-        std, mean = self.action_scale_shift(embodiment, actions.shape[-1])
-        return (actions * std[:, None] + mean[:, None]) * joint_mask.to(actions.dtype)[:, None]
-
-
 
 def last_committed(actions: torch.Tensor, delay: torch.Tensor) -> torch.Tensor:
     """(B, D): ``actions[b, delay[b] - 1]``, the last committed action, and 0 where delay is 0.

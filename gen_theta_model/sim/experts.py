@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
+from gen_theta_model.sim.task_state import ObjectInfo, TaskInfo
 from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
 
 PHASES = ("approach", "descend", "close", "lift", "transfer", "lower", "release", "retreat", "done")
@@ -63,7 +63,7 @@ def _min_jerk(s: np.ndarray) -> np.ndarray:
 
 
 class ScriptedExpert:
-    """Pick ``info['pick']`` and put it on/into ``info['place']`` (see module docstring)."""
+    """Pick ``info.pick`` and put it on/into ``info.place`` (see module docstring)."""
 
     def __init__(
         self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, config: ExpertConfig | None = None
@@ -75,16 +75,16 @@ class ScriptedExpert:
         self.joint_names = tuple(spec.joint_names[i] for i in self.joints)
         self._open = float(spec.upper[self.kin.gripper])
         self._closed = float(spec.lower[self.kin.gripper])
-        self.info: dict[str, Any] = {}
+        self.info: TaskInfo | None = None
         self.phase = "done"
         self.done = True
+        self._mirror: TrajectoryFollower | None = None
 
-    def reset(self, info: dict[str, Any]) -> None:
-        """Start a new episode from the task state ``info`` (``Task.info``)."""
+    def reset(self, info: TaskInfo) -> None:
+        """Start a new episode from the task's scene ``info`` (``Task.info``, or the TaskState)."""
         self.info = info
-        self._objects = {o["name"]: o for o in info["objects"]}
-        ws = info["workspace"]
-        self.workspace = Workspace(tuple(ws["center"]), tuple(ws["half"]))
+        self._objects: dict[str, ObjectInfo] = {o.name: o for o in info.objects}
+        self.workspace: Workspace = info.workspace
         self.phase = "start"
         self.done = False
         self.attempts = 0
@@ -114,7 +114,7 @@ class ScriptedExpert:
         Returns a trajectory to send now (start "now"), or None to let the current one run.
         """
         self._observe(t, names, positions)
-        if self.done or t < self._until or self.info["pick"] not in self._velocity:
+        if self.done or t < self._until or self.info.pick not in self._velocity:
             return None
         if self._mirror is None:
             self._mirror = TrajectoryFollower(self.spec, q, t)
@@ -132,7 +132,7 @@ class ScriptedExpert:
         if self.phase == "start":
             return "approach"
         if self.phase == "lift":
-            lifted = poses[self.info["pick"]][0][2] > self._pick_z + 0.5 * self.cfg.hover
+            lifted = poses[self.info.pick][0][2] > self._pick_z + 0.5 * self.cfg.hover
             if not lifted:
                 self.attempts += 1
                 return "approach" if self.attempts < self.cfg.max_attempts else "done"
@@ -145,12 +145,12 @@ class ScriptedExpert:
         q_now, _ = self._mirror.sample(t)
         start, _ = self.kin.fk(q_now)
         grip_now = float(q_now[self.kin.gripper])
-        pick_pos, pick_quat = poses[self.info["pick"]]
+        pick_pos, pick_quat = poses[self.info.pick]
         velocity = np.zeros(3)
         grip = self._closed
         duration = None
         if self.phase in PICK_PHASES:
-            velocity = self._velocity.get(self.info["pick"], np.zeros(3))
+            velocity = self._velocity.get(self.info.pick, np.zeros(3))
             grasp = pick_pos + np.array([0.0, 0.0, cfg.grasp_offset])
             if self.phase == "approach":
                 self._pick_z = float(pick_pos[2])
@@ -196,11 +196,11 @@ class ScriptedExpert:
 
     def _place_goal(self, poses: dict[str, tuple[np.ndarray, np.ndarray]], lowered: bool) -> np.ndarray:
         cfg = self.cfg
-        place = self.info["place"]
+        place = self.info.place
         place_pos = poses[place][0]
-        pick_half = self._objects[self.info["pick"]]["half_extents"][2]
-        half = self._objects[place]["half_extents"]
-        if self._objects[place]["kind"] == "bin":  # drop from above the rim
+        pick_half = self._objects[self.info.pick].half_extents[2]
+        half = self._objects[place].half_extents
+        if self._objects[place].kind == "bin":  # drop from above the rim
             z = 2 * half[2] + pick_half + cfg.drop_clearance
         else:  # stack: the held cube's centre one cube height above the base's centre
             z = place_pos[2] + half[2] + pick_half + 0.003
@@ -246,6 +246,14 @@ class ScriptedExpert:
         if not moving:
             vel[-1] = 0.0
         return Trajectory.from_arrays(self.joint_names, taus, qs, vel), duration
+
+    def planned(self, times: np.ndarray) -> np.ndarray | None:
+        """Positions (len(times), dof) rad|m the expert has commanded for ``times`` s (joints it does
+        not drive hold), or None before its first plan.
+        """
+        if self._mirror is None:
+            return None
+        return np.stack([self._mirror.sample(float(t))[0] for t in times])
 
     def close(self) -> None:
         """Release the kinematics client."""

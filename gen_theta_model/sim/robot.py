@@ -8,10 +8,9 @@ episodes (tests, benchmarks) call it with the simulated clock.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.sim.kinematics import ArmKinematics, reachable_workspace
+from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import Task, make_task
 from gen_theta_model.sim.world import SimWorld
 from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
@@ -80,21 +79,21 @@ class SimRobot:
         """The episode ended: success, or the task's time limit passed."""
         return self.success_time is not None or self.timed_out
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> TaskState:
         """Return the task state published on sim/task: ``Task.info`` plus episode progress."""
         if self.task is None:
             raise RuntimeError("SimRobot.state() before the first reset()")
-        return {
-            **self.task.info(self.world),
-            "robot": self.spec.name,
-            "episode": self.episode,
-            "episode_start": self.episode_start,
-            "success": self.success_time is not None,
-            "success_time": self.success_time,
-            "elapsed": round(self.elapsed, 4),
-            "done": self.done,
-            "sim_time": round(self.sim_time, 4),
-        }
+        return TaskState.of(
+            self.task.info(self.world),
+            robot=self.spec.name,
+            episode=self.episode,
+            episode_start=self.episode_start,
+            success=self.success_time is not None,
+            success_time=self.success_time,
+            elapsed=round(self.elapsed, 4),
+            done=self.done,
+            sim_time=round(self.sim_time, 4),
+        )
 
     def close(self) -> None:
         """Disconnect the physics client."""

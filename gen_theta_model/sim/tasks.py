@@ -20,13 +20,13 @@ place it, the conveyor velocity) and what a recorder stores with the episode.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import numpy as np
 
 from gen_theta_model.sim import objects
 from gen_theta_model.sim.kinematics import Workspace
 from gen_theta_model.sim.objects import COLORS, CUBE_HALF, SceneObject
+from gen_theta_model.sim.task_state import ObjectInfo, TaskInfo
 from gen_theta_model.sim.world import SimWorld
 
 CATEGORIES = ("dexterity", "real_world", "generalization")
@@ -73,24 +73,23 @@ class Task(ABC):
     def success(self, world: SimWorld) -> bool:
         """Tell whether the task is achieved (and the robot has let go)."""
 
-    def info(self, world: SimWorld) -> dict[str, Any]:
-        """Return the task state as plain data (published as JSON on sim/task)."""
+    def info(self, world: SimWorld) -> TaskInfo:
+        """Return the scene after the reset (part of the task state on sim/task)."""
         if self.workspace is None:
             raise RuntimeError(f"task {self.name}: info() before reset()")
-        return {
-            "task": self.name,
-            "category": self.category,
-            "seed": self.seed,
-            "instruction": self.instruction,
-            "time_limit": self.time_limit,
-            "pick": self.pick,
-            "place": self.place,
-            "objects": [
-                {"name": o.name, "kind": o.kind, "half_extents": list(o.half_extents)} for o in world.objects.values()
-            ],
-            "conveyor_velocity": self.belt_velocity.tolist(),
-            "workspace": {"center": list(self.workspace.center), "half": list(self.workspace.half)},
-        }
+        return TaskInfo(
+            task=self.name,
+            category=self.category,
+            seed=self.seed,
+            instruction=self.instruction,
+            time_limit=self.time_limit,
+            pick=self.pick,
+            place=self.place,
+            objects=tuple(ObjectInfo(o.name, o.kind, tuple(map(float, o.half_extents)))
+                          for o in world.objects.values()),
+            conveyor_velocity=tuple(map(float, self.belt_velocity)),
+            workspace=self.workspace,
+        )
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _layout(self, rng: np.random.Generator, n_cubes: int, with_bin: bool) -> tuple[np.ndarray | None, list]:

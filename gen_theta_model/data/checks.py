@@ -1,0 +1,110 @@
+"""Plausibility checks on an episode's joint values before they enter a dataset.
+
+One bad value ruins far more than its episode: a NaN joint position makes the
+embodiment's statistics NaN and every training run on them stops at step 1; one
+flipped byte (-8.9e9 rad) blows that joint's std up by nine orders of magnitude.
+Ingest therefore checks every joint state and every commanded trajectory point:
+
+- finite (a velocity row may be all NaN: the message had no velocities);
+- positions within the URDF limits widened by ``LIMIT_MARGIN`` of the range on
+  each side (encoders overshoot, grippers squeeze); continuous joints are unbounded;
+- speeds (reported, commanded, or implied by two consecutive joint states) at most
+  ``SPEED_FACTOR`` x the URDF velocity limit; the implied speed allows a jump of
+  ``JUMP_ALLOWANCE`` of the range on top, for sensor noise and stamp jitter.
+
+A failed check raises ``ImplausibleValueError`` naming the stream, the joint, the value
+and the time, so that ingest can reject the episode with a message a person acts on.
+The sim's expert episodes stay far inside these bounds (|q| <= 1.003 of the range,
+speeds <= 1.3 x the limit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.trajectory import Trajectory
+
+LIMIT_MARGIN = 0.1  # of a joint's range, beyond each URDF position limit
+SPEED_FACTOR = 2.0  # x the URDF velocity limit
+JUMP_ALLOWANCE = 0.02  # of a joint's range, between two consecutive joint states beyond the speed bound
+
+
+class ImplausibleValueError(ValueError):
+    """A joint value cannot be right; the message names stream, joint, value and time."""
+
+
+def check_joint_states(spec: EmbodimentSpec, topic: str, stamps_ns: np.ndarray, q: np.ndarray, qd: np.ndarray,
+                       t0_ns: int) -> None:
+    """Check joint states: stamps (N,) int64 ns, positions q and velocities qd (N, dof) in spec order.
+
+    Units rad (rad/s) or m (m/s); ``t0_ns`` is the start of the bag, for the times in messages.
+    """
+    _check_positions(spec, topic, "position", stamps_ns, q, t0_ns)
+    given = ~np.isnan(qd).all(axis=1)  # all NaN: the message had no velocities
+    _check_speeds(spec, topic, "velocity", stamps_ns[given], qd[given], t0_ns)
+    if len(q) > 1:
+        step = np.diff(q, axis=0)
+        cont = spec.continuous_mask
+        step[:, cont] = (step[:, cont] + np.pi) % (2 * np.pi) - np.pi
+        dt = np.diff(stamps_ns) * 1e-9
+        allowed = SPEED_FACTOR * spec.velocity_limits * dt[:, None] + JUMP_ALLOWANCE * (spec.upper - spec.lower)
+        bad = np.abs(step) > allowed
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            speed = abs(step[i, j]) / max(dt[i], 1e-9)
+            _fail(spec, topic, stamps_ns[i + 1], t0_ns, j, f"position jumps by {step[i, j]:.6g} in "
+                  f"{dt[i] * 1e3:.3g} ms ({speed:.4g}/s; the URDF velocity limit is {spec.velocity_limits[j]:.4g}/s)")
+
+
+def check_command(spec: EmbodimentSpec, topic: str, recv_ns: int, traj: Trajectory, t0_ns: int) -> None:
+    """Check every point of one commanded trajectory (received at ``recv_ns``) against the URDF limits."""
+    index = {n: i for i, n in enumerate(spec.joint_names)}
+    cols = [c for c, n in enumerate(traj.joint_names) if n in index]  # unknown joints: the follower rejects them
+    joints = np.array([index[traj.joint_names[c]] for c in cols], dtype=int)
+    for k, point in enumerate(traj.points):
+        what = f"point {k} (+{point.time_from_start:.3f} s)"
+        q = np.full((1, spec.dof), np.nan)
+        q[0, joints] = point.positions[cols]
+        _check_positions(spec, topic, f"{what} position", np.array([recv_ns]), q, t0_ns, only=joints)
+        if point.velocities is not None:
+            qd = np.zeros((1, spec.dof))
+            qd[0, joints] = point.velocities[cols]
+            _check_speeds(spec, topic, f"{what} velocity", np.array([recv_ns]), qd, t0_ns)
+
+
+def _check_positions(spec: EmbodimentSpec, topic: str, what: str, stamps_ns: np.ndarray, q: np.ndarray, t0_ns: int,
+                     only: np.ndarray | None = None) -> None:
+    cols = np.arange(spec.dof) if only is None else only
+    sub = q[:, cols]
+    bad = ~np.isfinite(sub)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        _fail(spec, topic, stamps_ns[i], t0_ns, cols[j], f"{what} is {sub[i, j]}")
+    margin = LIMIT_MARGIN * (spec.upper - spec.lower)
+    lo, hi = (spec.lower - margin)[cols], (spec.upper + margin)[cols]
+    bad = ((sub < lo) | (sub > hi)) & ~spec.continuous_mask[cols]
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        c = cols[j]
+        _fail(spec, topic, stamps_ns[i], t0_ns, c, f"{what} {sub[i, j]:.6g} is outside the URDF limits "
+              f"[{spec.lower[c]:.4g}, {spec.upper[c]:.4g}] (+-{LIMIT_MARGIN:.0%} of the range allowed)")
+
+
+def _check_speeds(spec: EmbodimentSpec, topic: str, what: str, stamps_ns: np.ndarray, qd: np.ndarray,
+                  t0_ns: int) -> None:
+    bad = ~np.isfinite(qd)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        _fail(spec, topic, stamps_ns[i], t0_ns, j, f"{what} is {qd[i, j]}")
+    bad = np.abs(qd) > SPEED_FACTOR * spec.velocity_limits
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        _fail(spec, topic, stamps_ns[i], t0_ns, j, f"{what} {qd[i, j]:.6g}/s exceeds {SPEED_FACTOR:g} x the URDF "
+              f"velocity limit {spec.velocity_limits[j]:.4g}/s")
+
+
+def _fail(spec: EmbodimentSpec, topic: str, stamp_ns: int, t0_ns: int, joint: int, text: str) -> None:
+    t = (int(stamp_ns) - t0_ns) * 1e-9
+    raise ImplausibleValueError(f"{topic}: joint '{spec.joint_names[joint]}' {text} at t={t:.3f} s "
+                           f"(stamp {int(stamp_ns)} ns): not a plausible value; episode rejected")

@@ -1,0 +1,99 @@
+"""In-process closed loop on simulated time (gen_theta_model.sim.policy_rollout): the real
+SimRobot, the real HarmonicServer, a real (tiny, untrained) checkpoint or the scripted expert.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from server_helpers import tiny_checkpoint
+
+from gen_theta_model.checkpoint import load_policy
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.policy_server_config import server_config
+from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
+from gen_theta_ros.rollout import main, parse_overrides, parse_seeds
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("run"), {"arm6": 0.0})
+
+
+def positions(trace):
+    return np.concatenate([np.stack([p.positions for p in traj.points]) for _, traj in trace.commands])
+
+
+def test_same_seed_same_episode_with_a_fixed_latency(tiny):
+    policy = load_policy(tiny)
+    spec = policy.embodiments[0]
+    loop = SimClosedLoop(policy, spec, server_config({}, 15), SimLoopConfig(inference_ms=25.0, max_seconds=1.5))
+    try:
+        first = loop.run("pick_place_bin", 3, "harmonic", 100.0)
+        second = loop.run("pick_place_bin", 3, "harmonic", 100.0)
+    finally:
+        loop.close()
+    assert first[0] == second[0]  # every figure
+    assert [t for t, _ in first[1].commands] == [t for t, _ in second[1].commands]
+    np.testing.assert_array_equal(positions(first[1]), positions(second[1]))
+
+
+def test_inference_takes_simulated_time_and_commands_keep_flowing(tiny):
+    policy = load_policy(tiny)
+    spec = policy.embodiments[0]
+    loop = SimClosedLoop(policy, spec, server_config({}, 15), SimLoopConfig(inference_ms=20.0, max_seconds=2.0))
+    try:
+        figures, trace = loop.run("conveyor_pack", 0, "harmonic", 300.0)
+    finally:
+        loop.close()
+    dt = loop.robot.world.dt
+    assert 320.0 <= figures.latency_p50_ms <= 320.0 + 1e3 * dt  # whole physics steps
+    times = np.array([t for t, _ in trace.commands])
+    assert times[-1] - times[0] >= 1.9
+    # A command every tick while chunks are inferred (ticks fall on physics steps).
+    assert np.max(np.diff(times)) <= 1.0 / 50.0 + dt + 1e-9
+    assert figures.switches >= 3 and figures.idle_fraction == 0.0
+
+
+@pytest.mark.parametrize("mode", ["harmonic", "sync"])
+def test_the_expert_served_with_300ms_delay_boxes_the_moving_cube(mode):
+    spec = load_robot("arm6")
+    loop = SimClosedLoop(None, spec, server_config({}, 20), SimLoopConfig(inference_ms=30.0))
+    try:
+        figures, _ = loop.run("conveyor_pack", 1, mode, 300.0)
+    finally:
+        loop.close()
+    assert figures.success and figures.time_to_success < 15.0
+    assert figures.latency_p50_ms >= 330.0
+
+
+def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
+    out = tmp_path / "r"
+    code = main([str(tiny), "--in-process", "--inference-ms", "20", "--task", "stack", "--task", "pick_place_bin",
+                 "--seeds", "0..1", "--modes", "harmonic", "sync", "--delays-ms", "300", "--max-seconds", "1",
+                 "--server", "min_prefix_steps=10", "--out", str(out), "--no-video"])
+    assert code == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [(r["robot"], r["task"], r["mode"]) for r in doc["rows"]] == [
+        ("arm6", "pick_place_bin", "harmonic"), ("arm6", "pick_place_bin", "sync"),
+        ("arm6", "stack", "harmonic"), ("arm6", "stack", "sync"),
+    ]
+    for row in doc["rows"]:
+        assert row["episodes"] == 2 and 0.0 <= row["success_ci_low"] <= row["success_rate"] <= row["success_ci_high"]
+    assert doc["meta"]["server"] == [["min_prefix_steps", 10]] and doc["meta"]["in_process"]
+    assert len(doc["episodes"]) == 8
+    assert "| arm6 | stack | 300 | sync | 0/2 = 0.00 [0.00, 0.66] |" in (out / "results.md").read_text()
+
+
+def test_rollout_arguments():
+    assert parse_seeds(["1000..1003", "7"]) == (1000, 1001, 1002, 1003, 7)
+    for bad in (["1..x"], ["3", "3"], ["5..4"]):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
+    assert parse_overrides(["mode=sync", "execute_steps=8"]) == (("mode", "sync"), ("execute_steps", 8))
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_overrides(["min_prefix_steps"])
+    with pytest.raises(SystemExit):
+        main(["--expert"])  # the expert reads the simulator: in-process only
+    with pytest.raises(SystemExit):
+        main([])  # neither a checkpoint nor --expert
