@@ -14,8 +14,9 @@ The committed prefix and the delay d come from the scheduler; d follows a runnin
 percentile of the measured latency (observation snapshot to chunk ready, including the
 ``added_delay_ms`` that stands in for a larger model). Robots whose delay differs (other
 control rates) are batched by equal d. Safety (gen_theta_model.adapter): stale input,
-disable and e-stop hold the robot where it is commanded to be; when it resumes, the
-timeline restarts from there.
+refused input (``reject``: a non-finite joint state, an undecodable image), disable and
+e-stop hold the robot where it is commanded to be; when it resumes, the timeline
+restarts from there. JointStates may carry some of the joints (gen_theta_model.robot_inputs).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
@@ -101,7 +102,7 @@ class PolicyServer(Node):
         torch.set_num_threads(cfg.torch_threads)
         return load_policy(cfg.checkpoint, device=cfg.device)
 
-    def _wire(self, served: list[tuple[str, EmbodimentSpec]]) -> dict[str, object]:
+    def _wire(self, served: list[tuple[str, EmbodimentSpec]]) -> dict[str, Publisher]:
         """Create each robot's subscriptions, service and command publisher; returns robot -> publisher.
 
         Every callback runs on the one executor thread (gen_theta_ros/runtime.py); they only
