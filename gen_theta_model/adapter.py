@@ -14,8 +14,9 @@ It mirrors what it sent in a ``TrajectoryFollower`` (the controller's semantics)
 always knows the position the robot is commanded to be at, which is where it holds.
 
 ``SafetyMonitor`` decides whether the server may drive a robot right now: enabled,
-e-stop not latched, joint and camera input fresh. ``ServerCounters`` and
-``TickClock`` count what the diagnostics report.
+e-stop not latched, no input rejected since the last good message of that input, joint
+and camera input fresh. ``ServerCounters`` and ``TickClock`` count what the diagnostics
+report; ``diagnostic_level`` grades a hold reason.
 """
 
 from __future__ import annotations
@@ -156,10 +157,12 @@ def rate_limit(points: np.ndarray, times: np.ndarray, vmax: np.ndarray) -> np.nd
 
 
 class SafetyMonitor:
-    """Enable, e-stop latch and input freshness for one robot. Times are s on one clock.
+    """Enable, e-stop latch, rejected input and input freshness for one robot. Times are s on one clock.
 
     The e-stop latches: once triggered, the robot holds until the e-stop is released
-    *and* the server is enabled again. Returns a reason string to hold, "" to drive.
+    *and* the server is enabled again. A rejected message of an input (``reject``) holds
+    the robot until that input's next good message. ``check`` returns a reason string
+    to hold, "" to drive.
     """
 
     def __init__(self, cfg: SafetyConfig, cameras: tuple[str, ...], enabled: bool = True) -> None:
@@ -170,6 +173,7 @@ class SafetyMonitor:
         self.estop_latched = False
         self.joint_received: float | None = None
         self.camera_received: dict[str, float] = {}
+        self.rejected: dict[str, str] = {}  # input ("joint_states", "camera 'x'") -> why its message was refused
 
     def set_enabled(self, on: bool) -> tuple[bool, str]:
         """Enable or disable; enabling is refused while the e-stop is active. (success, message)."""
@@ -186,11 +190,18 @@ class SafetyMonitor:
             self.estop_latched = True
             self.enabled = False
 
-    def joint_state(self, now: float) -> None:
-        self.joint_received = now
+    def joint_state(self, received: float | None) -> None:
+        """Note a good JointState; ``received``: receive time (s) of the stalest joint, None if some has none yet."""
+        self.rejected.pop(JOINT_STATES, None)
+        self.joint_received = received
 
     def camera(self, name: str, now: float) -> None:
+        self.rejected.pop(camera_input(name), None)
         self.camera_received[name] = now
+
+    def reject(self, source: str, reason: str) -> None:
+        """Refuse a message of input ``source`` (``reason``): hold until that input's next good message."""
+        self.rejected[source] = reason
 
     def check(self, now: float) -> str:
         """Why the robot must hold at ``now`` ("" when it may be driven)."""
@@ -198,6 +209,8 @@ class SafetyMonitor:
             return "e-stop"
         if not self.enabled:
             return "disabled"
+        for source, why in self.rejected.items():
+            return f"{REJECTED} {source}: {why}"
         if self.joint_received is None:
             return "no joint_states yet"
         age = now - self.joint_received
@@ -210,6 +223,25 @@ class SafetyMonitor:
             if now - t > self.cfg.camera_timeout_s:
                 return f"camera '{cam}' stale ({(now - t) * 1e3:.0f} ms)"
         return ""
+
+
+JOINT_STATES = "joint_states"
+REJECTED = "rejected"  # hold reasons that start with it: a message was refused
+
+
+def camera_input(name: str) -> str:
+    """Return the input name of camera ``name`` in hold reasons and ``SafetyMonitor.reject``."""
+    return f"camera '{name}'"
+
+
+def diagnostic_level(hold_reason: str) -> int:
+    """diagnostic_msgs/DiagnosticStatus level for a robot holding for ``hold_reason`` ("" = driving).
+
+    0 (OK) when driving, 2 (ERROR) on e-stop or a refused message, 1 (WARN) otherwise.
+    """
+    if not hold_reason:
+        return 0
+    return 2 if hold_reason == "e-stop" or hold_reason.startswith(REJECTED) else 1
 
 
 class TickClock:
@@ -244,6 +276,9 @@ class ServerCounters:
     chunks: int = 0
     late_chunks: int = 0  # chunks that arrived after their takeover time
     nonfinite_chunks: int = 0
+    rejected_joint_states: int = 0  # JointStates refused (non-finite, malformed)
+    rejected_images: int = 0  # frames refused (unsupported encoding, malformed)
+    last_rejected: str = ""  # why the latest refused message was refused
     ticks: int = 0
     holds: int = 0  # ticks held by safety (stale input, disabled, e-stop, non-finite)
     idle_ticks: int = 0  # ticks the robot waited for a plan
@@ -259,6 +294,9 @@ class ServerCounters:
             "chunks": str(self.chunks),
             "late_chunks": str(self.late_chunks),
             "nonfinite_chunks": str(self.nonfinite_chunks),
+            "rejected_joint_states": str(self.rejected_joint_states),
+            "rejected_images": str(self.rejected_images),
+            "last_rejected": self.last_rejected,
             "ticks": str(self.ticks),
             "missed_deadlines": str(clock.missed),
             "jitter_p50_ms": f"{clock.jitter.percentile(50) * 1e3:.2f}",

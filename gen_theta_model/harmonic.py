@@ -72,7 +72,7 @@ class SchedulerConfig:
     mode: str = "harmonic"
     rate_hz: float = 50.0  # control rate: the action grid of the policy
     horizon: int = 32  # H: actions per chunk, the policy's
-    execute_steps: int = 8  # s: each chunk runs at least this many steps before the next takes over
+    execute_steps: int = 10  # s: each chunk runs >= this many steps (0.2 s at 50 Hz) before the next takes over
     window_steps: int = 25  # points per command: 0.5 s of look-ahead at 50 Hz for the controller
     max_delay_steps: int = 15  # the longest committed prefix the policy was trained with
 

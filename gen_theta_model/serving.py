@@ -14,8 +14,9 @@ The committed prefix and the delay d come from the scheduler; d follows a runnin
 percentile of the measured latency (observation snapshot to chunk ready, including the
 ``added_delay_ms`` that stands in for a larger model). Robots whose delay differs (other
 control rates) are batched by equal d. Safety (gen_theta_model.adapter): stale input,
-disable and e-stop hold the robot where it is commanded to be; when it resumes, the
-timeline restarts from there.
+refused input (``reject``: a non-finite joint state, an undecodable image), disable and
+e-stop hold the robot where it is commanded to be; when it resumes, the timeline
+restarts from there. JointStates may carry some of the joints (gen_theta_model.robot_inputs).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +33,7 @@ import torch
 
 from gen_theta_model import batch as K
 from gen_theta_model.adapter import (
+    JOINT_STATES,
     Command,
     EmbodimentAdapter,
     SafetyConfig,
@@ -49,8 +50,10 @@ from gen_theta_model.harmonic import (
     SchedulerConfig,
     delay_steps,
 )
-from gen_theta_model.observation import ObservationConfig, build_observation
+from gen_theta_model.messages import ConversionError
+from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.robot_inputs import RobotInputs
 
 
 class ChunkPolicy(Protocol):
@@ -60,6 +63,7 @@ class ChunkPolicy(Protocol):
 
     config: PolicyConfig
     observation_config: ObservationConfig
+    embodiments: list[EmbodimentSpec]
 
     def embodiment_index(self, name: str) -> int: ...
 
@@ -70,10 +74,10 @@ class ChunkPolicy(Protocol):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    mode: str = "harmonic"  # harmonic | sync | naive_async (gen_theta_model.harmonic)
+    mode: str = SchedulerConfig.mode  # harmonic | sync | naive_async (gen_theta_model.harmonic)
     command_rate_hz: float = 50.0  # how often a command window is published (the action grid is the robot's)
-    execute_steps: int = 10  # each chunk runs >= 0.2 s at 50 Hz before the next one takes over
-    window_steps: int = 25  # points per command: 0.5 s of look-ahead
+    execute_steps: int = SchedulerConfig.execute_steps
+    window_steps: int = SchedulerConfig.window_steps
     delay_percentile: float = 95.0  # the delay covers 95% of recent latencies; the rest arrive late
     min_prefix_steps: int = 15  # harmonic: commit at least this many steps per chunk, however fast inference is
     latency_window: int = 50  # inferences in the running percentile
@@ -95,49 +99,6 @@ class ServerConfig:
             raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
         if self.min_prefix_steps < 0:
             raise ValueError(f"min_prefix_steps must be >= 0, got {self.min_prefix_steps}")
-
-
-class RobotInputs:
-    """Latest inputs of one robot, written by callbacks and read by the inference thread.
-
-    Stamps are the messages' header stamps (s); ages are measured against them, as in
-    training. Joint positions are kept in spec order, rad|m.
-    """
-
-    def __init__(self, spec: EmbodimentSpec, history: int) -> None:
-        self._lock = threading.Lock()
-        self.spec = spec
-        self.frames: dict[str, tuple[float, np.ndarray]] = {}
-        self.joints: deque[tuple[float, np.ndarray]] = deque(maxlen=history)
-        self.instruction = ""
-
-    def joint_state(self, stamp: float, positions: np.ndarray) -> None:
-        with self._lock:
-            self.joints.append((stamp, positions))
-
-    def image(self, camera: str, stamp: float, frame: np.ndarray) -> None:
-        with self._lock:
-            self.frames[camera] = (stamp, frame)
-
-    def set_instruction(self, text: str) -> None:
-        with self._lock:
-            self.instruction = text
-
-    def latest_positions(self) -> np.ndarray | None:
-        with self._lock:
-            return self.joints[-1][1] if self.joints else None
-
-    def observation(self, chunk_start: float, cfg: ObservationConfig) -> dict[str, np.ndarray]:
-        """Build the observation (batch layout, no batch axis) for a chunk starting at ``chunk_start`` s."""
-        with self._lock:
-            frames = dict(self.frames)
-            joints = list(self.joints)
-            instruction = self.instruction
-        ages = {name: max(chunk_start - stamp, 0.0) for name, (stamp, _) in frames.items()}
-        positions = np.stack([q for _, q in joints]) if joints else np.zeros((0, self.spec.dof))
-        joint_ages = np.array([max(chunk_start - s, 0.0) for s, _ in joints])
-        images = {name: frame for name, (_, frame) in frames.items()}
-        return build_observation(self.spec, images, ages, positions, joint_ages, instruction, cfg)
 
 
 @dataclass
@@ -232,17 +193,36 @@ class HarmonicServer:
         return self.sessions[robot]
 
     def on_joint_state(self, robot: str, names: list[str], positions: np.ndarray, stamp: float, now: float) -> None:
-        """Take a JointState of ``robot``: names (n), positions (n,) rad|m; EmbodimentError on a missing joint."""
+        """Take a JointState of ``robot``: names (n), positions (n,) rad|m, stamped ``stamp`` s, received ``now`` s.
+
+        It may carry only some of the robot's joints (merged by name, others ignored); one
+        with a non-finite position of the robot's joints is refused (``reject``).
+        """
         s = self.session(robot)
-        q = s.spec.reorder_from(names, np.asarray(positions, dtype=np.float64))
-        s.inputs.joint_state(stamp, q)
-        s.safety.joint_state(now)
+        try:
+            oldest = s.inputs.joint_state(names, positions, stamp, now)
+        except ConversionError as err:
+            self.reject(robot, JOINT_STATES, str(err))
+            return
+        s.safety.joint_state(oldest)
 
     def on_image(self, robot: str, camera: str, frame: np.ndarray, stamp: float, now: float) -> None:
         """Take a camera frame (H, W, 3) uint8 rgb of ``robot``."""
         s = self.session(robot)
         s.inputs.image(camera, stamp, frame)
         s.safety.camera(camera, now)
+
+    def reject(self, robot: str, source: str, reason: str) -> None:
+        """Refuse a message of ``robot``'s input ``source`` (``JOINT_STATES`` or ``camera_input(name)``)
+        for ``reason``: count it, and hold the robot until that input's next good message.
+        """
+        s = self.session(robot)
+        if source == JOINT_STATES:
+            s.counters.rejected_joint_states += 1
+        else:
+            s.counters.rejected_images += 1
+        s.counters.last_rejected = f"{source}: {reason}"
+        s.safety.reject(source, reason)
 
     def on_instruction(self, robot: str, text: str) -> None:
         self.session(robot).inputs.set_instruction(text)
@@ -263,7 +243,10 @@ class HarmonicServer:
         if not s.adapter.started:
             measured = s.inputs.latest_positions()
             if measured is None:
-                c.hold_reason = "no joint_states yet"
+                c.hold_reason = s.safety.check(now) or "no joint_states yet"
+                missing = s.inputs.missing_joints()
+                if c.hold_reason == "no joint_states yet" and len(missing) < s.spec.dof:
+                    c.hold_reason = f"no joint_states yet of joint(s) {missing}"
                 return None
             s.adapter.reset(measured, now)
         reason = s.safety.check(now)
@@ -379,8 +362,9 @@ class HarmonicServer:
     def start(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         """Run ``infer_step`` on a daemon thread until ``stop``.
 
-        An exception there ends the thread (the robots then hold at the end of their plans)
-        after ``on_error(exception)`` is called, e.g. to shut the node down.
+        An exception there ends the thread (the robots then hold at the end of their plans):
+        it is handed to ``on_error(exception)``, e.g. to shut the node down, or raised when
+        there is no ``on_error``.
         """
         if self._thread is not None:
             raise RuntimeError("the inference thread is already running")
@@ -404,19 +388,6 @@ class HarmonicServer:
                     self._wake.wait(timeout=poll)
                     self._wake.clear()
         except Exception as err:
-            if self._on_error is not None:
-                self._on_error(err)
-            raise
-
-
-def server_config(params: Mapping[str, object], max_delay_steps: int = 0) -> ServerConfig:
-    """ServerConfig from policy_server parameters (config/policy_server.yaml's ``ros__parameters``):
-    the keys that name ServerConfig or SafetyConfig fields are used, every other key is ignored
-    (checkpoint, robots, device, ...); missing keys keep the dataclass defaults.
-    """
-    def pick(cls: type) -> dict[str, object]:
-        skip = ("safety", "max_delay_steps")  # set below: the checkpoint decides the longest prefix
-        return {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params and f.name not in skip}
-
-    safety = SafetyConfig(**pick(SafetyConfig))
-    return ServerConfig(**pick(ServerConfig), max_delay_steps=max_delay_steps, safety=safety)
+            if self._on_error is None:
+                raise
+            self._on_error(err)

@@ -1,10 +1,11 @@
-"""ROS 2 messages <-> numpy arrays and gen_theta_model objects.
+"""ROS 2 messages <-> numpy arrays and gen_theta_model objects, for the nodes.
 
-Times are float seconds. Images follow cv_bridge's ``passthrough`` conversion: an
-Image becomes an (H, W, C) array for multi-channel encodings and (H, W) for
-single-channel ones, with the dtype of the encoding, row padding (``step``) removed
-and byte order fixed. cv_bridge is used when a ROS 2 install provides it; otherwise
-the numpy conversion below gives the same arrays for the encodings in ``ENCODINGS``.
+Decoding (message -> arrays: images, ``to_rgb8``, joint states, trajectories, times)
+lives in the pure core, gen_theta_model/messages.py, and is re-exported here; this
+module adds what builds messages. Times are float seconds. Images follow cv_bridge's
+``passthrough`` conversion (see gen_theta_model.messages); cv_bridge is used when a ROS 2
+install provides it, otherwise the numpy conversion gives the same arrays for the
+encodings in ``ENCODINGS``.
 """
 
 from __future__ import annotations
@@ -18,53 +19,57 @@ import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Pose, PoseArray
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from gen_theta_model.trajectory import Trajectory, TrajectoryPoint
+from gen_theta_model.messages import (
+    ENCODINGS,
+    ConversionError,
+    compressed_to_numpy,
+    decode_image,
+    duration_to_seconds,
+    joint_state_to_arrays,
+    time_to_seconds,
+    to_rgb8,
+    trajectory_from_msg,
+)
+from gen_theta_model.trajectory import Trajectory
+
+__all__ = [  # the decoders of gen_theta_model.messages, and the encoders below
+    "ENCODINGS",
+    "ConversionError",
+    "arrays_to_joint_state",
+    "compressed_to_numpy",
+    "decode_image",
+    "duration_to_seconds",
+    "encode_image",
+    "image_to_numpy",
+    "joint_state_to_arrays",
+    "msg_to_poses",
+    "numpy_to_compressed",
+    "numpy_to_image",
+    "poses_to_msg",
+    "seconds_to_duration",
+    "seconds_to_time",
+    "time_to_seconds",
+    "to_rgb8",
+    "trajectory_from_msg",
+    "trajectory_to_msg",
+]
 
 try:  # a ROS 2 install; the PyPI wheels have no cv_bridge
     from cv_bridge import CvBridge
 except ImportError:
     CvBridge = None
 
-# encoding -> (numpy dtype, channels)
-ENCODINGS: dict[str, tuple[type, int]] = {
-    "rgb8": (np.uint8, 3),
-    "bgr8": (np.uint8, 3),
-    "rgba8": (np.uint8, 4),
-    "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1),
-    "mono16": (np.uint16, 1),
-    "8UC1": (np.uint8, 1),
-    "8UC3": (np.uint8, 3),
-    "16UC1": (np.uint16, 1),
-    "32FC1": (np.float32, 1),
-}
-
-
-class ConversionError(ValueError):
-    """A message cannot be converted; the message names the field and the problem."""
-
 
 # -- time ------------------------------------------------------------------------------
-def time_to_seconds(stamp: Time) -> float:
-    """builtin_interfaces/Time -> float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def seconds_to_time(seconds: float) -> Time:
     """Float seconds (>= 0) -> builtin_interfaces/Time."""
     if seconds < 0 or not math.isfinite(seconds):
         raise ConversionError(f"a Time must be finite and >= 0 s, got {seconds}")
     ns = int(round(seconds * 1e9))
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-def duration_to_seconds(d: Duration) -> float:
-    """builtin_interfaces/Duration -> float seconds."""
-    return d.sec + d.nanosec * 1e-9
 
 
 def seconds_to_duration(seconds: float) -> Duration:
@@ -76,27 +81,6 @@ def seconds_to_duration(seconds: float) -> Duration:
 
 
 # -- joint states ----------------------------------------------------------------------
-def joint_state_to_arrays(msg: JointState) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """JointState -> (names, positions, velocities, efforts), each array (n,) float64.
-
-    Missing velocity or effort fields (empty, as the message allows) become NaN.
-    """
-    names = list(msg.name)
-    n = len(names)
-    pos = np.asarray(msg.position, dtype=np.float64)
-    if pos.shape != (n,):
-        raise ConversionError(f"JointState has {n} names but {pos.shape[0]} positions")
-    out = [pos]
-    for field in ("velocity", "effort"):
-        values = np.asarray(getattr(msg, field), dtype=np.float64)
-        if values.size == 0:
-            values = np.full(n, np.nan)
-        elif values.shape != (n,):
-            raise ConversionError(f"JointState has {n} names but {values.shape[0]} {field} values")
-        out.append(values)
-    return names, out[0], out[1], out[2]
-
-
 def arrays_to_joint_state(
     names: Sequence[str],
     positions: np.ndarray,
@@ -119,24 +103,6 @@ def arrays_to_joint_state(
 
 
 # -- trajectories ------------------------------------------------------------------------
-def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
-    """trajectory_msgs/JointTrajectory -> Trajectory (header stamp 0 -> start when received).
-
-    Empty velocity/acceleration lists mean "not given". Raises TrajectoryError (a
-    ValueError) on malformed messages.
-    """
-    points = tuple(
-        TrajectoryPoint(
-            positions=np.asarray(p.positions, dtype=np.float64),
-            time_from_start=duration_to_seconds(p.time_from_start),
-            velocities=np.asarray(p.velocities, dtype=np.float64) if len(p.velocities) else None,
-            accelerations=np.asarray(p.accelerations, dtype=np.float64) if len(p.accelerations) else None,
-        )
-        for p in msg.points
-    )
-    return Trajectory(tuple(msg.joint_names), points, time_to_seconds(msg.header.stamp))
-
-
 def trajectory_to_msg(traj: Trajectory) -> JointTrajectory:
     """Trajectory -> trajectory_msgs/JointTrajectory (start_time becomes the header stamp)."""
     msg = JointTrajectory()
@@ -199,24 +165,6 @@ def numpy_to_image(array: np.ndarray, encoding: str, stamp: float = 0.0, frame_i
     return msg
 
 
-def decode_image(msg: Image) -> np.ndarray:
-    """Convert as ``image_to_numpy`` does, with numpy only, for the encodings in ``ENCODINGS``."""
-    if msg.encoding not in ENCODINGS:
-        raise ConversionError(f"Image encoding '{msg.encoding}' is not supported (known: {sorted(ENCODINGS)})")
-    dtype, channels = ENCODINGS[msg.encoding]
-    dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
-    row = msg.width * channels * dt.itemsize
-    if msg.step < row or len(msg.data) < msg.step * msg.height:
-        raise ConversionError(
-            f"Image {msg.width}x{msg.height} {msg.encoding}: step {msg.step} and {len(msg.data)} data bytes "
-            f"are too small (need step >= {row})"
-        )
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
-    arr = buf[:, :row].copy().view(dt).astype(dt.newbyteorder("="))
-    shape = (msg.height, msg.width) if channels == 1 else (msg.height, msg.width, channels)
-    return arr.reshape(shape)
-
-
 def encode_image(array: np.ndarray, encoding: str) -> Image:
     """Convert as ``numpy_to_image`` does, with numpy only: native byte order, no row padding, no header."""
     if encoding not in ENCODINGS:
@@ -237,21 +185,6 @@ def encode_image(array: np.ndarray, encoding: str) -> Image:
     msg.step = msg.width * channels * arr.dtype.itemsize
     msg.data = np.ascontiguousarray(arr).tobytes()
     return msg
-
-
-def compressed_to_numpy(msg: CompressedImage) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg or png) -> (H, W, 3) uint8 RGB, or (H, W) for grey images.
-
-    Unlike cv_bridge (which decodes to BGR) this returns RGB, the order the model uses.
-    """
-    try:
-        img = PILImage.open(io.BytesIO(bytes(msg.data)))
-        img.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConversionError(f"CompressedImage (format '{msg.format}') cannot be decoded: {err}") from err
-    if img.mode not in ("L", "I;16", "RGB"):
-        img = img.convert("RGB")
-    return np.asarray(img)
 
 
 def numpy_to_compressed(

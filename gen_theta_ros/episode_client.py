@@ -32,16 +32,15 @@ from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
+from gen_theta_ros.qos import LATCHED_QOS
 
 T = TypeVar("T")
 N = TypeVar("N", bound=Node)
-TASK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class EpisodeClient(Node):
@@ -64,7 +63,7 @@ class EpisodeClient(Node):
                 "stop": self.create_client(Trigger, t.resolve(robot, srv.recorder_stop)),
                 "mark": self.create_client(SetBool, t.resolve(robot, srv.recorder_mark_success)),
             }
-        self.create_subscription(String, t.resolve(robot, t.task), self._on_task, TASK_QOS)
+        self.create_subscription(String, t.resolve(robot, t.task), self._on_task, LATCHED_QOS)
 
     def _on_task(self, msg: String) -> None:
         state = TaskState.from_json(msg.data)

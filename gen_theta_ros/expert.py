@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import rclpy
 from geometry_msgs.msg import PoseArray
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -26,10 +25,8 @@ from gen_theta_model.sim.experts import ScriptedExpert
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, msg_to_poses, time_to_seconds, trajectory_to_msg
+from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import run_node
-
-COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @dataclass(frozen=True)
@@ -53,10 +50,10 @@ class ExpertNode(Node):
         topics = load_topics()
         ns = self.spec.name
         self.create_subscription(
-            JointState, topics.resolve(ns, topics.joint_states), self._on_joints, qos_profile_sensor_data
+            JointState, topics.resolve(ns, topics.joint_states), self._on_joints, SENSOR_QOS
         )
         self.create_subscription(
-            PoseArray, topics.resolve(ns, topics.object_poses), self._on_poses, qos_profile_sensor_data
+            PoseArray, topics.resolve(ns, topics.object_poses), self._on_poses, SENSOR_QOS
         )
         self.create_subscription(String, topics.resolve(ns, topics.task), self._on_task, LATCHED_QOS)
         self.command_topic = topics.resolve(ns, topics.command)

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from gen_theta_model.checkpoint import CheckpointError, resolve_checkpoint
 from gen_theta_model.config import ConfigError, resolve_path, share_dir
 from gen_theta_model.embodiment import load_robot_config
 from gen_theta_ros.processes import die_with_parent
@@ -87,7 +88,11 @@ def default_params_file() -> Path:
 
 
 def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
-    """List the nodes of the bring-up for ``args``, in start order."""
+    """List the nodes of the bring-up for ``args``, in start order.
+
+    ConfigError for an unknown robot, a missing params file or a checkpoint that is not
+    there, before anything starts.
+    """
     nodes = []
     urdfs = {robot: robot_urdf(robot).read_text() for robot in args.robots}
     if args.sim:
@@ -98,6 +103,10 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
         params_file = args.params_file or str(default_params_file())
         if not Path(params_file).is_file():
             raise ConfigError(f"bringup: params_file {params_file} does not exist")
+        try:
+            resolve_checkpoint(Path(args.checkpoint).expanduser())
+        except CheckpointError as err:
+            raise ConfigError(f"bringup: checkpoint: {err}") from err
         params = {
             "checkpoint": str(Path(args.checkpoint).expanduser().resolve()),
             "robots": list(args.robots),

@@ -9,6 +9,9 @@ message <-> numpy. Per robot namespace ``/<robot>`` (names from config/topics.ya
   positions, velocities, accelerations; reliable) at ``command_rate_hz``;
 - serves: policy_server/enable (std_srvs/SetBool).
 
+JointStates may carry only some of a robot's joints (merged by name). A message the
+server cannot use (a non-finite joint position, an image it cannot decode) is refused,
+counted, and holds that robot until its input is good again; it never stops the node.
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
 per ``diagnostics_period_s``. The model runs in a child process (``inference_process``, else
 on a thread), fed by the engine's inference thread; commands have a thread of their own;
@@ -17,201 +20,133 @@ neither the callbacks nor the command stream ever wait for inference (docs/servi
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import os
 import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.publisher import Publisher
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from gen_theta_model.adapter import SafetyConfig
+from gen_theta_model.adapter import JOINT_STATES, camera_input, diagnostic_level
 from gen_theta_model.checkpoint import load_policy, read_checkpoint_config
-from gen_theta_model.config import ConfigError
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.inference_worker import WorkerPolicy
-from gen_theta_model.serving import HarmonicServer, ServerConfig
+from gen_theta_model.messages import ConversionError
+from gen_theta_model.policy_server_config import (
+    RECONFIGURABLE,
+    PolicyServerConfig,
+    configs_from_parameters,
+    parameter_defaults,
+    served_robots,
+)
+from gen_theta_model.serving import ChunkPolicy, HarmonicServer
 from gen_theta_model.topics import load_topics
-from gen_theta_ros.conversions import image_to_numpy, joint_state_to_arrays, time_to_seconds, trajectory_to_msg
+from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_to_msg
+from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import run_node
-
-COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RECONFIGURABLE = ("mode", "added_delay_ms", "execute_steps", "delay_percentile", "min_prefix_steps")
-
-
-def rgb(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB (rgb8, bgr8 and mono8 accepted)."""
-    arr = image_to_numpy(msg)
-    if msg.encoding == "bgr8":
-        return np.ascontiguousarray(arr[..., ::-1])
-    if msg.encoding in ("mono8", "8UC1"):
-        return np.repeat(arr[..., None], 3, axis=2)
-    if msg.encoding != "rgb8":
-        raise ValueError(f"camera image encoding '{msg.encoding}' is not supported (rgb8, bgr8, mono8)")
-    return arr
 
 
 class PolicyServer(Node):
+    """The node: parameters (gen_theta_model/policy_server_config.py) -> engine, topics, command thread.
+
+    ``failure`` is set when the command stream or inference failed for good; the node then
+    shuts the context down and ``main`` exits 1.
+    """
+
     def __init__(self) -> None:
         super().__init__("policy_server")
-        self.declare_parameter("checkpoint", "")  # checkpoint directory or training run directory
-        self.declare_parameter("robots", ["arm6"])  # robot namespaces served
-        self.declare_parameter("embodiments", [""])  # embodiment name per robot; empty: the namespace
-        self.declare_parameter("robot_descriptions", [""])  # URDF text per robot, checked against the checkpoint
-        self.declare_parameter("mode", "harmonic")  # harmonic | sync | naive_async
-        self.declare_parameter("command_rate_hz", 50.0)
-        self.declare_parameter("execute_steps", 10)
-        self.declare_parameter("window_steps", 25)
-        self.declare_parameter("delay_percentile", 95.0)
-        self.declare_parameter("min_prefix_steps", 15)  # harmonic: commit at least this many steps
-        self.declare_parameter("added_delay_ms", 0.0)
-        self.declare_parameter("sample", False)
-        self.declare_parameter("joint_timeout_s", 0.25)
-        self.declare_parameter("camera_timeout_s", 0.5)
-        self.declare_parameter("velocity_scale", 1.0)
-        self.declare_parameter("enabled", True)
-        self.declare_parameter("device", "cpu")
-        self.declare_parameter("torch_threads", 1)  # leave the other cores to callbacks and the robot
-        self.declare_parameter("diagnostics_period_s", 1.0)
-        self.declare_parameter("realtime_priority", 0)  # SCHED_FIFO priority of the server's threads; 0: normal
-        self.declare_parameter("inference_process", True)  # run the model in a child process (else a thread)
-        p = lambda name: self.get_parameter(name).value  # noqa: E731
-        checkpoint = p("checkpoint")
-        if not checkpoint:
-            raise ConfigError("policy_server: parameter 'checkpoint' is empty (a checkpoint or run directory)")
-        robots = list(p("robots"))
-        embodiments = [e for e in p("embodiments") if e] or robots
-        if len(embodiments) != len(robots):
-            raise ConfigError(f"policy_server: {len(robots)} robots {robots} but {len(embodiments)} embodiments")
+        names = parameter_defaults()
+        for name, default in names.items():
+            self.declare_parameter(name, default)
+        node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
+        self.failure: str | None = None
+        self._realtime_priority = node_cfg.realtime_priority
         # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
-        self._worker: WorkerPolicy | None = None
-        if p("inference_process"):  # the model never holds this process's interpreter lock
-            self._worker = policy = WorkerPolicy(checkpoint, p("device"), int(p("torch_threads")))
-            self._realtime(int(p("realtime_priority")), [int(t) for t in os.listdir("/proc/self/task")])
-        else:
-            torch.set_num_threads(int(p("torch_threads")))
-            policy = load_policy(checkpoint, device=p("device"))
-        train_cfg, _, _ = read_checkpoint_config(checkpoint)
-        specs = {e.name: e for e in policy.embodiments}
-        descriptions = [d for d in p("robot_descriptions") if d]
-        if descriptions and len(descriptions) != len(robots):
-            raise ConfigError(f"policy_server: {len(robots)} robots but {len(descriptions)} robot_descriptions")
-        served: list[tuple[str, EmbodimentSpec]] = []
-        for i, (robot, emb) in enumerate(zip(robots, embodiments)):
-            if emb not in specs:
-                raise ConfigError(
-                    f"policy_server: robot '{robot}': checkpoint {checkpoint} knows {list(specs)}, not '{emb}'"
-                )
-            if descriptions and hashlib.sha256(descriptions[i].encode()).hexdigest() != specs[emb].urdf_sha256:
-                raise ConfigError(
-                    f"policy_server: robot '{robot}': its robot_description differs from the URDF the checkpoint "
-                    f"was trained on ({specs[emb].urdf_path}, sha256 {specs[emb].urdf_sha256[:12]})"
-                )
-            served.append((robot, specs[emb]))
-        cfg = ServerConfig(
-            mode=p("mode"),
-            command_rate_hz=float(p("command_rate_hz")),
-            execute_steps=int(p("execute_steps")),
-            window_steps=int(p("window_steps")),
-            delay_percentile=float(p("delay_percentile")),
-            min_prefix_steps=int(p("min_prefix_steps")),
-            added_delay_ms=float(p("added_delay_ms")),
-            sample=bool(p("sample")),
-            max_delay_steps=train_cfg.data.harmonic.max_delay_steps,
-            safety=SafetyConfig(
-                joint_timeout_s=float(p("joint_timeout_s")),
-                camera_timeout_s=float(p("camera_timeout_s")),
-                velocity_scale=float(p("velocity_scale")),
-            ),
-        )
-        self.server = HarmonicServer(policy, served, cfg, self._now, bool(p("enabled")))
+        policy = self._load_policy(node_cfg)
+        served = served_robots(node_cfg, policy.embodiments)
+        train_cfg, _, _ = read_checkpoint_config(node_cfg.checkpoint)
+        cfg = dataclasses.replace(cfg, max_delay_steps=train_cfg.data.harmonic.max_delay_steps)
+        self.server = HarmonicServer(policy, served, cfg, self._now, node_cfg.enabled)
         warm = self.server.warm_up()
-
-        names = load_topics()
-        # Inputs may run on any executor thread (the engine locks); commands have a thread of their own.
-        inputs = ReentrantCallbackGroup()
-        self._pubs: dict[str, object] = {}
-        self._keep = []
-        for robot, spec in served:
-            self._pubs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command), COMMAND_QOS)
-            self._keep += [
-                self.create_subscription(
-                    JointState,
-                    names.resolve(robot, names.joint_states),
-                    lambda m, r=robot: self._on_joint_state(r, m),
-                    qos_profile_sensor_data,
-                    callback_group=inputs,
-                ),
-                self.create_subscription(
-                    String,
-                    names.resolve(robot, names.instruction),
-                    lambda m, r=robot: self.server.on_instruction(r, m.data),
-                    LATCHED_QOS,
-                    callback_group=inputs,
-                ),
-                self.create_subscription(
-                    Bool,
-                    names.resolve(robot, names.estop),
-                    lambda m, r=robot: self._on_estop(r, m),
-                    COMMAND_QOS,
-                    callback_group=inputs,
-                ),
-                self.create_service(
-                    SetBool,
-                    names.resolve(robot, names.services.policy_enable),
-                    lambda req, res, r=robot: self._on_enable(r, req, res),
-                    callback_group=inputs,
-                ),
-            ]
-            for cam in spec.cameras:
-                self._keep.append(
-                    self.create_subscription(
-                        Image,
-                        names.camera_topic(robot, cam.name),
-                        lambda m, r=robot, c=cam.name: self._on_image(r, c, m),
-                        qos_profile_sensor_data,
-                        callback_group=inputs,
-                    )
-                )
-        self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
-        self.create_timer(float(p("diagnostics_period_s")), self._publish_diagnostics, callback_group=inputs)
+        self._pubs = self._wire(served)
+        self.create_timer(node_cfg.diagnostics_period_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.server.start(on_error=self._on_inference_error)
         self._stop = threading.Event()
         self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         self._commands.start()
         self.get_logger().info(
-            f"serving {[r for r, _ in served]} ({[s.name for _, s in served]}) from {checkpoint}, mode {cfg.mode}, "
-            f"{cfg.command_rate_hz:.0f} Hz commands, warm-up inference {warm * 1e3:.0f} ms"
+            f"serving {[r for r, _ in served]} ({[s.name for _, s in served]}) from {node_cfg.checkpoint}, "
+            f"mode {cfg.mode}, {cfg.command_rate_hz:.0f} Hz commands, warm-up inference {warm * 1e3:.0f} ms"
         )
+
+    def _load_policy(self, cfg: PolicyServerConfig) -> ChunkPolicy:
+        """Load the checkpoint's policy: in a child process (``inference_process``), else in this one."""
+        self._worker: WorkerPolicy | None = None
+        if cfg.inference_process:  # the model never holds this process's interpreter lock
+            self._worker = WorkerPolicy(cfg.checkpoint, cfg.device, cfg.torch_threads)
+            self._realtime([int(t) for t in os.listdir("/proc/self/task")])
+            return self._worker
+        torch.set_num_threads(cfg.torch_threads)
+        return load_policy(cfg.checkpoint, device=cfg.device)
+
+    def _wire(self, served: list[tuple[str, EmbodimentSpec]]) -> dict[str, Publisher]:
+        """Create each robot's subscriptions, service and command publisher; returns robot -> publisher.
+
+        Every callback runs on the one executor thread (gen_theta_ros/runtime.py); they only
+        hand a message to the engine, which locks what the other threads read.
+        """
+        names = load_topics()
+        pubs = {}
+        for robot, spec in served:
+            pubs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command), COMMAND_QOS)
+            self.create_subscription(JointState, names.resolve(robot, names.joint_states),
+                                     lambda m, r=robot: self._on_joint_state(r, m), SENSOR_QOS)
+            self.create_subscription(String, names.resolve(robot, names.instruction),
+                                     lambda m, r=robot: self.server.on_instruction(r, m.data), LATCHED_QOS)
+            self.create_subscription(Bool, names.resolve(robot, names.estop),
+                                     lambda m, r=robot: self._on_estop(r, m), COMMAND_QOS)
+            self.create_service(SetBool, names.resolve(robot, names.services.policy_enable),
+                                lambda req, res, r=robot: self._on_enable(r, req, res))
+            for cam in spec.cameras:
+                self.create_subscription(Image, names.camera_topic(robot, cam.name),
+                                         lambda m, r=robot, c=cam.name: self._on_image(r, c, m), SENSOR_QOS)
+        self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
+        return pubs
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_joint_state(self, robot: str, msg: JointState) -> None:
-        names, q, _, _ = joint_state_to_arrays(msg)
-        stamp = time_to_seconds(msg.header.stamp)
         now = self._now()
-        self.server.on_joint_state(robot, names, q, stamp or now, now)
+        try:
+            names, q, _, _ = joint_state_to_arrays(msg)
+        except ConversionError as err:
+            self.server.reject(robot, JOINT_STATES, str(err))
+            return
+        self.server.on_joint_state(robot, names, q, time_to_seconds(msg.header.stamp) or now, now)
 
     def _on_image(self, robot: str, camera: str, msg: Image) -> None:
         now = self._now()
-        self.server.on_image(robot, camera, rgb(msg), time_to_seconds(msg.header.stamp) or now, now)
+        try:
+            frame = to_rgb8(msg)
+        except ConversionError as err:
+            self.server.reject(robot, camera_input(camera), str(err))
+            return
+        self.server.on_image(robot, camera, frame, time_to_seconds(msg.header.stamp) or now, now)
 
     def _on_estop(self, robot: str, msg: Bool) -> None:
         self.server.set_estop(robot, bool(msg.data))
@@ -231,7 +166,7 @@ class PolicyServer(Node):
         """
         period = 1.0 / self.server.cfg.command_rate_hz
         if self._worker is None:  # inference is a thread of this process: only commands run real-time
-            self._realtime(int(self.get_parameter("realtime_priority").value), [0])
+            self._realtime([0])
         deadline = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -242,15 +177,19 @@ class PolicyServer(Node):
                 elif wait < -period:  # fell behind by more than a period: re-anchor instead of bursting
                     deadline = time.monotonic()
                 self._on_tick()
-        except Exception:
+        except Exception as err:
             if not self.context.ok():  # shut down (SIGINT/SIGTERM) between the stop check and a publish
                 return
-            self.get_logger().fatal("command loop failed; shutting down")
-            rclpy.try_shutdown()
+            self._fail(f"command loop failed: {err!r}")
             raise
 
     def _on_inference_error(self, err: BaseException) -> None:
-        self.get_logger().fatal(f"inference failed: {err!r}; shutting down (the robots hold their last plans)")
+        self._fail(f"inference failed: {err}; the robots hold their last plans")
+
+    def _fail(self, what: str) -> None:
+        """End the node for good: ``main`` then exits 1 (bring-up takes 0 for a clean stop)."""
+        self.failure = what
+        self.get_logger().fatal(f"{what}; shutting down")
         rclpy.try_shutdown()
 
     def _on_tick(self) -> None:
@@ -281,21 +220,21 @@ class PolicyServer(Node):
             values = s.counters.values(s.clock)
             values["mode"] = self.server.cfg.mode
             values["added_delay_ms"] = f"{self.server.cfg.added_delay_ms:g}"
-            status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
             reason = s.counters.hold_reason
-            level = DiagnosticStatus.ERROR if reason == "e-stop" else DiagnosticStatus.WARN
-            status.level = level if reason else DiagnosticStatus.OK
+            status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
+            status.level = bytes([diagnostic_level(reason)])
             status.message = f"holding: {reason}" if reason else "driving"
             status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
             msg.status.append(status)
         self._diag.publish(msg)
 
-    def _realtime(self, priority: int, threads: list[int]) -> None:
-        """SCHED_FIFO ``priority`` for ``threads`` (Linux thread ids; 0: the calling thread).
+    def _realtime(self, threads: list[int]) -> None:
+        """SCHED_FIFO ``realtime_priority`` for ``threads`` (Linux thread ids; 0: the calling thread).
 
         With the model in its own process every thread here is light, so all of them (DDS,
         executor, commands, and the threads they start) run real-time; otherwise only commands.
         """
+        priority = self._realtime_priority
         if priority <= 0:
             return
         try:
@@ -319,7 +258,7 @@ USAGE = """usage: gen-theta serve CHECKPOINT [--ros-args -p robots:=[arm6] -p mo
        ros2 run gen_theta policy_server --ros-args -p checkpoint:=CHECKPOINT [...]
 
 CHECKPOINT is a checkpoint directory or a training run directory (its latest checkpoint).
-Parameters and their defaults: config/policy_server.yaml, docs/serving.md."""
+Parameters and their defaults: gen_theta_model/policy_server_config.py, docs/serving.md."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -40,15 +38,8 @@ from gen_theta_model.data.recording import (
 )
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
+from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, RECORD_QOS
 from gen_theta_ros.runtime import run_node
-
-COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-# Sensor-data QoS (best effort, volatile) with a deep history: a burst waits in the DDS
-# reader instead of overwriting unread samples while the executor is busy.
-SENSOR_QOS = QoSProfile(
-    depth=100, reliability=qos_profile_sensor_data.reliability, durability=qos_profile_sensor_data.durability
-)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def message_class(msgtype: str) -> type:
@@ -91,25 +82,24 @@ class Recorder(Node):
         self._meta = {"task": p("task").value, "category": p("category").value, "instruction": ""}
         self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
         self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
-        sensors = ReentrantCallbackGroup()  # callbacks only enqueue: any executor thread may run them
         for topic, cls in self.topics.items():
-            qos = SENSOR_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
+            qos = RECORD_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
             if cls is String:
                 qos = LATCHED_QOS
             callback = self._make_callback(topic, latched=cls is String)
-            self.create_subscription(cls, topic, callback, qos, raw=True, callback_group=sensors)
+            self.create_subscription(cls, topic, callback, qos, raw=True)
         instr, task = names.resolve(self.robot, names.instruction), names.resolve(self.robot, names.task)
         # Decoded copies of the instruction and task topics fill the episode metadata.
-        self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS, callback_group=sensors)
-        self.create_subscription(String, task, self._on_task, LATCHED_QOS, callback_group=sensors)
-        control = MutuallyExclusiveCallbackGroup()  # start/stop/mark never interleave
+        self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS)
+        self.create_subscription(String, task, self._on_task, LATCHED_QOS)
+        # One executor thread (gen_theta_ros/runtime.py): start/stop/mark never interleave.
         srv = names.services
-        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_start), self._start, callback_group=control)
-        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_stop), self._stop, callback_group=control)
+        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_start), self._start)
+        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_stop), self._stop)
         self.create_service(
-            SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark, callback_group=control
+            SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark
         )
-        self.create_timer(0.5, self._check_episode, callback_group=control)
+        self.create_timer(0.5, self._check_episode)
         self.get_logger().info(f"recording {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
 
     def _topic_types(self, names, compressed: bool, chosen: list[str]) -> dict[str, type]:

@@ -24,7 +24,6 @@ import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool
@@ -34,10 +33,10 @@ from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figur
 from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
 from gen_theta_model.topics import load_topics
-from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, trajectory_from_msg
+from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_from_msg
 from gen_theta_ros.episode_client import EpisodeClient, spinning
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph, default_params_file
-from gen_theta_ros.policy_server import COMMAND_QOS, rgb
+from gen_theta_ros.qos import COMMAND_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import use_project_dds_profile
 
 MODE_ORDER = ("sync", "naive_async", "harmonic")
@@ -96,10 +95,10 @@ class RolloutNode(EpisodeClient):
         self.diag: tuple[float, dict[str, str]] = (0.0, {})
         self.camera = spec.cameras[0].name if spec.cameras else ""
         self.create_subscription(JointTrajectory, t.resolve(robot, t.command), self._on_command, COMMAND_QOS)
-        self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, qos_profile_sensor_data)
+        self.create_subscription(JointState, t.resolve(robot, t.joint_states), self._on_joints, SENSOR_QOS)
         self.create_subscription(DiagnosticArray, t.diagnostics, lambda m: self._on_diag(robot, m), 10)
         if self.camera:
-            self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, qos_profile_sensor_data)
+            self.create_subscription(Image, t.camera_topic(robot, self.camera), self._on_image, SENSOR_QOS)
         self.enable_client = self.create_client(SetBool, t.resolve(robot, t.services.policy_enable))
         self.server_params = self.create_client(SetParameters, "/policy_server/set_parameters")
 
@@ -120,7 +119,7 @@ class RolloutNode(EpisodeClient):
 
     def _on_image(self, msg: Image) -> None:
         if self.recording and self.keep_frames:
-            frame = rgb(msg)
+            frame = to_rgb8(msg)
             with self.lock:
                 self.frames.append((time_to_seconds(msg.header.stamp), frame))
 
@@ -248,7 +247,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     import torch
 
     from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
-    from gen_theta_model.serving import server_config
+    from gen_theta_model.policy_server_config import server_config
     from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
     source = Path(cfg.params_file) if cfg.params_file else default_params_file()

@@ -53,7 +53,9 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
     close files cleanly under launch too. SIGHUP is turned into SIGTERM; while the node
     closes, SIGINT, SIGTERM and SIGHUP are ignored. With ``-h`` or
-    ``--help`` it prints the docstring of ``make_node``'s module and returns 0.
+    ``--help`` it prints the docstring of ``make_node``'s module and returns 0. Returns 1
+    when the node shut itself down for a failure (a non-empty ``failure`` attribute):
+    launchers take 0 for a clean stop.
     """
     own = sys.argv[1:] if argv is None else list(argv)
     if wants_help(own):
@@ -63,8 +65,10 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     rclpy.init(args=[sys.argv[0], *own])
     signal.signal(signal.SIGHUP, _hangup_as_terminate)
     node = None
+    failure = None
     try:
         node = make_node()
+        name = node.get_name()
         # What a node holds after start-up (torch, message types, the model's config) lives
         # until shutdown. Frozen, the collector never walks it again: a full collection of
         # it took 40-120 ms in policy_server (gc.callbacks), a stall of 2-5 command slots.
@@ -93,9 +97,13 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         if node is not None:
+            failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
             close = getattr(node, "close", None)
             if callable(close):
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
     return 0

@@ -23,7 +23,6 @@ import time
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -42,13 +41,11 @@ from gen_theta_ros.conversions import (
     poses_to_msg,
     trajectory_from_msg,
 )
+from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_PUBLISH_QOS
 from gen_theta_ros.runtime import run_node
 
 TASK_POLL_S = 0.05  # how soon the end of an episode is announced on sim/task
 MAX_CATCH_UP_STEPS = 24  # at most 0.1 s of physics per loop turn; beyond that the sim slows down
-SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # reliable pubs match any subscriber
-COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class Schedule:
@@ -90,15 +87,15 @@ class SimRobotNode(Node):
         self._lock = threading.Lock()
         topics = load_topics()
         ns = self.robot_name
-        self.pub_joints = self.create_publisher(JointState, topics.resolve(ns, topics.joint_states), SENSOR_QOS)
-        self.pub_poses = self.create_publisher(PoseArray, topics.resolve(ns, topics.object_poses), SENSOR_QOS)
+        self.pub_joints = self.create_publisher(JointState, topics.resolve(ns, topics.joint_states), SENSOR_PUBLISH_QOS)
+        self.pub_poses = self.create_publisher(PoseArray, topics.resolve(ns, topics.object_poses), SENSOR_PUBLISH_QOS)
         self.pub_task = self.create_publisher(String, topics.resolve(ns, topics.task), LATCHED_QOS)
         self.pub_instruction = self.create_publisher(String, topics.resolve(ns, topics.instruction), LATCHED_QOS)
         cam_rate = float(param("camera_rate_hz").value)
         self.cameras = []
         if param("cameras").value:
             for cam in self.spec.cameras:
-                pub = self.create_publisher(Image, topics.camera_topic(ns, cam.name), SENSOR_QOS)
+                pub = self.create_publisher(Image, topics.camera_topic(ns, cam.name), SENSOR_PUBLISH_QOS)
                 self.cameras.append((cam, pub, cam_rate or cam.fps))
         self.command_topic = topics.resolve(ns, topics.command)
         self.create_subscription(JointTrajectory, self.command_topic, self._on_command, COMMAND_QOS)

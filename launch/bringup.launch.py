@@ -22,6 +22,16 @@ from gen_theta_ros.graph import ARGUMENTS, BringupArgs, bringup_graph
 from launch import LaunchContext, LaunchDescription
 
 
+def dds_profile(context: LaunchContext) -> list:
+    """Point Fast DDS at the shipped profile (a larger shared-memory segment for images),
+    unless the user already chose one (as gen_theta_ros/runtime.py does for `gen-theta`).
+    """
+    if context.environment.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        return []
+    shipped = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
+    return [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", shipped)]
+
+
 def launch_setup(context: LaunchContext) -> list:
     """Evaluate the launch arguments and build one launch_ros Node per graph node."""
     args = BringupArgs.from_strings({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
@@ -45,9 +55,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(name, default_value=default, description=description)
         for name, (default, description) in ARGUMENTS.items()
     ]
-    profile = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
     return LaunchDescription([
         *declared,
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+        OpaqueFunction(function=dds_profile),
         OpaqueFunction(function=launch_setup),
     ])

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -25,9 +24,8 @@ from gen_theta_model.data.recording import readable_counts
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
-from gen_theta_ros.conversions import arrays_to_joint_state, numpy_to_image, trajectory_to_msg
-
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+from gen_theta_ros.conversions import arrays_to_joint_state, numpy_to_image, seconds_to_time, trajectory_to_msg
+from gen_theta_ros.qos import LATCHED_QOS, SENSOR_QOS
 
 
 @contextmanager
@@ -144,21 +142,31 @@ def frame_value(camera_index: int, i: int) -> int:
 
 
 class Feeder:
-    """Publishes a robot's cameras (rgb8, the spec's sizes and rates), joint_states, commands and instruction."""
+    """Publishes a robot's cameras (the spec's sizes and rates), joint_states, commands and instruction.
+
+    ``joints`` (default: all) are the joints its JointStates carry, ``cameras=False`` sends no
+    images. ``positions`` (dof,) in spec order and ``image_message`` ((H, W, 3) uint8 rgb
+    frame -> Image; default rgb8) may be changed while it runs, to inject bad input.
+    """
 
     def __init__(self, node: Node, robot: str, spec: EmbodimentSpec, joint_rate: float = 100.0,
-                 width: int | None = None, height: int | None = None) -> None:
+                 width: int | None = None, height: int | None = None, joints: list[str] | None = None,
+                 cameras: bool = True) -> None:
         names = load_topics()
         self.spec = spec
-        self.cams = [(c, node.create_publisher(Image, names.camera_topic(robot, c.name), qos_profile_sensor_data))
-                     for c in spec.cameras]
+        self.cams = [(c, node.create_publisher(Image, names.camera_topic(robot, c.name), SENSOR_QOS))
+                     for c in (spec.cameras if cameras else ())]
         self.size = {c.name: (height or c.height, width or c.width) for c in spec.cameras}
-        self.js = node.create_publisher(JointState, names.resolve(robot, names.joint_states), qos_profile_sensor_data)
+        self.js = node.create_publisher(JointState, names.resolve(robot, names.joint_states), SENSOR_QOS)
         self.cmd = node.create_publisher(JointTrajectory, names.resolve(robot, names.command), 10)
-        self.instr = node.create_publisher(String, names.resolve(robot, names.instruction), LATCHED)
-        self.task = node.create_publisher(String, names.resolve(robot, names.task), LATCHED)
+        self.instr = node.create_publisher(String, names.resolve(robot, names.instruction), LATCHED_QOS)
+        self.task = node.create_publisher(String, names.resolve(robot, names.task), LATCHED_QOS)
         self.joint_rate = joint_rate
+        self.joints = [spec.joint_names.index(j) for j in (joints or spec.joint_names)]
+        self.positions = spec.home_positions.copy()
+        self.image_message: Callable[[np.ndarray], Image] = lambda frame: numpy_to_image(frame, "rgb8")
         self.sent: dict[str, int] = {}
+        self.frames = 0  # images sent, all cameras
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -184,18 +192,21 @@ class Feeder:
         t0 = time.monotonic()
         next_js, next_cam = t0, {c.name: t0 for c, _ in self.cams}
         count = {c.name: 0 for c, _ in self.cams}
-        q = self.spec.home_positions
+        names = [self.spec.joint_names[i] for i in self.joints]
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_js:
-                self.js.publish(arrays_to_joint_state(self.spec.joint_names, q, stamp=time.time()))
+                self.js.publish(arrays_to_joint_state(names, self.positions[self.joints], stamp=time.time()))
                 self.sent["joint_states"] = self.sent.get("joint_states", 0) + 1
                 next_js += 1.0 / self.joint_rate
             for k, (cam, pub) in enumerate(self.cams):
                 if now >= next_cam[cam.name]:
                     img = np.full((*self.size[cam.name], 3), frame_value(k, count[cam.name]), np.uint8)
-                    pub.publish(numpy_to_image(img, "rgb8", stamp=time.time()))
+                    msg = self.image_message(img)
+                    msg.header.stamp = seconds_to_time(time.time())
+                    pub.publish(msg)
                     count[cam.name] += 1
+                    self.frames += 1
                     next_cam[cam.name] += 1.0 / cam.fps
             time.sleep(max(0.0, min([next_js, *next_cam.values()]) - time.monotonic()))
         self.sent.update(count)

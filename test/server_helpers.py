@@ -1,21 +1,32 @@
-"""Server, bring-up and rollout tests: a real tiny checkpoint (untrained weights, real files), graph reads."""
+"""Server, bring-up and rollout tests: a real tiny checkpoint (untrained weights, real files), graph reads,
+and a listener to a policy server's commands and diagnostics.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import rclpy
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters
 from rclpy.parameter import parameter_value_to_python
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.checkpoint import save_checkpoint
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_norm_stats
 from gen_theta_model.policy.policy import build_policy
+from gen_theta_model.topics import load_topics
 from gen_theta_model.train_config import TrainConfig
+
+TOPICS = load_topics()
 
 
 def tiny_checkpoint(run_dir: Path, robots: dict[str, float]) -> Path:
@@ -50,3 +61,65 @@ def graph_snapshot(node, params: dict[str, list[str]], timeout: float = 60.0) ->
         out[full] = {n: parameter_value_to_python(v) for n, v in zip(names, future.result().values)}
         node.destroy_client(client)
     return out
+
+
+class Listener:
+    """Commands (receive time, message) per robot, and the latest diagnostics per robot: its
+    ``message``, ``level`` (0 OK, 1 WARN, 2 ERROR) and values; ``diagnostics`` counts the arrays heard.
+    """
+
+    def __init__(self, node, robots: Sequence[str]) -> None:
+        self.lock = threading.RLock()  # ``wait`` conditions may call ``since``
+        self.commands = {r: [] for r in robots}
+        self.diag: dict[str, dict[str, str]] = {}
+        self.diagnostics = 0
+        for r in robots:
+            node.create_subscription(
+                JointTrajectory, TOPICS.resolve(r, TOPICS.command), lambda m, r=r: self._cmd(r, m),
+                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+            )
+        node.create_subscription(DiagnosticArray, TOPICS.diagnostics, self._diag, 10)
+
+    def _cmd(self, robot, msg) -> None:
+        with self.lock:
+            self.commands[robot].append((time.monotonic(), msg))
+
+    def _diag(self, msg) -> None:
+        with self.lock:
+            self.diagnostics += 1
+            for s in msg.status:
+                self.diag[s.hardware_id] = {"message": s.message, "level": s.level[0],
+                                            **{kv.key: kv.value for kv in s.values}}
+
+    def since(self, robot: str, t: float) -> list[JointTrajectory]:
+        with self.lock:
+            return [m for (r, m) in self.commands[robot] if r >= t]
+
+    def wait(self, what, timeout: float = 20.0, poll: float = 0.1):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                value = what()
+            if value:
+                return value
+            time.sleep(poll)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or 'a condition'}")
+
+
+def set_enabled(node, robot: str, on: bool) -> SetBool.Response:
+    client = node.create_client(SetBool, TOPICS.resolve(robot, TOPICS.services.policy_enable))
+    assert client.wait_for_service(timeout_sec=20.0)
+    future = client.call_async(SetBool.Request(data=on))
+    end = time.monotonic() + 20.0
+    while not future.done() and time.monotonic() < end:
+        time.sleep(0.05)
+    node.destroy_client(client)
+    assert future.done(), "enable service did not answer"
+    return future.result()
+
+
+def driving(listener: Listener, robot: str):
+    def check():
+        """multi-point command windows (a chunk is executing)"""
+        return bool(listener.commands[robot]) and len(listener.commands[robot][-1][1].points) > 1
+    return check

@@ -9,6 +9,7 @@ from gen_theta_model.adapter import (
     SafetyMonitor,
     ServerCounters,
     TickClock,
+    diagnostic_level,
     rate_limit,
 )
 from gen_theta_model.embodiment import EmbodimentError, load_robot
@@ -124,3 +125,10 @@ def test_tick_clock_counts_slots_without_a_command():
     assert clock.jitter.percentile(100) == pytest.approx(0.01)
     values = ServerCounters().values(clock)
     assert values["missed_deadlines"] == "1" and "latency_p99_ms" in values
+
+
+def test_diagnostic_levels():
+    assert diagnostic_level("") == 0
+    assert diagnostic_level("joint_states stale (300 ms)") == 1
+    assert diagnostic_level("e-stop") == 2
+    assert diagnostic_level("rejected joint_states: non-finite position of joint(s) ['j1']") == 2

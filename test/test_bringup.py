@@ -60,6 +60,7 @@ def test_graph_nodes_and_parameters(checkpoint):
         ({"robots": "arm6"}, "unknown argument 'robots'"),
         ({"robot": " , "}, "names no robot"),
         ({"checkpoint": "x", "params_file": "/nonexistent.yaml"}, "does not exist"),
+        ({"checkpoint": "/nonexistent/run"}, "checkpoint: /nonexistent/run: no such checkpoint"),
     ],
 )
 def test_bad_arguments_are_named(values, message):
@@ -106,6 +107,12 @@ def test_gen_theta_bringup_rejects_bad_input(tmp_path):
     out = subprocess.run([str(Path(sys.executable).parent / "gen-theta"), "bringup", "robot"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "expected name:=value" in out.stderr
+    # A missing checkpoint: one line and exit 2, before any node (here the sim) starts.
+    out = subprocess.run([str(Path(sys.executable).parent / "gen-theta"), "bringup", "robot:=arm6",
+                          f"checkpoint:={tmp_path / 'no_run'}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.strip().splitlines() == [f"gen-theta bringup: bringup: checkpoint: {tmp_path / 'no_run'}: "
+                                               "no such checkpoint or run directory"]
 
 
 def test_server_refuses_a_robot_whose_urdf_differs_from_the_checkpoint(checkpoint, tmp_path):

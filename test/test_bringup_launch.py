@@ -7,6 +7,7 @@ and launch_ros are installed (conftest.py).
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 from pathlib import Path
@@ -18,6 +19,8 @@ from server_helpers import graph_snapshot, tiny_checkpoint
 from workspace import build_workspace, workspace_env
 
 from gen_theta_ros.graph import ARGUMENTS, default_params_file
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +63,19 @@ def test_launch_and_gen_theta_bringup_start_the_same_graph(install: Path, tmp_pa
         assert launched == plain
         assert launched["/policy_server"]["mode"] == "naive_async"
         assert launched["/policy_server"]["robots"] == robots.split(",")
+
+
+def test_launch_file_keeps_a_users_fastdds_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README promises it: FASTDDS_DEFAULT_PROFILES_FILE is set only when the user has not."""
+    from launch.actions import SetEnvironmentVariable
+
+    from launch import LaunchContext
+
+    launch_file = importlib.util.spec_from_file_location("bringup_launch", ROOT / "launch" / "bringup.launch.py")
+    module = importlib.util.module_from_spec(launch_file)
+    launch_file.loader.exec_module(module)
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/home/user/my_profile.xml")
+    assert module.dds_profile(LaunchContext()) == []
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
+    [action] = module.dds_profile(LaunchContext())
+    assert isinstance(action, SetEnvironmentVariable)

@@ -208,7 +208,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
         SchedulerConfig(mode="fast")
     with pytest.raises(ValueError, match="max_delay_steps"):
-        SchedulerConfig(horizon=8, max_delay_steps=8)
+        SchedulerConfig(horizon=8, execute_steps=4, max_delay_steps=8)
 
 
 def test_window_never_starts_with_a_point_at_now():

@@ -10,7 +10,7 @@ from server_helpers import tiny_checkpoint
 
 from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.embodiment import load_robot
-from gen_theta_model.serving import server_config
+from gen_theta_model.policy_server_config import server_config
 from gen_theta_model.sim.episode import SimSession
 from gen_theta_model.sim.policy_rollout import Progress, SimClosedLoop, SimLoopConfig
 from gen_theta_ros.rollout import main, parse_overrides, parse_seeds

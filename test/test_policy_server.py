@@ -16,14 +16,10 @@ import time
 import numpy as np
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import Feeder, start_exe
-from server_helpers import tiny_checkpoint
+from server_helpers import Listener, driving, set_enabled, tiny_checkpoint
 from std_msgs.msg import Bool
-from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
@@ -32,44 +28,6 @@ from gen_theta_ros.conversions import duration_to_seconds, time_to_seconds
 ROBOTS = ("arm6", "humanoid16")
 RATE = 50.0
 TOPICS = load_topics()
-
-
-class Listener:
-    """Commands (receive time, message) per robot and the latest diagnostics per robot."""
-
-    def __init__(self, node) -> None:
-        self.lock = threading.Lock()
-        self.commands = {r: [] for r in ROBOTS}
-        self.diag: dict[str, dict[str, str]] = {}
-        for r in ROBOTS:
-            node.create_subscription(
-                JointTrajectory, TOPICS.resolve(r, TOPICS.command), lambda m, r=r: self._cmd(r, m),
-                QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
-            )
-        node.create_subscription(DiagnosticArray, TOPICS.diagnostics, self._diag, 10)
-
-    def _cmd(self, robot, msg) -> None:
-        with self.lock:
-            self.commands[robot].append((time.monotonic(), msg))
-
-    def _diag(self, msg) -> None:
-        with self.lock:
-            for s in msg.status:
-                self.diag[s.hardware_id] = {"message": s.message, **{kv.key: kv.value for kv in s.values}}
-
-    def since(self, robot: str, t: float) -> list[JointTrajectory]:
-        with self.lock:
-            return [m for (r, m) in self.commands[robot] if r >= t]
-
-    def wait(self, what, timeout: float = 20.0, poll: float = 0.1):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                value = what()
-            if value:
-                return value
-            time.sleep(poll)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or 'a condition'}")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +41,7 @@ def system(tmp_path_factory):
     )
     rclpy.init()
     node = rclpy.create_node("policy_server_test")
-    listener = Listener(node)
+    listener = Listener(node, ROBOTS)
     specs = {r: load_robot(r) for r in ROBOTS}
     feeders = {r: Feeder(node, r, specs[r]) for r in ROBOTS}
     for f in feeders.values():
@@ -104,25 +62,6 @@ def system(tmp_path_factory):
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown()
-
-
-def set_enabled(node, robot: str, on: bool) -> SetBool.Response:
-    client = node.create_client(SetBool, TOPICS.resolve(robot, TOPICS.services.policy_enable))
-    assert client.wait_for_service(timeout_sec=20.0)
-    future = client.call_async(SetBool.Request(data=on))
-    end = time.monotonic() + 20.0
-    while not future.done() and time.monotonic() < end:
-        time.sleep(0.05)
-    node.destroy_client(client)
-    assert future.done(), "enable service did not answer"
-    return future.result()
-
-
-def driving(listener: Listener, robot: str):
-    def check():
-        """multi-point command windows (a chunk is executing)"""
-        return bool(listener.commands[robot]) and len(listener.commands[robot][-1][1].points) > 1
-    return check
 
 
 def test_commands_flow_at_rate_while_a_slow_policy_infers(system):

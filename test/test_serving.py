@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gen_theta_model.adapter import SafetyConfig
+from gen_theta_model.adapter import SafetyConfig, diagnostic_level
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_norm_stats
@@ -249,3 +249,83 @@ def test_min_prefix_is_capped_at_the_trained_prefix_length(policy, specs):
     clock = FakeClock()
     server = make_server(policy, specs, clock, min_prefix_steps=25, max_delay_steps=8)
     assert server.delay(specs[0]) == 8  # longer prefixes were never trained: no later takeover for nothing
+
+
+# -- bad input: refused, counted, held, reported, recovered (over DDS: test_policy_server_faults.py)
+def nan_state(server, name: str, t: float) -> None:
+    s = server.sessions[name]
+    q = s.spec.home_positions.copy()
+    q[1] = np.nan
+    server.on_joint_state(name, s.spec.joint_names, q, t, t)
+
+
+def test_nan_joint_state_at_start_up_is_refused_until_good_input_comes(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t, robots=("torso",))
+    nan_state(server, "left", clock.t)
+    assert server.tick("left", clock.t) is None  # nothing known to hold at yet; no error
+    c = server.sessions["left"].counters
+    assert c.rejected_joint_states == 1 and c.hold_reason.startswith("rejected joint_states: non-finite")
+    assert diagnostic_level(c.hold_reason) == 2
+    feed(server, clock.t + 0.01)
+    assert server.tick("left", clock.t + 0.01).hold_reason == ""
+
+
+def test_nan_joint_state_while_driving_and_at_re_enable_holds_and_recovers(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    assert server.tick("left", clock.t).hold_reason == ""
+    nan_state(server, "left", clock.t + 0.01)
+    held = server.tick("left", clock.t + 0.01)
+    assert held.hold_reason.startswith("rejected joint_states") and np.all(np.isfinite(held.window.positions))
+    feed(server, clock.t + 0.02)
+    assert server.tick("left", clock.t + 0.02).hold_reason == ""
+    # e-stop, NaN, release and re-enable: the robot holds (no error), then recovers.
+    server.set_estop("left", True)
+    assert server.tick("left", clock.t + 0.03).hold_reason == "e-stop"
+    nan_state(server, "left", clock.t + 0.04)
+    server.set_estop("left", False)
+    assert server.set_enabled("left", True) == (True, "enabled")
+    held = server.tick("left", clock.t + 0.05)
+    assert held.hold_reason.startswith("rejected joint_states") and np.all(np.isfinite(held.window.positions))
+    feed(server, clock.t + 0.06)
+    assert server.tick("left", clock.t + 0.06).hold_reason == ""
+    assert server.sessions["left"].counters.rejected_joint_states == 2
+
+
+def test_partial_joint_states_drive_and_a_silent_gripper_driver_goes_stale(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t, robots=("torso",))
+    s = server.sessions["left"]
+    arm, grip = s.spec.joint_names[:-1], s.spec.joint_names[-1:]
+    for cam in s.spec.cameras:
+        server.on_image("left", cam.name, np.zeros((96, 96, 3), np.uint8), clock.t, clock.t)
+    server.on_joint_state("left", arm, s.spec.home_positions[:-1], clock.t, clock.t)
+    assert server.tick("left", clock.t) is None
+    assert s.counters.hold_reason == f"no joint_states yet of joint(s) {grip}"
+    server.on_joint_state("left", grip, s.spec.home_positions[-1:], clock.t, clock.t)
+    assert server.tick("left", clock.t).hold_reason == ""
+    t = clock.t + 0.2  # the arm driver goes on, the gripper driver has stopped
+    server.on_joint_state("left", arm, s.spec.home_positions[:-1], t, t)
+    for cam in s.spec.cameras:
+        server.on_image("left", cam.name, np.zeros((96, 96, 3), np.uint8), t, t)
+    assert server.tick("left", t).hold_reason.startswith("joint_states stale")
+
+
+def test_a_refused_image_holds_until_that_camera_sends_a_good_one(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    assert server.tick("left", clock.t).hold_reason == ""
+    cam = server.sessions["left"].spec.cameras[0].name
+    server.reject("left", f"camera '{cam}'", "Image encoding 'yuv422' is not supported")
+    held = server.tick("left", clock.t + 0.01)
+    assert held.hold_reason == f"rejected camera '{cam}': Image encoding 'yuv422' is not supported"
+    c = server.sessions["left"].counters
+    assert c.rejected_images == 1 and "yuv422" in c.last_rejected and c.values(server.sessions["left"].clock)[
+        "rejected_images"] == "1"
+    feed(server, clock.t + 0.02)
+    assert server.tick("left", clock.t + 0.02).hold_reason == ""

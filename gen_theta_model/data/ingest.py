@@ -102,7 +102,8 @@ def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: 
 def _rgb(msg, msgtype: str) -> np.ndarray:
     # The message conversions are shared with the nodes; they are duck-typed (rosbags
     # messages have the ROS fields) and import no rclpy.
-    from gen_theta_ros.conversions import compressed_to_numpy, image_to_numpy
+    from gen_theta_model.messages import compressed_to_numpy
+    from gen_theta_model.messages import decode_image as image_to_numpy
 
     img = compressed_to_numpy(msg) if msgtype.endswith("CompressedImage") else image_to_numpy(msg)
     encoding = getattr(msg, "encoding", "rgb8")
@@ -129,7 +130,7 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
     Raises IngestError for a bad episode (nothing of it is written); OSError when the
     dataset cannot be written.
     """
-    from gen_theta_ros.conversions import joint_state_to_arrays, trajectory_from_msg
+    from gen_theta_model.messages import joint_state_to_arrays, trajectory_from_msg
 
     bag = Path(bag)
     try:
