@@ -92,8 +92,12 @@ class Listener:
                                             **{kv.key: kv.value for kv in s.values}}
 
     def since(self, robot: str, t: float) -> list[JointTrajectory]:
+        return [m for _, m in self.arrivals(robot, t)]
+
+    def arrivals(self, robot: str, t: float) -> list[tuple[float, JointTrajectory]]:
+        """(receive time, command) of ``robot`` received at or after monotonic time ``t``."""
         with self.lock:
-            return [m for (r, m) in self.commands[robot] if r >= t]
+            return [(r, m) for (r, m) in self.commands[robot] if r >= t]
 
     def wait(self, what, timeout: float = 20.0, poll: float = 0.1):
         end = time.monotonic() + timeout

@@ -64,16 +64,22 @@ def system(tmp_path_factory):
         rclpy.shutdown()
 
 
-def test_commands_flow_at_rate_while_a_slow_policy_infers(system):
+def test_commands_flow_while_a_slow_policy_infers(system):
     listener = system["listener"]
     for r in ROBOTS:
         listener.wait(driving(listener, r), timeout=60.0)
     t0 = time.monotonic()
-    time.sleep(3.0)
+    chunks0 = int(listener.wait(lambda: listener.diag.get("arm6"))["chunks"])
+
+    def flowed():
+        """Two more chunks inferred (300 ms each) and commands to both robots all along"""
+        return (int(listener.diag["arm6"]["chunks"]) >= chunks0 + 2
+                and all(len(listener.since(r, t0)) >= 30 for r in ROBOTS))
+
+    listener.wait(flowed, timeout=60.0)  # rates and deadlines: bench/serve_deadlines.py
     now = time.time()
     for r in ROBOTS:
         msgs = listener.since(r, t0)
-        assert 0.6 * 3 * RATE < len(msgs) < 1.4 * 3 * RATE, f"{r}: {len(msgs)} commands in 3 s at {RATE} Hz"
         spec = system["specs"][r]
         last = msgs[-1]
         assert list(last.joint_names) == spec.joint_names  # 7 and 16 joints on one server
@@ -82,9 +88,9 @@ def test_commands_flow_at_rate_while_a_slow_policy_infers(system):
         assert len(p[0].velocities) == spec.dof and len(p[0].accelerations) == spec.dof
         times = [duration_to_seconds(x.time_from_start) for x in p]
         assert np.all(np.diff(times) > 0) and times[0] > 0
-    diag = listener.wait(lambda: listener.diag.get("arm6"))
+    diag = listener.diag["arm6"]
     assert float(diag["latency_p50_ms"]) >= 300.0  # the added delay is measured as latency
-    assert int(diag["chunks"]) >= 2 and int(diag["delay_steps"]) >= 15
+    assert int(diag["delay_steps"]) >= 15
 
 
 def test_out_of_limit_outputs_are_clamped_and_rate_limited(system):
@@ -127,12 +133,17 @@ def test_stale_input_holds_and_the_server_resumes(system):
 def test_enable_disable_and_estop(system):
     node, listener = system["node"], system["listener"]
     listener.wait(driving(listener, "arm6"), timeout=30.0)
-    assert set_enabled(node, "arm6", False).success
-    time.sleep(0.5)
     t0 = time.monotonic()
-    time.sleep(1.0)
-    assert len(listener.since("arm6", t0)) == 0  # disabled: the stream stops (after one hold)
-    assert len(listener.since("humanoid16", t0)) > 20
+    assert set_enabled(node, "arm6", False).success
+
+    def handed_over():
+        """arm6's one hold after the disable, then humanoid16 commanded 25 times more"""
+        arm6 = listener.arrivals("arm6", t0)
+        holds = [t for t, m in arm6 if len(m.points) == 1]
+        return holds and len(listener.since("humanoid16", holds[0])) >= 25 and holds[0]
+
+    hold_time = listener.wait(handed_over, timeout=20.0)
+    assert len(listener.since("arm6", hold_time)) == 1  # disabled: the stream stops after one hold
     assert set_enabled(node, "arm6", True).success
     listener.wait(driving(listener, "arm6"), timeout=20.0)
 
@@ -145,12 +156,13 @@ def test_enable_disable_and_estop(system):
 
     listener.wait(stopped, timeout=10.0)
     t0 = time.monotonic()
-    time.sleep(1.0)
-    held = listener.since("arm6", t0)
-    assert len(held) > 20 and all(len(m.points) == 1 for m in held)  # holds at rate
+    held = listener.wait(lambda: len(listener.since("arm6", t0)) >= 20 and listener.since("arm6", t0), 10.0)
+    assert all(len(m.points) == 1 for m in held)  # latched: holds, still streamed
     refused = set_enabled(node, "arm6", True)
     assert not refused.success and "e-stop" in refused.message
     estop.publish(Bool(data=False))
-    time.sleep(0.3)
-    assert set_enabled(node, "arm6", True).success
+
+    end = time.monotonic() + 10.0
+    while not set_enabled(node, "arm6", True).success:  # accepted once the release has arrived
+        assert time.monotonic() < end, "enable still refused 10 s after the e-stop release"
     listener.wait(driving(listener, "arm6"), timeout=20.0)
