@@ -8,7 +8,6 @@ empty input directory, and the Ray engine's network exposure.
 
 from __future__ import annotations
 
-import errno
 import json
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from bag_helpers import BAD_JOINT, BAD_MESSAGE, T0, write_bag
 from mcap.stream_reader import CRCValidationError, StreamReader
 
 from gen_theta_model.data.bag import BagError, open_bag
-from gen_theta_model.data.episode import EpisodeWriter, load_episode
+from gen_theta_model.data.episode import load_episode
 from gen_theta_model.data.ingest import IngestOptions, ingest, main
 from gen_theta_model.data.manifest import open_dataset
 from gen_theta_model.data.recording import read_record
@@ -121,21 +120,13 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6, capsys, monkeypatch):
+def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6, capsys):
+    out = tmp_path / "small"
+    if not _mount_tmpfs(out, "640k"):  # a real full disk; ingest's workers are processes of their own
+        pytest.skip("mounting a small tmpfs needs root")
     bags = tmp_path / "bags"
     for i in range(12):
         write_bag(bags / f"ep{i:02d}", arm6)
-    out = tmp_path / "small"
-    mounted = _mount_tmpfs(out, "640k")  # a real full disk as root
-    if not mounted:  # elsewhere: the same OSError at the same write, once three episodes are on disk
-        finish = EpisodeWriter.finish
-
-        def finish_until_full(self, meta):
-            if len(list(self.final.parent.glob("ep*"))) >= 3:
-                raise OSError(errno.ENOSPC, "No space left on device", str(self.tmp / "streams.safetensors"))
-            return finish(self, meta)
-
-        monkeypatch.setattr(EpisodeWriter, "finish", finish_until_full)
     try:
         rc = main([str(bags), "--out", str(out / "ds"), "--jobs", "1"])
         captured = capsys.readouterr()
@@ -152,8 +143,7 @@ def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6, capsys, monk
         assert not (out / "ds" / ".reserve").exists()
         assert f"{len(on_disk)} added" in captured.out
     finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(out)], check=False)
+        subprocess.run(["umount", "-l", str(out)], check=False)
 
 
 def test_same_bag_name_in_two_folders_gets_two_episodes(tmp_path, arm6, capsys):

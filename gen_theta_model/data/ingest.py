@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import multiprocessing
 import os
 import struct
 import sys
@@ -323,8 +324,13 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
 
 
 def _run_local(tasks: list[tuple], jobs: int, collect: Callable[[Path, dict], bool]) -> None:
-    """Run ``_task`` over ``tasks`` in a process pool; ``collect`` returning False cancels the rest."""
-    with ProcessPoolExecutor(max_workers=jobs or None) as pool:
+    """Run ``_task`` over ``tasks`` in a process pool; ``collect`` returning False cancels the rest.
+
+    Workers are spawned, not forked: a fork copies the caller's locks as they are, and a caller
+    with threads (a trainer's TensorBoard writer, torch's pools, a test runner) left a worker
+    waiting for ever on a lock nobody would release (seen in the test suite).
+    """
+    with ProcessPoolExecutor(max_workers=jobs or None, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_task, *t): Path(t[0]) for t in tasks}
         for f in as_completed(futures):
             if not f.cancelled() and not collect(futures[f], f.result()):
