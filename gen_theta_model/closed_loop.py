@@ -155,6 +155,7 @@ class EpisodeFigures:
     server_missed_deadlines: float
     robot: str = ""
     progress: str = ""  # furthest of STAGES reached, where the rollout can see it (in-process)
+    closest_m: float | None = None  # closest the fingers came to the task's object, m (in-process)
 
 
 def episode_figures(
@@ -203,6 +204,7 @@ def success_interval(successes: int, episodes: int, confidence: float = CONFIDEN
 COLUMNS = (
     ("success (95% CI)", "success", "{}"),
     ("grasped / lifted", "progress", "{}"),
+    ("closest cm (median)", "closest_cm_median", "{:.1f}"),
     ("time to success s", "time_to_success", "{:.1f}"),
     ("idle %", "idle_pct", "{:.1f}"),
     ("jump at switch max/mean", "jump", "{}"),
@@ -248,8 +250,15 @@ def aggregate(episodes: Sequence[EpisodeFigures]) -> list[dict[str, object]]:
             "latency_p50_ms": float(np.median([e.latency_p50_ms for e in eps])),
             "latency_p99_ms": max(e.latency_p99_ms for e in eps),
             "progress": dict(Counter(e.progress for e in eps if e.progress)),
+            "closest_cm_median": _median_cm([e.closest_m for e in eps]),
         })
     return rows
+
+
+def _median_cm(closest_m: Sequence[float | None]) -> float | None:
+    """Median closest approach in cm over the episodes that measured one, else None."""
+    known = [m for m in closest_m if m is not None]
+    return 100.0 * float(np.median(known)) if known else None
 
 
 def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:

@@ -119,7 +119,7 @@ def test_aggregate_table_and_json(spec):
     assert row["latency_p50_ms"] == pytest.approx(120.5)
     assert row["successes"] == 1 and row["success_ci_low"] < 0.5 < row["success_ci_high"]
     table = markdown_table([row])
-    assert table.splitlines()[2].startswith("| arm6 | t | 100 | harmonic | 1/2 = 0.50 [0.09, 0.91] | - | 4.0 |")
+    assert table.splitlines()[2].startswith("| arm6 | t | 100 | harmonic | 1/2 = 0.50 [0.09, 0.91] | - | - | 4.0 |")
     assert row["mean_jump"] == pytest.approx(eps[0].mean_jump)  # same stream twice
     doc = json.loads(results_json([row], eps, {"robot": "arm6"}))
     assert doc["episodes"][1]["seed"] == 1 and doc["meta"]["robot"] == "arm6"

@@ -65,6 +65,7 @@ def test_the_expert_served_with_300ms_delay_boxes_the_moving_cube(mode):
     finally:
         loop.close()
     assert figures.success and figures.time_to_success < 15.0 and figures.progress == "success"
+    assert figures.closest_m < 0.05  # the finger frames around the cube (4 cm above its centre at a grasp)
     assert figures.latency_p50_ms >= 330.0
 
 
@@ -85,6 +86,7 @@ def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
     assert len(doc["episodes"]) == 8
     assert "| arm6 | stack | 300 | sync | 0/2 = 0.00 [0.00, 0.66] | 0 / 0 |" in (out / "results.md").read_text()
     assert {e["progress"] for e in doc["episodes"]} == {"none"}  # an untrained policy grasps nothing in 1 s
+    assert all(0.05 < e["closest_m"] < 1.0 for e in doc["episodes"])  # nor comes near the cube
 
 
 def test_rollout_arguments():

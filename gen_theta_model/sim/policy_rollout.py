@@ -60,18 +60,24 @@ PROGRESS_EVERY_S = 0.05
 
 
 class Progress:
-    """The furthest stage an episode reached: the task's object grasped (the sim's grasp model
-    attached it), lifted ``LIFT_M`` above where it was grasped, the task done. Where a policy
-    fails tells what it has not learned (reaching and grasping a moving cube, or carrying it).
+    """How far an episode got: the furthest stage (the task's object grasped, as the sim's grasp
+    model attached it; lifted ``LIFT_M`` above where it was grasped; the task done) and the
+    closest the fingers came to that object (m). Where a policy fails tells what it has not
+    learned (reaching a moving cube, grasping it, carrying it), and the closest approach
+    still separates policies that all fail.
     """
 
     def __init__(self) -> None:
         self.stage = 0
+        self.closest_m = float("inf")
         self._grasp_z: float | None = None
 
     def update(self, robot: SimRobot) -> None:
         """Look at the world now."""
         world, pick = robot.world, robot.task.pick if robot.task is not None else ""
+        fingers = world.finger_centre()
+        if pick and fingers is not None:
+            self.closest_m = min(self.closest_m, float(np.linalg.norm(world.object_position(pick) - fingers)))
         if robot.success_time is not None:
             self.stage = len(STAGES) - 1
             return
@@ -226,6 +232,7 @@ class SimClosedLoop:
             time_to_success=robot.success_time if success else None,
             latency_p50_ms=1e3 * c.latency.percentile(50), latency_p99_ms=1e3 * c.latency.percentile(99),
             server_missed_deadlines=0.0, robot=self.spec.name, progress=self._progress.name,
+            closest_m=self._progress.closest_m,
         )
         joints = self._joints
         trace = EpisodeTrace(
