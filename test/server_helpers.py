@@ -4,17 +4,22 @@ and a listener to a policy server's commands and diagnostics.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_helpers import Feeder, start_exe
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -38,6 +43,45 @@ def tiny_checkpoint(run_dir: Path, robots: dict[str, float]) -> Path:
     stats = {s.name: example_norm_stats(s, mean=robots[s.name], std=0.05) for s in specs}
     policy = build_policy(preset("tiny"), specs, stats)
     return save_checkpoint(run_dir, 1, policy, TrainConfig(), policy.model.state_dict())
+
+
+@contextmanager
+def serving(tmp: Path, ckpt: Path, robots: Sequence[str], params: Sequence[str], fed: Sequence[str],
+            node_name: str) -> Iterator[dict]:
+    """Run a ``gen-theta serve`` process for ``robots`` (more ``params`` as NAME:=VALUE), this process's
+    rclpy node spun on a thread with a Listener, and a started Feeder for each robot in ``fed``.
+
+    Yields {node, listener, feeders, specs, proc, log, ckpt, tmp}; a test may replace feeders in
+    ``feeders``, and every feeder there is stopped at the end, with the server, node and rclpy.
+    """
+    log = tmp / "server.log"
+    args = ["serve", str(ckpt), "--ros-args", "-p", f"robots:=[{','.join(robots)}]"]
+    for param in params:
+        args += ["-p", param]
+    proc = start_exe(args, log)
+    rclpy.init()
+    node = rclpy.create_node(node_name)
+    listener = Listener(node, robots)
+    specs = {r: load_robot(r) for r in robots}
+    feeders = {r: Feeder(node, r, specs[r]) for r in fed}
+    for f in feeders.values():
+        f.announce("stack", "dexterity", "stack the red cube on the blue cube")
+        f.start()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    env = {"node": node, "listener": listener, "feeders": feeders, "specs": specs, "proc": proc, "log": log,
+           "ckpt": ckpt, "tmp": tmp}
+    try:
+        yield env
+    finally:
+        for f in env["feeders"].values():
+            f.stop()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=20)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
 
 
 def graph_snapshot(node, params: dict[str, list[str]], timeout: float = 60.0) -> dict[str, dict]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
+from train_helpers import fit_batch
 
 from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
@@ -99,14 +100,7 @@ def test_training_steps_reduce_the_loss(specs):
     torch.manual_seed(0)
     pol = build_policy(CFG, specs, {s.name: example_norm_stats(s) for s in specs})
     batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
-    opt = torch.optim.AdamW(pol.model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, logs = pol.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, logs = fit_batch(pol, batch, 30)
     assert set(logs) == {"nll", "mse"}
     assert losses[-1] < losses[0] - 0.5
 

@@ -8,20 +8,14 @@ joint_states come from ros_helpers.Feeder; the test listens to the command strea
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from ros_helpers import Feeder, start_exe
-from server_helpers import Listener, driving, set_enabled, tiny_checkpoint
+from ros_helpers import Feeder
+from server_helpers import driving, serving, set_enabled, tiny_checkpoint
 from std_msgs.msg import Bool
 
-from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import duration_to_seconds, time_to_seconds
 
@@ -34,34 +28,9 @@ TOPICS = load_topics()
 def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     ckpt = tiny_checkpoint(tmp / "run", {"arm6": 3.0, "humanoid16": 0.0})
-    proc = start_exe(
-        ["serve", str(ckpt), "--ros-args", "-p", f"robots:=[{','.join(ROBOTS)}]", "-p", "added_delay_ms:=300.0",
-         "-p", f"command_rate_hz:={RATE}", "-p", "joint_timeout_s:=0.3", "-p", "camera_timeout_s:=0.6"],
-        tmp / "server.log",
-    )
-    rclpy.init()
-    node = rclpy.create_node("policy_server_test")
-    listener = Listener(node, ROBOTS)
-    specs = {r: load_robot(r) for r in ROBOTS}
-    feeders = {r: Feeder(node, r, specs[r]) for r in ROBOTS}
-    for f in feeders.values():
-        f.announce("stack", "dexterity", "stack the red cube on the blue cube")
-        f.start()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
-    env = {"node": node, "listener": listener, "feeders": feeders, "specs": specs}
-    try:
+    params = ["added_delay_ms:=300.0", f"command_rate_hz:={RATE}", "joint_timeout_s:=0.3", "camera_timeout_s:=0.6"]
+    with serving(tmp, ckpt, ROBOTS, params, ROBOTS, "policy_server_test") as env:
         yield env
-    finally:
-        for f in env["feeders"].values():
-            f.stop()
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=20)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
 
 
 def test_commands_flow_while_a_slow_policy_infers(system):

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from ros_helpers import Feeder, process_tree, start_exe
 from sensor_msgs.msg import Image
-from server_helpers import Listener, driving, set_enabled, tiny_checkpoint
+from server_helpers import Listener, driving, serving, set_enabled, tiny_checkpoint
 from std_msgs.msg import Bool
 
-from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import numpy_to_image
 
@@ -38,34 +34,9 @@ WARN, ERROR = 1, 2
 def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server_faults")
     ckpt = tiny_checkpoint(tmp / "run", {"arm6": 0.0, "arm7": 0.0})
-    log = tmp / "server.log"
-    proc = start_exe(
-        ["serve", str(ckpt), "--ros-args", "-p", f"robots:=[{','.join(ROBOTS)}]", "-p", "diagnostics_period_s:=0.2",
-         "-p", "joint_timeout_s:=0.3", "-p", "camera_timeout_s:=0.6"],
-        log,
-    )
-    rclpy.init()
-    node = rclpy.create_node("policy_server_faults_test")
-    listener = Listener(node, ROBOTS)
-    specs = {r: load_robot(r) for r in ROBOTS}
-    feeders = {"arm6": Feeder(node, "arm6", specs["arm6"])}
-    feeders["arm6"].announce("stack", "dexterity", "stack the red cube on the blue cube")
-    feeders["arm6"].start()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    env = {"node": node, "listener": listener, "feeders": feeders, "specs": specs, "proc": proc, "log": log,
-           "ckpt": ckpt, "tmp": tmp}
-    try:
+    params = ["diagnostics_period_s:=0.2", "joint_timeout_s:=0.3", "camera_timeout_s:=0.6"]
+    with serving(tmp, ckpt, ROBOTS, params, ["arm6"], "policy_server_faults_test") as env:
         yield env
-    finally:
-        for f in feeders.values():
-            f.stop()
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=20)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
 
 
 def alive(system) -> None:

@@ -5,6 +5,7 @@ keypoints) and the random-shift augmentation, on real tensors.
 import pytest
 import torch
 import torch.nn.functional as F
+from train_helpers import fit_batch
 
 from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
@@ -65,14 +66,7 @@ def test_every_encoder_trains_and_only_shifts_in_training(encoder, pool):
     policy = build_policy(cfg, specs, {s.name: example_norm_stats(s) for s in specs})
     batch = example_batch(specs, cfg, 4, image_size=32, seed=3)
     assert batch[K.IMAGES].shape[-1] == 32
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss, _ = policy.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, _ = fit_batch(policy, batch, 15)
     assert losses[-1] < losses[0] - 0.3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from data_helpers import make_episode
 
 from gen_theta_model.config import share_dir
@@ -18,6 +19,19 @@ SMALL = [  # a few-second run: small batches, a narrow model, no workers, no pro
     "data.harmonic.max_delay_steps=6", "policy={d_model: 64, n_layer: 2, n_head: 2, image_grid: 2}",
     "optim.warmup_steps=2", "log_interval=1", "eval_interval=1000", "eval_batches=1", "progress=false",
 ]
+
+
+def fit_batch(policy, batch: dict, steps: int, lr: float = 3e-3) -> tuple[list[float], dict]:
+    """Take ``steps`` AdamW steps on one fixed ``batch``; the losses and the last step's logs."""
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=lr)
+    losses, logs = [], {}
+    for _ in range(steps):
+        loss, logs = policy.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, logs
 
 
 def build_dataset(root: Path, robots: dict[str, int]) -> Path:
