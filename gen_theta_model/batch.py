@@ -14,7 +14,7 @@ STATE_AGE                  (T,) float32            t - stamp of each state sampl
 STATE_MASK                 (T,) bool               history sample exists
 JOINT_DESCRIPTORS          (D, 12) float32         EmbodimentSpec.descriptors(), padded
 JOINT_MASK                 (D,) bool               actuated joint present
-INSTRUCTION                (L,) int64              instruction tokens (gen_theta_model.policy.tokenizer)
+INSTRUCTION                (L,) int64              instruction tokens (gen_theta_model.tokenizer)
 INSTRUCTION_MASK           (L,) bool               token present
 ACTION                     (H, D) float32          commanded positions, canonical, at t + k/rate, k < H
 ACTION_MASK                (H,) bool               step inside the episode

@@ -15,7 +15,7 @@ from PIL import Image
 
 from gen_theta_model import batch
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.policy.tokenizer import encode
+from gen_theta_model.tokenizer import encode
 
 
 @dataclass(frozen=True)

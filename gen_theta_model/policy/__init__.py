@@ -1,1 +1,1 @@
-"""The harmonic policy: tokenizer, encoders, trunk, action head, presets and the Policy wrapper."""
+"""The harmonic policy: encoders, trunk, action head, presets and the Policy wrapper."""

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gen_theta_model.embodiment import DEFAULT_MAX_DOF, JOINT_DESCRIPTOR_DIM
-from gen_theta_model.policy.tokenizer import VOCAB_SIZE
+from gen_theta_model.tokenizer import VOCAB_SIZE
 
 IMAGE_ENCODERS = ("conv", "resnet")
 IMAGE_POOLS = ("avg", "spatial_softmax")

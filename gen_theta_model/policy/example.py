@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from gen_theta_model import batch as K
+from gen_theta_model import tokenizer
 from gen_theta_model.data.stats import NormStats
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import HarmonicConfig, sample_delay
-from gen_theta_model.policy import tokenizer
 from gen_theta_model.policy.config import PolicyConfig
 
 
