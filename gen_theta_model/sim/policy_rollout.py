@@ -81,7 +81,7 @@ class Progress:
         if robot.success_time is not None:
             self.stage = len(STAGES) - 1
             return
-        if not any(g.obj == pick for g in world.grasps.values()):
+        if pick not in world.held_objects():
             self._grasp_z = None
             return
         z = float(world.object_position(pick)[2])
