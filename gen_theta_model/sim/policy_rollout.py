@@ -75,9 +75,10 @@ class Progress:
     def update(self, robot: SimRobot) -> None:
         """Look at the world now."""
         world, pick = robot.world, robot.task.pick if robot.task is not None else ""
-        fingers = world.finger_centre()
-        if pick and fingers is not None:
-            self.closest_m = min(self.closest_m, float(np.linalg.norm(world.object_position(pick) - fingers)))
+        fingers = world.finger_centres()  # any hand: a humanoid may reach with either
+        if pick and len(fingers):
+            distances = np.linalg.norm(fingers - world.object_position(pick), axis=1)
+            self.closest_m = min(self.closest_m, float(distances.min()))
         if robot.success_time is not None:
             self.stage = len(STAGES) - 1
             return

@@ -259,16 +259,16 @@ class SimWorld:
         """Names of the objects currently grasped."""
         return {g.obj for g in self.grasps.values()}
 
-    def finger_centre(self) -> np.ndarray | None:
-        """(3,) world position between the fingers of the first gripper (the mean of its finger
-        links' frames: above the fingertips, ~4 cm above a cube's centre when arm6 grasps it),
-        or None for a robot without a gripper.
+    def finger_centres(self) -> np.ndarray:
+        """(G, 3) world positions between the fingers of each gripper (the mean of its finger links'
+        frames: above the fingertips, ~4 cm above a cube's centre when arm6 grasps it); (0, 3) for
+        a robot without a gripper.
         """
-        if not self._grippers:
-            return None
-        _, fingers = next(iter(self._grippers.values()))
-        states = p.getLinkStates(self.robot, fingers, computeForwardKinematics=True, physicsClientId=self.client)
-        return np.mean([s[4] for s in states], axis=0)
+        centres = []
+        for _, fingers in self._grippers.values():
+            states = p.getLinkStates(self.robot, fingers, computeForwardKinematics=True, physicsClientId=self.client)
+            centres.append(np.mean([s[4] for s in states], axis=0))
+        return np.array(centres, dtype=np.float64).reshape(-1, 3)
 
     def link_pose(self, link: str) -> tuple[np.ndarray, np.ndarray]:
         """World position (3,) and quaternion (4,) of a robot link's URDF frame ("" or the base link: the base)."""
