@@ -21,19 +21,15 @@ from typing import Any
 
 import numpy as np
 import yourdfpy
-from lxml import etree
 
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml, resolve_path, to_mapping
+from gen_theta_model.urdf import EmbodimentError, parse_urdf
 
 JOINT_TYPES = ("revolute", "prismatic", "continuous")
 MOVABLE_UNSUPPORTED = ("floating", "planar")
 # Descriptor layout: type one-hot (3), lower, upper, velocity, axis (3), depth, gripper, index.
 JOINT_DESCRIPTOR_DIM = 12
 DEFAULT_MAX_DOF = 32
-
-
-class EmbodimentError(ValueError):
-    """A URDF or robot YAML cannot describe a robot; the message names file and joint."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +306,7 @@ def load_embodiment(
     urdf_path = Path(urdf)
     if isinstance(config, (str, Path)):
         config = load_robot_config(config)
-    robot = _parse_urdf(urdf_path)
+    robot = parse_urdf(urdf_path)
     cfg = config or RobotConfig(name=robot.robot.name or urdf_path.stem, urdf=str(urdf_path))
     limit_dof = max_dof or cfg.max_dof
     joints = _actuated_joints(robot, urdf_path, cfg)
@@ -357,83 +353,6 @@ def load_robot(name_or_yaml: str | Path, max_dof: int | None = None) -> Embodime
         raise ConfigError(f"unknown robot '{name_or_yaml}': no file {yaml_path}")
     cfg = load_robot_config(yaml_path)
     return load_embodiment(resolve_path(cfg.urdf, base=yaml_path.parent), cfg, max_dof)
-
-
-def _parse_urdf(path: Path) -> yourdfpy.URDF:
-    if not path.is_file():
-        raise EmbodimentError(f"{path}: URDF file not found")
-    try:
-        # Parse first with lxml so that malformed XML reports line and column.
-        tree = etree.parse(str(path))
-    except etree.XMLSyntaxError as err:
-        raise EmbodimentError(f"{path}: malformed XML: {err}") from err
-    names = [j.get("name") for j in tree.getroot().iter("joint") if j.getparent() is tree.getroot()]
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise EmbodimentError(f"{path}: duplicate joint name '{n}'")
-        seen.add(n)
-    _check_tree(tree, path)
-    _check_meshes(tree, path)
-    try:
-        return yourdfpy.URDF.load(
-            str(path),
-            build_scene_graph=False,
-            load_meshes=False,
-            build_collision_scene_graph=False,
-            load_collision_meshes=False,
-        )
-    except (ValueError, KeyError, AttributeError, TypeError) as err:
-        raise EmbodimentError(f"{path}: not a valid URDF: {err}") from err
-
-
-def _check_tree(tree: etree._ElementTree, path: Path) -> None:
-    """Check that the joints form a tree: each link the child of one joint at most, no loop.
-
-    A loop (a joint whose child is the base link, a chain that returns to itself)
-    would make every walk towards the root run forever.
-    """
-    parent: dict[str, tuple[str, str]] = {}  # child link -> (joint, parent link)
-    for j in tree.getroot().findall("joint"):
-        child, up = j.find("child"), j.find("parent")
-        if child is None or up is None:
-            continue  # yourdfpy reports the missing element
-        link = child.get("link", "")
-        if link in parent:
-            raise EmbodimentError(f"{path}: link '{link}' has two parent joints, '{parent[link][0]}' and "
-                                  f"'{j.get('name')}': a URDF must be a tree (no kinematic loops)")
-        parent[link] = (j.get("name", ""), up.get("link", ""))
-    for start in parent:
-        chain, link = [start], parent[start][1]
-        while link in parent and link not in chain:
-            chain.append(link)
-            link = parent[link][1]
-        if link == start:
-            joints = ", ".join(f"'{parent[c][0]}'" for c in reversed(chain))
-            raise EmbodimentError(f"{path}: kinematic loop: joints {joints} lead from link '{start}' back to "
-                                  "itself; a URDF must be a tree")
-
-
-def _check_meshes(tree: etree._ElementTree, path: Path) -> None:
-    """Every <mesh filename> must exist (relative to the URDF or a package:// path)."""
-    for mesh in tree.getroot().iter("mesh"):
-        filename = mesh.get("filename", "")
-        candidates = [path.parent / filename]
-        if filename.startswith("package://"):
-            rel = filename[len("package://") :]
-            pkg, _, sub = rel.partition("/")
-            candidates = [path.parent / sub, path.parent.parent / sub, path.parent / rel, path.parent.parent / rel]
-            try:
-                from ament_index_python.packages import get_package_share_directory
-
-                candidates.append(Path(get_package_share_directory(pkg)) / sub)
-            except (ImportError, LookupError, OSError, ValueError):  # no ament index here
-                pass
-        elif filename.startswith("file://"):
-            candidates = [Path(filename[len("file://") :])]
-        if not any(c.is_file() for c in candidates):
-            link = mesh.getparent().getparent().getparent()
-            raise EmbodimentError(f"{path}: link '{link.get('name')}' refers to missing mesh '{filename}'")
 
 
 def _actuated_joints(robot: yourdfpy.URDF, path: Path, cfg: RobotConfig) -> list[JointSpec]:
