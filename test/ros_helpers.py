@@ -76,6 +76,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_leftovers(proc: subprocess.Popen, pids: list[int]) -> None:
+    """Kill ``proc`` if it still runs and every one of ``pids`` still alive: nothing a test
+    started may outlive it, whatever failed.
+    """
+    if proc.poll() is None:
+        proc.kill()
+    for pid in filter(alive, pids):
+        os.kill(pid, signal.SIGKILL)
+
+
 def wait_on_disk(bag: Path, least: dict[str, int]) -> None:
     """Wait until the episode's MCAP file holds at least ``least[topic]`` messages of each topic."""
     (mcap,) = bag.glob("*.mcap")

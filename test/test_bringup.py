@@ -5,7 +5,6 @@ test_bringup_launch.py checks that `ros2 launch gen_theta bringup.launch.py` sta
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import alive, process_tree, ros_node, start_exe, stop_or_kill, wait_for
+from ros_helpers import alive, kill_leftovers, process_tree, ros_node, start_exe, stop_or_kill, wait_for
 from server_helpers import graph_snapshot, tiny_checkpoint
 
 from gen_theta_model.config import ConfigError
@@ -96,11 +95,8 @@ def test_kill_9_of_bringup_ends_its_nodes(tmp_path):
         proc.kill()
         proc.wait(timeout=10)
         wait_for(lambda: not any(map(alive, nodes)), 30, f"nodes {nodes} ending with the bring-up")
-    finally:  # nothing may outlive the test, whatever failed
-        if proc.poll() is None:
-            proc.kill()
-        for pid in filter(alive, nodes):
-            os.kill(pid, signal.SIGKILL)
+    finally:
+        kill_leftovers(proc, nodes)
 
 
 def test_gen_theta_bringup_rejects_bad_input(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from bag_helpers import assert_counts_on_disk
-from ros_helpers import alive, process_tree, wait_for
+from ros_helpers import alive, kill_leftovers, process_tree, wait_for
 
 from gen_theta_model import batch
 from gen_theta_model.data.ingest import IngestOptions, ingest
@@ -79,11 +79,8 @@ def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, t
             os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=60)
         wait_for(lambda: not any(map(alive, children)), 60, f"children {children} ending after {how} of collect")
-    finally:  # nothing may outlive the test, whatever failed
-        if proc.poll() is None:
-            proc.kill()
-        for pid in filter(alive, children):
-            os.kill(pid, signal.SIGKILL)
+    finally:
+        kill_leftovers(proc, children)
         err.close()
     record = read_record(bag)
     assert record.status == "complete", (how, record)  # closed by the recorder on SIGTERM / SIGINT
