@@ -114,36 +114,33 @@ def test_flipped_byte_in_a_recorded_bag_is_reported_corrupt(tmp_path, arm6, caps
     assert [m.episode for m in open_dataset(tmp_path / "ds").episodes] == ["good"]
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
-def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6, capsys):
-    out = tmp_path / "small"
-    if not _mount_tmpfs(out, "640k"):  # a real full disk; ingest's workers are processes of their own
-        pytest.skip("mounting a small tmpfs needs root")
+def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6):
     bags = tmp_path / "bags"
     for i in range(12):
         write_bag(bags / f"ep{i:02d}", arm6)
-    try:
-        rc = main([str(bags), "--out", str(out / "ds"), "--jobs", "1"])
-        captured = capsys.readouterr()
-        assert rc == 3, captured
-        lines = [ln for ln in captured.err.splitlines() if ln.strip() and not ln.startswith("ingest:")]  # no bar
-        assert len(lines) == 1 and "stopped early" in lines[0] and "No space left on device" in lines[0], lines
-        ds = open_dataset(out / "ds")
-        on_disk = sorted(p.name for p in (out / "ds" / "episodes").iterdir())
-        assert 0 < len(ds.episodes) < 12 and [m.episode for m in ds.episodes] == on_disk  # no half episodes
-        assert json.loads((out / "ds" / "manifest.jsonl").read_text().splitlines()[-1])["episode"] == on_disk[-1]
-        assert ds.stats["arm6"].count_state == 160 * len(on_disk)
-        for ep in on_disk:
-            assert len(load_episode(out / "ds" / "episodes" / ep).arrays["joint_states.stamp_ns"]) == 160
-        assert not (out / "ds" / ".reserve").exists()
-        assert f"{len(on_disk)} added" in captured.out
-    finally:
-        subprocess.run(["umount", "-l", str(out)], check=False)
+    # A real full disk: a 640 kB tmpfs in a mount namespace of the ingest's own (unshare maps the
+    # user to root there, so no privileges are needed); what it wrote is copied out before it goes.
+    full, kept = tmp_path / "small", tmp_path / "kept"
+    full.mkdir()
+    ingest_cmd = [sys.executable, "-c", "import sys; from gen_theta_model.data.ingest import main; "
+                  "sys.exit(main(sys.argv[1:]))", str(bags), "--out", str(full / "ds"), "--jobs", "1"]
+    script = (f"mount -t tmpfs -o size=640k tmpfs {full} || exit 90; "
+              f"\"$@\"; rc=$?; cp -a {full}/ds {kept}; exit $rc")
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", *ingest_cmd],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 90, f"no tmpfs in a user namespace here: {run.stderr}"
+    assert run.returncode == 3, run
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip() and not ln.startswith("ingest:")]  # no bar
+    assert len(lines) == 1 and "stopped early" in lines[0] and "No space left on device" in lines[0], lines
+    ds = open_dataset(kept)
+    on_disk = sorted(p.name for p in (kept / "episodes").iterdir())
+    assert 0 < len(ds.episodes) < 12 and [m.episode for m in ds.episodes] == on_disk  # no half episodes
+    assert json.loads((kept / "manifest.jsonl").read_text().splitlines()[-1])["episode"] == on_disk[-1]
+    assert ds.stats["arm6"].count_state == 160 * len(on_disk)
+    for ep in on_disk:
+        assert len(load_episode(kept / "episodes" / ep).arrays["joint_states.stamp_ns"]) == 160
+    assert not (kept / ".reserve").exists()
+    assert f"{len(on_disk)} added" in run.stdout
 
 
 def test_same_bag_name_in_two_folders_gets_two_episodes(tmp_path, arm6, capsys):
