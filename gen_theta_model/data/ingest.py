@@ -100,23 +100,16 @@ def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: 
     return out
 
 
-def _rgb(msg, msgtype: str) -> np.ndarray:
-    # The message conversions are shared with the nodes; they are duck-typed (rosbags
-    # messages have the ROS fields) and import no rclpy.
-    from gen_theta_model.messages import compressed_to_numpy
-    from gen_theta_model.messages import decode_image as image_to_numpy
+def _rgb(msg) -> np.ndarray:
+    """Decode a recorded Image or CompressedImage (rosbags message: the ROS fields) to (H, W, 3) uint8 RGB,
+    with the same ``to_rgb8`` the policy server uses, so that training sees what serving sees.
+    """
+    from gen_theta_model.messages import ConversionError, to_rgb8
 
-    img = compressed_to_numpy(msg) if msgtype.endswith("CompressedImage") else image_to_numpy(msg)
-    encoding = getattr(msg, "encoding", "rgb8")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif encoding.startswith("bgr"):
-        img = img[:, :, 2::-1]
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    if img.dtype != np.uint8:
-        raise IngestError(f"camera encoding '{encoding}' is not an 8-bit colour or grey image")
-    return np.ascontiguousarray(img)
+    try:
+        return to_rgb8(msg)
+    except ConversionError as err:
+        raise IngestError(f"camera image: {err}") from err
 
 
 def _stamp_ns(msg, recv_ns: int) -> int:
@@ -162,7 +155,7 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
             key = by_topic[m.topic]
             if key.startswith("camera."):
                 stamp = _stamp_ns(m.msg, m.recv_ns)
-                writer.add_frame(key[len("camera."):], stamp, _rgb(m.msg, m.msgtype))
+                writer.add_frame(key[len("camera."):], stamp, _rgb(m.msg))
             elif key == "joint_states":
                 stamp = _stamp_ns(m.msg, m.recv_ns)
                 if js_t and stamp <= js_t[-1]:
