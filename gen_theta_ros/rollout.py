@@ -189,15 +189,22 @@ def report(figures: EpisodeFigures, seconds: float) -> None:
           f"{f.server_missed_deadlines:.0f} sent / {f.missed_deadlines:.0f} received", flush=True)
 
 
-def rollout_params(cfg: RolloutConfig, out: Path) -> Path:
-    """Write the server's parameter file for the rollout: the user's, with ``cfg.server`` overrides,
-    disabled at start, fast diagnostics.
+def server_parameters(cfg: RolloutConfig) -> dict:
+    """Read the policy_server parameter file of the rollout (the user's or the package's) as a document,
+    its ``ros__parameters`` with ``cfg.server`` overrides and the rollout's command rate.
     """
     source = Path(cfg.params_file) if cfg.params_file else default_params_file()
     doc = yaml.safe_load(source.read_text())
-    params = doc["policy_server"]["ros__parameters"]
-    params.update(dict(cfg.server))
-    params.update(enabled=False, diagnostics_period_s=0.25, command_rate_hz=float(cfg.command_rate_hz))
+    doc["policy_server"]["ros__parameters"].update(dict(cfg.server), command_rate_hz=float(cfg.command_rate_hz))
+    return doc
+
+
+def rollout_params(cfg: RolloutConfig, out: Path) -> Path:
+    """Write the server's parameter file for the rollout: ``server_parameters``, disabled at start,
+    fast diagnostics.
+    """
+    doc = server_parameters(cfg)
+    doc["policy_server"]["ros__parameters"].update(enabled=False, diagnostics_period_s=0.25)
     path = out / "policy_server.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -250,9 +257,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     from gen_theta_model.policy_server_config import server_config
     from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
-    source = Path(cfg.params_file) if cfg.params_file else default_params_file()
-    params = {**yaml.safe_load(source.read_text())["policy_server"]["ros__parameters"], **dict(cfg.server)}
-    params["command_rate_hz"] = float(cfg.command_rate_hz)
+    params = server_parameters(cfg)["policy_server"]["ros__parameters"]
     torch.set_num_threads(int(params.get("torch_threads", 1)))  # as the server's inference child
     if cfg.expert:
         policy, spec, longest = None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
