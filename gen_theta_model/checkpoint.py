@@ -12,6 +12,11 @@ Layout of a run directory (``TrainConfig.out_dir``)::
         training_state.pt         optimizer, LR scheduler, RNG states, loader position, step
                                   (tensors and plain types only: loaded with weights_only=True)
 
+A run sharded with FSDP writes ``sharded/`` instead of ``model.safetensors`` and keeps the
+optimizer there too: a torch.distributed.checkpoint (DCP) directory in which every rank
+wrote its own shards (gen_theta_model/sharded_checkpoint.py). ``load_policy`` reads both
+formats; ``gen-theta checkpoint consolidate`` turns a sharded one into the serving format.
+
 A checkpoint is written into ``checkpoints/.tmp-<name>`` and renamed into place when
 complete; ``latest`` is updated after the rename. A crash at any point leaves the
 previous checkpoint and ``latest`` intact; stale ``.tmp-*`` directories are removed
@@ -24,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,7 @@ MODEL = "model.safetensors"
 NORM_STATS = "norm_stats"
 EMBODIMENTS = "embodiments.yaml"
 TRAINING_STATE = "training_state.pt"
+SHARDED = "sharded"  # DCP directory: model and optimizer state, one file per rank plus .metadata
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -54,44 +61,42 @@ class CheckpointError(ValueError):
     """A path is not a (complete) checkpoint; the message names it and what is missing."""
 
 
+def stage_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """Make the empty staging directory of checkpoint ``step`` (removing stale ones); returns it."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale)
+    tmp = staging_dir(run_dir, step)
+    tmp.mkdir()
+    return tmp
+
+
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f".tmp-step_{step:08d}"
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
     policy: Policy,
     train_cfg: TrainConfig,
-    model_state: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor] | None,
     training_state: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     keep: int = 2,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically; returns its directory.
 
-    ``model_state`` is the full state dict of the bare model (under FSDP: gathered
-    on the saving rank). Older checkpoints beyond the newest ``keep`` are removed.
+    ``model_state`` is the full state dict of the bare model, or None when the weights
+    are already in the staging directory's ``sharded/`` (written by every rank with DCP
+    after ``stage_checkpoint``). Older checkpoints beyond the newest ``keep`` are removed.
     """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale)
-    name = f"step_{step:08d}"
-    tmp = root / f".tmp-{name}"
-    tmp.mkdir()
-    doc = {
-        "train": to_mapping(train_cfg),
-        "policy": to_mapping(policy.config),
-        "step": int(step),
-        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-        "torch": str(torch.__version__),
-    }
-    _write_text(tmp / CONFIG, yaml.safe_dump(doc, sort_keys=False))
-    _write_text(tmp / EMBODIMENTS, yaml.safe_dump([e.to_dict() for e in policy.embodiments], sort_keys=False))
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
-    save_file(tensors, str(tmp / MODEL), metadata={"format": "pt", "step": str(step)})
-    for stats in policy.normalizer.stats.values():
-        stats.save(tmp / NORM_STATS)
-    if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE)
+    tmp = stage_checkpoint(run_dir, step) if model_state is not None else staging_dir(run_dir, step)
+    _write_files(tmp, step, policy, train_cfg, model_state, training_state, metrics)
     _fsync_tree(tmp)
+    name = f"step_{step:08d}"
     final = root / name
     if final.exists():  # the same step saved again (a resumed run): swap it out
         old = root / f".tmp-old-{name}"
@@ -108,12 +113,50 @@ def save_checkpoint(
     return final
 
 
+def export_checkpoint(out: str | Path, step: int, policy: Policy, train_cfg: TrainConfig,
+                      metrics: dict[str, float] | None = None) -> Path:
+    """Write ``policy`` as one serving checkpoint directory ``out`` (no training state), atomically."""
+    out = Path(out)
+    if out.exists():
+        raise CheckpointError(f"{out} exists; name a new directory")
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _write_files(tmp, step, policy, train_cfg, policy.model.state_dict(), None, metrics)
+    _fsync_tree(tmp)
+    tmp.rename(out)
+    _fsync_dir(out.parent)
+    return out
+
+
+def _write_files(directory: Path, step: int, policy: Policy, train_cfg: TrainConfig,
+                 model_state: dict[str, torch.Tensor] | None, training_state: dict[str, Any] | None,
+                 metrics: dict[str, float] | None) -> None:
+    doc = {
+        "train": to_mapping(train_cfg),
+        "policy": to_mapping(policy.config),
+        "step": int(step),
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "torch": str(torch.__version__),
+    }
+    _write_text(directory / CONFIG, yaml.safe_dump(doc, sort_keys=False))
+    _write_text(directory / EMBODIMENTS, yaml.safe_dump([e.to_dict() for e in policy.embodiments], sort_keys=False))
+    if model_state is not None:
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
+        save_file(tensors, str(directory / MODEL), metadata={"format": "pt", "step": str(step)})
+    for stats in policy.normalizer.stats.values():
+        stats.save(directory / NORM_STATS)
+    if training_state is not None:
+        torch.save(training_state, directory / TRAINING_STATE)
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoint directories of a run, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / MODEL).is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and _has_weights(p)]
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
@@ -123,7 +166,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     marker = root / LATEST
     if marker.is_file():
         named = root / marker.read_text().strip()
-        if (named / MODEL).is_file():
+        if _has_weights(named):
             return named
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
@@ -132,14 +175,24 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """Resolve a checkpoint directory, or a run directory (its latest checkpoint), to the checkpoint directory."""
     p = Path(path)
-    if (p / MODEL).is_file() and (p / CONFIG).is_file():
+    if _has_weights(p) and (p / CONFIG).is_file():
         return p
     latest = latest_checkpoint(p) or (latest_checkpoint(p.parent) if p.name == CHECKPOINTS else None)
     if latest is not None:
         return latest
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run directory")
-    raise CheckpointError(f"{p}: not a checkpoint (no {MODEL} and {CONFIG}) and holds no {CHECKPOINTS}/")
+    raise CheckpointError(f"{p}: not a checkpoint (no {MODEL} or {SHARDED}/, and {CONFIG}) and holds no {CHECKPOINTS}/")
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Tell whether the checkpoint (or a run's latest) keeps its weights sharded (DCP ``sharded/``)."""
+    ckpt = resolve_checkpoint(path)
+    return not (ckpt / MODEL).is_file() and (ckpt / SHARDED / ".metadata").is_file()
+
+
+def _has_weights(p: Path) -> bool:
+    return (p / MODEL).is_file() or (p / SHARDED / ".metadata").is_file()
 
 
 def read_checkpoint_config(path: str | Path) -> tuple[TrainConfig, PolicyConfig, dict[str, Any]]:
@@ -164,7 +217,11 @@ def load_embodiments(path: str | Path) -> list[EmbodimentSpec]:
 
 
 def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
-    """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode."""
+    """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode.
+
+    A sharded checkpoint is read whole into this process (no process group needed).
+    On the meta device only the structure is built: no weights are read.
+    """
     ckpt = resolve_checkpoint(checkpoint_dir)
     train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
     specs = load_embodiments(ckpt)
@@ -174,17 +231,35 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
         if not path.is_file():
             raise CheckpointError(f"{ckpt}: no normalisation statistics for embodiment '{spec.name}' ({path})")
         stats[spec.name] = NormStats.load(path)
-    model = HarmonicTransformer(policy_cfg)
-    state = load_file(str(ckpt / MODEL))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    meta = torch.device(device).type == "meta"
+    with torch.device("meta" if meta else "cpu"):
+        model = HarmonicTransformer(policy_cfg)
+    if not meta:
+        _load_weights(ckpt, model)
+    policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
+                    observation=train_cfg.data.observation)
+    model.eval()
+    return policy if meta else policy.to(device)  # a meta policy's statistics stay on the CPU
+
+
+def _load_weights(ckpt: Path, model: HarmonicTransformer) -> None:
+    if (ckpt / MODEL).is_file():
+        missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
+    else:  # DCP: the shards of every rank, read into the full tensors of this process
+        import torch.distributed.checkpoint as dcp
+
+        state = model.state_dict()
+        try:
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+                dcp.load({"model": state}, checkpoint_id=ckpt / SHARDED, no_dist=True)
+        except Exception as err:  # DCP wraps the missing or misshapen keys in a CheckpointException
+            raise CheckpointError(f"{ckpt / SHARDED}: weights do not match the config: {err}") from err
+        missing, unexpected = [], []
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
-                    observation=train_cfg.data.observation)
-    model.eval()
-    return policy.to(device)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

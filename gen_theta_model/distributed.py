@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,15 +99,9 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, bf16: bool, checkp
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if strategy != "fsdp":
         raise ValueError(f"unknown distributed strategy {strategy!r}")
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from gen_theta_model.sharding import shard
 
-    from gen_theta_model.policy.trunk import Block
-
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    for block in [m for m in model.modules() if isinstance(m, Block)]:
-        fully_shard(block, mp_policy=mp or MixedPrecisionPolicy())
-    fully_shard(model, mp_policy=mp or MixedPrecisionPolicy())
-    return model
+    return shard(model, bf16)
 
 
 def no_sync(wrapped: nn.Module, last_micro_step: bool) -> AbstractContextManager:
@@ -152,6 +147,15 @@ def min_across(value: int, env: DistEnv) -> int:
     return int(t)
 
 
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """``obj`` of every process, in rank order (on every process)."""
+    if not env.enabled:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, env: DistEnv
                ) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Unsharded model and optimizer state dicts on CPU, keyed by parameter name.
@@ -161,7 +165,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, env: D
     this (the shards are gathered collectively); the result is complete on the master.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=env.enabled)
-    bare = _bare(model)
+    bare = bare_model(model)
     model_sd = {k: v.detach().cpu() for k, v in get_model_state_dict(bare, options=options).items()}
     optim_sd = get_optimizer_state_dict(bare, optimizer, options=options) if optimizer is not None else None
     return model_sd, optim_sd
@@ -169,8 +173,9 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, env: D
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, optim_sd: dict) -> None:
     """Load a full optimizer state dict (as saved by ``full_state``) for a possibly wrapped or sharded model."""
-    set_optimizer_state_dict(_bare(model), optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(bare_model(model), optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
 
 
-def _bare(model: nn.Module) -> nn.Module:
+def bare_model(model: nn.Module) -> nn.Module:
+    """Return the module without its DDP wrapper (FSDP2 and activation checkpointing wrap in place)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -25,7 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from gen_theta_model import batch as K
-from gen_theta_model.checkpoint import CheckpointError, latest_checkpoint, load_policy
+from gen_theta_model.checkpoint import (
+    CheckpointError,
+    is_sharded,
+    latest_checkpoint,
+    load_policy,
+    read_checkpoint_config,
+)
 from gen_theta_model.config import ConfigError
 from gen_theta_model.data.loader import DatasetInfo, make_dataloaders
 from gen_theta_model.distributed import (
@@ -43,8 +49,10 @@ from gen_theta_model.distributed import (
     wrap_model,
 )
 from gen_theta_model.evaluate import EvalConfig, evaluate_policy, summarise
+from gen_theta_model.policy.model_card import count_params
 from gen_theta_model.policy.normalize import Normalizer
 from gen_theta_model.policy.policy import Policy, UnknownEmbodimentError, build_policy
+from gen_theta_model.sharding import materialise
 from gen_theta_model.train_config import TrainConfig, check_compatible, load_train_config, policy_config
 from gen_theta_model.train_state import Throughput, restore, save
 
@@ -91,14 +99,22 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
     rates = torch.tensor([s.control_rate_hz for s in specs], dtype=torch.float64)
 
     # -- model ---------------------------------------------------------------------
-    policy = make_policy(cfg, info, resume_from)
+    source = resume_from or cfg.init_from
+    n_params = count_params(read_checkpoint_config(source)[1] if source else policy_config(cfg))[0]
+    strategy = choose_strategy(cfg.distributed, n_params, env)
+    # FSDP from scratch or from a sharded checkpoint: built on the meta device, each rank allocates
+    # and initialises only its shards (sharding.py); the weights of a resumed run come in `restore`.
+    meta = strategy == "fsdp" and not cfg.init_from and (resume_from is None or is_sharded(resume_from))
+    policy = make_policy(cfg, info, resume_from, torch.device("meta" if meta else "cpu"))
     emb_map = policy.embodiment_map(specs).to(env.device)  # dataset index -> policy index
     if cfg.freeze_trunk:
         policy.model.trunk.requires_grad_(False)
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    strategy = choose_strategy(cfg.distributed, n_params, env)
-    policy.to(env.device)
-    model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
+    if meta:
+        model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
+        materialise(policy, env.device)
+    else:
+        policy.to(env.device)
+        model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
 
     # -- optimizer -----------------------------------------------------------------
     params = [p for p in policy.model.parameters() if p.requires_grad]
@@ -107,7 +123,7 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
         lr=cfg.optim.lr, betas=cfg.optim.betas, fused=env.device.type == "cuda",
     )
-    step = restore(resume_from, model, optimizer, train_loader, cfg) if resume_from else 0
+    step = restore(resume_from, model, optimizer, train_loader, cfg, env) if resume_from else 0
     log = RunLog(run_dir, env.master)
     log.info(f"{n_params:,} parameters ({cfg.preset if not cfg.init_from else 'from ' + cfg.init_from}), "
              f"{strategy} on {env.world_size} process(es), {env.device}, {'bf16' if bf16 else 'fp32'}; "
@@ -173,13 +189,16 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
     return 0
 
 
-def make_policy(cfg: TrainConfig, info: DatasetInfo, resume_from: Path | None) -> Policy:
-    """Build the policy to train: resumed, initialised from a checkpoint (SFT), or fresh from the preset."""
+def make_policy(cfg: TrainConfig, info: DatasetInfo, resume_from: Path | None, device: torch.device) -> Policy:
+    """Build the policy to train: resumed, initialised from a checkpoint (SFT), or fresh from the preset.
+
+    On the meta device only the structure is built (no weights are initialised or read).
+    """
     specs = [info.specs[n] for n in info.embodiment_names]
     if resume_from is None and not cfg.init_from:
-        return build_policy(policy_config(cfg), specs, info.norm_stats, cfg.data.observation)
+        return build_policy(policy_config(cfg), specs, info.norm_stats, cfg.data.observation, device)
     source = resume_from or cfg.init_from
-    policy = load_policy(source)
+    policy = load_policy(source, device)
     check_compatible(policy.config, cfg.data, f"checkpoint {source} with this config's data")
     known = {e.name for e in policy.embodiments}
     new = [s for s in specs if s.name not in known]

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
-from gen_theta_model.checkpoint import load_training_state, save_checkpoint
-from gen_theta_model.distributed import DistEnv, full_state, load_optimizer_state
+from gen_theta_model.checkpoint import is_sharded, load_training_state, save_checkpoint
+from gen_theta_model.distributed import DistEnv, full_state, gather_objects, load_optimizer_state
 from gen_theta_model.policy.policy import Policy
+from gen_theta_model.sharded_checkpoint import load_sharded, save_sharded
 from gen_theta_model.train_config import TrainConfig
 
 
@@ -46,14 +48,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.Module,
          optimizer: torch.optim.Optimizer, loader: Any, metrics: dict[str, float], env: DistEnv) -> Path | None:
-    """Checkpoint ``step`` (every process calls this; the master writes). Returns the directory on the master."""
-    model_sd, optim_sd = full_state(model, optimizer, env)
+    """Checkpoint ``step`` (every process calls this). Returns the directory on the master.
+
+    Under FSDP every process writes its own shards (sharded_checkpoint.py); otherwise the
+    master writes the full state.
+    """
+    schedule = {"kind": "warmup_cosine", "lr": cfg.optim.lr, "min_lr": cfg.optim.min_lr,
+                "warmup_steps": cfg.optim.warmup_steps, "decay_steps": cfg.decay_steps}
+    state = {"step": step, "scheduler": schedule, "rng": rng_state(), "rank_rng": gather_objects(rng_state(), env),
+             "loader": loader.state_dict(), "world_size": env.world_size}
+    if isinstance(model, FSDPModule):
+        return save_sharded(run_dir, step, policy, cfg, model, optimizer, state, metrics, env)
+    model_sd, state["optimizer"] = full_state(model, optimizer, env)
     path = None
     if env.master:
-        schedule = {"kind": "warmup_cosine", "lr": cfg.optim.lr, "min_lr": cfg.optim.min_lr,
-                    "warmup_steps": cfg.optim.warmup_steps, "decay_steps": cfg.decay_steps}
-        state = {"step": step, "optimizer": optim_sd, "scheduler": schedule, "rng": rng_state(),
-                 "loader": loader.state_dict(), "world_size": env.world_size}
         path = save_checkpoint(run_dir, step, policy, cfg, model_sd, state, metrics, cfg.keep_checkpoints)
     if env.enabled:
         torch.distributed.barrier()
@@ -61,17 +69,22 @@ def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.M
 
 
 def restore(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
-            cfg: TrainConfig) -> int:
-    """Load optimizer moments, RNG and loader state (the weights came with the policy); returns the step.
+            cfg: TrainConfig, env: DistEnv) -> int:
+    """Load optimizer moments (and, sharded, the weights), RNG and loader state; returns the step.
 
-    The LR schedule is a function of the step; betas and weight decay come from ``cfg``, so
-    a resumed run follows its (possibly edited) config, and exactly the old run when unedited.
+    Each process gets its own RNG state back when the world size is unchanged, else the
+    master's. The LR schedule is a function of the step; betas and weight decay come from
+    ``cfg``, so a resumed run follows its (possibly edited) config, and exactly the old run when unedited.
     """
     state = load_training_state(checkpoint)
-    load_optimizer_state(model, optimizer, state["optimizer"])
+    if is_sharded(checkpoint):
+        load_sharded(checkpoint, model, optimizer)
+    else:
+        load_optimizer_state(model, optimizer, state["optimizer"])
     for group, decay in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0)):
         group["betas"], group["weight_decay"] = cfg.optim.betas, decay
-    set_rng_state(state["rng"])
+    same_world = state["world_size"] == env.world_size and "rank_rng" in state
+    set_rng_state(state["rank_rng"][env.rank] if same_world else state["rng"])
     loader.load_state_dict(state["loader"])
     return int(state["step"])
 

@@ -23,11 +23,16 @@ class AgeEmbedding(nn.Module):
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
-        periods = torch.logspace(
-            math.log10(cfg.age_min_period_s), math.log10(cfg.age_max_period_s), cfg.age_frequencies
-        )
-        self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
+        self.periods = (cfg.age_min_period_s, cfg.age_max_period_s, cfg.age_frequencies)
+        self.register_buffer("omega", torch.empty(cfg.age_frequencies), persistent=False)  # rad/s
+        self.reset_parameters()
         self.proj = nn.Linear(2 * cfg.age_frequencies, cfg.d_model, bias=cfg.bias)
+
+    def reset_parameters(self) -> None:
+        """Angular frequencies of geometric periods (a computed buffer; also after ``to_empty``)."""
+        low, high, n = self.periods
+        with torch.no_grad():
+            self.omega.copy_(2 * math.pi / torch.logspace(math.log10(low), math.log10(high), n))
 
     def forward(self, age: torch.Tensor) -> torch.Tensor:
         phase = age.float().unsqueeze(-1) * self.omega  # (..., F)
@@ -98,6 +103,9 @@ class SpatialSoftmax(nn.Module):
         self.logits = nn.Conv2d(channels, keypoints, 1)
         self.log_temperature = nn.Parameter(torch.zeros(()))  # learned sharpness of the softmax
 
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.log_temperature)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
         attn = (self.logits(x).flatten(2) / self.log_temperature.exp()).softmax(dim=-1)  # (N, K, h*w)
@@ -132,6 +140,9 @@ class ImageEncoder(nn.Module):
         self.max_cameras = cfg.max_cameras
         self.shift = cfg.image_shift
         self.avg = cfg.image_pool == "avg"
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.grid_emb)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, _, h, w = images.shape

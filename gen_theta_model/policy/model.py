@@ -17,6 +17,8 @@ P = max_prefix_steps steps, and only where ``step < DELAY``: the committed prefi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ from gen_theta_model.policy.encoders import (
     masked_last,
 )
 from gen_theta_model.policy.head import ChunkMixture, MixtureHead
-from gen_theta_model.policy.trunk import Trunk
+from gen_theta_model.policy.trunk import Block, Trunk
 
 N_TOKEN_TYPES = 5  # images, proprio, instruction, joints, prefix
 ANCHOR = "policy.anchor"  # (B, D) normalised last committed action (0 without a prefix), added by the Normalizer
@@ -102,21 +104,29 @@ class HarmonicTransformer(nn.Module):
         self.token_type = nn.Embedding(N_TOKEN_TYPES, cfg.d_model)
         self.trunk = Trunk(cfg)
         self.head = MixtureHead(cfg)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith("proj.weight") and ".blocks." in f".{name}":
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        nn.init.normal_(self.head.proj.weight, std=0.02 / math.sqrt(cfg.d_model))  # start near N(0, 1)
-        nn.init.zeros_(self.head.proj.bias)
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def init_steps(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
+        """Return the GPT-2 initialisation as (module, init of its own parameters), in drawing order.
+
+        normal(0, 0.02) for every Linear and Embedding (biases 0); the blocks' residual
+        projections again with std 0.02/sqrt(2 n_layer); the head near N(0, 1). It overwrites
+        the constructors' defaults (``reset_parameters``); sharding.init_sharded replays both.
+        """
+        steps: list[tuple[nn.Module, Callable[[nn.Module], None]]] = [
+            (m, _init_linear_or_embedding) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))
+        ]
+        residual = partial(_init_weight, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        for block in (m for m in self.modules() if isinstance(m, Block)):
+            steps += [(block.attn.proj, residual), (block.mlp.proj, residual)]
+        steps.append((self.head.proj, partial(_init_linear_or_embedding, std=0.02 / math.sqrt(self.cfg.d_model))))
+        return steps
+
+    def init_weights(self) -> None:
+        """Apply ``init_steps`` in place (on a model whose constructors' defaults are set)."""
+        with torch.no_grad():
+            for module, init in self.init_steps():
+                init(module)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ChunkMixture:
         """Normalised batch -> per-joint mixture over the chunk in normalised units (B, D, K, H)."""
@@ -143,6 +153,16 @@ class HarmonicTransformer(nn.Module):
             anchor = batch[ANCHOR].float()[:, :, None, None]  # (B, D, 1, 1)
             dist = ChunkMixture(dist.logits, dist.mean + anchor, dist.log_std)
         return dist
+
+
+def _init_linear_or_embedding(module: nn.Module, std: float = 0.02) -> None:
+    nn.init.normal_(module.weight, mean=0.0, std=std)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _init_weight(module: nn.Module, std: float) -> None:
+    nn.init.normal_(module.weight, mean=0.0, std=std)
 
 
 def chunk_loss(

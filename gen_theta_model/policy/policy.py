@@ -200,7 +200,14 @@ def build_policy(
     embodiments: Sequence[EmbodimentSpec],
     stats: dict[str, NormStats],
     observation: ObservationConfig | None = None,
+    device: torch.device | str = "cpu",
 ) -> Policy:
-    """Build a freshly initialised policy for ``embodiments`` with their dataset statistics."""
+    """Build a freshly initialised policy for ``embodiments`` with their dataset statistics.
+
+    The model is built on ``device``: on "meta" it has shapes and no values (sharding.materialise
+    allocates and initialises it later); the statistics always start on the CPU.
+    """
     normalizer = Normalizer([e.name for e in embodiments], stats, cfg.max_dof)
-    return Policy(HarmonicTransformer(cfg), normalizer, embodiments, observation)
+    with torch.device(device):
+        model = HarmonicTransformer(cfg)
+    return Policy(model, normalizer, embodiments, observation)
