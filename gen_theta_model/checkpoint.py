@@ -246,13 +246,8 @@ def _load_weights(ckpt: Path, model: HarmonicTransformer) -> None:
     if (ckpt / MODEL).is_file():
         missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
     else:  # DCP: the shards of every rank, read into the full tensors of this process
-        import torch.distributed.checkpoint as dcp
-
-        state = model.state_dict()
         try:
-            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-                warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
-                dcp.load({"model": state}, checkpoint_id=ckpt / SHARDED, no_dist=True)
+            load_sharded_state({"model": model.state_dict()}, ckpt)
         except Exception as err:  # DCP wraps the missing or misshapen keys in a CheckpointException
             raise CheckpointError(f"{ckpt / SHARDED}: weights do not match the config: {err}") from err
         missing, unexpected = [], []
@@ -260,6 +255,20 @@ def _load_weights(ckpt: Path, model: HarmonicTransformer) -> None:
         raise CheckpointError(
             f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+
+
+def load_sharded_state(state: dict[str, Any], ckpt: Path) -> None:
+    """Fill ``state`` (nested dicts of tensors, sharded or whole) in place from checkpoint ``ckpt``'s ``sharded/``.
+
+    Collective when a process group exists (every process reads the parts it holds), else in this process alone.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    alone = not (dist.is_available() and dist.is_initialized())
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+        dcp.load(state, checkpoint_id=ckpt / SHARDED, no_dist=alone)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

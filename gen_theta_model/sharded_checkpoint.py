@@ -30,6 +30,7 @@ from gen_theta_model.checkpoint import (
     SHARDED,
     export_checkpoint,
     load_policy,
+    load_sharded_state,
     read_checkpoint_config,
     resolve_checkpoint,
     save_checkpoint,
@@ -64,7 +65,7 @@ def load_sharded(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Opti
     """
     bare = bare_model(model)
     model_sd, optim_sd = get_state_dict(bare, optimizer)  # a fresh optimizer's moments are allocated here
-    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=resolve_checkpoint(checkpoint) / SHARDED)
+    load_sharded_state({"model": model_sd, "optim": optim_sd}, resolve_checkpoint(checkpoint))
     set_state_dict(bare, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
 
 

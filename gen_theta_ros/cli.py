@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("gen_theta_model.train:main", "pretrain or fine-tune a policy"),
     "evaluate": ("gen_theta_model.evaluate:main", "validation MSE, reverse KL and the SFT/RL call"),
     "model-card": ("gen_theta_model.policy.model_card:main", "parameters, memory and FLOPs of a preset"),
+    "checkpoint": ("gen_theta_model.sharded_checkpoint:main", "consolidate a sharded (FSDP) checkpoint for serving"),
     "serve": ("gen_theta_ros.policy_server:main", "run the harmonic policy server node"),
     "bringup": ("gen_theta_ros.graph:main", "start the bring-up graph (sim, policy server) without launch_ros"),
     "rollout": ("gen_theta_ros.rollout:main", "closed-loop evaluation: synchronous, naive async, harmonic"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import CONFIG, SMALL, build_dataset, losses, run
+from train_helpers import CONFIG, SMALL, build_dataset, losses, run, torchrun
 
 from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config
 from gen_theta_model.train_config import load_train_config, policy_config
@@ -107,24 +107,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, ca
     kept = load_policy(out).model.state_dict()
     assert all(torch.equal(good[k], kept[k]) for k in good)
     assert not list((out / "checkpoints").glob(".tmp-*"))
-
-
-def torchrun(out: Path, data: Path, *sets: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "gen_theta_model.train", str(CONFIG), "--set", f"dataset=[{data}]", "--set", f"out_dir={out}"]
-    for s in (*SMALL, *sets):
-        args += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # A session of its own, so that a hang is ended with the workers, not just the launcher.
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in 240 s:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from data_helpers import make_episode
 
@@ -54,3 +59,21 @@ def run(out: Path, data: Path, *sets: str, config: Path = CONFIG) -> int:
 def losses(out: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def torchrun(out: Path, data: Path, *sets: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "gen_theta_model.train", str(CONFIG), "--set", f"dataset=[{data}]", "--set", f"out_dir={out}"]
+    for s in (*SMALL, *sets):
+        args += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A session of its own, so that a hang is ended with the workers, not just the launcher.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
