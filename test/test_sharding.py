@@ -5,9 +5,13 @@ checkpointing and bf16 paths.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -199,3 +203,18 @@ def test_bf16_autocast_on_cpu_gives_a_finite_loss_close_to_fp32():
     assert torch.isfinite(bf16) and abs(bf16.item() - fp32.item()) <= 0.02 * abs(fp32.item())
     grads = [p.grad for p in policy.model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_gpu_scale_script_runs_its_cpu_path(tmp_path):
+    """bench/gpu_scale.py (deliverable 5, meant for one GPU) at tiny size on the CPU: trains, saves, resumes."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_scale.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--preset", "tiny", "--steps", "4",
+                           "--resume-steps", "1", "--micro-batch", "2", "--out", str(tmp_path / "out"),
+                           "--ckpt-dir", str(tmp_path / "ckpt")], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu_scale.json").read_text())
+    assert report["preset"] == "tiny" and report["steps"] == 4 and len(report["resumed_losses"]) == 2
+    assert report["resume_loss_diff"] == 0.0  # the resumed step repeats the saved run's next step exactly
+    assert all(math.isfinite(x) for x in report["losses"] + report["resumed_losses"])
+    assert report["samples_per_s"] > 0 and report["checkpoint_gib"] > 0 and not (tmp_path / "ckpt").exists()
