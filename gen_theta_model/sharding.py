@@ -64,12 +64,15 @@ def init_sharded(model: HarmonicTransformer) -> None:
 
 @contextmanager
 def full_size(module: nn.Module) -> Iterator[None]:
-    """Swap ``module``'s own sharded parameters for full-size copies (gathered: an init may leave some
-    untouched), then keep this rank's slice of them.
+    """Swap ``module``'s own sharded parameters for full-size tensors, then keep this rank's slice of them.
+
+    The full tensors start uninitialised: the init run inside must set every parameter of
+    the module (``reset_parameters`` and ``HarmonicTransformer.init_steps`` do), so nothing is gathered.
     """
     sharded = {name: p for name, p in module.named_parameters(recurse=False) if isinstance(p, DTensor)}
     for name, p in sharded.items():
-        module._parameters[name] = nn.Parameter(p.full_tensor(), requires_grad=p.requires_grad)
+        module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device),
+                                                requires_grad=p.requires_grad)
     try:
         yield
     finally:

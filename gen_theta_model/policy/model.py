@@ -107,7 +107,7 @@ class HarmonicTransformer(nn.Module):
         self.init_weights()
 
     def init_steps(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
-        """Return the GPT-2 initialisation as (module, init of its own parameters), in drawing order.
+        """Return the GPT-2 initialisation as (module, init of all its own parameters), in drawing order.
 
         normal(0, 0.02) for every Linear and Embedding (biases 0); the blocks' residual
         projections again with std 0.02/sqrt(2 n_layer); the head near N(0, 1). It overwrites
@@ -116,7 +116,7 @@ class HarmonicTransformer(nn.Module):
         steps: list[tuple[nn.Module, Callable[[nn.Module], None]]] = [
             (m, _init_linear_or_embedding) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))
         ]
-        residual = partial(_init_weight, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        residual = partial(_init_linear_or_embedding, std=0.02 / math.sqrt(2 * self.cfg.n_layer))  # bias: 0 again
         for block in (m for m in self.modules() if isinstance(m, Block)):
             steps += [(block.attn.proj, residual), (block.mlp.proj, residual)]
         steps.append((self.head.proj, partial(_init_linear_or_embedding, std=0.02 / math.sqrt(self.cfg.d_model))))
@@ -159,10 +159,6 @@ def _init_linear_or_embedding(module: nn.Module, std: float = 0.02) -> None:
     nn.init.normal_(module.weight, mean=0.0, std=std)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
-
-
-def _init_weight(module: nn.Module, std: float) -> None:
-    nn.init.normal_(module.weight, mean=0.0, std=std)
 
 
 def chunk_loss(
