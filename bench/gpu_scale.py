@@ -15,8 +15,9 @@ so no dataset has to be collected first. One process: a process group of one (nc
 ``--preset auto`` takes the largest preset whose model-card memory at one GPU (16 bytes/param
 of sharded state + gathered blocks + activations of ``--micro-batch``) leaves 10% of the GPU
 free and whose checkpoint (12 bytes/param: fp32 weights + two AdamW moments) fits the free
-disk under ``--ckpt-dir``. The resumed run's first loss is compared with the loss of the
-same step taken by the run that saved it. Written to OUT/gpu_scale.json and printed:
+disk under ``--ckpt-dir`` (not with ``--no-checkpoint``: train only, for throughput and
+memory; bench/gpu_scale.sh runs both within ten minutes). The resumed run's first loss is compared with the loss of the
+same step taken by the run that saved it. Written to OUT/gpu_scale_<preset>.json and printed:
 samples/s, model FLOP/s and MFU (model-card FLOPs, without the recompute of activation
 checkpointing, over ``--peak-tflops``; 989 is the H100/H200 dense bf16 peak), peak device
 memory (allocated and reserved), peak host RSS, save and load seconds, checkpoint size.
@@ -53,12 +54,12 @@ GIB = 1024**3
 ROBOTS = ("arm6", "arm7", "humanoid16")
 
 
-def pick_preset(device: torch.device, micro_batch: int, ckpt_dir: Path) -> str:
+def pick_preset(device: torch.device, micro_batch: int, ckpt_dir: Path | None) -> str:
     """Return the largest preset that fits the GPU's memory and the checkpoint disk (tiny on a CPU)."""
     if device.type != "cuda":
         return "tiny"
     gpu = torch.cuda.get_device_properties(device).total_memory / GIB
-    disk = shutil.disk_usage(ckpt_dir).free / GIB
+    disk = shutil.disk_usage(ckpt_dir).free / GIB if ckpt_dir else float("inf")
     fits = [n for n in PRESET_NAMES if model_card(n, 1, micro_batch).total_gib_per_gpu <= 0.9 * gpu
             and 12 * count_params(preset(n))[0] / GIB <= 0.8 * disk]
     return fits[-1]
@@ -116,10 +117,12 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per step (default 8)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps before the checkpoint (3 warm-up)")
     parser.add_argument("--resume-steps", type=int, default=10, help="steps after resuming")
-    parser.add_argument("--out", type=Path, default=Path("gpu_scale_out"), help="where gpu_scale.json goes")
+    parser.add_argument("--out", type=Path, default=Path("gpu_scale_out"), help="where the report goes")
     parser.add_argument("--ckpt-dir", type=Path, default=Path("/tmp/gen_theta_gpu_scale"), help="scratch checkpoint")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the device")
     parser.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the whole run")
+    parser.add_argument("--no-checkpoint", action="store_true",
+                        help="train only (no save and resume; the preset then need not fit the disk)")
     args = parser.parse_args()
     if args.steps < 4 or args.resume_steps < 1:
         parser.error("need --steps >= 4 (3 are warm-up) and --resume-steps >= 1")
@@ -136,7 +139,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.ckpt_dir, ignore_errors=True)
     args.ckpt_dir.mkdir(parents=True)
-    name = args.preset if args.preset != "auto" else pick_preset(device, args.micro_batch, args.ckpt_dir)
+    name = args.preset if args.preset != "auto" else pick_preset(device, args.micro_batch,
+                                                                 None if args.no_checkpoint else args.ckpt_dir)
     card = model_card(name, 1, args.micro_batch)
     report: dict = {"preset": name, "params": card.params, "device": str(torch.cuda.get_device_name(device))
                     if device.type == "cuda" else "cpu", "micro_batch": args.micro_batch,
@@ -158,6 +162,11 @@ def main() -> None:
         flops = rate * card.train_flops_per_sample  # FLOP/s by the model card's count
         report.update(steps=saved_at, samples_per_s=round(rate, 2), model_tflops=round(flops / 1e12, 1),
                       mfu=round(flops / (args.peak_tflops * 1e12), 4), losses=[round(x, 4) for x in warm + losses])
+        if device.type == "cuda":
+            report["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 2)
+            report["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / GIB, 2)
+        if args.no_checkpoint:
+            return
         start = time.perf_counter()
         save_sharded(args.ckpt_dir, saved_at, policy, TrainConfig(preset=name), model, optimizer, {"step": saved_at},
                      {}, env)
@@ -165,9 +174,6 @@ def main() -> None:
         report["checkpoint_gib"] = round(sum(f.stat().st_size for f in args.ckpt_dir.rglob("*") if f.is_file())
                                          / GIB, 2)
         uninterrupted = step(policy, model, optimizer, batches[saved_at % len(batches)])
-        if device.type == "cuda":
-            report["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 2)
-            report["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / GIB, 2)
         del policy, model, optimizer
         gc.collect()
         if device.type == "cuda":
@@ -184,7 +190,7 @@ def main() -> None:
         report["resumed_losses"] = [round(x, 4) for x in [resumed, *more]]
     finally:
         report["peak_host_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2)
-        (args.out / "gpu_scale.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / f"gpu_scale_{name}.json").write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report, indent=1), flush=True)
         shutil.rmtree(args.ckpt_dir, ignore_errors=True)
         dist.destroy_process_group()

@@ -213,7 +213,7 @@ def test_gpu_scale_script_runs_its_cpu_path(tmp_path):
                            "--ckpt-dir", str(tmp_path / "ckpt")], capture_output=True, text=True, timeout=240,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "gpu_scale.json").read_text())
+    report = json.loads((tmp_path / "out" / "gpu_scale_tiny.json").read_text())
     assert report["preset"] == "tiny" and report["steps"] == 4 and len(report["resumed_losses"]) == 2
     assert report["resume_loss_diff"] == 0.0  # the resumed step repeats the saved run's next step exactly
     assert all(math.isfinite(x) for x in report["losses"] + report["resumed_losses"])
