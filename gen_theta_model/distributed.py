@@ -2,8 +2,9 @@
 
 Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) a process group is created: nccl
 on GPUs, gloo on CPUs. ``wrap_model`` then applies DDP, or FSDP (FSDP2
-``fully_shard``, one unit per transformer block, then the root) for the large
-presets. Without torchrun everything runs in one process, unwrapped.
+``fully_shard``, one unit per transformer block, then the root; gen_theta_model/sharding.py,
+which also builds such models on the meta device) for the large presets. Without
+torchrun everything runs in one process, unwrapped.
 """
 
 from __future__ import annotations
