@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml, to_mapping
 from gen_theta_model.data.stats import NormStats
@@ -243,14 +246,13 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
 
 
 def _load_weights(ckpt: Path, model: HarmonicTransformer) -> None:
-    if (ckpt / MODEL).is_file():
-        missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
-    else:  # DCP: the shards of every rank, read into the full tensors of this process
+    if not (ckpt / MODEL).is_file():  # DCP: the shards of every rank, read into this process's full tensors
         try:
             load_sharded_state({"model": model.state_dict()}, ckpt)
-        except Exception as err:  # DCP wraps the missing or misshapen keys in a CheckpointException
-            raise CheckpointError(f"{ckpt / SHARDED}: weights do not match the config: {err}") from err
-        missing, unexpected = [], []
+        except CheckpointException as err:  # a BaseException: wraps missing or misshapen keys
+            raise CheckpointError(f"{ckpt / SHARDED}: weights do not match the config: {err}") from None
+        return
+    missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
@@ -262,9 +264,6 @@ def load_sharded_state(state: dict[str, Any], ckpt: Path) -> None:
 
     Collective when a process group exists (every process reads the parts it holds), else in this process alone.
     """
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-
     alone = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)

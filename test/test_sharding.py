@@ -5,6 +5,7 @@ checkpointing and bf16 paths.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,11 +18,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from train_helpers import build_dataset, losses, run, torchrun
 
 from gen_theta_model import batch as K
-from gen_theta_model.checkpoint import list_checkpoints, load_policy, load_training_state
+from gen_theta_model.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_policy,
+    load_training_state,
+    save_checkpoint,
+)
 from gen_theta_model.distributed import DistEnv, autocast, full_state, setup, teardown, wrap_model
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
@@ -218,3 +226,13 @@ def test_gpu_scale_script_runs_its_cpu_path(tmp_path):
     assert report["resume_loss_diff"] == 0.0  # the resumed step repeats the saved run's next step exactly
     assert all(math.isfinite(x) for x in report["losses"] + report["resumed_losses"])
     assert report["samples_per_s"] > 0 and report["checkpoint_gib"] > 0 and not (tmp_path / "ckpt").exists()
+
+
+def test_sharded_weights_that_do_not_fit_the_config_are_a_checkpoint_error(tmp_path):
+    policy = small_policy()
+    ckpt = save_checkpoint(tmp_path, 1, policy, TrainConfig(), policy.model.state_dict())
+    (ckpt / "model.safetensors").unlink()
+    fewer_layers = HarmonicTransformer(dataclasses.replace(CFG, n_layer=1))
+    dcp.save({"model": fewer_layers.state_dict()}, checkpoint_id=ckpt / "sharded", no_dist=True)
+    with pytest.raises(CheckpointError, match="sharded: weights do not match the config"):
+        load_policy(tmp_path)
