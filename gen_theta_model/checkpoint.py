@@ -11,6 +11,8 @@ Layout of a run directory (``TrainConfig.out_dir``)::
         embodiments.yaml          [EmbodimentSpec.to_dict()] in the policy's embodiment order
         training_state.pt         optimizer, LR scheduler, RNG states, loader position, step
                                   (tensors and plain types only: loaded with weights_only=True)
+        backbones/{vision,text}/  pretrained towers only: config.json, image processor, tokenizer
+                                  (their weights are in model.safetensors; loading reads no network)
 
 A checkpoint is written into ``checkpoints/.tmp-<name>`` and renamed into place when
 complete; ``latest`` is updated after the rename. A crash at any point leaves the
@@ -21,6 +23,7 @@ by the next save. ``load_policy`` is the one loader used by the trainer
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -34,6 +37,8 @@ from safetensors.torch import load_file, save_file
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml, to_mapping
 from gen_theta_model.data.stats import NormStats
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.observation import ObservationConfig
+from gen_theta_model.policy.backbones import BACKBONES, TEXT, save_backbones
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.normalize import Normalizer
@@ -87,6 +92,7 @@ def save_checkpoint(
     _write_text(tmp / EMBODIMENTS, yaml.safe_dump([e.to_dict() for e in policy.embodiments], sort_keys=False))
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
     save_file(tensors, str(tmp / MODEL), metadata={"format": "pt", "step": str(step)})
+    save_backbones(policy.model, tmp / BACKBONES)
     for stats in policy.normalizer.stats.values():
         stats.save(tmp / NORM_STATS)
     if training_state is not None:
@@ -163,10 +169,19 @@ def load_embodiments(path: str | Path) -> list[EmbodimentSpec]:
     return [EmbodimentSpec.from_dict(d) for d in docs]
 
 
+def observation_config(path: str | Path) -> ObservationConfig:
+    """How the policy of a checkpoint wants its observations built: the training data's config, with
+    the tokenizer saved in the checkpoint where the policy has a text tower.
+    """
+    ckpt = resolve_checkpoint(path)
+    obs = read_checkpoint_config(ckpt)[0].data.observation
+    return dataclasses.replace(obs, tokenizer=str(ckpt / BACKBONES / TEXT)) if obs.tokenizer else obs
+
+
 def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode."""
     ckpt = resolve_checkpoint(checkpoint_dir)
-    train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
+    _, policy_cfg, _ = read_checkpoint_config(ckpt)
     specs = load_embodiments(ckpt)
     stats = {}
     for spec in specs:
@@ -174,7 +189,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
         if not path.is_file():
             raise CheckpointError(f"{ckpt}: no normalisation statistics for embodiment '{spec.name}' ({path})")
         stats[spec.name] = NormStats.load(path)
-    model = HarmonicTransformer(policy_cfg)
+    model = HarmonicTransformer(policy_cfg, ckpt / BACKBONES)
     state = load_file(str(ckpt / MODEL))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -182,7 +197,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
             f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
-                    observation=train_cfg.data.observation)
+                    observation=observation_config(ckpt))
     model.eval()
     return policy.to(device)
 

@@ -45,8 +45,11 @@ class PolicyConfig:
     image_pool: str = "avg"  # avg: a grid of pooled patches | spatial_softmax: learned keypoints (x, y, feature)
     image_keypoints: int = 16  # spatial_softmax: tokens per camera, one per keypoint
     image_shift: int = 0  # training only: random shift of each image by up to this many pixels (DrQ); 0 off
+    vision_backbone: str = ""  # "": the conv/resnet stem above | Hub id or directory of a transformers vision model
+    text_backbone: str = ""  # "": byte tokens, learned embedding | Hub id or directory of a transformers text model
+    freeze_backbone: bool = True  # robot data is tiny next to the towers' pretraining data: keep their features
     vocab_size: int = VOCAB_SIZE
-    max_instruction_len: int = 64  # byte tokens; longer instructions are truncated by the loader
+    max_instruction_len: int = 64  # tokens; longer instructions are truncated by the loader
     max_prefix_steps: int = 16  # committed-prefix tokens; >= HarmonicConfig.max_delay_steps (15 at 50 Hz)
     age_frequencies: int = 16  # sinusoidal features of an observation's age (sin and cos of each)
     age_min_period_s: float = 0.002  # shortest period: resolves a 500 Hz joint_states stream
@@ -82,6 +85,14 @@ class PolicyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {self.image_shift}")
+        for name in ("vision_backbone", "text_backbone"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value != value.strip() or (value and len(value.split()) != 1):
+                raise ValueError(f"{name} must be a Hugging Face Hub id or a directory without spaces, or empty "
+                                 f"for the built-in encoder; got {value!r}")
+        if self.image_encoder != "conv" and self.vision_backbone:
+            raise ValueError(f"image_encoder={self.image_encoder!r} has no effect with vision_backbone="
+                             f"{self.vision_backbone!r}: leave image_encoder at 'conv' or clear vision_backbone")
 
     @property
     def image_tokens(self) -> int:

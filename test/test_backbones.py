@@ -1,0 +1,177 @@
+"""Pretrained backbones: tiny random SigLIP and DINOv2 towers saved with ``save_pretrained`` and
+loaded from their directories as a user's downloaded model would be (nothing is downloaded:
+HF_HUB_OFFLINE=1). Their weights load, their own preprocessing and tokenizer are applied, a
+frozen tower gets no gradient, and a SigLIP-backed policy trains with the real loop and
+serves from its checkpoint after the source directory is gone.
+"""
+
+import dataclasses
+import io
+import shutil
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from train_helpers import CONFIG, SMALL, build_dataset, losses, run
+from transformers import (
+    BitImageProcessor,
+    Dinov2Config,
+    Dinov2Model,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+    SiglipTokenizer,
+)
+
+from gen_theta_model import batch as K
+from gen_theta_model.checkpoint import latest_checkpoint, load_policy
+from gen_theta_model.config import ConfigError
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.observation import ObservationConfig, build_observation
+from gen_theta_model.policy.backbones import BACKBONES, towers
+from gen_theta_model.policy.config import preset
+from gen_theta_model.policy.example import example_batch, example_norm_stats
+from gen_theta_model.policy.policy import build_policy
+from gen_theta_model.tokenizer import encode
+from gen_theta_model.train_config import load_train_config
+
+TEXTS = ["pick the cube", "put the red cube in the bin", "open the drawer", "task 0 for the arm6"]
+MEAN, STD = [0.4, 0.45, 0.5], [0.2, 0.25, 0.3]  # not SigLIP's 0.5: shows whose statistics are applied
+TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory):
+    """Save a tiny random SigLIP (both towers, 28 px, patch 7), its image processor and a real SigLIP tokenizer."""
+    path = tmp_path_factory.mktemp("siglip")
+    torch.manual_seed(0)
+    config = SiglipConfig(text_config={**TOWER, "vocab_size": 64, "max_position_embeddings": 32},
+                          vision_config={**TOWER, "image_size": 28, "patch_size": 7})
+    SiglipModel(config).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 28, "width": 28}, image_mean=MEAN, image_std=STD).save_pretrained(path)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 20), model_writer=model, vocab_size=60,
+                                   hard_vocab_limit=False, minloglevel=2)
+    (path / "spiece.model").write_bytes(model.getvalue())
+    SiglipTokenizer(vocab_file=str(path / "spiece.model")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dinov2(tmp_path_factory):
+    """Save a tiny random DINOv2 (class token first) whose processor center-crops 28 px out of a 32 px resize."""
+    path = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(Dinov2Config(**TOWER, image_size=28, patch_size=7)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
+                      image_mean=MEAN, image_std=STD).save_pretrained(path)
+    return path
+
+
+def tiny(**backbones):
+    return preset("tiny", chunk_len=12, max_prefix_steps=6, max_instruction_len=16, image_grid=2, **backbones)
+
+
+def backbone_policy(cfg):
+    specs = [load_robot("arm6"), load_robot("arm7")]
+    return build_policy(cfg, specs, {s.name: example_norm_stats(s) for s in specs}), specs
+
+
+def test_towers_get_the_pretrained_weights(siglip):
+    policy, _ = backbone_policy(tiny(vision_backbone=str(siglip), text_backbone=str(siglip)))
+    source = SiglipModel.from_pretrained(siglip).state_dict()
+    for tower in towers(policy.model).values():  # vision_model.* and text_model.* of the full model
+        for name, value in tower.model.state_dict().items():
+            torch.testing.assert_close(value, source[f"{tower.tower}_model.{name}"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["siglip", "dinov2"])
+def test_vision_tower_sees_its_own_resolution_and_statistics(kind, request):
+    path = request.getfixturevalue(kind)
+    policy, specs = backbone_policy(tiny(vision_backbone=str(path)))
+    seen = {}
+    tower = towers(policy.model)["vision"]
+    tower.model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    batch = example_batch(specs, policy.config, 2, image_size=28)
+    policy.predict_chunk({k: batch[k] for k in (*K.OBSERVATION_KEYS, K.EMBODIMENT_INDEX)}, batch[K.ACTION][:, :2], 2)
+    pixels = seen["pixel_values"]
+    assert pixels.shape == (4, 3, 28, 28)  # 2 samples x 2 cameras at the processor's (crop) size
+    images = batch[K.IMAGES].flatten(0, 1).float() / 255.0  # already 28 px: no resize, exact statistics
+    expected = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(pixels, expected, rtol=1e-5, atol=1e-5)
+    features = tower(torch.zeros(1, 3, 96, 96))  # any camera size: resized to 28 px first
+    assert features.shape == (1, 32, 4, 4)  # 4x4 patches of 7 px, the class token dropped
+
+
+def test_instructions_use_the_text_towers_tokenizer(siglip):
+    reference = SiglipTokenizer.from_pretrained(siglip)
+    tokens, mask = encode("  put the red cube in the bin ", 32, str(siglip))
+    ids = reference("put the red cube in the bin")["input_ids"]
+    assert tokens[: len(ids)].tolist() == ids and mask.sum() == len(ids) and not mask[len(ids):].any()
+    spec = load_robot("arm6")
+    obs = build_observation(spec, {}, {}, np.zeros((1, spec.dof)), np.zeros(1), "put the red cube in the bin",
+                            ObservationConfig(instruction_len=32, tokenizer=str(siglip)))
+    assert obs[K.INSTRUCTION].tolist() == tokens.tolist()
+    assert encode("pick", 8)[0][:2].tolist() == [1, 3 + ord("p")]  # no tokenizer: byte tokens, as before
+
+
+def test_frozen_towers_get_no_gradient_and_trained_ones_do(siglip):
+    for freeze in (True, False):
+        policy, specs = backbone_policy(tiny(vision_backbone=str(siglip), text_backbone=str(siglip),
+                                             freeze_backbone=freeze))
+        batch = example_batch(specs, policy.config, 2, image_size=28)
+        policy.model.train()
+        policy.loss(batch)[0].backward()
+        for tower in towers(policy.model).values():
+            grads = [p.grad for p in tower.model.parameters()]
+            if freeze:
+                assert not tower.model.training and all(g is None for g in grads)
+            else:
+                assert tower.model.training and any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert towers(policy.model)["text"].proj.weight.grad is not None  # the projection always trains
+
+
+def test_config_errors_are_named(siglip):
+    with pytest.raises(ValueError, match="vision_backbone must be a Hugging Face Hub id"):
+        tiny(vision_backbone=" google/siglip-base-patch16-224")
+    with pytest.raises(ValueError, match="image_encoder='resnet' has no effect"):
+        tiny(vision_backbone=str(siglip), image_encoder="resnet")
+    with pytest.raises(ValueError, match="max_instruction_len=64 exceeds the 32 positions"):
+        backbone_policy(dataclasses.replace(tiny(), text_backbone=str(siglip), max_instruction_len=64))
+
+
+def test_training_config_tokenises_with_the_text_tower(siglip):
+    policy = f"policy={{text_backbone: {siglip}}}"
+    assert load_train_config(CONFIG, [policy]).data.observation.tokenizer == str(siglip)
+    assert load_train_config(CONFIG).data.observation.tokenizer == ""  # byte tokens without a text tower
+    with pytest.raises(ConfigError, match="data.observation.tokenizer='other' differs"):
+        load_train_config(CONFIG, [policy, "data.observation.tokenizer=other"])
+
+
+def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
+    data = build_dataset(tmp_path / "data", {"arm6": 2})
+    source = shutil.copytree(siglip, tmp_path / "siglip")  # removed before serving: the checkpoint suffices
+    out = tmp_path / "run"
+    small = [s for s in SMALL if not s.startswith("policy=")]
+    policy_set = (f"policy={{d_model: 64, n_layer: 2, n_head: 2, image_grid: 2, max_instruction_len: 16, "
+                  f"vision_backbone: {source}, text_backbone: {source}}}")
+    assert run(out, data, *small, policy_set, "data.observation.instruction_len=16", "max_steps=3",
+               "data.observation.image_size=32") == 0
+    assert len(losses(out)) == 3 and all(np.isfinite(list(losses(out).values())))
+    pretrained = SiglipModel.from_pretrained(source).state_dict()
+    shutil.rmtree(source)
+    ckpt = latest_checkpoint(out)
+    assert sorted(p.name for p in (ckpt / BACKBONES).iterdir()) == ["text", "vision"]
+    policy = load_policy(out)
+    for name, value in towers(policy.model)["vision"].model.state_dict().items():  # frozen: left as it was
+        torch.testing.assert_close(value, pretrained[f"vision_model.{name}"], rtol=0, atol=0)
+    obs_cfg = policy.observation_config
+    assert obs_cfg.tokenizer == str(ckpt / BACKBONES / "text")
+    spec = policy.embodiments[0]
+    frames = {c.name: np.full((48, 64, 3), 90, np.uint8) for c in spec.cameras}
+    obs = build_observation(spec, frames, dict.fromkeys(frames, 0.01), np.zeros((2, spec.dof)),
+                            np.array([0.02, 0.0]), "pick the cube", obs_cfg)
+    assert obs[K.INSTRUCTION].tolist() == encode("pick the cube", 16, str(siglip))[0].tolist()
+    batch = {k: torch.from_numpy(v)[None] for k, v in obs.items()}
+    chunk = policy.predict_chunk(batch, torch.zeros(1, 2, obs_cfg.max_dof), 2)
+    assert chunk.shape == (1, policy.config.chunk_len, obs_cfg.max_dof) and torch.isfinite(chunk).all()
