@@ -32,6 +32,7 @@ from gen_theta_model.observation import ObservationConfig, build_observation
 from gen_theta_model.policy.backbones import BACKBONES, towers
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
+from gen_theta_model.policy.model_card import forward_flops, model_card
 from gen_theta_model.policy.policy import build_policy
 from gen_theta_model.tokenizer import encode
 from gen_theta_model.train_config import load_train_config
@@ -175,3 +176,13 @@ def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
     batch = {k: torch.from_numpy(v)[None] for k, v in obs.items()}
     chunk = policy.predict_chunk(batch, torch.zeros(1, 2, obs_cfg.max_dof), 2)
     assert chunk.shape == (1, policy.config.chunk_len, obs_cfg.max_dof) and torch.isfinite(chunk).all()
+
+
+def test_model_card_counts_the_backbone_presets_offline():
+    card = model_card("siglip-1b", gpus=8)
+    towers_params = card.params - card.trunk_params
+    assert 190e6 < card.frozen_params < towers_params  # SigLIP base's two towers, frozen
+    assert card.state_gib_per_gpu * 8 * 2**30 == pytest.approx(16 * (card.params - card.frozen_params)
+                                                               + 4 * card.frozen_params)
+    flops, frozen_flops = forward_flops(preset("siglip-1b"))
+    assert 0 < frozen_flops < flops and card.train_flops_per_sample == 3 * flops - 2 * frozen_flops

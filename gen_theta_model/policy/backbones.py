@@ -168,7 +168,11 @@ class TextTower(Tower):
         self.proj = nn.Linear(self.width, d_model, bias=bias)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.run(input_ids=tokens, attention_mask=mask.long()))  # (B, L, d)
+        # The mask as a ready 4D additive bias (B, 1, 1, L), which transformers takes as it is: its own
+        # 2D path asks the data whether anything is padded (a host sync, and impossible on the meta device).
+        dtype = self.proj.weight.dtype
+        bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        return self.proj(self.run(input_ids=tokens, attention_mask=bias))  # (B, L, d)
 
 
 def towers(model: nn.Module) -> dict[str, Tower]:

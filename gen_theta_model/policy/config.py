@@ -100,6 +100,9 @@ class PolicyConfig:
         return self.image_grid**2 if self.image_pool == "avg" else self.image_keypoints
 
 
+SIGLIP_BASE = "google/siglip-base-patch16-224"  # 224 px, patch 16: 196 patches of width 768
+SIGLIP_SO400M = "google/siglip-so400m-patch14-384"  # 384 px, patch 14: 729 patches of width 1152
+
 # name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style
 # aspect ratios (d_model / n_layer ~ 32-160) with head size 64-128.
 _PRESETS: dict[str, tuple[int, PolicyConfig]] = {
@@ -111,6 +114,12 @@ _PRESETS: dict[str, tuple[int, PolicyConfig]] = {
     "6b": (6_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_channels=128, image_grid=8)),
     "7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=35, n_head=32, image_channels=128, image_grid=8)),
     "10b": (10_000_000_000, PolicyConfig(d_model=5120, n_layer=32, n_head=40, image_channels=128, image_grid=8)),
+    # Pretrained SigLIP towers (frozen) read the cameras and the instruction; the trunk is the joint-token
+    # action expert. 1b: SigLIP base (203M) + a 16-layer 2048 trunk; 7b: SigLIP so400m (878M) + the 6b trunk.
+    "siglip-1b": (1_000_000_000, PolicyConfig(d_model=2048, n_layer=16, n_head=16, image_grid=8,
+                                              vision_backbone=SIGLIP_BASE, text_backbone=SIGLIP_BASE)),
+    "siglip-7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_grid=8,
+                                              vision_backbone=SIGLIP_SO400M, text_backbone=SIGLIP_SO400M)),
 }
 PRESET_NAMES = tuple(_PRESETS)
 
