@@ -22,6 +22,9 @@ from transformers import (
     SiglipImageProcessor,
     SiglipModel,
     SiglipTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
 from gen_theta_model import batch as K
@@ -66,6 +69,20 @@ def dinov2(tmp_path_factory):
     Dinov2Model(Dinov2Config(**TOWER, image_size=28, patch_size=7)).save_pretrained(path)
     BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
                       image_mean=MEAN, image_std=STD).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory):
+    """Save a tiny random T5 encoder and a T5 tokenizer: the other family of text towers."""
+    path = tmp_path_factory.mktemp("t5")
+    config = T5Config(vocab_size=64, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)
+    T5EncoderModel(config).save_pretrained(path)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 20), model_writer=model, vocab_size=60,
+                                   hard_vocab_limit=False, minloglevel=2, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+    (path / "spiece.model").write_bytes(model.getvalue())
+    T5Tokenizer(vocab_file=str(path / "spiece.model"), extra_ids=0).save_pretrained(path)
     return path
 
 
@@ -114,6 +131,22 @@ def test_instructions_use_the_text_towers_tokenizer(siglip):
                             ObservationConfig(instruction_len=32, tokenizer=str(siglip)))
     assert obs[K.INSTRUCTION].tolist() == tokens.tolist()
     assert encode("pick", 8)[0][:2].tolist() == [1, 3 + ord("p")]  # no tokenizer: byte tokens, as before
+
+
+@pytest.mark.parametrize("kind", ["siglip", "t5"])
+def test_text_tower_ignores_padding(kind, request):
+    path = request.getfixturevalue(kind)
+    policy, _ = backbone_policy(tiny(text_backbone=str(path)))
+    tower = towers(policy.model)["text"]
+    tokens, mask = (torch.from_numpy(x)[None] for x in encode("open it", 16, str(path)))
+    n = int(mask.sum())
+    assert 2 < n < 16
+    longer = torch.cat([tokens, torch.full((1, 8), 7)], dim=1)  # other padding ids, and more of them
+    with torch.no_grad():
+        short = tower(tokens, mask)
+        long = tower(longer, torch.cat([mask, torch.zeros(1, 8, dtype=torch.bool)], dim=1))
+    torch.testing.assert_close(long[:, :n], short[:, :n], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(tower(tokens, torch.ones_like(mask))[:, :n], short[:, :n])  # the mask matters
 
 
 def test_frozen_towers_get_no_gradient_and_trained_ones_do(siglip):

@@ -100,6 +100,7 @@ class Tower(nn.Module):
         self.width = int(config.hidden_size if hasattr(config, "hidden_size") else config.d_model)
         if frozen:
             self.model.requires_grad_(False)
+        self.train()  # a frozen tower in eval mode from the start (T5's dropout would be on)
 
     def train(self, mode: bool = True) -> Tower:
         super().train(mode)
