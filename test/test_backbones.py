@@ -22,6 +22,8 @@ from transformers import (
     SiglipImageProcessor,
     SiglipModel,
     SiglipTokenizer,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
     T5Config,
     T5EncoderModel,
     T5Tokenizer,
@@ -86,6 +88,20 @@ def t5(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def smolvlm(t5, tmp_path_factory):
+    """Save a tiny random SmolVLM (SigLIP-style vision tower + Llama text model) with an image processor
+    and a tokenizer: towers inside a vision-language model, whose weights carry the model's prefixes.
+    """
+    path = tmp_path_factory.mktemp("smolvlm")
+    config = SmolVLMConfig(vision_config={**TOWER, "image_size": 28, "patch_size": 7},
+                           text_config={**TOWER, "num_key_value_heads": 2, "vocab_size": 64})
+    SmolVLMForConditionalGeneration(config).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 28, "width": 28}, image_mean=MEAN, image_std=STD).save_pretrained(path)
+    T5Tokenizer.from_pretrained(t5).save_pretrained(path)
+    return path
+
+
 def tiny(**backbones):
     return preset("tiny", chunk_len=12, max_prefix_steps=6, max_instruction_len=16, image_grid=2, **backbones)
 
@@ -95,12 +111,17 @@ def backbone_policy(cfg):
     return build_policy(cfg, specs, {s.name: example_norm_stats(s) for s in specs}), specs
 
 
-def test_towers_get_the_pretrained_weights(siglip):
-    policy, _ = backbone_policy(tiny(vision_backbone=str(siglip), text_backbone=str(siglip)))
-    source = SiglipModel.from_pretrained(siglip).state_dict()
-    for tower in towers(policy.model).values():  # vision_model.* and text_model.* of the full model
+@pytest.mark.parametrize("kind, prefix", [("siglip", ""), ("smolvlm", "model.")])
+def test_towers_get_the_pretrained_weights(kind, prefix, request):
+    path = request.getfixturevalue(kind)
+    policy, specs = backbone_policy(tiny(vision_backbone=str(path), text_backbone=str(path)))
+    model = {"siglip": SiglipModel, "smolvlm": SmolVLMForConditionalGeneration}[kind]
+    source = model.from_pretrained(path).state_dict()
+    for tower in towers(policy.model).values():  # {prefix}vision_model.* and {prefix}text_model.*
         for name, value in tower.model.state_dict().items():
-            torch.testing.assert_close(value, source[f"{tower.tower}_model.{name}"], rtol=0, atol=0)
+            torch.testing.assert_close(value, source[f"{prefix}{tower.tower}_model.{name}"], rtol=0, atol=0)
+    batch = example_batch(specs, policy.config, 2, image_size=28)
+    assert torch.isfinite(policy.loss(batch)[0])
 
 
 @pytest.mark.parametrize("kind", ["siglip", "dinov2"])
@@ -133,7 +154,7 @@ def test_instructions_use_the_text_towers_tokenizer(siglip):
     assert encode("pick", 8)[0][:2].tolist() == [1, 3 + ord("p")]  # no tokenizer: byte tokens, as before
 
 
-@pytest.mark.parametrize("kind", ["siglip", "t5"])
+@pytest.mark.parametrize("kind", ["siglip", "t5", "smolvlm"])
 def test_text_tower_ignores_padding(kind, request):
     path = request.getfixturevalue(kind)
     policy, _ = backbone_policy(tiny(text_backbone=str(path)))
@@ -146,7 +167,14 @@ def test_text_tower_ignores_padding(kind, request):
         short = tower(tokens, mask)
         long = tower(longer, torch.cat([mask, torch.zeros(1, 8, dtype=torch.bool)], dim=1))
     torch.testing.assert_close(long[:, :n], short[:, :n], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(tower(tokens, torch.ones_like(mask))[:, :n], short[:, :n])  # the mask matters
+    changed = tokens.clone()
+    changed[0, n - 1] = (changed[0, n - 1] + 1) % 60
+    with torch.no_grad():
+        unmasked = tower(tokens, torch.ones_like(mask))[:, :n]
+        early = tower(changed, mask)[:, : n - 1]
+    assert tower.causal == (kind == "smolvlm")  # the decoder LM keeps its causal attention, encoders see all:
+    assert torch.allclose(unmasked, short[:, :n], atol=1e-5) == tower.causal  # the padding once unmasked
+    assert torch.allclose(early, short[:, : n - 1], atol=1e-5) == tower.causal  # or a later token
 
 
 def test_frozen_towers_get_no_gradient_and_trained_ones_do(siglip):

@@ -29,6 +29,7 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForTextEncoding,
     PretrainedConfig,
     PreTrainedModel,
@@ -114,12 +115,20 @@ class Tower(nn.Module):
             return self.model(**inputs).last_hidden_state
 
     def load_pretrained(self) -> None:
-        """Copy the pretrained weights of ``self.name`` in; an error if any of the tower's weights is missing."""
+        """Copy the pretrained weights of ``self.name`` in: the tower's class loads them directly (SigLIP,
+        DINOv2, T5), or, inside a vision-language model (SmolVLM, PaliGemma), the whole model is loaded
+        and the submodule of the tower's class taken. An error if the weights do not fit.
+        """
+        cls = type(self.model)
         verbosity = logging.get_verbosity()
         logging.set_verbosity_error()  # the other tower's weights are reported as unexpected: they are
         try:
-            pretrained, info = type(self.model).from_pretrained(self.name, config=self.model.config,
-                                                                dtype=torch.float32, output_loading_info=True)
+            pretrained, info = cls.from_pretrained(self.name, config=self.model.config, dtype=torch.float32,
+                                                   output_loading_info=True)
+            if info["missing_keys"]:
+                whole = AutoModel.from_pretrained(self.name, dtype=torch.float32)
+                pretrained = next((m for m in whole.modules() if type(m) is cls), None)
+                info = {"missing_keys": [] if pretrained else [f"any {cls.__name__}"], "mismatched_keys": []}
         finally:
             logging.set_verbosity(verbosity)
         if info["missing_keys"] or info["mismatched_keys"]:
@@ -167,12 +176,18 @@ class TextTower(Tower):
         if max_len > positions:
             raise ValueError(f"max_instruction_len={max_len} exceeds the {positions} positions of text backbone {name}")
         self.proj = nn.Linear(self.width, d_model, bias=bias)
+        # A decoder language model (a VLM's: Llama, Gemma) was trained with causal attention: keep it.
+        self.causal = type(self.model.config) in AutoModelForCausalLM._model_mapping
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # The mask as a ready 4D additive bias (B, 1, 1, L), which transformers takes as it is: its own
-        # 2D path asks the data whether anything is padded (a host sync, and impossible on the meta device).
+        # The mask as a ready 4D additive bias, which transformers takes as it is: its own 2D path asks
+        # the data whether anything is padded (a host sync, and impossible on the meta device).
+        keep = mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        if self.causal:
+            n = tokens.shape[1]
+            keep = keep & torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril()  # (B, 1, L, L)
         dtype = self.proj.weight.dtype
-        bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        bias = (~keep).to(dtype) * torch.finfo(dtype).min
         return self.proj(self.run(input_ids=tokens, attention_mask=bias))  # (B, L, d)
 
 
