@@ -115,7 +115,7 @@ _PRESETS: dict[str, tuple[int, PolicyConfig]] = {
     "7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=35, n_head=32, image_channels=128, image_grid=8)),
     "10b": (10_000_000_000, PolicyConfig(d_model=5120, n_layer=32, n_head=40, image_channels=128, image_grid=8)),
     # Pretrained SigLIP towers (frozen) read the cameras and the instruction; the trunk is the joint-token
-    # action expert. 1b: SigLIP base (203M) + a 16-layer 2048 trunk; 7b: SigLIP so400m (878M) + the 6b trunk.
+    # action expert. 1b: SigLIP base (196M) + a 16-layer 2048 trunk; 7b: SigLIP so400m (863M) + the 6b trunk.
     "siglip-1b": (1_000_000_000, PolicyConfig(d_model=2048, n_layer=16, n_head=16, image_grid=8,
                                               vision_backbone=SIGLIP_BASE, text_backbone=SIGLIP_BASE)),
     "siglip-7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_grid=8,
