@@ -33,13 +33,14 @@ from gen_theta_model import batch as K
 from gen_theta_model.checkpoint import latest_checkpoint, load_policy
 from gen_theta_model.config import ConfigError
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.evaluate import EvalConfig, evaluate_checkpoint
 from gen_theta_model.observation import ObservationConfig, build_observation
 from gen_theta_model.policy.backbones import BACKBONES, towers
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.model_card import forward_flops, model_card
 from gen_theta_model.policy.policy import build_policy
-from gen_theta_model.tokenizer import encode
+from gen_theta_model.tokenizer import encode, load_tokenizer
 from gen_theta_model.train_config import load_train_config
 
 TEXTS = ["pick the cube", "put the red cube in the bin", "open the drawer", "task 0 for the arm6"]
@@ -222,6 +223,7 @@ def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
     assert len(losses(out)) == 3 and all(np.isfinite(list(losses(out).values())))
     pretrained = SiglipModel.from_pretrained(source).state_dict()
     shutil.rmtree(source)
+    load_tokenizer.cache_clear()  # as in a fresh serving process
     ckpt = latest_checkpoint(out)
     assert sorted(p.name for p in (ckpt / BACKBONES).iterdir()) == ["text", "vision"]
     policy = load_policy(out)
@@ -237,6 +239,8 @@ def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
     batch = {k: torch.from_numpy(v)[None] for k, v in obs.items()}
     chunk = policy.predict_chunk(batch, torch.zeros(1, 2, obs_cfg.max_dof), 2)
     assert chunk.shape == (1, policy.config.chunk_len, obs_cfg.max_dof) and torch.isfinite(chunk).all()
+    rows = evaluate_checkpoint(str(out), [str(data)], EvalConfig(delays=(0,), kl_samples=2), "cpu", 4, 8, 1)
+    assert rows and all(np.isfinite(r["mse"]) for r in rows)  # gen-theta evaluate: the checkpoint's tokenizer
 
 
 def test_model_card_counts_the_backbone_presets_offline():
