@@ -103,6 +103,18 @@ class Tower(nn.Module):
             self.model.requires_grad_(False)
         self.train()  # a frozen tower in eval mode from the start (T5's dropout would be on)
 
+    def freeze_unused(self, **inputs: torch.Tensor) -> None:
+        """Freeze the parameters the last hidden state does not depend on (SigLIP's text pooling head,
+        DINOv2's mask token), found by a backward pass of a copy on the meta device (``inputs`` there):
+        DDP needs a gradient for every trainable parameter.
+        """
+        with torch.device("meta"):
+            probe = type(self.model)._from_config(self.model.config)
+        probe(**inputs).last_hidden_state.sum().backward()
+        for name, p in probe.named_parameters():
+            if p.grad is None:
+                self.model.get_parameter(name).requires_grad_(False)
+
     def train(self, mode: bool = True) -> Tower:
         super().train(mode)
         if self.frozen:
@@ -159,6 +171,8 @@ class VisionTower(Tower):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.patch = int(self.model.config.patch_size)
+        if not frozen:
+            self.freeze_unused(pixel_values=torch.zeros(1, 3, *self.size, device="meta"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate((x + 1.0) / 2.0, size=self.size, mode="bilinear", antialias=True, align_corners=False)
@@ -178,6 +192,9 @@ class TextTower(Tower):
         self.proj = nn.Linear(self.width, d_model, bias=bias)
         # A decoder language model (a VLM's: Llama, Gemma) was trained with causal attention: keep it.
         self.causal = type(self.model.config) in AutoModelForCausalLM._model_mapping
+        if not frozen:
+            self.freeze_unused(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"),
+                               attention_mask=torch.zeros(1, 1, 2, 2, device="meta"))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # The mask as a ready 4D additive bias, which transformers takes as it is: its own 2D path asks
