@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-from train_helpers import CONFIG, SMALL, build_dataset, losses, run
+from test_train import torchrun
+from train_helpers import CONFIG, build_dataset, losses, run
 from transformers import (
     BitImageProcessor,
     Dinov2Config,
@@ -214,15 +215,18 @@ def test_training_config_tokenises_with_the_text_tower(siglip):
         load_train_config(CONFIG, [policy, "data.observation.tokenizer=other"])
 
 
+def backbone_run(source, freeze: bool = True) -> list[str]:
+    """--set items of a few-step training run of a narrow policy on the towers of ``source``."""
+    return [f"policy={{d_model: 64, n_layer: 2, n_head: 2, image_grid: 2, max_instruction_len: 16, "
+            f"vision_backbone: {source}, text_backbone: {source}, freeze_backbone: {str(freeze).lower()}}}",
+            "data.observation.instruction_len=16", "data.observation.image_size=32"]
+
+
 def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
     data = build_dataset(tmp_path / "data", {"arm6": 2})
     source = shutil.copytree(siglip, tmp_path / "siglip")  # removed before serving: the checkpoint suffices
     out = tmp_path / "run"
-    small = [s for s in SMALL if not s.startswith("policy=")]
-    policy_set = (f"policy={{d_model: 64, n_layer: 2, n_head: 2, image_grid: 2, max_instruction_len: 16, "
-                  f"vision_backbone: {source}, text_backbone: {source}}}")
-    assert run(out, data, *small, policy_set, "data.observation.instruction_len=16", "max_steps=3",
-               "data.observation.image_size=32") == 0
+    assert run(out, data, *backbone_run(source), "max_steps=3") == 0
     assert len(losses(out)) == 3 and all(np.isfinite(list(losses(out).values())))
     pretrained = SiglipModel.from_pretrained(source).state_dict()
     shutil.rmtree(source)
@@ -254,3 +258,15 @@ def test_model_card_counts_the_backbone_presets_offline():
                                                                + 4 * card.frozen_params)
     flops, frozen_flops = forward_flops(preset("siglip-1b"))
     assert 0 < frozen_flops < flops and card.train_flops_per_sample == 3 * flops - 2 * frozen_flops
+
+
+def test_trained_towers_under_ddp_on_two_processes(siglip, tmp_path):
+    data = build_dataset(tmp_path / "data", {"arm6": 2})
+    out = tmp_path / "ddp"
+    proc = torchrun(out, data, *backbone_run(siglip, freeze=False), "max_steps=2", "eval_interval=2",
+                    "distributed=ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ddp on 2 process(es)" in proc.stdout + proc.stderr
+    pretrained = SiglipModel.from_pretrained(siglip).state_dict()
+    trained = towers(load_policy(out).model)["vision"].model.state_dict()
+    assert any(not torch.equal(v, pretrained[f"vision_model.{k}"]) for k, v in trained.items())
