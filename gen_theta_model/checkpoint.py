@@ -189,6 +189,9 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
         if not path.is_file():
             raise CheckpointError(f"{ckpt}: no normalisation statistics for embodiment '{spec.name}' ({path})")
         stats[spec.name] = NormStats.load(path)
+    if (policy_cfg.vision_backbone or policy_cfg.text_backbone) and not (ckpt / BACKBONES).is_dir():
+        raise CheckpointError(f"{ckpt}: the policy has pretrained towers but the checkpoint lacks their configs "
+                              f"({BACKBONES}/; written by save_checkpoint)")
     model = HarmonicTransformer(policy_cfg, ckpt / BACKBONES)
     state = load_file(str(ckpt / MODEL))
     missing, unexpected = model.load_state_dict(state, strict=False)
