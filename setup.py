@@ -36,6 +36,7 @@ setup(
         (f"share/{PACKAGE}/config/scaling", glob("config/scaling/*.yaml")),
         (f"share/{PACKAGE}/config/scaling/mixtures", glob("config/scaling/mixtures/*.yaml")),
         (f"share/{PACKAGE}/urdf", glob("urdf/*.urdf")),
+        *((f"share/{PACKAGE}/{d}", glob(f"{d}/*.json")) for d in sorted(glob("config/backbones/*"))),
     ],
     package_data={"gen_theta_model": ["py.typed"]},
     install_requires=["setuptools"],

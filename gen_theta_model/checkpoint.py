@@ -11,6 +11,8 @@ Layout of a run directory (``TrainConfig.out_dir``)::
         embodiments.yaml          [EmbodimentSpec.to_dict()] in the policy's embodiment order
         training_state.pt         optimizer, LR scheduler, RNG states, loader position, step
                                   (tensors and plain types only: loaded with weights_only=True)
+        backbones/{vision,text}/  pretrained towers only: config.json, image processor, tokenizer
+                                  (their weights are in model.safetensors; loading reads no network)
 
 A run sharded with FSDP writes ``sharded/`` instead of ``model.safetensors`` and keeps the
 optimizer there too: a torch.distributed.checkpoint (DCP) directory in which every rank
@@ -26,6 +28,7 @@ by the next save. ``load_policy`` is the one loader used by the trainer
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -43,6 +46,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml, to_mapping
 from gen_theta_model.data.stats import NormStats
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.observation import ObservationConfig
+from gen_theta_model.policy.backbones import BACKBONES, TEXT, save_backbones
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.normalize import Normalizer
@@ -148,6 +153,7 @@ def _write_files(directory: Path, step: int, policy: Policy, train_cfg: TrainCon
     if model_state is not None:
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
         save_file(tensors, str(directory / MODEL), metadata={"format": "pt", "step": str(step)})
+    save_backbones(policy.model, directory / BACKBONES)
     for stats in policy.normalizer.stats.values():
         stats.save(directory / NORM_STATS)
     if training_state is not None:
@@ -219,6 +225,15 @@ def load_embodiments(path: str | Path) -> list[EmbodimentSpec]:
     return [EmbodimentSpec.from_dict(d) for d in docs]
 
 
+def observation_config(path: str | Path) -> ObservationConfig:
+    """How the policy of a checkpoint wants its observations built: the training data's config, with
+    the tokenizer saved in the checkpoint where the policy has a text tower.
+    """
+    ckpt = resolve_checkpoint(path)
+    obs = read_checkpoint_config(ckpt)[0].data.observation
+    return dataclasses.replace(obs, tokenizer=str(ckpt / BACKBONES / TEXT)) if obs.tokenizer else obs
+
+
 def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode.
 
@@ -226,7 +241,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
     On the meta device only the structure is built: no weights are read.
     """
     ckpt = resolve_checkpoint(checkpoint_dir)
-    train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
+    _, policy_cfg, _ = read_checkpoint_config(ckpt)
     specs = load_embodiments(ckpt)
     stats = {}
     for spec in specs:
@@ -234,13 +249,16 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
         if not path.is_file():
             raise CheckpointError(f"{ckpt}: no normalisation statistics for embodiment '{spec.name}' ({path})")
         stats[spec.name] = NormStats.load(path)
+    if (policy_cfg.vision_backbone or policy_cfg.text_backbone) and not (ckpt / BACKBONES).is_dir():
+        raise CheckpointError(f"{ckpt}: the policy has pretrained towers but the checkpoint lacks their configs "
+                              f"({BACKBONES}/; written by save_checkpoint)")
     meta = torch.device(device).type == "meta"
     with torch.device("meta" if meta else "cpu"):
-        model = HarmonicTransformer(policy_cfg)
+        model = HarmonicTransformer(policy_cfg, ckpt / BACKBONES)
     if not meta:
         _load_weights(ckpt, model)
     policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
-                    observation=train_cfg.data.observation)
+                    observation=observation_config(ckpt))
     model.eval()
     return policy if meta else policy.to(device)  # a meta policy's statistics stay on the CPU
 

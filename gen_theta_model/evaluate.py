@@ -189,7 +189,8 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], cfg: EvalConfig, devic
     policy = load_policy(checkpoint, device)
     train_cfg, _, _ = read_checkpoint_config(checkpoint)
     data_cfg = dataclasses.replace(train_cfg.data, batch_size=batch_size, num_workers=0,
-                                   val_samples=samples or train_cfg.data.val_samples)
+                                   val_samples=samples or train_cfg.data.val_samples,
+                                   observation=policy.observation_config)  # the checkpoint's own tokenizer
     _, val, info = make_dataloaders(data, data_cfg)
     if len(val.sampler) == 0:
         raise ValueError(f"{data}: no validation episodes (val_fraction={data_cfg.val_fraction})")

@@ -30,7 +30,13 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from gen_theta_model.checkpoint import load_embodiments, load_policy, read_checkpoint_config, resolve_checkpoint
+from gen_theta_model.checkpoint import (
+    load_embodiments,
+    load_policy,
+    observation_config,
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
@@ -85,9 +91,9 @@ class WorkerPolicy:
 
     def __init__(self, checkpoint: str, device: str = "cpu", threads: int = 1, nice: int = 5) -> None:
         ckpt = resolve_checkpoint(checkpoint)
-        train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
+        _, policy_cfg, _ = read_checkpoint_config(ckpt)
         self.config: PolicyConfig = policy_cfg
-        self.observation_config: ObservationConfig = train_cfg.data.observation
+        self.observation_config: ObservationConfig = observation_config(ckpt)
         self.embodiments: list[EmbodimentSpec] = load_embodiments(ckpt)
         self._lock = threading.Lock()
         cmd = [sys.executable, "-m", "gen_theta_model.inference_worker", str(ckpt), device, str(threads), str(nice)]

@@ -25,6 +25,7 @@ class ObservationConfig:
     history: int = 4  # joint-state samples per observation (T)
     max_dof: int = 32
     instruction_len: int = 64  # tokens, BOS/EOS included
+    tokenizer: str = ""  # "": byte tokens | the policy's text_backbone (Hub id or directory): its own tokenizer
 
     def __post_init__(self) -> None:
         for name in ("image_size", "max_cameras", "history", "max_dof"):
@@ -94,7 +95,7 @@ def build_observation(
         state_age[cfg.history - n:] = ages
         state_mask[cfg.history - n:] = True
     descriptors, joint_mask = spec.pad(spec.descriptors().T, cfg.max_dof)
-    tokens, token_mask = encode(instruction, cfg.instruction_len)
+    tokens, token_mask = encode(instruction, cfg.instruction_len, cfg.tokenizer)
     return {
         batch.IMAGES: images,
         batch.IMAGE_AGE: image_age,

@@ -8,7 +8,9 @@ does on one CPU, module by module: the constructors' defaults (``reset_parameter
 in construction order), then the model's ``init_steps``. Each module's parameters are
 drawn full size on every rank from the same seed and each rank keeps its own slice,
 so the sharded model equals the one built whole (bit for bit on CPU; test/test_sharding.py)
-while at most one module's full parameters exist at a time.
+while at most one module's full parameters exist at a time. Pretrained towers are then
+overwritten with their pretrained weights the same way (the modules built after a tower
+draw their initial values from another point of the random stream than a whole build).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from gen_theta_model.policy.backbones import towers
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.policy.trunk import Block
@@ -44,6 +47,7 @@ def materialise(policy: Policy, device: torch.device) -> None:
     """Allocate this rank's shards of a meta-built, sharded policy on ``device`` and initialise them."""
     policy.model.to_empty(device=device)
     init_sharded(policy.model)
+    load_pretrained_sharded(policy.model)
     policy.normalizer.to(device)
 
 
@@ -60,6 +64,22 @@ def init_sharded(model: HarmonicTransformer) -> None:
     for module, init in model.init_steps():
         with full_size(module):
             init(module)
+
+
+@torch.no_grad()
+def load_pretrained_sharded(model: HarmonicTransformer) -> None:
+    """Copy the pretrained weights of ``model``'s towers into it after ``init_sharded``, module by module
+    (each rank keeps its slice), and their buffers too: ``to_empty`` left the non-persistent ones (SigLIP's
+    position ids) uninitialised. One tower's full weights exist on the CPU at a time.
+    """
+    for tower in towers(model).values():
+        pretrained = tower.pretrained_module()
+        for prefix, module in tower.model.named_modules():
+            with full_size(module):
+                for name, p in module.named_parameters(recurse=False):
+                    p.copy_(pretrained.get_parameter(f"{prefix}.{name}" if prefix else name))
+        for name, buffer in tower.model.named_buffers():
+            buffer.copy_(pretrained.get_buffer(name))
 
 
 @contextmanager

@@ -10,7 +10,7 @@ taken from the data config unless overridden, and checked when overridden.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,6 +121,10 @@ def check_compatible(pc: PolicyConfig, data: DataConfig, source: str) -> None:
     if pc.max_instruction_len < obs.instruction_len:
         problems.append(f"policy max_instruction_len={pc.max_instruction_len} < "
                         f"data.observation.instruction_len={obs.instruction_len}")
+    if pc.text_backbone != obs.tokenizer:
+        problems.append(f"policy text_backbone={pc.text_backbone!r} reads tokens of its own tokenizer but "
+                        f"data.observation.tokenizer={obs.tokenizer!r} (set policy.text_backbone in the "
+                        f"training config; the tokenizer follows it)")
     if pc.max_prefix_steps < data.harmonic.max_delay_steps:
         problems.append(f"policy max_prefix_steps={pc.max_prefix_steps} < "
                         f"data.harmonic.max_delay_steps={data.harmonic.max_delay_steps}")
@@ -150,7 +154,22 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     data = read_yaml(path)
     for dotted, value in parse_overrides(overrides or []).items():
         set_dotted(data, dotted, value)
-    cfg = from_mapping(TrainConfig, data, source=str(path))
+    cfg = tie_tokenizer(from_mapping(TrainConfig, data, source=str(path)), str(path))
     policy_config(cfg, str(path))  # validate the policy part now, not after the data is loaded
     return cfg
+
+
+def tie_tokenizer(cfg: TrainConfig, source: str) -> TrainConfig:
+    """Return ``cfg`` whose loader tokenises instructions as the policy's text tower does: with
+    ``text_backbone``'s tokenizer (``data.observation.tokenizer``), or byte tokens without one.
+    """
+    try:
+        text = {**to_mapping(preset(cfg.preset)), **cfg.policy}.get("text_backbone", "")
+    except ValueError as err:
+        raise ConfigError(f"{source}: key 'preset': {err}") from err
+    obs = cfg.data.observation
+    if obs.tokenizer and obs.tokenizer != text:
+        raise ConfigError(f"{source}: data.observation.tokenizer={obs.tokenizer!r} differs from the policy's "
+                          f"text_backbone={text!r}; leave it unset, it follows the policy")
+    return replace(cfg, data=replace(cfg.data, observation=replace(obs, tokenizer=text)))
 

@@ -16,6 +16,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds.xml"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["HF_HUB_OFFLINE"] = "1"  # pretrained backbones in tests are tiny local ones: never the network
 
 # Tests that drive `ros2 run` / `ros2 launch` need ros2cli and launch_ros: a ROS 2 install has
 # them, a plain venv gets them from shared/ros2-wheels (`make test` installs them when present).

@@ -26,7 +26,8 @@ def test_build_installs_executables_and_share(ws: Path) -> None:
     install = ws / "install/gen_theta"
     assert EXECUTABLES <= {p.name for p in (install / "lib/gen_theta").iterdir()}
     share = install / "share/gen_theta"
-    for rel in ("package.xml", "config/topics.yaml", "config/fastdds.xml"):
+    for rel in ("package.xml", "config/topics.yaml", "config/fastdds.xml",
+                "config/backbones/google--siglip-base-patch16-224/config.json"):
         assert (share / rel).is_file(), rel
     assert (install / "share/ament_index/resource_index/packages/gen_theta").is_file()
 

@@ -45,8 +45,11 @@ class PolicyConfig:
     image_pool: str = "avg"  # avg: a grid of pooled patches | spatial_softmax: learned keypoints (x, y, feature)
     image_keypoints: int = 16  # spatial_softmax: tokens per camera, one per keypoint
     image_shift: int = 0  # training only: random shift of each image by up to this many pixels (DrQ); 0 off
+    vision_backbone: str = ""  # "": the conv/resnet stem above | Hub id or directory of a transformers vision model
+    text_backbone: str = ""  # "": byte tokens, learned embedding | Hub id or directory of a transformers text model
+    freeze_backbone: bool = True  # robot data is tiny next to the towers' pretraining data: keep their features
     vocab_size: int = VOCAB_SIZE
-    max_instruction_len: int = 64  # byte tokens; longer instructions are truncated by the loader
+    max_instruction_len: int = 64  # tokens; longer instructions are truncated by the loader
     max_prefix_steps: int = 16  # committed-prefix tokens; >= HarmonicConfig.max_delay_steps (15 at 50 Hz)
     age_frequencies: int = 16  # sinusoidal features of an observation's age (sin and cos of each)
     age_min_period_s: float = 0.002  # shortest period: resolves a 500 Hz joint_states stream
@@ -82,12 +85,23 @@ class PolicyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_shift < 0:
             raise ValueError(f"image_shift must be >= 0 pixels, got {self.image_shift}")
+        for name in ("vision_backbone", "text_backbone"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value != value.strip() or (value and len(value.split()) != 1):
+                raise ValueError(f"{name} must be a Hugging Face Hub id or a directory without spaces, or empty "
+                                 f"for the built-in encoder; got {value!r}")
+        if self.image_encoder != "conv" and self.vision_backbone:
+            raise ValueError(f"image_encoder={self.image_encoder!r} has no effect with vision_backbone="
+                             f"{self.vision_backbone!r}: leave image_encoder at 'conv' or clear vision_backbone")
 
     @property
     def image_tokens(self) -> int:
         """Tokens per camera."""
         return self.image_grid**2 if self.image_pool == "avg" else self.image_keypoints
 
+
+SIGLIP_BASE = "google/siglip-base-patch16-224"  # 224 px, patch 16: 196 patches of width 768
+SIGLIP_SO400M = "google/siglip-so400m-patch14-384"  # 384 px, patch 14: 729 patches of width 1152
 
 # name -> (nominal parameter count, config). Trunk widths and depths follow GPT-style
 # aspect ratios (d_model / n_layer ~ 32-160) with head size 64-128.
@@ -100,6 +114,12 @@ _PRESETS: dict[str, tuple[int, PolicyConfig]] = {
     "6b": (6_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_channels=128, image_grid=8)),
     "7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=35, n_head=32, image_channels=128, image_grid=8)),
     "10b": (10_000_000_000, PolicyConfig(d_model=5120, n_layer=32, n_head=40, image_channels=128, image_grid=8)),
+    # Pretrained SigLIP towers (frozen) read the cameras and the instruction; the trunk is the joint-token
+    # action expert. 1b: SigLIP base (196M) + a 16-layer 2048 trunk; 7b: SigLIP so400m (863M) + the 6b trunk.
+    "siglip-1b": (1_000_000_000, PolicyConfig(d_model=2048, n_layer=16, n_head=16, image_grid=8,
+                                              vision_backbone=SIGLIP_BASE, text_backbone=SIGLIP_BASE)),
+    "siglip-7b": (7_000_000_000, PolicyConfig(d_model=4096, n_layer=30, n_head=32, image_grid=8,
+                                              vision_backbone=SIGLIP_SO400M, text_backbone=SIGLIP_SO400M)),
 }
 PRESET_NAMES = tuple(_PRESETS)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gen_theta_model.policy.backbones import VisionTower
 from gen_theta_model.policy.config import PolicyConfig
 
 
@@ -117,24 +118,32 @@ class SpatialSoftmax(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """A conv stem shared by all cameras, read out as tokens.
+    """A stem shared by all cameras, read out as tokens.
 
     uint8 (B, C, 3, H, W) -> (B, C * n, d), any H, W >= 8, n = ``cfg.image_tokens``: a grid
-    of average-pooled patches or learned keypoints (``image_pool``). Each token gets a
-    camera-index embedding and a grid-position or keypoint embedding; the caller adds the age.
-    In training, ``image_shift`` > 0 shifts every image randomly first.
+    of average-pooled patches or learned keypoints (``image_pool``) of the stem's feature
+    map. The stem is the conv/resnet stem, or with a vision backbone its pretrained tower's
+    patch features (``backbone``: where its config is read, default ``cfg.vision_backbone``;
+    a checkpoint passes its saved copy). Each token gets a camera-index embedding and a
+    grid-position or keypoint embedding; the caller adds the age. In training,
+    ``image_shift`` > 0 shifts every image randomly first.
     """
 
-    def __init__(self, cfg: PolicyConfig) -> None:
+    def __init__(self, cfg: PolicyConfig, backbone: str | None = None) -> None:
         super().__init__()
-        c = cfg.image_channels
-        self.stem = image_stem(cfg)
+        backbone = cfg.vision_backbone if backbone is None else backbone
+        if backbone:
+            self.stem: nn.Module = VisionTower(backbone, cfg.freeze_backbone)
+            width = self.stem.width
+        else:
+            self.stem = image_stem(cfg)
+            width = 4 * cfg.image_channels
         if cfg.image_pool == "avg":
             self.pool: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(cfg.image_grid), nn.Flatten(2))
-            self.proj = nn.Linear(4 * c, cfg.d_model, bias=cfg.bias)
+            self.proj = nn.Linear(width, cfg.d_model, bias=cfg.bias)
         else:
-            self.pool = SpatialSoftmax(4 * c, cfg.image_keypoints)
-            self.proj = nn.Linear(4 * c + 2, cfg.d_model, bias=cfg.bias)
+            self.pool = SpatialSoftmax(width, cfg.image_keypoints)
+            self.proj = nn.Linear(width + 2, cfg.d_model, bias=cfg.bias)
         self.camera_emb = nn.Embedding(cfg.max_cameras, cfg.d_model)
         self.grid_emb = nn.Parameter(torch.zeros(cfg.image_tokens, cfg.d_model))
         self.max_cameras = cfg.max_cameras
@@ -151,7 +160,7 @@ class ImageEncoder(nn.Module):
         x = images.reshape(b * c, 3, h, w).float() / 127.5 - 1.0  # (B*C, 3, H, W) in [-1, 1]
         if self.training and self.shift:
             x = random_shift(x, self.shift)
-        x = self.pool(self.stem(x))  # avg: (B*C, 4c, n); spatial softmax: (B*C, n, 2 + 4c)
+        x = self.pool(self.stem(x))  # avg: (B*C, width, n); spatial softmax: (B*C, n, 2 + width)
         x = self.proj(x.transpose(1, 2) if self.avg else x) + self.grid_emb  # (B*C, n, d)
         x = x.reshape(b, c, -1, x.shape[-1]) + self.camera_emb.weight[:c, None, :]  # (B, C, n, d)
         return x.flatten(1, 2)  # (B, C*n, d)
@@ -204,7 +213,10 @@ class JointTokenEncoder(nn.Module):
 
 
 class InstructionEncoder(nn.Module):
-    """Byte tokens (B, L) -> (B, L, d): token embedding plus learned position embedding."""
+    """Byte tokens (B, L), mask (B, L) -> (B, L, d): token embedding plus learned position embedding.
+
+    The mask is not read here (the trunk masks padding); it is the interface of ``TextTower``.
+    """
 
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
@@ -212,7 +224,7 @@ class InstructionEncoder(nn.Module):
         self.pos = nn.Embedding(cfg.max_instruction_len, cfg.d_model)
         self.max_len = cfg.max_instruction_len
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1]
         if n > self.max_len:
             raise ValueError(f"{n} instruction tokens exceed the model's max_instruction_len={self.max_len}")

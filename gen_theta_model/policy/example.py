@@ -33,7 +33,8 @@ def example_batch(
     """Build a batch of ``batch_size`` samples cycling over ``specs`` (EMBODIMENT_INDEX = position in specs).
 
     Shapes as in gen_theta_model.batch with D = cfg.max_dof, H = cfg.chunk_len,
-    L = cfg.max_instruction_len. Deterministic under ``seed``.
+    L = cfg.max_instruction_len (tokens of ``cfg.text_backbone``'s tokenizer, or bytes). Deterministic
+    under ``seed``.
     """
     rng = np.random.default_rng(seed)
     harmonic = harmonic or HarmonicConfig(max_delay_steps=min(15, cfg.max_prefix_steps))
@@ -53,7 +54,8 @@ def example_batch(
         K.EMBODIMENT_INDEX: np.zeros(b, np.int64),
         K.EPISODE_INDEX: np.arange(b, dtype=np.int64),
     }
-    tokens = [tokenizer.encode(f"task {i} for the {s.name}", cfg.max_instruction_len) for i, s in enumerate(specs)]
+    tokens = [tokenizer.encode(f"task {i} for the {s.name}", cfg.max_instruction_len, cfg.text_backbone)
+              for i, s in enumerate(specs)]
     out[K.INSTRUCTION] = np.stack([tokens[i % len(specs)][0] for i in range(b)])
     out[K.INSTRUCTION_MASK] = np.stack([tokens[i % len(specs)][1] for i in range(b)])
     for i in range(b):

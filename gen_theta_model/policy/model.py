@@ -2,9 +2,9 @@
 
 Token layout (N = C*g*g + T + L + D + P), each group with a learned type embedding:
 
-    images        (B, C*g*g, d)  conv patches + camera index + age of the frame
+    images        (B, C*g*g, d)  conv or pretrained-tower patches + camera index + age of the frame
     proprio       (B, T, d)      per history step: joint-set summary + age
-    instruction   (B, L, d)      byte tokens
+    instruction   (B, L, d)      byte tokens, or a pretrained text tower's features
     joints        (B, D, d)      per joint: descriptor + latest position + committed prefix;
                                  the action head reads these after the trunk
     prefix        (B, P, d)      per committed step: joint-set summary + committed flag + step
@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from gen_theta_model import batch as K
+from gen_theta_model.policy.backbones import TEXT, VISION, TextTower
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.encoders import (
     AgeEmbedding,
@@ -90,14 +92,22 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class HarmonicTransformer(nn.Module):
-    def __init__(self, cfg: PolicyConfig) -> None:
+    """The policy network. Pretrained towers (``cfg.vision_backbone``, ``cfg.text_backbone``) are built
+    from their configs, read from ``backbone_dir``/{vision,text} when given (a checkpoint's saved
+    copies), with random weights: ``backbones.load_pretrained_backbones`` fills them in.
+    """
+
+    def __init__(self, cfg: PolicyConfig, backbone_dir: Path | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image = ImageEncoder(cfg)
+        vision = str(backbone_dir / VISION) if backbone_dir and cfg.vision_backbone else cfg.vision_backbone
+        text = str(backbone_dir / TEXT) if backbone_dir and cfg.text_backbone else cfg.text_backbone
+        self.image = ImageEncoder(cfg, vision)
         self.age = AgeEmbedding(cfg)
         self.proprio = JointSetEncoder(cfg)
         self.prefix = JointSetEncoder(cfg)
-        self.instruction = InstructionEncoder(cfg)
+        self.instruction = (TextTower(text, cfg.freeze_backbone, cfg.d_model, cfg.max_instruction_len, cfg.bias)
+                            if cfg.text_backbone else InstructionEncoder(cfg))
         self.joints = JointTokenEncoder(cfg)
         self.prefix_step = nn.Embedding(cfg.max_prefix_steps, cfg.d_model)
         self.prefix_flag = nn.Embedding(2, cfg.d_model)
@@ -139,7 +149,8 @@ class HarmonicTransformer(nn.Module):
             (self.image(batch[K.IMAGES]) + self.age(batch[K.IMAGE_AGE]).repeat_interleave(n, dim=1),
              batch[K.IMAGE_MASK].repeat_interleave(n, dim=1)),  # (B, C*n, d)
             (self.proprio(state, desc, jmask) + self.age(batch[K.STATE_AGE]), smask),  # (B, T, d)
-            (self.instruction(batch[K.INSTRUCTION]), batch[K.INSTRUCTION_MASK]),  # (B, L, d)
+            (self.instruction(batch[K.INSTRUCTION], batch[K.INSTRUCTION_MASK]),
+             batch[K.INSTRUCTION_MASK]),  # (B, L, d)
             (self.joints(desc, masked_last(state, smask), prefix, committed), jmask),  # (B, D, d)
             (self.prefix(prefix, desc, jmask) + self.prefix_step.weight + self.prefix_flag(committed.long()),
              torch.ones_like(committed)),  # (B, P, d): present (flagged) even when not committed

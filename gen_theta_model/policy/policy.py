@@ -22,6 +22,7 @@ from gen_theta_model import batch as K
 from gen_theta_model.data.stats import NormStats
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.observation import ObservationConfig
+from gen_theta_model.policy.backbones import load_pretrained_backbones
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.head import ChunkMixture
 from gen_theta_model.policy.model import HarmonicTransformer, chunk_loss, trim_padding
@@ -58,7 +59,8 @@ class Policy:
         self.embodiments = list(embodiments)
         # How observations are built for this policy (training data config; the server builds the same).
         self.observation_config = observation or ObservationConfig(
-            max_cameras=model.cfg.max_cameras, max_dof=model.cfg.max_dof, instruction_len=model.cfg.max_instruction_len
+            max_cameras=model.cfg.max_cameras, max_dof=model.cfg.max_dof, instruction_len=model.cfg.max_instruction_len,
+            tokenizer=model.cfg.text_backbone,
         )
         self.last_inference_ms = float("nan")  # wall time of the latest predict_chunk
 
@@ -205,9 +207,12 @@ def build_policy(
     """Build a freshly initialised policy for ``embodiments`` with their dataset statistics.
 
     The model is built on ``device``: on "meta" it has shapes and no values (sharding.materialise
-    allocates and initialises it later); the statistics always start on the CPU.
+    allocates and initialises it later, pretrained towers included); the statistics always start on
+    the CPU. Pretrained towers (``cfg.vision_backbone``, ``cfg.text_backbone``) get their pretrained weights.
     """
     normalizer = Normalizer([e.name for e in embodiments], stats, cfg.max_dof)
     with torch.device(device):
         model = HarmonicTransformer(cfg)
+    if torch.device(device).type != "meta":
+        load_pretrained_backbones(model)
     return Policy(model, normalizer, embodiments, observation)
