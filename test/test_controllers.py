@@ -1,0 +1,115 @@
+"""How commands reach controllers (gen_theta_model/controllers.py) and the sim's own gripper controller, no ROS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gen_theta_model.controllers import (
+    STATUS_ABORTED,
+    STATUS_CANCELED,
+    STATUS_SUCCEEDED,
+    GripperStream,
+    arm_trajectory,
+    controlled_joints,
+    goal_fault,
+    goal_rejection,
+    gripper_joint,
+    gripper_outcome,
+    per_robot,
+)
+from gen_theta_model.embodiment import COMMAND_INTERFACES, RobotConfig, load_robot
+from gen_theta_model.sim.robot import SimRobot
+from gen_theta_model.trajectory import Trajectory
+
+ARM6 = load_robot("arm6")
+ARMS = ARM6.joint_names[:-1]
+GRIPPER = ARM6.joint_names[-1]
+
+
+def window(q: np.ndarray, start: float = 10.0) -> Trajectory:
+    """Return a 3-point window of arm6 from ``q`` (dof,), with velocities and accelerations."""
+    qs = np.stack([q, q + 0.01, q + 0.02])
+    return Trajectory.from_arrays(ARM6.joint_names, [0.02, 0.04, 0.06], qs, np.ones_like(qs), np.zeros_like(qs),
+                                  start_time=start)
+
+
+def test_per_robot_values_expand_and_are_checked() -> None:
+    assert per_robot(["action"], ["a", "b"], "command_interfaces", COMMAND_INTERFACES) == ["action", "action"]
+    assert per_robot(["", "action"], ["a", "b"], "command_interfaces", COMMAND_INTERFACES) == ["topic", "action"]
+    with pytest.raises(ValueError, match="'command_interfaces' has 3 values for 2 robots"):
+        per_robot(["topic"] * 3, ["a", "b"], "command_interfaces", COMMAND_INTERFACES)
+    with pytest.raises(ValueError, match="unknown value 'service'"):
+        per_robot(["service"], ["a"], "command_interfaces", COMMAND_INTERFACES)
+    with pytest.raises(ValueError, match="command_interface must be one of"):
+        RobotConfig(name="x", urdf="x.urdf", command_interface="serial")
+
+
+def test_a_gripper_action_takes_the_gripper_joint_out_of_the_trajectory() -> None:
+    assert gripper_joint(ARM6, "trajectory") == ""
+    assert gripper_joint(ARM6, "gripper_command") == GRIPPER
+    assert controlled_joints(ARM6, "gripper_command") == ARMS
+    with pytest.raises(ValueError, match="needs exactly one gripper joint, the robot has"):
+        gripper_joint(load_robot("humanoid16"), "parallel_gripper_command")
+    traj = window(ARM6.home_positions)
+    arm = arm_trajectory(traj, GRIPPER)
+    assert list(arm.joint_names) == ARMS and arm.start_time == traj.start_time
+    for p, q in zip(arm.points, traj.points):
+        np.testing.assert_array_equal(p.positions, q.positions[:-1])
+        np.testing.assert_array_equal(p.accelerations, q.accelerations[:-1])
+        assert p.time_from_start == q.time_from_start
+    assert arm_trajectory(traj, "") is traj
+
+
+def test_gripper_goals_go_out_when_the_target_moves_past_the_deadband() -> None:
+    stream = GripperStream(ARM6, GRIPPER)
+    assert stream.max_effort == 40.0
+    q = ARM6.home_positions.copy()
+    assert stream.target(window(q)) == pytest.approx(q[-1])  # the window's first point
+    q[-1] -= 0.0003  # under 1% of the 4 cm range
+    assert stream.target(window(q)) is None
+    q[-1] -= 0.001
+    assert stream.target(window(q)) == pytest.approx(q[-1])
+    stream.forget()
+    assert stream.target(window(q)) == pytest.approx(q[-1])
+
+
+def test_goals_a_trajectory_controller_rejects() -> None:
+    arm = arm_trajectory(window(ARM6.home_positions), GRIPPER)
+    assert goal_rejection(arm, ARMS, now=10.0) == ""
+    assert "do not match the controller's joints" in goal_rejection(window(ARM6.home_positions), ARMS, now=10.0)
+    assert "in the past" in goal_rejection(arm, ARMS, now=11.0)
+    assert goal_rejection(arm_trajectory(window(ARM6.home_positions, start=0.0), GRIPPER), ARMS, now=99.0) == ""
+
+
+def test_what_a_goal_result_means() -> None:
+    action = "/arm6/joint_trajectory_controller/follow_joint_trajectory"
+    assert goal_fault(STATUS_SUCCEEDED, 0, "", action) == ""
+    assert goal_fault(STATUS_ABORTED, -4, "joint 2 off its path", action) == (
+        f"{action} goal aborted PATH_TOLERANCE_VIOLATED: joint 2 off its path")
+    assert goal_fault(STATUS_CANCELED, 0, "", action) == f"{action} goal canceled"
+
+
+def test_gripper_outcome() -> None:
+    assert gripper_outcome(0.0201, 0.0, 0.02, ARM6, GRIPPER) == "reached"
+    assert gripper_outcome(0.03, 0.0, 0.0, ARM6, GRIPPER) == "stalled"  # stopped on an object
+    assert gripper_outcome(0.03, -0.1, 0.0, ARM6, GRIPPER) == ""  # still closing
+
+
+def test_sim_gripper_with_its_own_controller_ignores_arm_trajectories() -> None:
+    sim = SimRobot(ARM6, gripper=GRIPPER)
+    try:
+        sim.reset("stack", 0, 0.0)
+        home = ARM6.home_positions
+        target = home.copy()
+        target[0] += 0.2
+        target[-1] = 0.0  # the arm trajectory says "close"; only the gripper controller may
+        assert sim.command(Trajectory.from_arrays(ARM6.joint_names, [0.5], target[None]), 0.0)
+        q, _ = sim.commanded(1.0)
+        assert q[0] == pytest.approx(target[0]) and q[-1] == pytest.approx(home[-1])
+        assert sim.command_gripper(Trajectory.from_arrays([GRIPPER], [0.2], [[0.01]]), 1.0)
+        assert sim.commanded(1.5)[0][-1] == pytest.approx(0.01)
+        sim.hold(1.6)  # the arm holds; the gripper keeps its goal
+        assert sim.commanded(2.0)[0][0] == pytest.approx(target[0]) and sim.commanded(2.0)[0][-1] == pytest.approx(0.01)
+    finally:
+        sim.close()
