@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
+from gen_theta_model.config import share_dir
 from gen_theta_model.controllers import (
     STATUS_ABORTED,
     STATUS_CANCELED,
@@ -18,7 +20,7 @@ from gen_theta_model.controllers import (
     gripper_outcome,
     per_robot,
 )
-from gen_theta_model.embodiment import COMMAND_INTERFACES, RobotConfig, load_robot
+from gen_theta_model.embodiment import COMMAND_INTERFACES, RobotConfig, load_robot, load_robot_config
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.trajectory import Trajectory
 
@@ -113,3 +115,23 @@ def test_sim_gripper_with_its_own_controller_ignores_arm_trajectories() -> None:
         assert sim.commanded(2.0)[0][0] == pytest.approx(target[0]) and sim.commanded(2.0)[0][-1] == pytest.approx(0.01)
     finally:
         sim.close()
+
+
+def test_the_ur5e_controllers_drive_what_its_robot_yaml_says() -> None:
+    """config/ros2_control/ur5e_controllers.yaml: the trajectory controller takes every joint but the gripper,
+    whole goals only; the gripper controller takes the gripper joint, as the server sends them.
+    """
+    cfg = load_robot_config(share_dir() / "config" / "robots" / "ur5e.yaml")
+    spec = load_robot("ur5e")
+    assert (cfg.command_interface, cfg.gripper_interface) == ("action", "gripper_command")
+    doc = yaml.safe_load((share_dir() / "config" / "ros2_control" / "ur5e_controllers.yaml").read_text())
+    manager = doc["/ur5e/controller_manager"]["ros__parameters"]
+    jtc = doc["/ur5e/joint_trajectory_controller"]["ros__parameters"]
+    gripper = doc["/ur5e/gripper_controller"]["ros__parameters"]
+    assert manager["joint_trajectory_controller"]["type"] == "joint_trajectory_controller/JointTrajectoryController"
+    assert manager["gripper_controller"]["type"] == "position_controllers/GripperActionController"
+    assert jtc["joints"] == controlled_joints(spec, "gripper_command")
+    assert jtc["allow_partial_joints_goal"] is False
+    assert set(jtc["constraints"]) - {"stopped_velocity_tolerance", "goal_time"} == set(jtc["joints"])
+    assert gripper["joint"] == gripper_joint(spec, "gripper_command")
+    assert gripper["max_effort"] == GripperStream(spec, gripper["joint"]).max_effort
