@@ -10,7 +10,8 @@ gripper joint is one more joint of the trajectory), ``gripper_command``
 parallel_gripper_action_controller).
 
 Here: checking those settings (``per_robot``), splitting a window between the arm's
-trajectory controller and the gripper controller (``arm_trajectory``, ``GripperStream``),
+trajectory controller and the gripper controller (``goal_trajectory``, ``GripperStream``),
+which windows go out as goals (``GoalPacer``),
 the goal checks a JointTrajectoryController makes before it accepts a goal
 (``goal_rejection``) and what a goal's result means for the robot (``goal_fault``).
 Times are seconds on the node clock; positions rad|m.
@@ -20,10 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.trajectory import Trajectory
 
 GRIPPER_DEADBAND = 0.01  # share of the gripper's range: smaller target changes send no new gripper goal
+GOAL_LEAD_S = 0.2  # a new trajectory goal goes out at the latest when the last one ends this soon
+AGREE = 1e-9  # rad|m (per s): windows that differ by less agree
 
 # action_msgs/GoalStatus values (the ROS message constants; this module imports no ROS)
 STATUS_SUCCEEDED = 4
@@ -69,6 +74,61 @@ def gripper_joint(spec: EmbodimentSpec, interface: str) -> str:
         raise ValueError(f"{spec.name}: gripper_interface '{interface}' needs exactly one gripper joint, "
                          f"the robot has {grippers or 'none'}")
     return grippers[0]
+
+
+def goal_trajectory(traj: Trajectory, gripper: str) -> Trajectory:
+    """Return the trajectory of a FollowJointTrajectory goal for command window ``traj``: without
+    joint ``gripper`` (when it has a controller of its own); a one-point window (a hold, or a stop
+    at the end of the plan, one control step ahead) stamped 0, "start when received": a
+    controller rejects a goal that ends in the past, and a hold that arrives late must still hold.
+    """
+    arm = arm_trajectory(traj, gripper)
+    return Trajectory(arm.joint_names, arm.points, 0.0) if len(arm.points) == 1 else arm
+
+
+class GoalPacer:
+    """Decides which command windows go out as new goals (the others change nothing).
+
+    Consecutive windows of one plan agree where they overlap (the same grid points of the same
+    timeline), and a controller following the last goal does what the next one would say until
+    that goal ends. A window goes out when there is no goal yet, when it departs from the last
+    goal at a common point (a new chunk, a hold, a clamp), when the last goal ends less than
+    ``GOAL_LEAD_S`` after ``now``, or when it is a stop at another position than the last stop.
+    So goals follow the plan's changes (about one per chunk) rather than the command rate, and
+    the controller and the action server are not flooded (each goal costs a goal request, a
+    result request and status updates). Times in s on the node clock.
+    """
+
+    def __init__(self) -> None:
+        self._last: Trajectory | None = None
+
+    def due(self, traj: Trajectory, now: float) -> bool:
+        """Tell whether window ``traj`` (stamped ``now``) must go out as a new goal; remember it if so."""
+        last = self._last
+        if last is None or not self._agrees(last, traj, now):
+            self._last = traj
+            return True
+        return False
+
+    @staticmethod
+    def _agrees(last: Trajectory, traj: Trajectory, now: float) -> bool:
+        if len(last.points) == 1 or len(traj.points) == 1:  # stops: the same stop holds for ever
+            return len(last.points) == len(traj.points) == 1 and np.allclose(
+                last.points[0].positions, traj.points[0].positions, rtol=0.0, atol=AGREE)
+        if last.start_time + last.duration - now < GOAL_LEAD_S:
+            return False
+        planned = {round(last.start_time + p.time_from_start, 6): p for p in last.points}
+        common = [(planned[t], p) for p in traj.points if (t := round(traj.start_time + p.time_from_start, 6))
+                  in planned]
+        return bool(common) and all(
+            np.allclose(a.positions, b.positions, rtol=0.0, atol=AGREE)
+            and np.allclose(a.velocities, b.velocities, rtol=0.0, atol=AGREE)
+            for a, b in common
+        )
+
+    def forget(self) -> None:
+        """Send the next window whatever the last goal was (after a fault or a cancel)."""
+        self._last = None
 
 
 def arm_trajectory(traj: Trajectory, gripper: str) -> Trajectory:

@@ -3,7 +3,11 @@
 Each command window becomes a control_msgs/action/FollowJointTrajectory goal on
 ``/<robot>/joint_trajectory_controller/follow_joint_trajectory`` (config/topics.yaml);
 a JointTrajectoryController accepts each new goal in place of the one before (goal
-replacement), so the windows stream exactly as on the topic. With a gripper action
+replacement). Only windows that change the plan go out, and a refresh before the last
+goal runs out (gen_theta_model.controllers.GoalPacer): about one goal per chunk instead
+of one per command tick, the same motion. A hold (one point, one control step ahead)
+goes out stamped 0, to start when it arrives: stamped, a hold that arrives a few ms late
+would end in the past, and the controller would reject it. With a gripper action
 (``gripper_interfaces``: ``gripper_command`` or ``parallel_gripper_command``) the
 gripper joint leaves the trajectory and goes to ``/<robot>/gripper_controller/gripper_cmd``
 as control_msgs GripperCommand / ParallelGripperCommand goals, one whenever its target
@@ -33,9 +37,10 @@ from gen_theta_model.adapter import Command
 from gen_theta_model.config import ConfigError
 from gen_theta_model.controllers import (
     STATUS_ABORTED,
+    GoalPacer,
     GripperStream,
-    arm_trajectory,
     goal_fault,
+    goal_trajectory,
     gripper_joint,
 )
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -85,6 +90,7 @@ class ActionCommander:
             self._gripper_kind = GripperCommand if gripper_interface == "gripper_command" else ParallelGripperCommand
             self._clients[self.gripper_action] = ActionClient(node, self._gripper_kind, self.gripper_action)
             self._stream = GripperStream(spec, self._gripper)
+        self._pacer = GoalPacer()
         self.sent = {name: 0 for name in self._clients}  # goals per action
         self.accepted = {name: 0 for name in self._clients}
 
@@ -94,10 +100,14 @@ class ActionCommander:
         return f"no action server {', '.join(gone)}" if gone else ""
 
     def send(self, cmd: Command) -> None:
-        """Send ``cmd``'s window as the new trajectory goal (and a gripper goal if its target moved)."""
-        goal = FollowJointTrajectory.Goal()
-        goal.trajectory = trajectory_to_msg(arm_trajectory(cmd.trajectory, self._gripper))
-        self._send(self.arm_action, goal)
+        """Send ``cmd``'s window as the new trajectory goal if it changes the plan or the last goal runs
+        short (``GoalPacer``), and a gripper goal if the gripper's target moved.
+        """
+        arm = goal_trajectory(cmd.trajectory, self._gripper)
+        if self._pacer.due(arm, cmd.window.stamp):
+            goal = FollowJointTrajectory.Goal()
+            goal.trajectory = trajectory_to_msg(arm)
+            self._send(self.arm_action, goal)
         if self._gripper:
             target = self._stream.target(cmd.trajectory)
             if target is not None:
@@ -160,5 +170,6 @@ class ActionCommander:
         for future in sent:
             if future.done() and future.result().accepted:
                 future.result().cancel_goal_async()
+        self._pacer.forget()
         if self._gripper:
             self._stream.forget()

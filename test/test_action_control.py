@@ -92,7 +92,8 @@ def test_the_policy_drives_the_sim(path: str, checkpoint: Path, tmp_path: Path) 
             raise AssertionError(f"{err}: diagnostics {listener.diag}, joints {node.joints}") from None
         if path == "action":
             assert not listener.commands["arm6"]  # nothing on the topic: every window went as a goal
-            assert int(diag["goals_accepted"]) >= 20 and diag["controller_faults"] == "0"
+            assert int(diag["goals_accepted"]) >= 2 and diag["controller_faults"] == "0"
+            assert int(diag["goals_sent"]) < int(diag["ticks"]) / 2  # goals when the plan changes, not every tick
             assert int(diag["gripper_goals_accepted"]) >= 1  # the sim's GripperCommand server took the gripper
         else:
             assert len(listener.commands["arm6"]) >= 20 and "goals_sent" not in diag

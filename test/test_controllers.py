@@ -8,14 +8,17 @@ import yaml
 
 from gen_theta_model.config import share_dir
 from gen_theta_model.controllers import (
+    GOAL_LEAD_S,
     STATUS_ABORTED,
     STATUS_CANCELED,
     STATUS_SUCCEEDED,
+    GoalPacer,
     GripperStream,
     arm_trajectory,
     controlled_joints,
     goal_fault,
     goal_rejection,
+    goal_trajectory,
     gripper_joint,
     gripper_outcome,
     per_robot,
@@ -61,6 +64,13 @@ def test_a_gripper_action_takes_the_gripper_joint_out_of_the_trajectory() -> Non
         np.testing.assert_array_equal(p.accelerations, q.accelerations[:-1])
         assert p.time_from_start == q.time_from_start
     assert arm_trajectory(traj, "") is traj
+    sent = goal_trajectory(traj, GRIPPER)
+    assert sent.joint_names == arm.joint_names and sent.start_time == traj.start_time
+    stop = Trajectory.from_arrays(ARM6.joint_names, [0.02], ARM6.home_positions[None], start_time=10.0)
+    hold = goal_trajectory(stop, GRIPPER)  # one point: starts when the controller receives it, never in the past
+    assert hold.start_time == 0.0 and hold.joint_names == arm.joint_names
+    np.testing.assert_array_equal(hold.points[0].positions, ARM6.home_positions[:-1])
+    assert goal_rejection(hold, ARMS, now=99.0) == ""
 
 
 def test_gripper_goals_go_out_when_the_target_moves_past_the_deadband() -> None:
@@ -74,6 +84,35 @@ def test_gripper_goals_go_out_when_the_target_moves_past_the_deadband() -> None:
     assert stream.target(window(q)) == pytest.approx(q[-1])
     stream.forget()
     assert stream.target(window(q)) == pytest.approx(q[-1])
+
+
+def plan_window(now: float, plan, steps: int = 25, period: float = 0.02) -> Trajectory:
+    """Return the window at tick ``now`` of ``plan`` (time s -> (dof,) positions): the next ``steps``
+    grid points, with central-difference velocities, stamped ``now``.
+    """
+    k0 = int(np.floor(now / period + 1e-9)) + 1
+    grid = (k0 + np.arange(steps)) * period
+    q = np.stack([plan(t) for t in grid])
+    qd = np.stack([(plan(t + period) - plan(t - period)) / (2 * period) for t in grid])
+    return Trajectory.from_arrays(ARM6.joint_names, grid - now, q, qd, start_time=now)
+
+
+def test_only_windows_that_change_the_plan_go_out_as_goals() -> None:
+    pacer = GoalPacer()
+    plan = lambda t: ARM6.home_positions + 0.1 * np.sin(t)  # noqa: E731
+    sent = [t for t in np.arange(100) * 0.02 + 10.0 if pacer.due(plan_window(t, plan), t)]
+    # one goal, then a refresh whenever the last goal would end within GOAL_LEAD_S: every 0.3 s
+    assert len(sent) == 7 and np.allclose(np.diff(sent), 0.5 - GOAL_LEAD_S, atol=0.021)
+    replanned = lambda t: plan(t) + (0.01 if t > 12.1 else 0.0)  # noqa: E731  a new chunk takes over at 12.1 s
+    assert pacer.due(plan_window(12.0, replanned), 12.0)  # the change enters the window: it goes out at once
+    assert not pacer.due(plan_window(12.02, replanned), 12.02)
+    stop = Trajectory.from_arrays(ARM6.joint_names, [0.02], ARM6.home_positions[None], start_time=12.04)
+    assert pacer.due(stop, 12.04)  # a hold goes out
+    again = Trajectory.from_arrays(ARM6.joint_names, [0.02], ARM6.home_positions[None], start_time=12.06)
+    assert not pacer.due(again, 12.06)  # and holds for ever: the same stop is not sent again
+    assert pacer.due(plan_window(12.08, replanned), 12.08)
+    pacer.forget()
+    assert pacer.due(plan_window(12.1, replanned), 12.1)
 
 
 def test_goals_a_trajectory_controller_rejects() -> None:
