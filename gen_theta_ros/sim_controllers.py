@@ -115,6 +115,11 @@ class SimControllers:
             self._executor.spin()
         except ExternalShutdownException:
             pass
+        except Exception:
+            # A shutdown (SIGINT/SIGTERM) while the executor builds its wait set raises RCLError
+            # ("the given context is not valid") instead; only an error of a valid context is one.
+            if self.node.context.ok():
+                raise
 
     # -- FollowJointTrajectory -----------------------------------------------------------
     def _arm_goal(self, goal: Any) -> GoalResponse:
