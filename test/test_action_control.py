@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from control_msgs.action import FollowJointTrajectory
 from rclpy.action import ActionServer, GoalResponse
 from rclpy.executors import SingleThreadedExecutor
 from ros_helpers import wait_for
@@ -34,6 +33,8 @@ from gen_theta_ros.conversions import joint_state_to_arrays, trajectory_to_msg
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph
 from gen_theta_ros.qos import SENSOR_QOS
 
+# control_msgs: a ROS 2 install, or the ros_control_msgs wheel of ../shared/ros2-wheels (`make test` installs it)
+FollowJointTrajectory = pytest.importorskip("control_msgs.action", reason="no control_msgs").FollowJointTrajectory
 TOPICS = load_topics()
 SPEC = load_robot("arm6")
 PATHS = {
