@@ -31,6 +31,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/config/robots", glob("config/robots/*.yaml")),
+        (f"share/{PACKAGE}/config/ros2_control", glob("config/ros2_control/*.yaml")),
         (f"share/{PACKAGE}/config/mixtures", glob("config/mixtures/*.yaml")),
         (f"share/{PACKAGE}/config/train", glob("config/train/*.yaml")),
         (f"share/{PACKAGE}/config/scaling", glob("config/scaling/*.yaml")),

@@ -174,6 +174,8 @@ class SafetyMonitor:
         self.joint_received: float | None = None
         self.camera_received: dict[str, float] = {}
         self.rejected: dict[str, str] = {}  # input ("joint_states", "camera 'x'") -> why its message was refused
+        self.controller_fault = ""  # latched: the controller refused or aborted a command (until enabled again)
+        self.controller_missing = ""  # the controller cannot be reached now (not latched)
 
     def set_enabled(self, on: bool) -> tuple[bool, str]:
         """Enable or disable; enabling is refused while the e-stop is active. (success, message)."""
@@ -182,6 +184,7 @@ class SafetyMonitor:
         self.enabled = on
         if on:
             self.estop_latched = False
+            self.controller_fault = ""
         return True, "enabled" if on else "disabled"
 
     def set_estop(self, active: bool) -> None:
@@ -189,6 +192,14 @@ class SafetyMonitor:
         if active:
             self.estop_latched = True
             self.enabled = False
+
+    def controller(self, fault: str = "", missing: str = "") -> None:
+        """Report the robot's controller: a ``fault`` (a rejected or aborted goal) latches a hold
+        until enabled again; ``missing`` (not reachable, "" once it is) holds while it lasts.
+        """
+        if fault:
+            self.controller_fault = fault
+        self.controller_missing = missing
 
     def joint_state(self, received: float | None) -> None:
         """Note a good JointState; ``received``: receive time (s) of the stalest joint, None if some has none yet."""
@@ -209,6 +220,10 @@ class SafetyMonitor:
             return "e-stop"
         if not self.enabled:
             return "disabled"
+        if self.controller_fault:
+            return f"{CONTROLLER_FAULT}: {self.controller_fault}"
+        if self.controller_missing:
+            return f"{CONTROLLER_MISSING}: {self.controller_missing}"
         for source, why in self.rejected.items():
             return f"{REJECTED} {source}: {why}"
         if self.joint_received is None:
@@ -227,6 +242,15 @@ class SafetyMonitor:
 
 JOINT_STATES = "joint_states"
 REJECTED = "rejected"  # hold reasons that start with it: a message was refused
+CONTROLLER_FAULT = "controller fault"  # hold reasons: the controller refused or aborted a goal (latched)
+CONTROLLER_MISSING = "controller not available"  # hold reasons: the controller cannot be reached
+
+
+def hands_over(hold_reason: str) -> bool:
+    """Tell whether a hold for ``hold_reason`` leaves the robot to others: no command is sent
+    (after one hold when disabled) and driving resumes from the robot's measured position.
+    """
+    return hold_reason in ("disabled", "e-stop") or hold_reason.startswith((CONTROLLER_FAULT, CONTROLLER_MISSING))
 
 
 def camera_input(name: str) -> str:
@@ -237,11 +261,11 @@ def camera_input(name: str) -> str:
 def diagnostic_level(hold_reason: str) -> int:
     """diagnostic_msgs/DiagnosticStatus level for a robot holding for ``hold_reason`` ("" = driving).
 
-    0 (OK) when driving, 2 (ERROR) on e-stop or a refused message, 1 (WARN) otherwise.
+    0 (OK) when driving, 2 (ERROR) on e-stop, a refused message or a controller fault, 1 (WARN) otherwise.
     """
     if not hold_reason:
         return 0
-    return 2 if hold_reason == "e-stop" or hold_reason.startswith(REJECTED) else 1
+    return 2 if hold_reason == "e-stop" or hold_reason.startswith((REJECTED, CONTROLLER_FAULT)) else 1
 
 
 class TickClock:
@@ -279,6 +303,8 @@ class ServerCounters:
     rejected_joint_states: int = 0  # JointStates refused (non-finite, malformed)
     rejected_images: int = 0  # frames refused (unsupported encoding, malformed)
     last_rejected: str = ""  # why the latest refused message was refused
+    controller_faults: int = 0  # goals the controller rejected or aborted (action interface)
+    last_controller_fault: str = ""
     ticks: int = 0
     holds: int = 0  # ticks held by safety (stale input, disabled, e-stop, non-finite)
     idle_ticks: int = 0  # ticks the robot waited for a plan
@@ -297,6 +323,8 @@ class ServerCounters:
             "rejected_joint_states": str(self.rejected_joint_states),
             "rejected_images": str(self.rejected_images),
             "last_rejected": self.last_rejected,
+            "controller_faults": str(self.controller_faults),
+            "last_controller_fault": self.last_controller_fault,
             "ticks": str(self.ticks),
             "missed_deadlines": str(clock.missed),
             "jitter_p50_ms": f"{clock.jitter.percentile(50) * 1e3:.2f}",

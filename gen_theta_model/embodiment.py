@@ -30,6 +30,9 @@ MOVABLE_UNSUPPORTED = ("floating", "planar")
 # Descriptor layout: type one-hot (3), lower, upper, velocity, axis (3), depth, gripper, index.
 JOINT_DESCRIPTOR_DIM = 12
 DEFAULT_MAX_DOF = 32
+# How the policy server commands a robot (gen_theta_model/controllers.py): the arm, and a gripper joint.
+COMMAND_INTERFACES = ("topic", "action")
+GRIPPER_INTERFACES = ("trajectory", "gripper_command", "parallel_gripper_command")
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,16 @@ class RobotConfig:
     home: tuple[float, ...] = ()  # one per actuated joint; empty: the middle of each range
     cameras: tuple[CameraConfig, ...] = ()
     max_dof: int = DEFAULT_MAX_DOF
+    command_interface: str = "topic"  # topic | action: how the policy server sends commands (not in the spec)
+    gripper_interface: str = "trajectory"  # trajectory | gripper_command | parallel_gripper_command
 
     def __post_init__(self) -> None:
+        if self.command_interface not in COMMAND_INTERFACES:
+            raise ValueError(f"command_interface must be one of {list(COMMAND_INTERFACES)}, got "
+                             f"'{self.command_interface}'")
+        if self.gripper_interface not in GRIPPER_INTERFACES:
+            raise ValueError(f"gripper_interface must be one of {list(GRIPPER_INTERFACES)}, got "
+                             f"'{self.gripper_interface}'")
         if not 1.0 <= self.control_rate_hz <= 2000.0:
             raise ValueError(f"control_rate_hz must be in [1, 2000] Hz, got {self.control_rate_hz}")
         if self.max_dof < 1:

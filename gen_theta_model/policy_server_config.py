@@ -18,7 +18,8 @@ from typing import Any
 
 from gen_theta_model.adapter import SafetyConfig
 from gen_theta_model.config import ConfigError, from_mapping
-from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.controllers import gripper_joint, per_robot
+from gen_theta_model.embodiment import COMMAND_INTERFACES, GRIPPER_INTERFACES, EmbodimentSpec
 from gen_theta_model.serving import ServerConfig
 
 SOURCE = "policy_server parameters"
@@ -40,6 +41,9 @@ class PolicyServerConfig:
     diagnostics_period_s: float = 1.0
     realtime_priority: int = 0  # SCHED_FIFO priority of the server's threads; 0: normal (needs no rights)
     inference_process: bool = True  # the model in a child process: it never holds this process's GIL
+    command_interfaces: tuple[str, ...] = ("topic",)  # per robot (or one for all): topic | action
+    gripper_interfaces: tuple[str, ...] = ("trajectory",)  # trajectory | gripper_command | parallel_gripper_command
+    compressed_cameras: tuple[str, ...] = ("",)  # "robot/camera" or "camera" (every robot): CompressedImage
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -56,6 +60,18 @@ class PolicyServerConfig:
             raise ValueError(f"diagnostics_period_s must be > 0 s, got {self.diagnostics_period_s}")
         if not 0 <= self.realtime_priority <= 99:
             raise ValueError(f"realtime_priority must be in [0, 99], got {self.realtime_priority}")
+        per_robot(self.command_interfaces, self.robots, "command_interfaces", COMMAND_INTERFACES)
+        per_robot(self.gripper_interfaces, self.robots, "gripper_interfaces", GRIPPER_INTERFACES)
+
+    def interfaces(self, robot: str) -> tuple[str, str]:
+        """(command interface, gripper interface) of ``robot``."""
+        i = self.robots.index(robot)
+        return (per_robot(self.command_interfaces, self.robots, "command_interfaces", COMMAND_INTERFACES)[i],
+                per_robot(self.gripper_interfaces, self.robots, "gripper_interfaces", GRIPPER_INTERFACES)[i])
+
+    def compressed(self, robot: str, camera: str) -> bool:
+        """Tell whether ``robot``'s camera ``camera`` is subscribed as CompressedImage."""
+        return camera in self.compressed_cameras or f"{robot}/{camera}" in self.compressed_cameras
 
     @property
     def served_embodiments(self) -> list[str]:
@@ -108,7 +124,8 @@ def served_robots(cfg: PolicyServerConfig, known: Sequence[EmbodimentSpec]) -> l
     """Pair each robot of ``cfg`` with the checkpoint's embodiment ``known`` it is served as.
 
     ConfigError when the checkpoint does not know a robot's embodiment, or when a robot's
-    URDF text (``robot_descriptions``) differs from the URDF the checkpoint was trained on.
+    URDF text (``robot_descriptions``) differs from the URDF the checkpoint was trained on, or when a
+    gripper action is asked for a robot without exactly one gripper joint.
     """
     specs = {s.name: s for s in known}
     served = []
@@ -122,5 +139,9 @@ def served_robots(cfg: PolicyServerConfig, known: Sequence[EmbodimentSpec]) -> l
                 f"policy_server: robot '{robot}': its robot_description differs from the URDF the checkpoint "
                 f"was trained on ({spec.urdf_path}, sha256 {spec.urdf_sha256[:12]})"
             )
+        try:
+            gripper_joint(spec, cfg.interfaces(robot)[1])
+        except ValueError as err:
+            raise ConfigError(f"policy_server: robot '{robot}': {err}") from err
         served.append((robot, spec))
     return served

@@ -16,7 +16,9 @@ percentile of the measured latency (observation snapshot to chunk ready, includi
 control rates) are batched by equal d. Safety (gen_theta_model.adapter): stale input,
 refused input (``reject``: a non-finite joint state, an undecodable image), disable and
 e-stop hold the robot where it is commanded to be; when it resumes, the timeline
-restarts from there. JointStates may carry some of the joints (gen_theta_model.robot_inputs).
+restarts from there. A controller fault or a controller that cannot be reached
+(``controller``) stops the commands (the controller holds) until it is cleared; driving
+then restarts from the measured position. JointStates may carry some of the joints (gen_theta_model.robot_inputs).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import torch
 
 from gen_theta_model import batch as K
 from gen_theta_model.adapter import (
+    CONTROLLER_FAULT,
+    CONTROLLER_MISSING,
     JOINT_STATES,
     Command,
     EmbodimentAdapter,
@@ -40,6 +44,7 @@ from gen_theta_model.adapter import (
     SafetyMonitor,
     ServerCounters,
     TickClock,
+    hands_over,
 )
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import (
@@ -235,6 +240,17 @@ class HarmonicServer:
         """E-stop signal of ``robot``: True latches a hold until released and enabled again."""
         self.session(robot).safety.set_estop(active)
 
+    def controller(self, robot: str, fault: str = "", missing: str = "") -> None:
+        """Report ``robot``'s controller: a ``fault`` (rejected or aborted goal) is counted and holds
+        until enabled again; ``missing`` (cannot be reached; "" once it can) holds while it lasts.
+        No command is sent while either holds; driving resumes from the measured position.
+        """
+        s = self.session(robot)
+        if fault:
+            s.counters.controller_faults += 1
+            s.counters.last_controller_fault = fault
+        s.safety.controller(fault, missing)
+
     # -- control timer -------------------------------------------------------------------
     def tick(self, robot: str, now: float) -> Command | None:
         """Return the command window to publish for ``robot`` at ``now`` (None: publish nothing)."""
@@ -251,17 +267,20 @@ class HarmonicServer:
             s.adapter.reset(measured, now)
         reason = s.safety.check(now)
         period = 1.0 / s.spec.control_rate_hz
-        if s.resync and reason not in ("disabled", "e-stop"):
+        if s.resync and not hands_over(reason):
             s.adapter.reset(s.inputs.latest_positions(), now)  # before any command: hold where it is now
             s.resync = False
         if reason:
             c.hold_reason = reason
             with s.lock:
                 s.holding = True
-            s.resync = s.resync or reason in ("disabled", "e-stop")
+            s.resync = s.resync or hands_over(reason)
             if reason == "disabled" and s.sent_disabled_hold:  # hand the robot over: one hold, then silence
                 return None
             c.holds += 1
+            if reason.startswith((CONTROLLER_FAULT, CONTROLLER_MISSING)):  # nothing to send to: it holds itself
+                s.clock.pause()
+                return None
             s.clock.tick(now)
             if reason == "disabled":
                 s.sent_disabled_hold = True

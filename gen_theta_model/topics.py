@@ -1,4 +1,4 @@
-"""Topic and service names: one place, loaded from config/topics.yaml.
+"""Topic, service and action names: one place, loaded from config/topics.yaml.
 
 Names are relative to a robot namespace; ``TopicConfig.for_robot`` gives the
 absolute names for ``/<robot>``.
@@ -22,6 +22,12 @@ class ServiceNames:
 
 
 @dataclass(frozen=True)
+class ActionNames:
+    follow_joint_trajectory: str = "joint_trajectory_controller/follow_joint_trajectory"  # JTC's action
+    gripper_command: str = "gripper_controller/gripper_cmd"  # (parallel_)gripper_action_controller's action
+
+
+@dataclass(frozen=True)
 class TopicConfig:
     camera: str = "camera/{name}/image_raw"
     camera_compressed: str = "camera/{name}/image_raw/compressed"
@@ -33,6 +39,7 @@ class TopicConfig:
     estop: str = "estop"
     diagnostics: str = "/diagnostics"
     services: ServiceNames = field(default_factory=ServiceNames)
+    actions: ActionNames = field(default_factory=ActionNames)
 
     def __post_init__(self) -> None:
         for key in ("camera", "camera_compressed"):

@@ -11,8 +11,10 @@ The knobs are ``ARGUMENTS`` (names, defaults, descriptions), shared by both::
 Nodes: one ``sim_robot`` per robot in the robot's namespace (``sim:=true``; with
 ``sim:=false`` real drivers provide the same topics), given the robot's URDF as
 ``robot_description``; one ``policy_server`` for all robots (if a checkpoint is given),
-parameters from ``params_file`` plus ``checkpoint``, ``robots`` and the robots' URDFs
-(``robot_descriptions``, which the server checks against the checkpoint).
+parameters from ``params_file`` plus ``checkpoint``, ``robots``, the robots' URDFs
+(``robot_descriptions``, which the server checks against the checkpoint), how it commands
+each robot (``command_interfaces``, ``gripper_interfaces``: the arguments, else each
+robot's YAML) and which cameras arrive compressed (``camera_transport``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import yaml
 
 from gen_theta_model.checkpoint import CheckpointError, resolve_checkpoint
 from gen_theta_model.config import ConfigError, resolve_path, share_dir
-from gen_theta_model.embodiment import load_robot_config
+from gen_theta_model.embodiment import COMMAND_INTERFACES, GRIPPER_INTERFACES, RobotConfig, load_robot_config
 from gen_theta_ros.processes import die_with_parent
 
 # name -> (default, description): the launch arguments, and the `gen-theta bringup` arguments.
@@ -41,7 +43,13 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "policy checkpoint or training run directory; empty: no policy server"),
     "sim": ("true", "start a simulated robot (sim_robot) per robot; false: real drivers provide the topics"),
     "params_file": ("", "policy_server parameters (ROS 2 YAML); empty: the package's config/policy_server.yaml"),
+    "command_interface": ("", "topic or action (control_msgs FollowJointTrajectory goals); empty: each robot's "
+                              "YAML (command_interface, default topic)"),
+    "gripper_interface": ("", "trajectory, gripper_command or parallel_gripper_command (a gripper action); "
+                              "empty: each robot's YAML (gripper_interface, default trajectory)"),
+    "camera_transport": ("raw", "raw or compressed: cameras as sensor_msgs/Image or CompressedImage (JPEG)"),
 }
+CAMERA_TRANSPORTS = ("raw", "compressed")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class BringupArgs:
     checkpoint: str = ""
     sim: bool = True
     params_file: str = ""
+    command_interface: str = ""  # "": each robot's YAML
+    gripper_interface: str = ""  # "": each robot's YAML
+    camera_transport: str = "raw"
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> BringupArgs:
@@ -63,7 +74,12 @@ class BringupArgs:
             raise ConfigError("bringup: argument 'robot' names no robot")
         if v["sim"].lower() not in ("true", "false"):
             raise ConfigError(f"bringup: argument 'sim' must be true or false, got '{v['sim']}'")
-        return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"])
+        for name, allowed in (("command_interface", COMMAND_INTERFACES), ("gripper_interface", GRIPPER_INTERFACES),
+                              ("camera_transport", CAMERA_TRANSPORTS)):
+            if v[name] and v[name] not in allowed:
+                raise ConfigError(f"bringup: argument '{name}' must be one of {list(allowed)}, got '{v[name]}'")
+        return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"], v["command_interface"],
+                   v["gripper_interface"], v["camera_transport"])
 
 
 @dataclass(frozen=True)
@@ -94,10 +110,14 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
     there, before anything starts.
     """
     nodes = []
-    urdfs = {robot: robot_urdf(robot).read_text() for robot in args.robots}
+    configs = {robot: robot_config(robot) for robot in args.robots}
+    urdfs = {robot: resolve_path(cfg.urdf, base=robot_yaml(robot).parent).read_text() for robot, cfg in configs.items()}
+    commands = [args.command_interface or configs[r].command_interface for r in args.robots]
+    grippers = [args.gripper_interface or configs[r].gripper_interface for r in args.robots]
     if args.sim:
-        for robot in args.robots:
-            params = {"robot": robot, "robot_description": urdfs[robot]}
+        for robot, gripper in zip(args.robots, grippers):
+            params = {"robot": robot, "robot_description": urdfs[robot], "gripper_interface": gripper,
+                      "camera_transport": args.camera_transport}
             nodes.append(NodeSpec("sim_robot", "sim_robot", robot, params))
     if args.checkpoint:
         params_file = args.params_file or str(default_params_file())
@@ -111,17 +131,26 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
             "checkpoint": str(Path(args.checkpoint).expanduser().resolve()),
             "robots": list(args.robots),
             "robot_descriptions": [urdfs[r] for r in args.robots],  # checked against the checkpoint
+            "command_interfaces": commands,
+            "gripper_interfaces": grippers,
         }
+        if args.camera_transport == "compressed":
+            params["compressed_cameras"] = [f"{r}/{c.name}" for r in args.robots for c in configs[r].cameras]
         nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,)))
     return nodes
 
 
-def robot_urdf(robot: str) -> Path:
-    """Return the URDF path of a shipped robot (config/robots/<robot>.yaml)."""
+def robot_yaml(robot: str) -> Path:
+    """Return the robot YAML of a shipped robot (config/robots/<robot>.yaml); ConfigError if there is none."""
     yaml_path = resolve_path(Path("config/robots") / f"{robot}.yaml")
     if not yaml_path.is_file():
         raise ConfigError(f"bringup: unknown robot '{robot}': no file {yaml_path}")
-    return resolve_path(load_robot_config(yaml_path).urdf, base=yaml_path.parent)
+    return yaml_path
+
+
+def robot_config(robot: str) -> RobotConfig:
+    """Read the robot YAML of a shipped robot."""
+    return load_robot_config(robot_yaml(robot))
 
 
 # -- `gen-theta bringup`: the graph as subprocesses -----------------------------------------

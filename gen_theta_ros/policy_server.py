@@ -3,10 +3,16 @@
 Thin shell around gen_theta_model.serving.HarmonicServer: parameters, topics, QoS,
 message <-> numpy. Per robot namespace ``/<robot>`` (names from config/topics.yaml):
 
-- subscribes: cameras (sensor_msgs/Image) and joint_states (sensor-data QoS), the
-  instruction (std_msgs/String, transient-local) and estop (std_msgs/Bool, reliable);
-- publishes: joint_trajectory_controller/joint_trajectory (JointTrajectory windows with
-  positions, velocities, accelerations; reliable) at ``command_rate_hz``;
+- subscribes: cameras (sensor_msgs/Image, or sensor_msgs/CompressedImage on
+  camera/<name>/image_raw/compressed for ``compressed_cameras``) and joint_states
+  (sensor-data QoS), the instruction (std_msgs/String, transient-local) and estop
+  (std_msgs/Bool, reliable);
+- commands at ``command_rate_hz`` (JointTrajectory windows with positions, velocities,
+  accelerations), per robot's ``command_interfaces``: ``topic`` publishes them on
+  joint_trajectory_controller/joint_trajectory (reliable), ``action`` sends them as
+  control_msgs FollowJointTrajectory goals, and a gripper to a gripper action
+  (gen_theta_ros/action_commander.py); a rejected or aborted goal holds that robot
+  until it is enabled again;
 - serves: policy_server/enable (std_srvs/SetBool).
 
 JointStates may carry only some of a robot's joints (merged by name). A message the
@@ -33,7 +39,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
@@ -52,6 +58,7 @@ from gen_theta_model.policy_server_config import (
 )
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer
 from gen_theta_model.topics import load_topics
+from gen_theta_ros.action_commander import ActionCommander, require_control_msgs
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_to_msg
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import run_node
@@ -72,6 +79,8 @@ class PolicyServer(Node):
         node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
         self._realtime_priority = node_cfg.realtime_priority
+        if any(node_cfg.interfaces(r)[0] == "action" for r in node_cfg.robots):
+            require_control_msgs()  # before the model loads: fail at once, in one line
         # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
         policy = self._load_policy(node_cfg)
@@ -80,7 +89,8 @@ class PolicyServer(Node):
         cfg = dataclasses.replace(cfg, max_delay_steps=train_cfg.data.harmonic.max_delay_steps)
         self.server = HarmonicServer(policy, served, cfg, self._now, node_cfg.enabled)
         warm = self.server.warm_up()
-        self._pubs = self._wire(served)
+        self._tick_lock = threading.RLock()  # a controller fault never lands between a tick and its send
+        self._outputs = self._wire(served, node_cfg)
         self.create_timer(node_cfg.diagnostics_period_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.server.start(on_error=self._on_inference_error)
@@ -102,16 +112,24 @@ class PolicyServer(Node):
         torch.set_num_threads(cfg.torch_threads)
         return load_policy(cfg.checkpoint, device=cfg.device)
 
-    def _wire(self, served: list[tuple[str, EmbodimentSpec]]) -> dict[str, Publisher]:
-        """Create each robot's subscriptions, service and command publisher; returns robot -> publisher.
+    def _wire(self, served: list[tuple[str, EmbodimentSpec]],
+              cfg: PolicyServerConfig) -> dict[str, Publisher | ActionCommander]:
+        """Create each robot's subscriptions, service and command output; returns robot -> publisher or
+        action commander (``command_interfaces``).
 
         Every callback runs on the one executor thread (gen_theta_ros/runtime.py); they only
         hand a message to the engine, which locks what the other threads read.
         """
         names = load_topics()
-        pubs = {}
+        outputs: dict[str, Publisher | ActionCommander] = {}
         for robot, spec in served:
-            pubs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command), COMMAND_QOS)
+            interface, gripper = cfg.interfaces(robot)
+            if interface == "action":
+                outputs[robot] = ActionCommander(self, robot, spec, gripper,
+                                                 lambda why, r=robot: self._on_controller_fault(r, why))
+            else:
+                outputs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command),
+                                                       COMMAND_QOS)
             self.create_subscription(JointState, names.resolve(robot, names.joint_states),
                                      lambda m, r=robot: self._on_joint_state(r, m), SENSOR_QOS)
             self.create_subscription(String, names.resolve(robot, names.instruction),
@@ -121,10 +139,12 @@ class PolicyServer(Node):
             self.create_service(SetBool, names.resolve(robot, names.services.policy_enable),
                                 lambda req, res, r=robot: self._on_enable(r, req, res))
             for cam in spec.cameras:
-                self.create_subscription(Image, names.camera_topic(robot, cam.name),
+                compressed = cfg.compressed(robot, cam.name)
+                self.create_subscription(CompressedImage if compressed else Image,
+                                         names.camera_topic(robot, cam.name, compressed),
                                          lambda m, r=robot, c=cam.name: self._on_image(r, c, m), SENSOR_QOS)
         self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
-        return pubs
+        return outputs
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -139,7 +159,7 @@ class PolicyServer(Node):
             return
         self.server.on_joint_state(robot, names, q, time_to_seconds(msg.header.stamp) or now, now)
 
-    def _on_image(self, robot: str, camera: str, msg: Image) -> None:
+    def _on_image(self, robot: str, camera: str, msg: Image | CompressedImage) -> None:
         now = self._now()
         try:
             frame = to_rgb8(msg)
@@ -152,6 +172,13 @@ class PolicyServer(Node):
         self.server.set_estop(robot, bool(msg.data))
         if msg.data:
             self.get_logger().warning(f"{robot}: e-stop: holding until released and re-enabled")
+
+    def _on_controller_fault(self, robot: str, why: str) -> None:
+        """Hold ``robot`` after a rejected or aborted goal (its controller holds) until it is enabled again."""
+        with self._tick_lock:
+            self.server.controller(robot, fault=why)
+            self._outputs[robot].stop()
+        self.get_logger().error(f"{robot}: {why}: holding until enabled again (policy_server/enable)")
 
     def _on_enable(self, robot: str, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
         res.success, res.message = self.server.set_enabled(robot, bool(req.data))
@@ -194,10 +221,17 @@ class PolicyServer(Node):
 
     def _on_tick(self) -> None:
         now = self._now()
-        for robot, pub in self._pubs.items():
-            cmd = self.server.tick(robot, now)
-            if cmd is not None:
-                pub.publish(trajectory_to_msg(cmd.trajectory))
+        for robot, out in self._outputs.items():
+            with self._tick_lock:
+                if isinstance(out, ActionCommander):
+                    self.server.controller(robot, missing=out.missing())
+                cmd = self.server.tick(robot, now)
+                if cmd is None:
+                    continue
+                if isinstance(out, ActionCommander):
+                    out.send(cmd)
+                else:
+                    out.publish(trajectory_to_msg(cmd.trajectory))
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = {p.name: p.value for p in params if p.name in RECONFIGURABLE}
@@ -220,6 +254,9 @@ class PolicyServer(Node):
             values = s.counters.values(s.clock)
             values["mode"] = self.server.cfg.mode
             values["added_delay_ms"] = f"{self.server.cfg.added_delay_ms:g}"
+            out = self._outputs[robot]
+            if isinstance(out, ActionCommander):
+                values.update(out.counts())
             reason = s.counters.hold_reason
             status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
             status.level = bytes([diagnostic_level(reason)])

@@ -2,11 +2,14 @@
 
 Run: ``ros2 run gen_theta sim_robot --ros-args -p robot:=arm6 -p task:=stack`` or
 ``gen-theta sim --ros-args -p robot:=arm6``. Topics (names from config/topics.yaml, in the
-namespace /<robot>): joint_states, camera/<name>/image_raw, sim/object_poses, sim/task,
-instruction; it follows JointTrajectory commands on
-joint_trajectory_controller/joint_trajectory. Service sim/reset (std_srvs/Trigger)
-starts a new episode with the *current* ``task`` and ``seed`` parameters: set them, then
-call reset. See docs/sim.md.
+namespace /<robot>): joint_states, camera/<name>/image_raw (``camera_transport`` raw or
+both) and camera/<name>/image_raw/compressed (compressed or both; ``camera_format`` jpeg
+or png), sim/object_poses, sim/task, instruction; it follows JointTrajectory commands on
+joint_trajectory_controller/joint_trajectory and, where control_msgs is installed, serves
+the controllers' actions as ros2_control does (FollowJointTrajectory, and GripperCommand or
+ParallelGripperCommand with ``gripper_interface``; gen_theta_ros/sim_controllers.py).
+Service sim/reset (std_srvs/Trigger) starts a new episode with the *current* ``task`` and
+``seed`` parameters: set them, then call reset. See docs/sim.md.
 
 Threads: physics runs in its own thread, stepping in real time and publishing the
 sensors with the node-clock time they were sensed; commands, the reset service and the
@@ -23,29 +26,37 @@ import time
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from rclpy.publisher import Publisher
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from gen_theta_model.embodiment import load_robot
+from gen_theta_model.config import ConfigError
+from gen_theta_model.controllers import gripper_joint
+from gen_theta_model.embodiment import GRIPPER_INTERFACES, CameraConfig, load_robot
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError
+from gen_theta_ros.action_commander import MISSING_CONTROL_MSGS, FollowJointTrajectory
 from gen_theta_ros.conversions import (
     arrays_to_joint_state,
+    numpy_to_compressed,
     numpy_to_image,
     poses_to_msg,
     trajectory_from_msg,
 )
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_PUBLISH_QOS
 from gen_theta_ros.runtime import run_node
+from gen_theta_ros.sim_controllers import SimControllers
 
 TASK_POLL_S = 0.05  # how soon the end of an episode is announced on sim/task
 MAX_CATCH_UP_STEPS = 24  # at most 0.1 s of physics per loop turn; beyond that the sim slows down
+CAMERA_TRANSPORTS = ("raw", "compressed", "both")
+CAMERA_FORMATS = ("jpeg", "png")
 
 
 class Schedule:
@@ -77,10 +88,22 @@ class SimRobotNode(Node):
         self.declare_parameter("joint_state_rate_hz", 100.0)
         self.declare_parameter("object_pose_rate_hz", 30.0)
         self.declare_parameter("task_state_rate_hz", 2.0)
+        self.declare_parameter("camera_transport", "raw")  # raw | compressed | both (as image_transport publishes)
+        self.declare_parameter("camera_format", "jpeg")  # compressed images: jpeg | png
+        self.declare_parameter("gripper_interface", "trajectory")  # or gripper_command | parallel_gripper_command
         param = self.get_parameter
         self.spec = load_robot(param("robot").value)
         self.robot_name = self.spec.name
-        self.sim = SimRobot(self.spec)
+        gripper_interface = param("gripper_interface").value
+        transport, self._camera_format = param("camera_transport").value, param("camera_format").value
+        for name, value, allowed in (("gripper_interface", gripper_interface, GRIPPER_INTERFACES),
+                                     ("camera_transport", transport, CAMERA_TRANSPORTS),
+                                     ("camera_format", self._camera_format, CAMERA_FORMATS)):
+            if value not in allowed:
+                raise ConfigError(f"parameter {name} must be one of {list(allowed)}, got '{value}'")
+        if gripper_interface != "trajectory" and FollowJointTrajectory is None:
+            raise ConfigError(f"gripper_interface '{gripper_interface}': {MISSING_CONTROL_MSGS}")
+        self.sim = SimRobot(self.spec, gripper=gripper_joint(self.spec, gripper_interface))
         self._rtf = float(param("realtime_factor").value)
         if not 0.01 <= self._rtf <= 100.0:
             raise ValueError(f"parameter realtime_factor must be in [0.01, 100], got {self._rtf}")
@@ -95,8 +118,13 @@ class SimRobotNode(Node):
         self.cameras = []
         if param("cameras").value:
             for cam in self.spec.cameras:
-                pub = self.create_publisher(Image, topics.camera_topic(ns, cam.name), SENSOR_PUBLISH_QOS)
-                self.cameras.append((cam, pub, cam_rate or cam.fps))
+                raw, compressed = (
+                    self.create_publisher(kind, topics.camera_topic(ns, cam.name, kind is CompressedImage),
+                                          SENSOR_PUBLISH_QOS)
+                    if transport in (name, "both") else None
+                    for kind, name in ((Image, "raw"), (CompressedImage, "compressed"))
+                )
+                self.cameras.append((cam, (raw, compressed), cam_rate or cam.fps))
         self.command_topic = topics.resolve(ns, topics.command)
         self.create_subscription(JointTrajectory, self.command_topic, self._on_command, COMMAND_QOS)
         self.create_service(Trigger, topics.resolve(ns, topics.services.sim_reset), self._on_reset)
@@ -112,9 +140,16 @@ class SimRobotNode(Node):
         self.context.on_shutdown(self._stop)
         self._thread = threading.Thread(target=self._physics_loop, name="physics", daemon=True)
         self._thread.start()
+        self.controllers = None
+        if FollowJointTrajectory is None:
+            self.get_logger().warning(f"no controller actions: {MISSING_CONTROL_MSGS}")
+        else:
+            self.controllers = SimControllers(self, self.sim, self._lock, self._now, gripper_interface)
+        actions = [] if self.controllers is None else [self.controllers.arm_action, self.controllers.gripper_action]
         self.get_logger().info(
-            f"{self.robot_name}: {self.spec.dof} joints, cameras {[c.name for c, _, _ in self.cameras]}, "
-            f"workspace {self.sim.workspace}, commands on {self.command_topic}"
+            f"{self.robot_name}: {self.spec.dof} joints, cameras {[c.name for c, _, _ in self.cameras]} "
+            f"({transport}), workspace {self.sim.workspace}, commands on {self.command_topic} "
+            f"and actions {[a for a in actions if a]}"
         )
 
     def _now(self) -> float:
@@ -146,6 +181,8 @@ class SimRobotNode(Node):
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
             traj = trajectory_from_msg(msg)
+            if self.sim.gripper in traj.joint_names:  # as a JTC that does not drive that joint
+                raise TrajectoryError(f"joint '{self.sim.gripper}' has a gripper controller of its own")
             with self._lock:
                 accepted = self.sim.command(traj, self._now())
         except TrajectoryError as err:
@@ -185,9 +222,9 @@ class SimRobotNode(Node):
                     self._publish_joints(now)
                 if "poses" in schedules and schedules["poses"].due(mono):
                     self._publish_poses(now)
-                for (cam, pub, _), sched in zip(self.cameras, cam_schedules):
+                for (cam, pubs, _), sched in zip(self.cameras, cam_schedules):
                     if sched.due(mono):
-                        pub.publish(numpy_to_image(render(self.sim.world, cam), "rgb8", now, cam.link or "world"))
+                        self._publish_camera(cam, pubs, now)
             next_step = start + (done_steps + 1) * dt / self._rtf
             time.sleep(max(0.0, next_step - time.monotonic()))
 
@@ -200,6 +237,17 @@ class SimRobotNode(Node):
             self._last_done = done
         if state is not None:
             self._publish_task(state)
+
+    def _publish_camera(self, cam: CameraConfig, pubs: tuple[Publisher | None, Publisher | None],
+                        stamp: float) -> None:
+        """Render ``cam`` and publish it raw (rgb8) and/or compressed (``camera_format``), stamped ``stamp`` s."""
+        rgb = render(self.sim.world, cam)
+        raw, compressed = pubs
+        frame = cam.link or "world"
+        if raw is not None:
+            raw.publish(numpy_to_image(rgb, "rgb8", stamp, frame))
+        if compressed is not None:
+            compressed.publish(numpy_to_compressed(rgb, self._camera_format, stamp=stamp, frame_id=frame))
 
     def _publish_joints(self, stamp: float) -> None:
         q, qd, effort = self.sim.world.joint_state()
@@ -218,7 +266,9 @@ class SimRobotNode(Node):
             self._thread.join(timeout=2.0)
 
     def close(self) -> None:
-        """Stop the physics thread and disconnect pybullet (called by run_node on shutdown)."""
+        """Stop the controllers and the physics thread, disconnect pybullet (called by run_node on shutdown)."""
+        if self.controllers is not None:
+            self.controllers.close()
         self._stop()
         with self._lock:
             self.sim.close()

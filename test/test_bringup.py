@@ -40,15 +40,30 @@ def test_graph_nodes_and_parameters(checkpoint):
     sim = nodes[0]
     assert sim.parameters["robot"] == "arm6"
     assert sim.parameters["robot_description"] == Path(load_robot("arm6").urdf_path).read_text()
+    assert (sim.parameters["gripper_interface"], sim.parameters["camera_transport"]) == ("trajectory", "raw")
     server = nodes[-1]
     assert server.parameters == {
         "checkpoint": str(checkpoint.resolve()),
         "robots": ["arm6", "humanoid16"],
         "robot_descriptions": [Path(load_robot(r).urdf_path).read_text() for r in ("arm6", "humanoid16")],
+        "command_interfaces": ["topic", "topic"],  # the robots' YAML
+        "gripper_interfaces": ["trajectory", "trajectory"],
     }
     assert server.params_files == (str(default_params_file()),)
     assert [n.full_name for n in bringup_graph(BringupArgs(sim=False))] == []  # nothing without sim or policy
-    assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file"}
+    assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file", "command_interface", "gripper_interface",
+                              "camera_transport"}
+
+
+def test_graph_with_actions_and_compressed_cameras(checkpoint):
+    args = {"robot": "arm6", "checkpoint": str(checkpoint), "command_interface": "action",
+            "gripper_interface": "gripper_command", "camera_transport": "compressed"}
+    sim, server = bringup_graph(BringupArgs.from_strings(args))
+    assert (sim.parameters["gripper_interface"], sim.parameters["camera_transport"]) == ("gripper_command",
+                                                                                         "compressed")
+    assert server.parameters["command_interfaces"] == ["action"]
+    assert server.parameters["gripper_interfaces"] == ["gripper_command"]
+    assert server.parameters["compressed_cameras"] == ["arm6/scene", "arm6/wrist"]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +73,8 @@ def test_graph_nodes_and_parameters(checkpoint):
         ({"sim": "maybe"}, "'sim' must be true or false"),
         ({"robots": "arm6"}, "unknown argument 'robots'"),
         ({"robot": " , "}, "names no robot"),
+        ({"command_interface": "serial"}, "'command_interface' must be one of"),
+        ({"camera_transport": "theora"}, "'camera_transport' must be one of"),
         ({"checkpoint": "x", "params_file": "/nonexistent.yaml"}, "does not exist"),
         ({"checkpoint": "/nonexistent/run"}, "checkpoint: /nonexistent/run: no such checkpoint"),
     ],

@@ -52,17 +52,24 @@ def test_launch_and_gen_theta_bringup_start_the_same_graph(install: Path, tmp_pa
     params_file.write_text(yaml.safe_dump(doc))
     names = ["checkpoint", "robots", *doc["policy_server"]["ros__parameters"]]
     env = workspace_env(install)
+    actions = ["command_interface:=action", "gripper_interface:=gripper_command", "camera_transport:=compressed"]
     for robots, sim in (("arm6,humanoid16", "false"), ("arm6", "true")):
         args = [f"robot:={robots}", f"checkpoint:={ckpt}", f"sim:={sim}", f"params_file:={params_file}"]
         nodes = {"/policy_server": names}
-        if sim == "true":
-            nodes["/arm6/sim_robot"] = ["robot", "task", "seed"]
+        if sim == "true":  # ros2_control's actions and compressed cameras, sim included
+            args += actions
+            nodes["/policy_server"] = [*names, "command_interfaces", "gripper_interfaces", "compressed_cameras"]
+            nodes["/arm6/sim_robot"] = ["robot", "task", "seed", "gripper_interface", "camera_transport"]
         launched = run_and_snapshot(["ros2", "launch", "gen_theta", "bringup.launch.py", *args], env,
                                     tmp_path / "launch.log", nodes)
         plain = run_and_snapshot(["gen-theta", "bringup", *args], env, tmp_path / "bringup.log", nodes)
         assert launched == plain
         assert launched["/policy_server"]["mode"] == "naive_async"
         assert launched["/policy_server"]["robots"] == robots.split(",")
+        if sim == "true":
+            assert launched["/policy_server"]["command_interfaces"] == ["action"]
+            assert launched["/policy_server"]["compressed_cameras"] == ["arm6/scene", "arm6/wrist"]
+            assert launched["/arm6/sim_robot"]["gripper_interface"] == "gripper_command"
 
 
 def test_launch_file_keeps_a_users_fastdds_profile(monkeypatch: pytest.MonkeyPatch) -> None:

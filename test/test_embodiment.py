@@ -172,7 +172,8 @@ def test_cli_kinematic_loop_is_one_line_not_a_hang(tmp_path: Path, case: str) ->
     assert str(bad) in lines[0] and expected in lines[0]
 
 
-@pytest.mark.parametrize(("name", "dof", "grippers"), [("arm6", 7, 1), ("arm7", 8, 1), ("humanoid16", 16, 2)])
+@pytest.mark.parametrize(("name", "dof", "grippers"),
+                         [("arm6", 7, 1), ("arm7", 8, 1), ("humanoid16", 16, 2), ("ur5e", 7, 1)])
 def test_shipped_robots(name: str, dof: int, grippers: int) -> None:
     import pybullet
 

@@ -53,6 +53,9 @@ def test_the_shipped_params_file_names_parameters_and_restates_no_default():
         ({"joint_timeout_s": 0.0}, "joint_timeout_s must be > 0"),
         ({"command_rate_hz": "fast"}, "key 'command_rate_hz': expected float"),
         ({"realtime_priority": 120}, r"realtime_priority must be in \[0, 99\]"),
+        ({"command_interfaces": ["service"]}, "'command_interfaces': unknown value 'service'"),
+        ({"robots": ["a", "b", "c"], "embodiments": ["arm6"] * 3, "gripper_interfaces": ["trajectory"] * 2},
+         "'gripper_interfaces' has 2 values for 3 robots"),
     ],
 )
 def test_bad_parameters_are_named(changes, message):
@@ -72,3 +75,19 @@ def test_robots_are_checked_against_the_checkpoint():
     other = dataclasses.replace(same, robot_descriptions=(urdf + " ",))
     with pytest.raises(ConfigError, match="robot 'arm6': its robot_description differs"):
         served_robots(other, [arm6])
+
+
+def test_command_interfaces_and_compressed_cameras_per_robot():
+    arm6, h16 = load_robot("arm6"), load_robot("humanoid16")
+    cfg = PolicyServerConfig(checkpoint="ck", robots=("left", "torso"), embodiments=("arm6", "humanoid16"),
+                             command_interfaces=("action", "topic"), gripper_interfaces=("gripper_command", ""),
+                             compressed_cameras=("left/scene", "head"))
+    assert cfg.interfaces("left") == ("action", "gripper_command")
+    assert cfg.interfaces("torso") == ("topic", "trajectory")  # "": the default
+    assert [cfg.compressed(r, c) for r, c in (("left", "scene"), ("left", "wrist"), ("torso", "head"))] == [
+        True, False, True]
+    assert served_robots(cfg, [arm6, h16]) == [("left", arm6), ("torso", h16)]
+    two_grippers = dataclasses.replace(cfg, gripper_interfaces=("parallel_gripper_command",))
+    with pytest.raises(ConfigError, match="robot 'torso': humanoid16: gripper_interface 'parallel_gripper_command' "
+                                          "needs exactly one gripper joint"):
+        served_robots(two_grippers, [arm6, h16])

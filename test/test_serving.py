@@ -209,6 +209,37 @@ def test_enabling_again_starts_from_where_the_robot_was_moved(policy, specs):
     assert server.sessions["left"].clock.missed == 0  # the silent time while disabled is no miss
 
 
+def test_a_controller_fault_stops_the_commands_until_enabled_and_resumes_where_the_robot_is(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t, robots=("left",))
+    assert server.tick("left", clock.t).hold_reason == ""
+    why = "/left/joint_trajectory_controller/follow_joint_trajectory goal aborted PATH_TOLERANCE_VIOLATED"
+    server.controller("left", fault=why)
+    assert server.tick("left", clock.t + 0.02) is None  # the controller holds by itself: nothing is sent
+    c = server.sessions["left"].counters
+    assert c.hold_reason == f"controller fault: {why}" and diagnostic_level(c.hold_reason) == 2
+    assert (c.controller_faults, c.last_controller_fault) == (1, why)
+    server.controller("left")  # the controller answers again: the fault stays latched
+    assert server.tick("left", clock.t + 0.04) is None
+    spec = specs[0]
+    moved = spec.home_positions + 0.1 * (spec.upper - spec.home_positions)  # where the controller stopped it
+    clock.t += 0.06
+    server.on_joint_state("left", spec.joint_names, moved, clock.t, clock.t)
+    assert server.set_enabled("left", True) == (True, "enabled")
+    cmd = server.tick("left", clock.t)
+    assert cmd.hold_reason == ""
+    np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)
+    server.controller("left", missing="no action server /left/joint_trajectory_controller/follow_joint_trajectory")
+    assert server.tick("left", clock.t + 0.02) is None
+    assert c.hold_reason.startswith("controller not available: no action server")
+    assert diagnostic_level(c.hold_reason) == 1
+    server.controller("left")  # back: drives without being enabled again
+    feed(server, clock.t + 0.04, robots=("left",))
+    assert server.tick("left", clock.t + 0.04).hold_reason == ""
+    assert server.sessions["left"].clock.missed == 0  # the silence while faulted is no miss
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread re-raises
 def test_an_inference_error_is_reported_not_swallowed(policy, specs):
     server = make_server(policy, specs, time.time)

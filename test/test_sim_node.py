@@ -17,7 +17,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -26,7 +26,13 @@ from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
-from gen_theta_ros.conversions import image_to_numpy, joint_state_to_arrays, time_to_seconds, trajectory_to_msg
+from gen_theta_ros.conversions import (
+    image_to_numpy,
+    joint_state_to_arrays,
+    time_to_seconds,
+    to_rgb8,
+    trajectory_to_msg,
+)
 
 ROBOT = "arm6"
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -59,6 +65,7 @@ class Probe(Node):
         self.topics["poses"] = (PoseArray, TOPICS.resolve(ROBOT, TOPICS.object_poses))
         for cam in self.spec.cameras:
             self.topics[cam.name] = (Image, TOPICS.camera_topic(ROBOT, cam.name))
+            self.topics[f"{cam.name}/compressed"] = (CompressedImage, TOPICS.camera_topic(ROBOT, cam.name, True))
         for key, (kind, name) in self.topics.items():
             self.create_subscription(kind, name, self._keep(key), qos_profile_sensor_data)
         self.create_subscription(String, TOPICS.resolve(ROBOT, TOPICS.task), self._keep("task"), LATCHED)
@@ -102,7 +109,7 @@ class Probe(Node):
 
 @pytest.fixture(scope="module")
 def probe():
-    sim = start("sim", f"robot:={ROBOT}", "task:=stack")
+    sim = start("sim", f"robot:={ROBOT}", "task:=stack", "camera_transport:=both")
     rclpy.init()
     node = Probe()
     try:
@@ -129,6 +136,10 @@ def test_publishes_at_declared_rates(probe):
         img = probe.last[cam.name]
         assert (img.encoding, img.width, img.height) == ("rgb8", cam.width, cam.height)
         assert image_to_numpy(img).shape == (cam.height, cam.width, 3)
+        # camera_transport both: the same frames as JPEG too, as image_transport publishes them
+        assert 0.4 * cam.fps <= rates[f"{cam.name}/compressed"] <= 1.3 * cam.fps, rates
+        jpeg = probe.last[f"{cam.name}/compressed"]
+        assert jpeg.format == "rgb8; jpeg compressed bgr8" and to_rgb8(jpeg).shape == (cam.height, cam.width, 3)
     js = probe.last["joint_states"]
     assert list(js.name) == probe.spec.joint_names + [f"{ROBOT}_finger_joint_mirror"]  # mimic joints included
     assert len(js.velocity) == len(js.effort) == len(js.name)

@@ -8,6 +8,8 @@ episodes (tests, benchmarks) call it with the simulated clock.
 
 from __future__ import annotations
 
+import numpy as np
+
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.sim.kinematics import ArmKinematics, reachable_workspace
 from gen_theta_model.sim.task_state import TaskState
@@ -19,10 +21,15 @@ SUCCESS_CHECK_S = 0.1  # simulated seconds between success checks
 
 
 class SimRobot:
-    """One simulated robot and its task episodes. Times (``now``) are seconds on the caller's clock."""
+    """One simulated robot and its task episodes. Times (``now``) are seconds on the caller's clock.
 
-    def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None) -> None:
+    ``gripper`` names a joint that has a controller of its own (a gripper action server):
+    it follows ``command_gripper`` only, the trajectory commands drive the other joints.
+    """
+
+    def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, gripper: str = "") -> None:
         self.spec = spec
+        self.gripper = gripper
         self.world = SimWorld(spec)
         own = kinematics is None
         kin = ArmKinematics(spec) if own else kinematics
@@ -32,6 +39,8 @@ class SimRobot:
             if own:
                 kin.close()
         self.follower = TrajectoryFollower(spec, self.world.actuated_positions(), 0.0)
+        self._gripper_follower = TrajectoryFollower(spec, self.world.actuated_positions(), 0.0) if gripper else None
+        self._gripper_index = spec.joint_names.index(gripper) if gripper else -1
         self.task: Task | None = None
         self.episode = 0
         self.episode_start = 0.0  # caller's clock at the last reset
@@ -45,6 +54,8 @@ class SimRobot:
         new.reset(self.world, self.workspace, seed)
         self.task = new
         self.follower.reset(self.world.actuated_positions(), now)
+        if self._gripper_follower is not None:
+            self._gripper_follower.reset(self.world.actuated_positions(), now)
         self.episode += 1
         self.episode_start = now
         self.success_time = None
@@ -55,9 +66,32 @@ class SimRobot:
         """Follow ``traj`` received at ``now``; False if all its points lie in the past (ignored)."""
         return self.follower.set_trajectory(traj, now)
 
+    def command_gripper(self, traj: Trajectory, now: float) -> bool:
+        """Make the gripper joint follow ``traj`` (naming it alone) from ``now``; False if it lies in the past."""
+        if self._gripper_follower is None:
+            raise RuntimeError(f"{self.spec.name}: no gripper controller of its own")
+        return self._gripper_follower.set_trajectory(traj, now)
+
+    def commanded(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Commanded (position, velocity) of every joint at ``now``: two (dof,) arrays."""
+        q, qd = self.follower.sample(now)
+        if self._gripper_follower is not None:
+            i = self._gripper_index
+            qg, qdg = self._gripper_follower.sample(now)
+            q[i], qd[i] = qg[i], qdg[i]
+        return q, qd
+
+    def hold(self, now: float, gripper: bool = False) -> None:
+        """Hold where commanded at ``now``: the own-controller gripper (``gripper``), else the other joints."""
+        q = self.commanded(now)[0]
+        if gripper:
+            self.command_gripper(Trajectory.from_arrays([self.gripper], [1e-3], [[q[self._gripper_index]]]), now)
+        else:
+            self.follower.reset(q, now)
+
     def step(self, now: float) -> None:
         """One physics step (``world.dt`` simulated seconds) toward the command at ``now``."""
-        self.world.set_targets(*self.follower.sample(now))
+        self.world.set_targets(*self.commanded(now))
         self.world.step()
         self.sim_time += self.world.dt
         if self.task is not None and self.world.time >= self._next_check:
