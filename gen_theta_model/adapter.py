@@ -227,6 +227,7 @@ class SafetyMonitor:
 
 JOINT_STATES = "joint_states"
 REJECTED = "rejected"  # hold reasons that start with it: a message was refused
+INFERENCE_UNAVAILABLE = "inference unavailable"  # hold reasons that start with it: no chunks can be had for now
 
 
 def camera_input(name: str) -> str:
@@ -237,11 +238,11 @@ def camera_input(name: str) -> str:
 def diagnostic_level(hold_reason: str) -> int:
     """diagnostic_msgs/DiagnosticStatus level for a robot holding for ``hold_reason`` ("" = driving).
 
-    0 (OK) when driving, 2 (ERROR) on e-stop or a refused message, 1 (WARN) otherwise.
+    0 (OK) when driving, 2 (ERROR) on e-stop, a refused message or unavailable inference, 1 (WARN) otherwise.
     """
     if not hold_reason:
         return 0
-    return 2 if hold_reason == "e-stop" or hold_reason.startswith(REJECTED) else 1
+    return 2 if hold_reason == "e-stop" or hold_reason.startswith((REJECTED, INFERENCE_UNAVAILABLE)) else 1
 
 
 class TickClock:

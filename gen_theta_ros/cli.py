@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evaluate": ("gen_theta_model.evaluate:main", "validation MSE, reverse KL and the SFT/RL call"),
     "model-card": ("gen_theta_model.policy.model_card:main", "parameters, memory and FLOPs of a preset"),
     "serve": ("gen_theta_ros.policy_server:main", "run the harmonic policy server node"),
+    "infer-server": ("gen_theta_model.remote_inference:main", "serve a policy's inference to other machines (gRPC)"),
     "bringup": ("gen_theta_ros.graph:main", "start the bring-up graph (sim, policy server) without launch_ros"),
     "rollout": ("gen_theta_ros.rollout:main", "closed-loop evaluation: synchronous, naive async, harmonic"),
     "scaling": ("gen_theta_model.scaling.cli:main", "data scaling sweeps and L(D) fits"),
