@@ -40,6 +40,9 @@ class PolicyServerConfig:
     diagnostics_period_s: float = 1.0
     realtime_priority: int = 0  # SCHED_FIFO priority of the server's threads; 0: normal (needs no rights)
     inference_process: bool = True  # the model in a child process: it never holds this process's GIL
+    inference_host: str = ""  # HOST:PORT of a `gen-theta infer-server` running the model; "": on this machine
+    inference_token_file: str = ""  # file holding that server's token; "": none (a loopback server only)
+    inference_timeout_s: float = 2.0  # longest remote inference call; then the robots hold and it tries again
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -56,6 +59,11 @@ class PolicyServerConfig:
             raise ValueError(f"diagnostics_period_s must be > 0 s, got {self.diagnostics_period_s}")
         if not 0 <= self.realtime_priority <= 99:
             raise ValueError(f"realtime_priority must be in [0, 99], got {self.realtime_priority}")
+        host, _, port = self.inference_host.rpartition(":")
+        if self.inference_host and not (host and port.isdigit()):
+            raise ValueError(f"inference_host must be HOST:PORT, got '{self.inference_host}'")
+        if not self.inference_timeout_s > 0.0:
+            raise ValueError(f"inference_timeout_s must be > 0 s, got {self.inference_timeout_s}")
 
     @property
     def served_embodiments(self) -> list[str]:

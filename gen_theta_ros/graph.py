@@ -12,7 +12,8 @@ Nodes: one ``sim_robot`` per robot in the robot's namespace (``sim:=true``; with
 ``sim:=false`` real drivers provide the same topics), given the robot's URDF as
 ``robot_description``; one ``policy_server`` for all robots (if a checkpoint is given),
 parameters from ``params_file`` plus ``checkpoint``, ``robots`` and the robots' URDFs
-(``robot_descriptions``, which the server checks against the checkpoint).
+(``robot_descriptions``, which the server checks against the checkpoint), and
+``inference_host`` / ``inference_token_file`` when given (the model on another machine).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "checkpoint": ("", "policy checkpoint or training run directory; empty: no policy server"),
     "sim": ("true", "start a simulated robot (sim_robot) per robot; false: real drivers provide the topics"),
     "params_file": ("", "policy_server parameters (ROS 2 YAML); empty: the package's config/policy_server.yaml"),
+    "inference_host": ("", "HOST:PORT of a `gen-theta infer-server` that runs the model; empty: this machine"),
+    "inference_token_file": ("", "file holding that infer-server's token"),
 }
 
 
@@ -50,6 +53,8 @@ class BringupArgs:
     checkpoint: str = ""
     sim: bool = True
     params_file: str = ""
+    inference_host: str = ""
+    inference_token_file: str = ""
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> BringupArgs:
@@ -63,7 +68,8 @@ class BringupArgs:
             raise ConfigError("bringup: argument 'robot' names no robot")
         if v["sim"].lower() not in ("true", "false"):
             raise ConfigError(f"bringup: argument 'sim' must be true or false, got '{v['sim']}'")
-        return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"])
+        return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"], v["inference_host"],
+                   v["inference_token_file"])
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
             "robots": list(args.robots),
             "robot_descriptions": [urdfs[r] for r in args.robots],  # checked against the checkpoint
         }
+        if args.inference_host:  # else the params file's (by default: the model runs on this machine)
+            params["inference_host"] = args.inference_host
+        if args.inference_token_file:
+            params["inference_token_file"] = str(Path(args.inference_token_file).expanduser().resolve())
         nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,)))
     return nodes
 

@@ -13,9 +13,10 @@ JointStates may carry only some of a robot's joints (merged by name). A message 
 server cannot use (a non-finite joint position, an image it cannot decode) is refused,
 counted, and holds that robot until its input is good again; it never stops the node.
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``. The model runs in a child process (``inference_process``, else
-on a thread), fed by the engine's inference thread; commands have a thread of their own;
-neither the callbacks nor the command stream ever wait for inference (docs/serving.md).
+per ``diagnostics_period_s``. The model runs on another machine (``inference_host``, a
+`gen-theta infer-server`), else in a child process (``inference_process``), else on a thread,
+fed by the engine's inference thread; commands have a thread of their own; neither the
+callbacks nor the command stream ever wait for inference (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from gen_theta_model.policy_server_config import (
     parameter_defaults,
     served_robots,
 )
+from gen_theta_model.remote_inference import RemotePolicy, read_token
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_to_msg
@@ -71,6 +73,8 @@ class PolicyServer(Node):
             self.declare_parameter(name, default)
         node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
+        self._inference = node_cfg.inference_host or ("child process" if node_cfg.inference_process else "thread")
+        self._fault = ""  # the engine's inference fault last logged
         self._realtime_priority = node_cfg.realtime_priority
         # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
@@ -93,10 +97,16 @@ class PolicyServer(Node):
         )
 
     def _load_policy(self, cfg: PolicyServerConfig) -> ChunkPolicy:
-        """Load the checkpoint's policy: in a child process (``inference_process``), else in this one."""
-        self._worker: WorkerPolicy | None = None
-        if cfg.inference_process:  # the model never holds this process's interpreter lock
+        """Load the checkpoint's policy: on an inference server (``inference_host``), in a child
+        process (``inference_process``), else in this one.
+        """
+        self._worker: WorkerPolicy | RemotePolicy | None = None
+        if cfg.inference_host:
+            token = read_token(cfg.inference_token_file) if cfg.inference_token_file else ""
+            self._worker = RemotePolicy(cfg.inference_host, cfg.checkpoint, token, cfg.inference_timeout_s)
+        elif cfg.inference_process:  # the model never holds this process's interpreter lock
             self._worker = WorkerPolicy(cfg.checkpoint, cfg.device, cfg.torch_threads)
+        if self._worker is not None:
             self._realtime([int(t) for t in os.listdir("/proc/self/task")])
             return self._worker
         torch.set_num_threads(cfg.torch_threads)
@@ -214,12 +224,20 @@ class PolicyServer(Node):
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
+        fault = self.server.inference_fault
+        if fault != self._fault:
+            self._fault = fault
+            if fault:
+                self.get_logger().error(f"{fault}: the robots hold; trying again")
+            else:
+                self.get_logger().info("inference is back: driving again")
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         for robot, s in self.server.sessions.items():
             values = s.counters.values(s.clock)
             values["mode"] = self.server.cfg.mode
             values["added_delay_ms"] = f"{self.server.cfg.added_delay_ms:g}"
+            values["inference"] = self._inference
             reason = s.counters.hold_reason
             status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
             status.level = bytes([diagnostic_level(reason)])
