@@ -126,7 +126,7 @@ def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
 
 def read_token(path: str | Path) -> str:
     """Return the shared token in file ``path`` (surrounding whitespace removed); ValueError if empty."""
-    token = Path(path).read_text().strip()
+    token = Path(path).expanduser().read_text().strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token

@@ -54,6 +54,9 @@ def test_remote_policy_predicts_like_the_local_policy(remote):
             client.predict_chunk(obs, actions[:, :40], 40)  # longer than the trained prefix: a bug, not an outage
         assert not isinstance(refused.value, InferenceUnavailableError)
         torch.testing.assert_close(client.predict_chunk(obs, actions[:, :4], 4), expected, atol=1e-5, rtol=1e-5)
+        client.timeout_s = 1e-4  # no inference answers that fast
+        with pytest.raises(InferenceUnavailableError, match="DEADLINE_EXCEEDED"):
+            client.predict_chunk(obs, actions[:, :4], 4)
     finally:
         client.close()
 
@@ -98,17 +101,31 @@ def test_a_killed_server_is_unavailable_and_the_client_reconnects(remote, tmp_pa
     try:
         with pytest.raises(InferenceUnavailableError, match=f"inference server 127.0.0.1:{port}: UNAVAILABLE"):
             client.predict_chunk(obs, actions[:, :4], 4)
-        with infer_server(ckpt, port, tmp_path / "second.log", remote["token_file"]):  # back on the same port
-            end = time.monotonic() + 30.0
-            while True:  # the channel reconnects by itself, after a backoff of at most 2 s
-                try:
-                    got = client.predict_chunk(obs, actions[:, :4], 4)
-                    break
-                except InferenceUnavailableError:
-                    assert time.monotonic() < end, "no reconnection within 30 s"
+        other = tiny_checkpoint(tmp_path / "other", {"arm6": 0.0})
+        with infer_server(other, port, tmp_path / "other.log", remote["token_file"]):  # back with another model
+            err = until(lambda: client.predict_chunk(obs, actions[:, :4], 4), "serves another checkpoint")
+            assert "embodiments: ['arm6', 'humanoid16'] != ['arm6']" in str(err)
+        with infer_server(ckpt, port, tmp_path / "second.log", remote["token_file"]):  # back with its model
+            got = until(lambda: client.predict_chunk(obs, actions[:, :4], 4))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     finally:
         client.close()
+
+
+def until(call, error: str = ""):
+    """Call ``call`` until it returns (``error`` ""), or raises InferenceUnavailableError saying ``error``
+    (returned); the channel reconnects by itself, after a backoff of at most 2 s.
+    """
+    end = time.monotonic() + 30.0
+    while True:
+        try:
+            result = call()
+            if not error:
+                return result
+        except InferenceUnavailableError as err:
+            if error and error in str(err):
+                return err
+        assert time.monotonic() < end, f"no reconnection within 30 s ({error or 'a chunk'})"
 
 
 def test_describe_is_plain_json_of_the_checkpoint(remote):
