@@ -48,12 +48,13 @@ def publish(seconds: float) -> None:
         time.sleep(0.05)
     time.sleep(1.0)
     sent = {"images": 0, "joint_states": 0}
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time_ns()
     next_img, next_js = t0, t0
     while (now := time.monotonic()) < t0 + seconds:
         if now >= next_img:
+            # Stamped when the frame was due, as a camera stamps its capture time, however late it is sent.
+            img.header.stamp.sec, img.header.stamp.nanosec = divmod(wall0 + round((next_img - t0) * 1e9), 10**9)
             for p in cams:
-                img.header.stamp.sec, img.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
                 p.publish(img)
             sent["images"] += len(cams)
             next_img += 1 / 30
