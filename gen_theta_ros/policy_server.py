@@ -74,7 +74,7 @@ class PolicyServer(Node):
         node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
         self._inference = node_cfg.inference_host or ("child process" if node_cfg.inference_process else "thread")
-        self._fault = ""  # the engine's inference fault last logged
+        self._fault = ""  # the engine's inference fault when last logged ("": none)
         self._realtime_priority = node_cfg.realtime_priority
         # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
         sys.setswitchinterval(0.001)
@@ -225,7 +225,7 @@ class PolicyServer(Node):
 
     def _publish_diagnostics(self) -> None:
         fault = self.server.inference_fault
-        if fault != self._fault:
+        if bool(fault) != bool(self._fault):  # log when it fails and when it is back, not each retry
             self._fault = fault
             if fault:
                 self.get_logger().error(f"{fault}: the robots hold; trying again")

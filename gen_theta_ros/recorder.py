@@ -308,7 +308,7 @@ class Recorder(Node):
                     "config/fastdds.xml, or use compressed images: docs/dataset_format.md)"
                 )
             self._slow = (self._slow | {topic}) if slow else (self._slow - {topic})
-            status = DiagnosticStatus(name=f"recorder: {topic}", hardware_id=self.robot)
+            status = DiagnosticStatus(name=f"recorder: {topic}", hardware_id=topic)  # the camera
             status.level = DiagnosticStatus.WARN if slow or gaps.lost else DiagnosticStatus.OK
             status.message = (f"arriving at {rate:.1f} of {gaps.fps:g} fps" if slow
                               else f"{gaps.lost} frames lost" if gaps.lost else "ok")
