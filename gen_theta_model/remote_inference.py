@@ -11,12 +11,13 @@ The service ``gen_theta.Inference`` is defined with grpc's generic handlers (no 
 code). Its two unary methods carry raw bytes in the wire format of
 gen_theta_model.inference_worker (a JSON header, then the arrays' raw buffers; no pickling):
 
-- ``Describe``: reply ``{"op": "describe", **describe_checkpoint(...)}``: the protocol
-  version, the policy and observation config, the embodiments and the longest trained
-  prefix. The client compares it with its own copy of the checkpoint when it connects
-  and after every failure, and refuses a server that serves something else;
+- ``Describe``: reply ``{"op": "describe", "instance", **describe_checkpoint(...)}``: the
+  protocol version, the policy and observation config, the embodiments and the longest
+  trained prefix. The client compares it with its own copy of the checkpoint when it
+  connects, after every failure and whenever ``instance`` (random, per server process)
+  changes, and refuses a server that serves something else;
 - ``Predict``: request ``{"op": "predict", "delay", "sample"}`` + the observation arrays
-  and ``prefix``; reply ``{"op": "chunk"}`` + ``chunk`` (B, H, max_dof) float32.
+  and ``prefix``; reply ``{"op": "chunk", "instance"}`` + ``chunk`` (B, H, max_dof) float32.
 
 Anything that reaches the server drives the robot: it binds to 127.0.0.1 unless told
 another interface, and with a token (``--token-file``; required on any other interface)
@@ -36,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -166,6 +168,7 @@ class RemotePolicy:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._added_latency = added_latency
         self._lock = threading.Lock()
+        self._instance = ""  # the server process last checked
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._describe = self._channel.unary_unary(f"/{SERVICE}/Describe")
         self._predict = self._channel.unary_unary(f"/{SERVICE}/Predict")
@@ -188,6 +191,7 @@ class RemotePolicy:
                                           metadata=self._metadata))
         for key in ("op", "arrays"):  # the envelope, not the description
             header.pop(key, None)
+        self._instance = header.pop("instance", "")
         diff = differences(self._expected, header)
         return f"inference server {self.address} serves another checkpoint: {'; '.join(diff)}" if diff else ""
 
@@ -209,14 +213,19 @@ class RemotePolicy:
                 if mismatch:
                     raise InferenceUnavailableError(mismatch)
                 self._checked = True
-                reply = self._predict(request, timeout=self.timeout_s, metadata=self._metadata)
+                header, out = decode(self._predict(request, timeout=self.timeout_s, metadata=self._metadata))
+                if header.get("instance") != self._instance:  # restarted between two calls: check it again
+                    self._checked = False
+                    mismatch = self._check()
+                    if mismatch:
+                        raise InferenceUnavailableError(mismatch)
+                    self._checked = True
             except grpc.RpcError as err:
                 self._checked = False  # the server may have been restarted with another checkpoint
                 if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise WorkerError(f"inference failed: {err.details()}") from err
                 raise InferenceUnavailableError(f"inference server {self.address}: {_rpc_error(err)}") from err
             time.sleep(extra / 2)
-        _, out = decode(reply)
         return torch.from_numpy(out["chunk"].copy())
 
     def close(self) -> None:
@@ -236,6 +245,7 @@ class InferenceService:
     def __init__(self, policy: Policy, description: dict[str, Any], token: str = "") -> None:
         self.policy = policy
         self.description = description
+        self.instance = uuid.uuid4().hex  # tells clients when the server process changed
         self._expected = f"Bearer {token}".encode() if token else b""
         self._lock = threading.Lock()
 
@@ -256,7 +266,7 @@ class InferenceService:
 
     def describe(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._authorize(context)
-        return encode({"op": "describe", **self.description})
+        return encode({"op": "describe", "instance": self.instance, **self.description})
 
     def predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._authorize(context)
@@ -268,7 +278,7 @@ class InferenceService:
                 chunk = self.policy.predict_chunk(obs, prefix, header["delay"], sample=header["sample"])
         except (ValueError, KeyError, WorkerError) as err:  # a malformed request: say so, keep serving
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return encode({"op": "chunk"}, [("chunk", chunk.cpu().numpy())])
+        return encode({"op": "chunk", "instance": self.instance}, [("chunk", chunk.cpu().numpy())])
 
 
 def start_server(service: InferenceService, host: str, port: int) -> tuple[grpc.Server, int]:
