@@ -42,6 +42,7 @@ class PolicyServerConfig:
     inference_process: bool = True  # the model in a child process: it never holds this process's GIL
     inference_host: str = ""  # HOST:PORT of a `gen-theta infer-server` running the model; "": on this machine
     inference_token_file: str = ""  # file holding that server's token; "": none (a loopback server only)
+    inference_tls_ca: str = ""  # PEM file of the certificate (or CA) to trust: TLS to that server; "": no TLS
     inference_timeout_s: float = 2.0  # longest remote inference call; then the robots hold and it tries again
 
     def __post_init__(self) -> None:

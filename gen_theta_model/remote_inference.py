@@ -5,7 +5,7 @@ A robot's computer rarely has the GPU a large policy needs. `gen-theta infer-ser
 it with ``inference_host:=HOST:PORT`` (docs/serving.md, "Two machines")::
 
     gen-theta infer-server CHECKPOINT [--host 127.0.0.1] [--port 50051] [--token-file FILE]
-        [--device cuda] [--threads 1]
+        [--tls-cert CERT --tls-key KEY] [--device cuda] [--threads 1]
 
 The service ``gen_theta.Inference`` is defined with grpc's generic handlers (no generated
 code). Its two unary methods carry raw bytes in the wire format of
@@ -22,8 +22,10 @@ gen_theta_model.inference_worker (a JSON header, then the arrays' raw buffers; n
 Anything that reaches the server drives the robot: it binds to 127.0.0.1 unless told
 another interface, and with a token (``--token-file``; required on any other interface)
 it answers only calls whose ``authorization`` metadata is ``Bearer TOKEN`` (constant-time
-compare), UNAUTHENTICATED otherwise. The token is not encrypted on the wire: keep the
-link on a robot network or in a tunnel.
+compare), UNAUTHENTICATED otherwise. With ``--tls-cert``/``--tls-key`` the link is TLS
+(the client trusts that certificate, or its CA: ``tls_ca``), so neither the token nor
+the observations cross the network in the clear; without, keep the link on a robot
+network or in a tunnel.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ class RemotePolicy:
     (the channel reconnects by itself); a request the policy refuses raises WorkerError.
     ``added_latency`` (test hook, e.g. bench/remote_inference.py): a function giving extra
     seconds of network round trip per call, half slept before sending, half after the reply.
+    ``tls_ca``: PEM certificate(s) to trust (the server's own, or its CA): the link is then
+    TLS and the server's name (HOST) must match its certificate.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class RemotePolicy:
         timeout_s: float = 2.0,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         added_latency: Callable[[], float] | None = None,
+        tls_ca: bytes = b"",
     ) -> None:
         ckpt = resolve_checkpoint(checkpoint)
         train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
@@ -169,7 +174,8 @@ class RemotePolicy:
         self._added_latency = added_latency
         self._lock = threading.Lock()
         self._instance = ""  # the server process last checked
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca), options=CHANNEL_OPTIONS)
+                         if tls_ca else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
         self._describe = self._channel.unary_unary(f"/{SERVICE}/Describe")
         self._predict = self._channel.unary_unary(f"/{SERVICE}/Predict")
         try:
@@ -281,11 +287,16 @@ class InferenceService:
         return encode({"op": "chunk", "instance": self.instance}, [("chunk", chunk.cpu().numpy())])
 
 
-def start_server(service: InferenceService, host: str, port: int) -> tuple[grpc.Server, int]:
-    """Serve ``service`` on ``host:port`` (port 0: any free one); returns (server, bound port)."""
+def start_server(
+    service: InferenceService, host: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.Server, int]:
+    """Serve ``service`` on ``host:port`` (port 0: any free one), over TLS with ``credentials``;
+    returns (server, bound port).
+    """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if not bound:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
@@ -308,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
     ap.add_argument("--token-file", default="", help="file holding the shared token (required off loopback)")
+    ap.add_argument("--tls-cert", default="", help="PEM certificate of this server: TLS (with --tls-key)")
+    ap.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     ap.add_argument("--device", default="cpu", help="torch device of the policy, e.g. cuda")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
@@ -315,13 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--host {args.host} is reachable from other machines, and whatever reaches the server "
                          "drives the robot: give --token-file (docs/serving.md, 'Two machines')")
     token = read_token(args.token_file) if args.token_file else ""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    credentials = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())]) \
+        if args.tls_cert else None
     torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.checkpoint)
     service = InferenceService(load_policy(ckpt, device=args.device), describe_checkpoint(ckpt), token)
-    server, port = start_server(service, args.host, args.port)
+    server, port = start_server(service, args.host, args.port, credentials)
     signal.signal(signal.SIGTERM, lambda *_: server.stop(1.0))
     print(f"gen-theta infer-server: serving {ckpt} on {args.host}:{port} ({args.device}; "
-          f"{'token required' if token else 'no token: loopback only'})", flush=True)
+          f"{'token required' if token else 'no token: loopback only'}; {'TLS' if credentials else 'no TLS'})",
+          flush=True)
     try:
         server.wait_for_termination()
     finally:

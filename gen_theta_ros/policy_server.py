@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 import torch
@@ -103,7 +104,8 @@ class PolicyServer(Node):
         self._worker: WorkerPolicy | RemotePolicy | None = None
         if cfg.inference_host:
             token = read_token(cfg.inference_token_file) if cfg.inference_token_file else ""
-            self._worker = RemotePolicy(cfg.inference_host, cfg.checkpoint, token, cfg.inference_timeout_s)
+            ca = Path(cfg.inference_tls_ca).expanduser().read_bytes() if cfg.inference_tls_ca else b""
+            self._worker = RemotePolicy(cfg.inference_host, cfg.checkpoint, token, cfg.inference_timeout_s, tls_ca=ca)
         elif cfg.inference_process:  # the model never holds this process's interpreter lock
             self._worker = WorkerPolicy(cfg.checkpoint, cfg.device, cfg.torch_threads)
         if self._worker is not None:

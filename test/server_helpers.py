@@ -61,9 +61,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def infer_server(ckpt: Path, port: int, log: Path, token_file: Path | None = None) -> Iterator[subprocess.Popen]:
-    """Run `gen-theta infer-server ckpt` on 127.0.0.1:``port`` until the block ends; yields once it serves."""
-    args = ["infer-server", str(ckpt), "--port", str(port)] + (["--token-file", str(token_file)] if token_file else [])
+def infer_server(ckpt: Path, port: int, log: Path, token_file: Path | None = None,
+                 extra: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """Run `gen-theta infer-server ckpt` (``extra`` arguments) on 127.0.0.1:``port`` until the block
+    ends; yields once it serves.
+    """
+    args = ["infer-server", str(ckpt), "--port", str(port), *extra]
+    args += ["--token-file", str(token_file)] if token_file else []
     proc = start_exe(args, log)
     try:
         wait_for(lambda: "serving" in log.read_text() or proc.poll() is not None, 120.0, "infer-server started")

@@ -128,6 +128,34 @@ def until(call, error: str = ""):
         assert time.monotonic() < end, f"no reconnection within 30 s ({error or 'a chunk'})"
 
 
+def self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 with openssl; returns (cert, key)."""
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_carries_the_calls_and_only_the_trusted_certificate_is_accepted(remote, tmp_path):
+    ckpt, port = remote["ckpt"], free_port()
+    cert, key = self_signed(tmp_path, "gpu-box")
+    other, _ = self_signed(tmp_path, "impostor")
+    policy = load_policy(ckpt)
+    obs, actions = request(policy, seed=7)
+    with infer_server(ckpt, port, tmp_path / "tls.log", remote["token_file"],
+                      ["--tls-cert", str(cert), "--tls-key", str(key)]):
+        client = RemotePolicy(f"127.0.0.1:{port}", str(ckpt), TOKEN, tls_ca=cert.read_bytes())
+        try:
+            torch.testing.assert_close(client.predict_chunk(obs, actions[:, :4], 4),
+                                       policy.predict_chunk(obs, actions[:, :4], 4), atol=1e-5, rtol=1e-5)
+        finally:
+            client.close()
+        for ca in (b"", other.read_bytes()):  # plain TCP to a TLS server; a certificate it does not have
+            with pytest.raises(WorkerError, match=f"inference server 127.0.0.1:{port}: not reachable within 2 s"):
+                RemotePolicy(f"127.0.0.1:{port}", str(ckpt), TOKEN, connect_timeout_s=2.0, tls_ca=ca)
+
+
 def test_describe_is_plain_json_of_the_checkpoint(remote):
     doc = describe_checkpoint(remote["ckpt"])
     assert [e["name"] for e in doc["embodiments"]] == ["arm6", "humanoid16"]
