@@ -40,7 +40,8 @@ setup(
         *((f"share/{PACKAGE}/{d}", glob(f"{d}/*.json")) for d in sorted(glob("config/backbones/*"))),
     ],
     package_data={"gen_theta_model": ["py.typed"]},
-    install_requires=["setuptools"],
+    # Pinned as in requirements.lock (which `make` installs; pip install here runs with --no-deps).
+    install_requires=["setuptools", "grpcio==1.85.3"],
     extras_require={"test": ["pytest"]},
     zip_safe=True,
     maintainer="gen_theta maintainers",

@@ -2,7 +2,10 @@
 
 Starts the recorder node (humanoid16: cameras scene, head, wrist) and a publisher
 process, records one episode of DURATION s, and prints per topic what was sent,
-written and dropped, plus sustained MB/s and messages/s.
+written and dropped, plus sustained MB/s and messages/s, and the frames the recorder
+counted as lost in transport (stamp gaps, gen_theta_model/data/camera_losses.py) next to
+those really lost (sent - written). Twice: the publisher with Fast DDS's default
+settings, as a camera driver that gen_theta does not start, and with config/fastdds.xml.
 Run: `.venv/bin/python bench/recorder_throughput.py [seconds]`.
 """
 
@@ -45,12 +48,13 @@ def publish(seconds: float) -> None:
         time.sleep(0.05)
     time.sleep(1.0)
     sent = {"images": 0, "joint_states": 0}
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time_ns()
     next_img, next_js = t0, t0
     while (now := time.monotonic()) < t0 + seconds:
         if now >= next_img:
+            # Stamped when the frame was due, as a camera stamps its capture time, however late it is sent.
+            img.header.stamp.sec, img.header.stamp.nanosec = divmod(wall0 + round((next_img - t0) * 1e9), 10**9)
             for p in cams:
-                img.header.stamp.sec, img.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
                 p.publish(img)
             sent["images"] += len(cams)
             next_img += 1 / 30
@@ -64,7 +68,7 @@ def publish(seconds: float) -> None:
     rclpy.shutdown()
 
 
-def run(seconds: float, profile: Path, domain: int) -> None:
+def run(seconds: float, profile: Path, domain: int, publisher_profile: bool) -> None:
     import rclpy
     from std_srvs.srv import Trigger
 
@@ -77,7 +81,8 @@ def run(seconds: float, profile: Path, domain: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="recorder_bench_"))
     gen_theta = Path(sys.executable).parent / "gen-theta"
     rec = subprocess.Popen([str(gen_theta), "record", "--ros-args", "-p", f"robot:={ROBOT}", "-p",
-                            f"output_dir:={out}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                            f"output_dir:={out}", "-p", "camera_fps:=30.0"],  # the publisher's rate, not the YAML's
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     rclpy.init()
     node = rclpy.create_node(f"bench_control_{domain}")
     names = load_topics()
@@ -91,7 +96,8 @@ def run(seconds: float, profile: Path, domain: int) -> None:
 
     start = call(names.services.recorder_start)
     bag = Path(start.message)
-    pub = subprocess.Popen([sys.executable, __file__, "publish", str(seconds)], env=env, stdout=subprocess.PIPE,
+    pub_env = dict(env) if publisher_profile else {k: v for k, v in env.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    pub = subprocess.Popen([sys.executable, __file__, "publish", str(seconds)], env=pub_env, stdout=subprocess.PIPE,
                            text=True)
     sent = json.loads(pub.communicate(timeout=seconds + 120)[0].strip().splitlines()[-1])
     t_stop = time.monotonic()
@@ -109,13 +115,17 @@ def run(seconds: float, profile: Path, domain: int) -> None:
     total = sum(record.messages.values())
     segment = re.search(r"<segment_size>(\d+)</segment_size>", profile.read_text()).group(1)
     print(f"recorder bench: {ROBOT}, 3 cameras 640x480 rgb8 @30 Hz + joint_states @500 Hz, {seconds:.0f} s, "
-          f"publisher in another process, SHM segment {int(segment) / 2**20:.0f} MiB ({profile.name}); "
+          f"publisher in another process ({profile.name if publisher_profile else 'default DDS settings'}), "
+          f"recorder SHM segment {int(segment) / 2**20:.0f} MiB ({profile.name}); "
           f"status {record.status}, stop took {close_s:.2f} s")
     print(f"  sent     images {sent['images']}, joint_states {sent['joint_states']}")
     print(f"  written  images {sum(images.values())} {images}, joint_states {js}")
     print(f"  dropped by the recorder queue: {sum(record.drops.values())} {record.drops}")
     print(f"  lost before the recorder (DDS): images {sent['images'] - sum(images.values())}, "
           f"joint_states {sent['joint_states'] - js}")
+    print("  lost in transport as the recorder counted them (stamp gaps): "
+          f"{sum(r['lost'] for r in record.camera_losses.values())} "
+          f"{ {t: r['lost'] for t, r in record.camera_losses.items()} }")
     print(f"  bag {size / 1e6:.0f} MB, messages over {dur:.1f} s: {size / 1e6 / dur:.1f} MB/s, "
           f"{total / dur:.0f} msgs/s")
     print(f"  stop response: {json.loads(stop.message)['status']}")
@@ -126,7 +136,8 @@ def run(seconds: float, profile: Path, domain: int) -> None:
 
 
 def main(seconds: float) -> None:
-    run(seconds, ROOT / "config" / "fastdds.xml", 171)
+    run(seconds, ROOT / "config" / "fastdds.xml", 171, publisher_profile=False)
+    run(seconds, ROOT / "config" / "fastdds.xml", 171, publisher_profile=True)
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ JOINT_STATES = "joint_states"
 REJECTED = "rejected"  # hold reasons that start with it: a message was refused
 CONTROLLER_FAULT = "controller fault"  # hold reasons: the controller refused or aborted a goal (latched)
 CONTROLLER_MISSING = "controller not available"  # hold reasons: the controller cannot be reached
+INFERENCE_UNAVAILABLE = "inference unavailable"  # hold reasons that start with it: no chunks can be had for now
 
 
 def hands_over(hold_reason: str) -> bool:
@@ -261,11 +262,13 @@ def camera_input(name: str) -> str:
 def diagnostic_level(hold_reason: str) -> int:
     """diagnostic_msgs/DiagnosticStatus level for a robot holding for ``hold_reason`` ("" = driving).
 
-    0 (OK) when driving, 2 (ERROR) on e-stop, a refused message or a controller fault, 1 (WARN) otherwise.
+    0 (OK) when driving, 2 (ERROR) on e-stop, a refused message, a controller fault or unavailable
+    inference, 1 (WARN) otherwise.
     """
     if not hold_reason:
         return 0
-    return 2 if hold_reason == "e-stop" or hold_reason.startswith((REJECTED, CONTROLLER_FAULT)) else 1
+    return 2 if hold_reason == "e-stop" or hold_reason.startswith((REJECTED, CONTROLLER_FAULT,
+                                                                  INFERENCE_UNAVAILABLE)) else 1
 
 
 class TickClock:

@@ -223,6 +223,12 @@ class ChunkScheduler:
         """Whether the robot is told to stand still for lack of a plan (before the first chunk, after the end)."""
         return not self._started or self._next_index(now) > self._end
 
+    def planned_until(self) -> float:
+        """Time (s) of the timeline's last planned grid point: the robot holds after it. How far
+        it lies past now is the plan's coverage margin, the slack left for the next chunk.
+        """
+        return self._time(self._end)
+
     def commanded(self, now: float) -> np.ndarray:
         """Canonical target (n,) of the next grid point after ``now``."""
         return self._position(self._next_index(now)).copy()

@@ -49,6 +49,12 @@ class WorkerError(RuntimeError):
     """The inference process failed or ended; the message says how."""
 
 
+class InferenceUnavailableError(WorkerError):
+    """Inference cannot be had for now but may come back (a lost connection, a timeout, an
+    error of a remote inference server): the server holds its robots and tries again.
+    """
+
+
 def write_message(stream: BinaryIO, header: dict, arrays: Sequence[tuple[str, np.ndarray]] = ()) -> None:
     """Send ``header`` (JSON) and ``arrays`` (key, array) as one message."""
     arrays = [(k, np.ascontiguousarray(a)) for k, a in arrays]

@@ -44,6 +44,10 @@ class PolicyServerConfig:
     command_interfaces: tuple[str, ...] = ("topic",)  # per robot (or one for all): topic | action
     gripper_interfaces: tuple[str, ...] = ("trajectory",)  # trajectory | gripper_command | parallel_gripper_command
     compressed_cameras: tuple[str, ...] = ("",)  # "robot/camera" or "camera" (every robot): CompressedImage
+    inference_host: str = ""  # HOST:PORT of a `gen-theta infer-server` running the model; "": on this machine
+    inference_token_file: str = ""  # file holding that server's token; "": none (a loopback server only)
+    inference_tls_ca: str = ""  # PEM file of the certificate (or CA) to trust: TLS to that server; "": no TLS
+    inference_timeout_s: float = 2.0  # longest remote inference call; then the robots hold and it tries again
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -62,6 +66,11 @@ class PolicyServerConfig:
             raise ValueError(f"realtime_priority must be in [0, 99], got {self.realtime_priority}")
         per_robot(self.command_interfaces, self.robots, "command_interfaces", COMMAND_INTERFACES)
         per_robot(self.gripper_interfaces, self.robots, "gripper_interfaces", GRIPPER_INTERFACES)
+        host, _, port = self.inference_host.rpartition(":")
+        if self.inference_host and not (host and port.isdigit()):
+            raise ValueError(f"inference_host must be HOST:PORT, got '{self.inference_host}'")
+        if not self.inference_timeout_s > 0.0:
+            raise ValueError(f"inference_timeout_s must be > 0 s, got {self.inference_timeout_s}")
 
     def interfaces(self, robot: str) -> tuple[str, str]:
         """(command interface, gripper interface) of ``robot``."""

@@ -18,7 +18,11 @@ refused input (``reject``: a non-finite joint state, an undecodable image), disa
 e-stop hold the robot where it is commanded to be; when it resumes, the timeline
 restarts from there. A controller fault or a controller that cannot be reached
 (``controller``) stops the commands (the controller holds) until it is cleared; driving
-then restarts from the measured position. JointStates may carry some of the joints (gen_theta_model.robot_inputs).
+then restarts from the measured position. Inference that is unavailable for now
+(``InferenceUnavailableError``: a remote inference server lost, timed out or failing)
+holds every robot, the hold reason says why, and the inference thread tries again every
+``inference_retry_s`` with a neutral observation until a chunk comes back. JointStates may
+carry some of the joints (gen_theta_model.robot_inputs).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from gen_theta_model import batch as K
 from gen_theta_model.adapter import (
     CONTROLLER_FAULT,
     CONTROLLER_MISSING,
+    INFERENCE_UNAVAILABLE,
     JOINT_STATES,
     Command,
     EmbodimentAdapter,
@@ -55,6 +60,7 @@ from gen_theta_model.harmonic import (
     SchedulerConfig,
     delay_steps,
 )
+from gen_theta_model.inference_worker import InferenceUnavailableError
 from gen_theta_model.messages import ConversionError
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
@@ -63,7 +69,9 @@ from gen_theta_model.robot_inputs import RobotInputs
 
 class ChunkPolicy(Protocol):
     """What the server needs of a policy: ``gen_theta_model.policy.policy.Policy`` in this
-    process, or ``gen_theta_model.inference_worker.WorkerPolicy`` in a child process.
+    process, ``gen_theta_model.inference_worker.WorkerPolicy`` in a child process, or
+    ``gen_theta_model.remote_inference.RemotePolicy`` on another machine. ``predict_chunk``
+    raises ``InferenceUnavailableError`` for a failure that may pass (the robots then hold).
     """
 
     config: PolicyConfig
@@ -89,6 +97,7 @@ class ServerConfig:
     added_delay_ms: float = 0.0  # extra inference time, standing in for a larger model
     sample: bool = False  # execute the mixture mean (False) or a draw from it
     max_delay_steps: int = 0  # longest prefix to pass; 0: the policy's max_prefix_steps
+    inference_retry_s: float = 0.5  # while inference is unavailable, try again this often
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self) -> None:
@@ -104,6 +113,8 @@ class ServerConfig:
             raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
         if self.min_prefix_steps < 0:
             raise ValueError(f"min_prefix_steps must be >= 0, got {self.min_prefix_steps}")
+        if not self.inference_retry_s > 0.0:
+            raise ValueError(f"inference_retry_s must be > 0 s, got {self.inference_retry_s}")
 
 
 @dataclass
@@ -149,6 +160,7 @@ class HarmonicServer:
         pcfg = policy.config
         self.max_delay = min(cfg.max_delay_steps or pcfg.max_prefix_steps, pcfg.chunk_len - 1)
         self.latency = LatencyTracker(window=cfg.latency_window)
+        self.inference_fault = ""  # non-empty while inference is unavailable: every robot holds, for this reason
         self.sessions: dict[str, RobotSession] = {}
         for name, spec in robots:
             if name in self.sessions:
@@ -265,7 +277,7 @@ class HarmonicServer:
                     c.hold_reason = f"no joint_states yet of joint(s) {missing}"
                 return None
             s.adapter.reset(measured, now)
-        reason = s.safety.check(now)
+        reason = s.safety.check(now) or self.inference_fault
         period = 1.0 / s.spec.control_rate_hz
         if s.resync and not hands_over(reason):
             s.adapter.reset(s.inputs.latest_positions(), now)  # before any command: hold where it is now
@@ -324,7 +336,22 @@ class HarmonicServer:
         return d
 
     def infer_step(self) -> int:
-        """One inference round over every robot that is due; returns how many chunks were made."""
+        """One inference round over every robot that is due; returns how many chunks were made.
+
+        While inference is unavailable (``inference_fault``) it only tries a neutral inference
+        (``warm_up``), and clears the fault when that succeeds.
+        """
+        try:
+            if self.inference_fault:
+                self.warm_up()
+                self.inference_fault = ""
+                return 0
+            return self._infer_due()
+        except InferenceUnavailableError as err:
+            self.inference_fault = f"{INFERENCE_UNAVAILABLE}: {err}"
+            return 0
+
+    def _infer_due(self) -> int:
         now = self.clock()
         due: list[tuple[RobotSession, InferenceRequest]] = []
         for s in self.sessions.values():
@@ -341,7 +368,8 @@ class HarmonicServer:
             self._infer(d, items, now)
         return len(due)
 
-    def _infer(self, d: int, items: list[tuple[RobotSession, InferenceRequest]], issued: float) -> None:
+    def _predict(self, d: int, items: list[tuple[RobotSession, InferenceRequest]]) -> np.ndarray:
+        """One ``predict_chunk`` for ``items`` with prefix length ``d``: chunks (B, H, max_dof) canonical."""
         obs = [s.inputs.observation(req.start_time, self.obs_cfg) for s, req in items]
         batch = {key: torch.from_numpy(np.stack([o[key] for o in obs])) for key in K.OBSERVATION_KEYS}
         batch[K.EMBODIMENT_INDEX] = torch.tensor([s.embodiment_index for s, _ in items], dtype=torch.int64)
@@ -351,6 +379,10 @@ class HarmonicServer:
         chunks = self.policy.predict_chunk(batch, torch.from_numpy(prefix), d, sample=self.cfg.sample).numpy()
         if self.cfg.added_delay_ms > 0.0:
             time.sleep(self.cfg.added_delay_ms * 1e-3)
+        return chunks
+
+    def _infer(self, d: int, items: list[tuple[RobotSession, InferenceRequest]], issued: float) -> None:
+        chunks = self._predict(d, items)
         arrival = self.clock()
         self.latency.add(arrival - issued)
         for i, (s, req) in enumerate(items):
@@ -369,14 +401,18 @@ class HarmonicServer:
                 s.counters.late_chunks += int(result.late)
 
     def warm_up(self) -> float:
-        """Run one inference on a neutral observation of each robot; returns and records its latency (s)."""
+        """Run one inference on a neutral observation of each robot (the chunks are not used);
+        returns and records its latency (s).
+        """
         items = []
         for s in self.sessions.values():
             scheduler = ChunkScheduler(self._scheduler_config(s.spec), s.spec.normalize(s.spec.home_positions), 0.0)
             items.append((s, scheduler.request(0.0, 0)))
         start = self.clock()
-        self._infer(0, items, start)
-        return self.clock() - start
+        self._predict(0, items)
+        latency = self.clock() - start
+        self.latency.add(latency)
+        return latency
 
     def start(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         """Run ``infer_step`` on a daemon thread until ``stop``.
@@ -404,7 +440,7 @@ class HarmonicServer:
         try:
             while not self._stop.is_set():
                 if not self.infer_step():
-                    self._wake.wait(timeout=poll)
+                    self._wake.wait(timeout=self.cfg.inference_retry_s if self.inference_fault else poll)
                     self._wake.clear()
         except Exception as err:
             if self._on_error is None:

@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "model-card": ("gen_theta_model.policy.model_card:main", "parameters, memory and FLOPs of a preset"),
     "checkpoint": ("gen_theta_model.sharded_checkpoint:main", "consolidate a sharded (FSDP) checkpoint for serving"),
     "serve": ("gen_theta_ros.policy_server:main", "run the harmonic policy server node"),
+    "infer-server": ("gen_theta_model.remote_inference:main", "serve a policy's inference to other machines (gRPC)"),
     "bringup": ("gen_theta_ros.graph:main", "start the bring-up graph (sim, policy server) without launch_ros"),
     "rollout": ("gen_theta_ros.rollout:main", "closed-loop evaluation: synchronous, naive async, harmonic"),
     "scaling": ("gen_theta_model.scaling.cli:main", "data scaling sweeps and L(D) fits"),

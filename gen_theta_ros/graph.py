@@ -14,7 +14,8 @@ Nodes: one ``sim_robot`` per robot in the robot's namespace (``sim:=true``; with
 parameters from ``params_file`` plus ``checkpoint``, ``robots``, the robots' URDFs
 (``robot_descriptions``, which the server checks against the checkpoint), how it commands
 each robot (``command_interfaces``, ``gripper_interfaces``: the arguments, else each
-robot's YAML) and which cameras arrive compressed (``camera_transport``).
+robot's YAML), which cameras arrive compressed (``camera_transport``), and
+``inference_host`` / ``inference_token_file`` when given (the model on another machine).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "gripper_interface": ("", "trajectory, gripper_command or parallel_gripper_command (a gripper action); "
                               "empty: each robot's YAML (gripper_interface, default trajectory)"),
     "camera_transport": ("raw", "raw or compressed: cameras as sensor_msgs/Image or CompressedImage (JPEG)"),
+    "inference_host": ("", "HOST:PORT of a `gen-theta infer-server` that runs the model; empty: this machine"),
+    "inference_token_file": ("", "file holding that infer-server's token"),
 }
 CAMERA_TRANSPORTS = ("raw", "compressed")
 
@@ -61,6 +64,8 @@ class BringupArgs:
     command_interface: str = ""  # "": each robot's YAML
     gripper_interface: str = ""  # "": each robot's YAML
     camera_transport: str = "raw"
+    inference_host: str = ""
+    inference_token_file: str = ""
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> BringupArgs:
@@ -79,7 +84,7 @@ class BringupArgs:
             if v[name] and v[name] not in allowed:
                 raise ConfigError(f"bringup: argument '{name}' must be one of {list(allowed)}, got '{v[name]}'")
         return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"], v["command_interface"],
-                   v["gripper_interface"], v["camera_transport"])
+                   v["gripper_interface"], v["camera_transport"], v["inference_host"], v["inference_token_file"])
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,10 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
         }
         if args.camera_transport == "compressed":
             params["compressed_cameras"] = [f"{r}/{c.name}" for r in args.robots for c in configs[r].cameras]
+        if args.inference_host:  # else the params file's (by default: the model runs on this machine)
+            params["inference_host"] = args.inference_host
+        if args.inference_token_file:
+            params["inference_token_file"] = str(Path(args.inference_token_file).expanduser().resolve())
         nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,)))
     return nodes
 

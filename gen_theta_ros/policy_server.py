@@ -19,9 +19,10 @@ JointStates may carry only some of a robot's joints (merged by name). A message 
 server cannot use (a non-finite joint position, an image it cannot decode) is refused,
 counted, and holds that robot until its input is good again; it never stops the node.
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``. The model runs in a child process (``inference_process``, else
-on a thread), fed by the engine's inference thread; commands have a thread of their own;
-neither the callbacks nor the command stream ever wait for inference (docs/serving.md).
+per ``diagnostics_period_s``. The model runs on another machine (``inference_host``, a
+`gen-theta infer-server`), else in a child process (``inference_process``), else on a thread,
+fed by the engine's inference thread; commands have a thread of their own; neither the
+callbacks nor the command stream ever wait for inference (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 import torch
@@ -56,6 +58,7 @@ from gen_theta_model.policy_server_config import (
     parameter_defaults,
     served_robots,
 )
+from gen_theta_model.remote_inference import RemotePolicy, read_token
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.action_commander import ActionCommander, require_control_msgs
@@ -78,6 +81,8 @@ class PolicyServer(Node):
             self.declare_parameter(name, default)
         node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
+        self._inference = node_cfg.inference_host or ("child process" if node_cfg.inference_process else "thread")
+        self._fault = ""  # the engine's inference fault when last logged ("": none)
         self._realtime_priority = node_cfg.realtime_priority
         if any(node_cfg.interfaces(r)[0] == "action" for r in node_cfg.robots):
             require_control_msgs()  # before the model loads: fail at once, in one line
@@ -103,10 +108,17 @@ class PolicyServer(Node):
         )
 
     def _load_policy(self, cfg: PolicyServerConfig) -> ChunkPolicy:
-        """Load the checkpoint's policy: in a child process (``inference_process``), else in this one."""
-        self._worker: WorkerPolicy | None = None
-        if cfg.inference_process:  # the model never holds this process's interpreter lock
+        """Load the checkpoint's policy: on an inference server (``inference_host``), in a child
+        process (``inference_process``), else in this one.
+        """
+        self._worker: WorkerPolicy | RemotePolicy | None = None
+        if cfg.inference_host:
+            token = read_token(cfg.inference_token_file) if cfg.inference_token_file else ""
+            ca = Path(cfg.inference_tls_ca).expanduser().read_bytes() if cfg.inference_tls_ca else b""
+            self._worker = RemotePolicy(cfg.inference_host, cfg.checkpoint, token, cfg.inference_timeout_s, tls_ca=ca)
+        elif cfg.inference_process:  # the model never holds this process's interpreter lock
             self._worker = WorkerPolicy(cfg.checkpoint, cfg.device, cfg.torch_threads)
+        if self._worker is not None:
             self._realtime([int(t) for t in os.listdir("/proc/self/task")])
             return self._worker
         torch.set_num_threads(cfg.torch_threads)
@@ -248,12 +260,20 @@ class PolicyServer(Node):
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
+        fault = self.server.inference_fault
+        if bool(fault) != bool(self._fault):  # log when it fails and when it is back, not each retry
+            self._fault = fault
+            if fault:
+                self.get_logger().error(f"{fault}: the robots hold; trying again")
+            else:
+                self.get_logger().info("inference is back: driving again")
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         for robot, s in self.server.sessions.items():
             values = s.counters.values(s.clock)
             values["mode"] = self.server.cfg.mode
             values["added_delay_ms"] = f"{self.server.cfg.added_delay_ms:g}"
+            values["inference"] = self._inference
             out = self._outputs[robot]
             if isinstance(out, ActionCommander):
                 values.update(out.counts())

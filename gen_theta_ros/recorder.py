@@ -10,6 +10,13 @@ episode (a re-sent request whose first answer was lost gets the same episode). B
 to ``<output_dir>/<robot>_<task>_<UTC time>``; the storage and crash/disk-full
 behaviour is gen_theta_model/data/recording.py. An episode that reaches
 ``max_episode_s`` or ``max_episode_mb`` (EpisodeLimits) is closed as ``truncated``.
+
+Camera frames lost in transport (gaps in header stamps against each camera's fps,
+gen_theta_model/data/camera_losses.py; ``camera_fps`` overrides the robot YAML's fps) are
+counted per topic from each episode's start:
+in episode.yaml (``camera_losses``), the stop reply, and on /diagnostics (one status per
+camera topic, every second, with the arrival rate); a camera whose frames arrive at under
+half its fps is logged as a warning once, until its rate recovers.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -27,6 +35,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from gen_theta_model.data.camera_losses import StampGaps, cdr_header_stamp
 from gen_theta_model.data.recording import (
     BagEpisodeWriter,
     EpisodeLimits,
@@ -67,6 +76,9 @@ class Recorder(Node):
         self.declare_parameter("task", "")
         self.declare_parameter("category", "")
         self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
+        # The rate the camera drivers publish at, if not each camera's fps in the robot YAML (0):
+        # lost frames are counted against it.
+        self.declare_parameter("camera_fps", 0.0)
         number = ParameterDescriptor(dynamic_typing=True)  # 600 and 600.0 both work
         self.declare_parameter("max_episode_s", EpisodeLimits.max_seconds, number)
         self.declare_parameter("max_episode_mb", EpisodeLimits.max_mb, number)
@@ -82,12 +94,20 @@ class Recorder(Node):
         self._meta = {"task": p("task").value, "category": p("category").value, "instruction": ""}
         self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
         self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
+        fps = p("camera_fps").value
+        cameras = {names.camera_topic(self.robot, c.name, p("compressed").value): fps or c.fps
+                   for c in self.spec.cameras}
+        self._camera_fps = {t: fps for t, fps in cameras.items() if t in self.topics}
+        self._gaps = {t: StampGaps(fps) for t, fps in self._camera_fps.items()}  # since the episode's start
+        self._slow: set[str] = set()  # camera topics whose low arrival rate was logged
         for topic, cls in self.topics.items():
             qos = RECORD_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
             if cls is String:
                 qos = LATCHED_QOS
             callback = self._make_callback(topic, latched=cls is String)
             self.create_subscription(cls, topic, callback, qos, raw=True)
+        self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         instr, task = names.resolve(self.robot, names.instruction), names.resolve(self.robot, names.task)
         # Decoded copies of the instruction and task topics fill the episode metadata.
         self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS)
@@ -129,11 +149,18 @@ class Recorder(Node):
 
     def _make_callback(self, topic: str, latched: bool):
         def callback(data: bytes) -> None:
+            now = time.time_ns()
             if latched:  # instruction/task: the state at the episode start belongs in the episode
-                self._latched[topic] = (time.time_ns(), data)
+                self._latched[topic] = (now, data)
+            gaps = self._gaps.get(topic)
+            if gaps is not None:
+                try:
+                    gaps.add(cdr_header_stamp(data), now * 1e-9)
+                except ValueError:
+                    pass  # no header: nothing to count (the bag still gets the message)
             writer = self._writer
             if writer is not None:
-                writer.put(topic, time.time_ns(), data)
+                writer.put(topic, now, data)
 
         return callback
 
@@ -174,6 +201,7 @@ class Recorder(Node):
             writer = BagEpisodeWriter(path, specs, record, self.get_parameter("queue_mb").value * 2**20)
             for topic, (stamp, data) in list(self._latched.items()):
                 writer.put(topic, stamp, data)
+            self._gaps = {t: StampGaps(fps) for t, fps in self._camera_fps.items()}
             self._writer = writer
             self._last = path
             return path
@@ -188,10 +216,13 @@ class Recorder(Node):
         # (another subscriber, a loaded machine): the latest ones describe the episode.
         for key in ("task", "category", "instruction"):
             setattr(writer.record, key, self._meta[key] or getattr(writer.record, key))
+        writer.record.camera_losses = {t: g.report() for t, g in self._gaps.items()}
         record = writer.close(time.time_ns(), truncated)
         total = sum(record.messages.values())
         drops = {t: n for t, n in record.drops.items() if n}
-        line = f"episode {writer.path}: {record.status}, {total} messages, drops {drops or 'none'} {record.error}"
+        lost = {t: r["lost"] for t, r in record.camera_losses.items() if r["lost"]}
+        line = (f"episode {writer.path}: {record.status}, {total} messages, drops {drops or 'none'}, "
+                f"camera frames lost in transport {lost or 'none'} {record.error}")
         # One call site per severity: rclpy refuses a call site whose severity changes.
         if record.status == "error":
             self.get_logger().error(line)
@@ -223,6 +254,7 @@ class Recorder(Node):
                 "error": record.error,
                 "messages": record.messages,
                 "drops": record.drops,
+                "camera_losses": record.camera_losses,
             }
         )
         return resp
@@ -258,6 +290,33 @@ class Recorder(Node):
         if cap:
             self.get_logger().warning(f"episode {writer.path} ends: {cap}")
             self.stop_episode(truncated=cap)
+
+    def _publish_diagnostics(self) -> None:
+        """One status per camera topic: frames received and lost since the episode's start, the
+        arrival rate now; WARN when frames were lost or arrive at under half the camera's fps.
+        """
+        now = time.time_ns() * 1e-9
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        for topic, gaps in self._gaps.items():
+            rate = gaps.arrival_fps(now)
+            slow = gaps.low_rate(now)
+            if slow and topic not in self._slow:
+                self.get_logger().warning(
+                    f"{topic}: frames arrive at {rate:.1f}/s of {gaps.fps:g} fps declared: the driver publishes "
+                    "slower, or frames are lost in transport (give its process FASTDDS_DEFAULT_PROFILES_FILE="
+                    "config/fastdds.xml, or use compressed images: docs/dataset_format.md)"
+                )
+            self._slow = (self._slow | {topic}) if slow else (self._slow - {topic})
+            status = DiagnosticStatus(name=f"recorder: {topic}", hardware_id=topic)  # the camera
+            status.level = DiagnosticStatus.WARN if slow or gaps.lost else DiagnosticStatus.OK
+            status.message = (f"arriving at {rate:.1f} of {gaps.fps:g} fps" if slow
+                              else f"{gaps.lost} frames lost" if gaps.lost else "ok")
+            values = {"fps": f"{gaps.fps:g}", "arrival_fps": f"{rate:.1f}", "received": str(gaps.received),
+                      "lost": str(gaps.lost), "out_of_order": str(gaps.out_of_order)}
+            status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+            msg.status.append(status)
+        self._diag.publish(msg)
 
     def close(self) -> None:
         """Close the open episode cleanly (run_node calls this on SIGINT/SIGTERM)."""

@@ -156,7 +156,10 @@ class Feeder:
 
     ``joints`` (default: all) are the joints its JointStates carry, ``cameras=False`` sends no
     images. ``positions`` (dof,) in spec order and ``image_message`` ((H, W, 3) uint8 rgb
-    frame -> Image; default rgb8) may be changed while it runs, to inject bad input.
+    frame -> Image; default rgb8) may be changed while it runs, to inject bad input. Frames
+    whose number (per camera, from 0) is in ``skip`` are stamped but not sent, as if lost on
+    the way; ``unsent`` has their stamps (s) per camera. A frame is stamped with the time it
+    was due (a camera's capture time), however late this thread publishes it.
     """
 
     def __init__(self, node: Node, robot: str, spec: EmbodimentSpec, joint_rate: float = 100.0,
@@ -177,6 +180,8 @@ class Feeder:
         self.image_message: Callable[[np.ndarray], Image] = lambda frame: numpy_to_image(frame, "rgb8")
         self.sent: dict[str, int] = {}
         self.frames = 0  # images sent, all cameras
+        self.skip: set[int] = set()
+        self.unsent: dict[str, list[float]] = {c.name: [] for c in spec.cameras}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -199,7 +204,7 @@ class Feeder:
             self._thread.join()
 
     def _run(self) -> None:
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         next_js, next_cam = t0, {c.name: t0 for c, _ in self.cams}
         count = {c.name: 0 for c, _ in self.cams}
         names = [self.spec.joint_names[i] for i in self.joints]
@@ -211,12 +216,16 @@ class Feeder:
                 next_js += 1.0 / self.joint_rate
             for k, (cam, pub) in enumerate(self.cams):
                 if now >= next_cam[cam.name]:
+                    captured = wall0 + (next_cam[cam.name] - t0)
+                    next_cam[cam.name] += 1.0 / cam.fps
+                    if count[cam.name] + len(self.unsent[cam.name]) in self.skip:
+                        self.unsent[cam.name].append(captured)
+                        continue
                     img = np.full((*self.size[cam.name], 3), frame_value(k, count[cam.name]), np.uint8)
                     msg = self.image_message(img)
-                    msg.header.stamp = seconds_to_time(time.time())
+                    msg.header.stamp = seconds_to_time(captured)
                     pub.publish(msg)
                     count[cam.name] += 1
                     self.frames += 1
-                    next_cam[cam.name] += 1.0 / cam.fps
             time.sleep(max(0.0, min([next_js, *next_cam.values()]) - time.monotonic()))
         self.sent.update(count)

@@ -5,7 +5,10 @@ and a listener to a policy server's commands and diagnostics.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +22,7 @@ from rcl_interfaces.srv import GetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_helpers import Feeder, start_exe
+from ros_helpers import Feeder, start_exe, wait_for
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
@@ -43,6 +46,37 @@ def tiny_checkpoint(run_dir: Path, robots: dict[str, float]) -> Path:
     stats = {s.name: example_norm_stats(s, mean=robots[s.name], std=0.05) for s in specs}
     policy = build_policy(preset("tiny"), specs, stats)
     return save_checkpoint(run_dir, 1, policy, TrainConfig(), policy.model.state_dict())
+
+
+def free_port() -> int:
+    """Return a TCP port of 47100-47199 free on 127.0.0.1 now (the range the remote-inference tests use)."""
+    for port in random.sample(range(47100, 47200), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 47100-47199")
+
+
+@contextmanager
+def infer_server(ckpt: Path, port: int, log: Path, token_file: Path | None = None,
+                 extra: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """Run `gen-theta infer-server ckpt` (``extra`` arguments) on 127.0.0.1:``port`` until the block
+    ends; yields once it serves.
+    """
+    args = ["infer-server", str(ckpt), "--port", str(port), *extra]
+    args += ["--token-file", str(token_file)] if token_file else []
+    proc = start_exe(args, log)
+    try:
+        wait_for(lambda: "serving" in log.read_text() or proc.poll() is not None, 120.0, "infer-server started")
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
 
 
 @contextmanager

@@ -52,7 +52,11 @@ def test_graph_nodes_and_parameters(checkpoint):
     assert server.params_files == (str(default_params_file()),)
     assert [n.full_name for n in bringup_graph(BringupArgs(sim=False))] == []  # nothing without sim or policy
     assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file", "command_interface", "gripper_interface",
-                              "camera_transport"}
+                              "camera_transport", "inference_host", "inference_token_file"}
+    remote = bringup_graph(BringupArgs.from_strings({"checkpoint": str(checkpoint), "inference_host": "gpu-box:50051",
+                                                     "inference_token_file": "token"}))[-1]
+    assert remote.parameters["inference_host"] == "gpu-box:50051"
+    assert remote.parameters["inference_token_file"] == str(Path("token").resolve())
 
 
 def test_graph_with_actions_and_compressed_cameras(checkpoint):

@@ -230,3 +230,13 @@ def test_amended_positions_become_the_committed_prefix():
     sched.amend(CommandWindow(win.stamp, win.times, limited, win.velocities, win.accelerations))
     req = sched.request(0.005, delay=6)
     np.testing.assert_array_equal(req.prefix[:, 0], [0.0, 1.0, 2.0, 3.0, 3.0, 3.0])
+
+
+def test_planned_until_is_where_the_plan_ends():
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, execute_steps=8, max_delay_steps=15)
+    sched = ChunkScheduler(cfg, target(0.0), now=1.0)
+    assert sched.planned_until() == 1.0  # holding: nothing planned past now
+    request = sched.request(1.0, 5)
+    sched.splice(request, FakePolicy()(request), 1.05)
+    assert sched.planned_until() == pytest.approx(request.start_time + (H - 1) * DT)
+    assert not sched.idle(sched.planned_until() - DT) and sched.idle(sched.planned_until() + 1e-6)

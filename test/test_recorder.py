@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rclpy
 import yaml
 from bag_helpers import read_mcap, read_rosbags
-from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, wait_for, wait_on_disk
+from diagnostic_msgs.msg import DiagnosticArray
+from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill, wait_for, wait_on_disk
 from std_srvs.srv import SetBool, Trigger
 
 from gen_theta_model.data.recording import read_record
@@ -98,3 +100,61 @@ def test_record_episodes_and_sigterm(ros, tmp_path):
     assert record2.status == "complete" and record2.success is None, log
     assert len(read_mcap(bag2)[names.resolve(ROBOT, names.joint_states)]) > 50
     assert read_rosbags(bag2).keys() == read_mcap(bag2).keys()
+
+
+def test_camera_frames_lost_on_the_way_are_counted_and_named(ros, tmp_path):
+    """Frames a camera stamped but that never arrived: episode.yaml, the stop reply, /diagnostics."""
+    spec = load_robot(ROBOT)
+    names = load_topics()
+    heard: dict[str, dict[str, str]] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            heard[s.name] = {"level": s.level[0], "message": s.message, **{kv.key: kv.value for kv in s.values}}
+
+    sub = ros.create_subscription(DiagnosticArray, names.diagnostics, on_diagnostics, 10)
+    proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={tmp_path}"],
+                     tmp_path / "recorder.log")
+    feeder = Feeder(ros, ROBOT, spec)
+    feeder.skip = {20, 21, 22, 40}
+    try:
+        start_episode(ros, ROBOT)
+        feeder.start()
+        wait_for(lambda: all(len(v) == len(feeder.skip) for v in feeder.unsent.values()) and feeder.frames >= 100,
+                 30, "the feeder past its skipped frames")
+        topics = {c.name: names.camera_topic(ROBOT, c.name) for c in spec.cameras}
+
+        def reported() -> bool:
+            rclpy.spin_once(ros, timeout_sec=0.2)
+            return all(int(heard.get(f"recorder: {t}", {}).get("lost", 0)) >= 4 for t in topics.values())
+
+        wait_for(reported, 30, "/diagnostics reporting the lost frames")
+        assert all(heard[f"recorder: {t}"]["level"] == 1 for t in topics.values())  # WARN
+        first = feeder.frames
+        feeder.skip = {*feeder.skip, *(i for i in range(first, 10**6) if i % 4)}  # from now on 3 in 4 are lost
+
+        def slow() -> bool:
+            rclpy.spin_once(ros, timeout_sec=0.2)
+            return all(heard[f"recorder: {t}"]["message"].startswith("arriving at") for t in topics.values())
+
+        wait_for(slow, 30, "/diagnostics reporting a low arrival rate")
+        feeder.stop()
+        stop = call(ros, Trigger, service("recorder_stop"), Trigger.Request())
+    finally:
+        feeder.stop()
+        ros.destroy_subscription(sub)
+        stop_or_kill(proc, signal.SIGINT, 30)
+    summary = json.loads(stop.message)
+    record = read_record(Path(summary["path"]))
+    log = (tmp_path / "recorder.log").read_text()
+    assert all(f"{t}: frames arrive at" in log for t in topics.values()), log
+    assert summary["camera_losses"] == record.camera_losses
+    for camera, topic in topics.items():
+        losses = record.camera_losses[topic]
+        assert losses["fps"] == 15.0 and losses["out_of_order"] == 0
+        assert losses["received"] == record.messages[topic] + record.drops[topic]
+        # Every frame not sent but the last 3 at most (no frame came after them to show the gap);
+        # more if DDS lost frames too.
+        assert losses["lost"] >= len(feeder.unsent[camera]) - 3, (losses, len(feeder.unsent[camera]))
+        for stamp in feeder.unsent[camera][:4]:  # each of the first frames that were not sent is named
+            assert min(abs(stamp - named) for named in losses["lost_stamps"]) < 1e-3, (stamp, losses)

@@ -10,6 +10,7 @@ import torch
 
 from gen_theta_model.adapter import SafetyConfig, diagnostic_level
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.inference_worker import InferenceUnavailableError
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_norm_stats
 from gen_theta_model.policy.policy import build_policy
@@ -151,6 +152,44 @@ def test_disable_estop_and_nonfinite_output(policy, specs):
     assert server.sessions["left"].counters.nonfinite_chunks == 1
     cmd = server.tick("left", clock.t + 0.04)
     np.testing.assert_allclose(cmd.window.positions[-1], specs[0].home_positions, atol=1e-9)
+
+
+def test_unavailable_inference_holds_every_robot_until_it_is_back(policy, specs):
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    server.tick("left", clock.t)
+    server.tick("torso", clock.t)
+    assert server.infer_step() == 2
+
+    def unavailable(*args, **kw):
+        raise InferenceUnavailableError("inference server gpu-box:50051: UNAVAILABLE: Connection refused")
+
+    policy.predict_chunk = unavailable
+    try:
+        for _ in range(40):  # drive until the next inference is due, and fails
+            clock.t += 0.02
+            feed(server, clock.t)
+            assert server.tick("left", clock.t).hold_reason == ""
+            server.tick("torso", clock.t)
+            server.infer_step()
+            if server.inference_fault:
+                break
+        for name in ("left", "torso"):
+            cmd = server.tick(name, clock.t)
+            assert cmd.hold_reason == "inference unavailable: inference server gpu-box:50051: UNAVAILABLE: " \
+                                      "Connection refused"
+            assert cmd.window.positions.shape[0] == 1 and not np.any(cmd.window.velocities)
+            assert diagnostic_level(server.sessions[name].counters.hold_reason) == 2
+        assert server.infer_step() == 0 and server.inference_fault  # the retry fails too: still holding
+    finally:
+        del policy.predict_chunk
+    assert server.infer_step() == 0 and server.inference_fault == ""  # the retry succeeds
+    clock.t += 0.02
+    feed(server, clock.t)
+    assert server.tick("left", clock.t).hold_reason == ""  # driving again, from where it held
+    server.tick("torso", clock.t)
+    assert server.infer_step() == 2
 
 
 def test_sync_mode_idles_while_inferring(policy, specs):

@@ -71,6 +71,8 @@ class EpisodeRecord:
     error: str = ""  # status error: the error; truncated: the cap that ended the episode
     messages: dict[str, int] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
+    # camera topic -> frames lost on the way (gen_theta_model/data/camera_losses.py StampGaps.report)
+    camera_losses: dict[str, dict] = field(default_factory=dict)
 
     def custom_data(self) -> dict[str, str]:
         """Flat string map for rosbag2's metadata.yaml custom_data."""
