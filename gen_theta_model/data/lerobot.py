@@ -58,6 +58,7 @@ from gen_theta_model.data.episode import (
 from gen_theta_model.data.manifest import EPISODES, finalize_dataset, open_dataset
 from gen_theta_model.data.video import VideoConfig, VideoReader, VideoWriter
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.trajectory import resample_positions
 
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -321,8 +322,7 @@ def import_dataset(src: Path, out: Path, robot: str, video: VideoConfig | None =
                 w.add_frame(c, int(t_ns[i]), frame)
         state, action = rows["observation.state"], rows["action"]
         grid = np.arange(t_ns[0], t_ns[-1] + 1, step_ns, dtype=np.int64)
-        q = np.stack([np.interp(grid, t_ns, action[:, j]) for j in range(spec.dof)], axis=1)
-        qd = np.gradient(q, axis=0) / (step_ns * 1e-9) if len(q) > 1 else np.zeros_like(q)
+        q, qd = resample_positions(t_ns, action, grid, spec.continuous_mask)
         w.set_streams({JOINT_STAMP: t_ns, JOINT_POSITION: state, JOINT_VELOCITY: np.full_like(state, np.nan),
                        ACTION_STAMP: grid, ACTION_POSITION: q, ACTION_VELOCITY: qd,
                        COMMAND_STAMP: np.zeros(0, np.int64)})
