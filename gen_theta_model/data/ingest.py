@@ -50,6 +50,7 @@ from gen_theta_model.data.manifest import EPISODES, existing_episodes, existing_
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
+from gen_theta_model.ray_cluster import RayClusterError, init_ray
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError, resample_commands, resample_positions
 
@@ -355,7 +356,8 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
 
     run = _run_ray if engine == "ray" else _run_local
     try:
-        run([(str(b), e, str(out), asdict(opts)) for b, e in todo], jobs, collect)
+        # absolute paths: a Ray worker on another machine has another working directory
+        run([(str(b.absolute()), e, str(out.absolute()), asdict(opts)) for b, e in todo], jobs, collect)
     finally:
         bar.close()
         reserve.unlink(missing_ok=True)
@@ -413,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="dataset directory (created; existing episodes are kept)")
     ap.add_argument("--engine", choices=("process", "ray"), default="process")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (process engine; 0: one per core)")
-    ap.add_argument("--address", default="", help="Ray cluster to join (ray engine; default: a local one on "
-                    "127.0.0.1 only)")
+    ap.add_argument("--ray-address", "--address", default="", help="Ray cluster to join (ray engine): HOST:PORT of "
+                    "its head, 'auto' or ray://HOST:10001; bags and --out on storage every node sees at the same "
+                    "path (docs/cluster.md); default: a local Ray on 127.0.0.1 only")
     ap.add_argument("--robot", default="", help="robot for bags without the recorder's episode.yaml")
     ap.add_argument("--task", default="")
     ap.add_argument("--category", default="")
@@ -446,8 +449,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gen-theta ingest: no bags in {' '.join(a.bags)} (a bag is a directory with metadata.yaml or an "
               ".mcap file)", file=sys.stderr)
         return 2
-    if a.engine == "ray" and not _start_ray(a.address, a.jobs):
-        return 2
+    if a.engine == "ray":
+        try:
+            gcs = init_ray(a.ray_address, a.jobs or None)
+        except RayClusterError as err:
+            print(f"gen-theta ingest: {err}", file=sys.stderr)
+            return 2
+        if not a.ray_address and gcs.rsplit(":", 1)[0] not in ("127.0.0.1", "::1", "[::1]"):
+            import ray
+
+            ray.shutdown()
+            print(f"gen-theta ingest: the Ray cluster at {gcs} listens beyond this machine; give --ray-address "
+                  f"{gcs} to use it anyway", file=sys.stderr)
+            return 2
+        print(f"ingest: Ray cluster at {gcs}")
     report = ingest(bags, Path(a.out), opts, a.engine, a.jobs)
     for err in report.failed.values():
         print(f"FAILED {err}", file=sys.stderr)
@@ -461,22 +476,3 @@ def main(argv: list[str] | None = None) -> int:
               "(free space and run again to add the rest)", file=sys.stderr)
         return 3
     return 1 if report.failed else 0
-
-
-def _start_ray(address: str, jobs: int) -> bool:
-    """Join the Ray cluster at ``address``, or start a local one reachable from this machine only."""
-    if not address:
-        # Ray's single-machine mode (its default on macOS and Windows): the node address is the
-        # loopback one, so GCS, raylet and workers listen on 127.0.0.1 only. Read when ray is imported.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    ray.init(address=address or None, num_cpus=None if address else jobs or None, include_dashboard=False,
-             ignore_reinit_error=True)
-    gcs = ray.get_runtime_context().gcs_address
-    if not address and gcs.rsplit(":", 1)[0] not in ("127.0.0.1", "::1", "[::1]"):
-        ray.shutdown()
-        print(f"gen-theta ingest: the Ray cluster at {gcs} listens beyond this machine; give --address {gcs} "
-              "to use it anyway", file=sys.stderr)
-        return False
-    return True
