@@ -148,9 +148,9 @@ class LeaderJoints:
         return np.asarray(q, np.float64)[self._columns[key]]
 
     def _order(self, names: tuple[str, ...]) -> np.ndarray:
-        index = {n: i for i, n in enumerate(self.spec.joint_names)}
-        mapped = {self.mapping.get(n, n): c for c, n in enumerate(names) if self.mapping.get(n, n)}
-        unknown = [n for n, m in ((n, self.mapping.get(n, n)) for n in names) if m and m not in index]
+        targets = [self.mapping.get(n, n) for n in names]  # '': dropped
+        unknown = [n for n, t in zip(names, targets, strict=True) if t and t not in self.spec.joint_names]
+        mapped = {t: c for c, t in enumerate(targets) if t}
         if unknown:
             raise IngestError(f"{self.topic}: leader joint '{unknown[0]}' is not a joint of '{self.spec.name}' "
                               f"{self.spec.joint_names}; map it (topic map action_joints: {{{unknown[0]}: <joint>}}"
