@@ -303,3 +303,23 @@ def resample_commands(
             k += 1
         q[i], qd[i] = follower.sample(t)
     return q, qd
+
+
+def resample_positions(stamps_ns: np.ndarray, q: np.ndarray, grid_ns: np.ndarray,
+                       continuous: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a measured position series (a leader arm's joint states, a dataset's actions) on a time grid.
+
+    ``stamps_ns`` (N,) increasing int64 ns, ``q`` (N, dof) rad or m, ``grid_ns`` (T,) increasing int64 ns.
+    Linear interpolation between samples; the first (last) sample is held before (after) them.
+    ``continuous`` (dof,) bool: joints unwrapped before interpolating (no sweep the long way round
+    at +-pi). Returns positions (T, dof) and their finite-difference velocities (T, dof) per s
+    (zeros for a single grid point).
+    """
+    q = np.array(q, dtype=np.float64)
+    if continuous is not None and continuous.any():
+        q[:, continuous] = np.unwrap(q[:, continuous], axis=0)
+    t = (np.asarray(stamps_ns, np.int64) - grid_ns[0]) * 1e-9  # relative: ns since the epoch lose digits
+    tg = (np.asarray(grid_ns, np.int64) - grid_ns[0]) * 1e-9
+    out = np.stack([np.interp(tg, t, q[:, j]) for j in range(q.shape[1])], axis=1)
+    qd = np.gradient(out, tg, axis=0) if len(tg) > 1 else np.zeros_like(out)
+    return out, qd

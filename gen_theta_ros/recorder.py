@@ -3,7 +3,9 @@
 Subscribes (raw, serialized CDR, no conversion) to a robot's topics from
 config/topics.yaml: every camera (Image, or CompressedImage with
 ``compressed:=true``), joint_states, the JointTrajectory command stream, the
-instruction and the sim's task announcements. Services (names in topics.yaml):
+instruction and the sim's task announcements; for teleoperation also a leader
+arm's sensor_msgs/JointState topic (``action_topic:=/leader/joint_states``), named
+in each episode.yaml as its ``action_topic`` so that ingest takes the actions from it. Services (names in topics.yaml):
 recorder/start and recorder/stop (std_srvs/Trigger), recorder/mark_success
 (std_srvs/SetBool). A start while an episode is being recorded answers with that
 episode (a re-sent request whose first answer was lost gets the same episode). Bags go
@@ -75,6 +77,7 @@ class Recorder(Node):
         self.declare_parameter("topics", [""])  # empty: every configured topic; else names, 'topic=pkg/msg/Type'
         self.declare_parameter("task", "")
         self.declare_parameter("category", "")
+        self.declare_parameter("action_topic", "")  # teleop: the leader arm's JointState topic (always recorded)
         self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
         # The rate the camera drivers publish at, if not each camera's fps in the robot YAML (0):
         # lost frames are counted against it.
@@ -92,6 +95,7 @@ class Recorder(Node):
         self._writer: BagEpisodeWriter | None = None
         self._last: Path | None = None
         self._meta = {"task": p("task").value, "category": p("category").value, "instruction": ""}
+        self.action_topic = names.resolve(self.robot, p("action_topic").value) if p("action_topic").value else ""
         self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
         self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
         fps = p("camera_fps").value
@@ -100,6 +104,8 @@ class Recorder(Node):
         self._camera_fps = {t: fps for t, fps in cameras.items() if t in self.topics}
         self._gaps = {t: StampGaps(fps) for t, fps in self._camera_fps.items()}  # since the episode's start
         self._slow: set[str] = set()  # camera topics whose low arrival rate was logged
+        if self.action_topic:
+            self.topics[self.action_topic] = JointState
         for topic, cls in self.topics.items():
             qos = RECORD_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
             if cls is String:
@@ -195,6 +201,7 @@ class Recorder(Node):
                 task=self._meta["task"],
                 category=self._meta["category"],
                 instruction=self._meta["instruction"],
+                action_topic=self.action_topic,
                 start_ns=time.time_ns(),
             )
             specs = [TopicSpec(t, type_name(cls)) for t, cls in self.topics.items()]

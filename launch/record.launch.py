@@ -24,6 +24,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("compressed", default_value="false", description="record cameras as CompressedImage"),
         DeclareLaunchArgument("task", default_value="", description="task name stored with each episode"),
         DeclareLaunchArgument("category", default_value="", description="task category stored with each episode"),
+        DeclareLaunchArgument("action_topic", default_value="",
+                              description="teleop: a leader arm's sensor_msgs/JointState topic, recorded and used "
+                              "by ingest as the actions (e.g. /leader/joint_states)"),
     ]
     profile = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
     recorder = Node(
@@ -38,6 +41,7 @@ def generate_launch_description() -> LaunchDescription:
             "compressed": LaunchConfiguration("compressed"),
             "task": LaunchConfiguration("task"),
             "category": LaunchConfiguration("category"),
+            "action_topic": LaunchConfiguration("action_topic"),
         }],
     )
     return LaunchDescription([*args, SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile), recorder])

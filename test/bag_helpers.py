@@ -37,25 +37,40 @@ def frame_value(i: int) -> int:
     return (50 + 11 * i) % 200
 
 
+def leader_positions(spec: EmbodimentSpec, t: np.ndarray) -> np.ndarray:
+    """(N, dof) positions of a leader arm at times t (s) for teleop bags: a slow swing about home."""
+    phase = 2 * np.pi * 0.5 * np.asarray(t)[:, None] + np.arange(spec.dof)[None, :]
+    return spec.home_positions + 0.15 * (spec.upper - spec.lower) * np.sin(phase) * (spec.upper > spec.home_positions)
+
+
+LEADER_HZ = 200.0  # leader arm joint states (GELLO, SO-100 and ALOHA leaders publish at 100-1000 Hz)
 BAD_JOINT = 2  # the joint (spec order) that the value faults damage
 BAD_MESSAGE = 80  # the joint_states message they damage (0.8 s into the episode)
 
 
 def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: str = "mcap",
               record: bool = True, fault: str = "", task: str = "pick", success: bool | None = True,
-              compressed: bool = False, writer: str = "rosbags") -> Path:
+              compressed: bool = False, writer: str = "rosbags", leader_topic: str = "",
+              leader_names: dict[str, str] | None = None) -> Path:
     """Write one episode bag. ``fault``: '', 'nonmonotonic', 'wrong_joints', 'missing_topic',
     'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml);
     value faults in joint BAD_JOINT: 'nan' (a NaN position in message BAD_MESSAGE), 'jump' (that message
     half a range away, inside the limits), 'wild_command' (the command's target far outside the limits).
     ``writer``: 'rosbags' (rosbags' writer, CRCs 0) or 'recorder' (gen_theta's BagEpisodeWriter, MCAP only).
+    ``leader_topic``: a teleop bag: a leader arm's JointState on this topic at LEADER_HZ (``leader_positions``,
+    header stamps 1 ms before receipt; joint names through ``leader_names`` robot joint -> leader name, in
+    reverse order, and 'leader_trigger' last when names are mapped), no JointTrajectory; episode.yaml
+    names the topic as its action_topic, as the recorder does.
     """
     names = load_topics()
     robot = spec.name
     T = STORE.types
     topics = {names.resolve(robot, names.joint_states): "sensor_msgs/msg/JointState",
-              names.resolve(robot, names.command): "trajectory_msgs/msg/JointTrajectory",
               names.resolve(robot, names.instruction): "std_msgs/msg/String"}
+    if leader_topic:
+        topics[leader_topic] = "sensor_msgs/msg/JointState"
+    else:
+        topics[names.resolve(robot, names.command)] = "trajectory_msgs/msg/JointTrajectory"
     cams = [] if fault == "missing_topic" else list(spec.cameras)
     for cam in cams:
         if compressed:
@@ -93,6 +108,17 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
             img = T["sensor_msgs/msg/Image"](header=_header(stamp), height=cam.height, width=cam.width,
                                              encoding="rgb8", is_bigendian=0, step=cam.width * 3, data=data)
             msgs.append((stamp + 2_000_000, names.camera_topic(robot, cam.name), img))
+    if leader_topic:
+        lead_names = [(leader_names or {}).get(j, j) for j in spec.joint_names][::-1]
+        lead_names += ["leader_trigger"] if leader_names else []
+        for i in range(int(duration * LEADER_HZ)):
+            recv = T0 + int(i / LEADER_HZ * 1e9) + 1_500_000
+            position = leader_positions(spec, np.array([(recv - 1_000_000 - T0) * 1e-9]))[0][::-1]
+            js = T["sensor_msgs/msg/JointState"](
+                header=_header(recv - 1_000_000), name=lead_names,
+                position=np.r_[position, [0.5] if leader_names else []], velocity=np.array([], dtype=np.float64),
+                effort=np.array([], dtype=np.float64))
+            msgs.append((recv, leader_topic, js))
     dur = T["builtin_interfaces/msg/Duration"]
     goal = target(spec)
     if fault == "wild_command":
@@ -102,12 +128,13 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
         effort=np.array([], float), time_from_start=dur(sec=0, nanosec=500_000_000))
     cmd = T["trajectory_msgs/msg/JointTrajectory"](header=_header(0), joint_names=list(spec.joint_names),
                                                    points=[point])
-    msgs.append((T0 + 200_000_000, names.resolve(robot, names.command), cmd))
+    if not leader_topic:
+        msgs.append((T0 + 200_000_000, names.resolve(robot, names.command), cmd))
     msgs.sort(key=lambda m: m[0])
     if writer == "recorder":
         rec = BagEpisodeWriter(path, [TopicSpec(t, ty) for t, ty in topics.items()], EpisodeRecord(
             robot=robot, embodiment=spec.name, urdf_sha256=spec.urdf_sha256, task=task, category="real_world",
-            instruction="pick the red cube", success=success, start_ns=T0))
+            instruction="pick the red cube", action_topic=leader_topic, success=success, start_ns=T0))
         for recv, topic, msg in msgs:
             assert rec.put(topic, recv, STORE.serialize_cdr(msg, topics[topic]))
         assert rec.close(T0 + int(duration * 1e9)).status == "complete"
@@ -132,7 +159,8 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
     if record:
         write_record(path, EpisodeRecord(robot=robot, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
                                          task=task, category="real_world", instruction="pick the red cube",
-                                         success=success, start_ns=T0, end_ns=T0 + int(duration * 1e9),
+                                         action_topic=leader_topic, success=success, start_ns=T0,
+                                         end_ns=T0 + int(duration * 1e9),
                                          status="complete" if fault != "crash" else "recording"))
     return path
 

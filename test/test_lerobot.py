@@ -31,6 +31,13 @@ def test_round_trip(tmp_path):
     assert data.num_rows == info["total_frames"] == 50 + 70
     eps = pq.read_table(lr / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
     assert [e["tasks"] for e in eps] == [["stack them"], ["pick the cube"]]
+    tasks = pq.read_table(lr / "meta/tasks.parquet")  # LeRobot's layout: the strings are the pandas index
+    assert tasks.to_pydict() == {"task_index": [0, 1], "__index_level_0__": ["pick the cube", "stack them"]}
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["__index_level_0__"]
+    assert data["task_index"].to_pylist() == [1] * 50 + [0] * 70
+    stats = json.loads((lr / "meta/stats.json").read_text())
+    frames = decode_all(lr / "videos/observation.images.wrist/chunk-000/file-000.mp4") / 255
+    np.testing.assert_allclose(np.ravel(stats["observation.images.wrist"]["mean"]), frames.mean((0, 1, 2)), atol=2e-3)
     video = decode_all(lr / "videos/observation.images.scene/chunk-000/file-000.mp4")
     assert len(video) == 120 and eps[1]["videos/observation.images.scene/from_timestamp"] == pytest.approx(1.0)
 
@@ -51,6 +58,28 @@ def test_round_trip(tmp_path):
         stamps = a.arrays["camera.wrist.stamp_ns"]
         want = frames_a[np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)]
         assert frames_b.shape == want.shape and np.abs(frames_b.astype(int) - want).mean() < 3
+
+
+def test_multi_file_round_trip(tmp_path):
+    spec = load_robot("arm6")
+    for i in range(3):
+        make_episode(tmp_path / "src", spec, f"e{i}", duration=(0.4, 0.6, 0.8)[i], seed=i)
+    finalize_dataset(tmp_path / "src", {"arm6": spec})
+    lr = tmp_path / "lr"
+    assert main(["export", str(tmp_path / "src"), str(lr), "--data-file-mb", "0.001", "--video-file-mb", "0.001",
+                 "--chunks-size", "2"]) == 0
+    files = sorted(p.relative_to(lr).as_posix() for p in lr.glob("data/*/*.parquet"))
+    assert files == ["data/chunk-000/file-000.parquet", "data/chunk-000/file-001.parquet",
+                     "data/chunk-001/file-000.parquet"]
+    assert [pq.read_table(lr / f)["episode_index"].to_pylist()[0] for f in files] == [0, 1, 2]
+    assert main(["import", str(lr), str(tmp_path / "back"), "--robot", "arm6"]) == 0
+    for name in ("e0", "e1", "e2"):
+        a, b = load_episode(tmp_path / "src/episodes" / name), load_episode(tmp_path / "back/episodes" / name)
+        np.testing.assert_allclose(a.arrays[ACTION_POSITION], b.arrays[ACTION_POSITION], atol=1e-6)
+        grid = a.arrays[ACTION_STAMP]
+        want = decode_all(a.path / "scene.mp4")[np.maximum(np.searchsorted(
+            a.arrays["camera.scene.stamp_ns"], grid, side="right") - 1, 0)]
+        assert np.abs(decode_all(b.path / "scene.mp4").astype(int) - want).mean() < 3
 
 
 def test_import_rejects_a_different_robot(tmp_path, capsys):

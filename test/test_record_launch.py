@@ -28,7 +28,7 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_launch_arguments_have_descriptions(install: Path) -> None:
     out = subprocess.run(["ros2", "launch", "gen_theta", "record.launch.py", "--show-args"],
                          env=workspace_env(install), capture_output=True, text=True, check=True, timeout=120).stdout
-    for name in ("robot", "output_dir", "topics", "compressed", "task", "category"):
+    for name in ("robot", "output_dir", "topics", "compressed", "task", "category", "action_topic"):
         assert f"'{name}':" in out
     assert "directory for the episode bags" in out
 
@@ -37,7 +37,8 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
     robot = "arm7"
     log = tmp_path / "launch.log"
     proc = subprocess.Popen(["ros2", "launch", "gen_theta", "record.launch.py", f"robot:={robot}",
-                             f"output_dir:={tmp_path / 'bags'}", "task:=stack", "category:=dexterity"],
+                             f"output_dir:={tmp_path / 'bags'}", "task:=stack", "category:=dexterity",
+                             "action_topic:=/leader/joint_states"],
                             env=workspace_env(install), stdout=log.open("w"), stderr=subprocess.STDOUT)
     names = load_topics()
     try:
@@ -57,6 +58,8 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
         assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()
     record = read_record(bag)
     assert (record.robot, record.task, record.category, record.status) == (robot, "stack", "dexterity", "complete")
+    assert record.action_topic == "/leader/joint_states"
     source = open_bag(bag)
+    assert source.topics["/leader/joint_states"] == "sensor_msgs/msg/JointState"
     assert not source.recovered and source.custom_data["gen_theta.task"] == "stack"
     assert sum(1 for m in source.messages() if m.msgtype == "sensor_msgs/msg/JointState") > 20

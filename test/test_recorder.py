@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,16 @@ import yaml
 from bag_helpers import read_mcap, read_rosbags
 from diagnostic_msgs.msg import DiagnosticArray
 from ros_helpers import Feeder, call, ros_node, start_episode, start_exe, stop_or_kill, wait_for, wait_on_disk
+from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 
-from gen_theta_model.data.recording import read_record
+from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, load_episode
+from gen_theta_model.data.ingest import IngestOptions, ingest
+from gen_theta_model.data.recording import read_record, readable_counts
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.topics import load_topics
+from gen_theta_ros.conversions import arrays_to_joint_state
+from gen_theta_ros.qos import SENSOR_QOS
 
 ROBOT = "arm6"
 
@@ -158,3 +164,41 @@ def test_camera_frames_lost_on_the_way_are_counted_and_named(ros, tmp_path):
         assert losses["lost"] >= len(feeder.unsent[camera]) - 3, (losses, len(feeder.unsent[camera]))
         for stamp in feeder.unsent[camera][:4]:  # each of the first frames that were not sent is named
             assert min(abs(stamp - named) for named in losses["lost_stamps"]) < 1e-3, (stamp, losses)
+
+
+def test_teleop_leader_topic_recorded_then_ingested_as_actions(ros, tmp_path):
+    spec = load_robot(ROBOT)
+    leader = "/leader/joint_states"
+    proc = start_exe(["record", "--ros-args", "-p", f"robot:={ROBOT}", "-p", f"output_dir:={tmp_path}",
+                      "-p", f"action_topic:={leader}"], tmp_path / "recorder.log")
+    feeder = Feeder(ros, ROBOT, spec)  # the follower's cameras and joint_states
+    pub = ros.create_publisher(JointState, leader, SENSOR_QOS)
+    sent = 0
+
+    def publish_until_20_on_disk() -> bool:  # the leader moves 0.5% of each range per message
+        nonlocal sent
+        q = spec.home_positions + 0.05 * (spec.upper - spec.lower) * np.sin(0.1 * sent)
+        pub.publish(arrays_to_joint_state(spec.joint_names, q, stamp=time.time()))
+        sent += 1
+        return readable_counts(next(bag.glob("*.mcap"))).get(leader, 0) >= 20
+
+    try:
+        bag = start_episode(ros, ROBOT)
+        feeder.start()
+        wait_for(lambda: feeder.sent.get("joint_states", 0) > 0, 10, "the feeder's first joint state")
+        wait_for(publish_until_20_on_disk, 30, "20 leader joint states on disk")
+        feeder.stop()
+        assert call(ros, Trigger, service("recorder_stop"), Trigger.Request()).success
+    finally:
+        feeder.stop()
+        assert stop_or_kill(proc, signal.SIGTERM, 30) == 0, (tmp_path / "recorder.log").read_text()
+    assert read_record(bag).action_topic == leader
+    report = ingest([bag], tmp_path / "ds", IngestOptions(include_unknown=True), jobs=1, progress=False)
+    assert report.added == [bag.name], report.failed
+    ep = load_episode(tmp_path / "ds" / "episodes" / bag.name)
+    msgs = read_mcap(bag)[leader]
+    t = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msgs])
+    q = np.array([m.position for m in msgs])
+    grid = ep.arrays[ACTION_STAMP]
+    want = np.stack([np.interp((grid - t[0]) * 1e-9, (t - t[0]) * 1e-9, q[:, j]) for j in range(spec.dof)], 1)
+    np.testing.assert_allclose(ep.arrays[ACTION_POSITION], want, atol=1e-9)

@@ -2,9 +2,11 @@
 
 Each bag is one episode, converted by ``ingest_episode`` in a worker (a local
 process pool, or Ray with ``--engine ray``): camera messages are streamed into
-videos, joint_states kept as recorded (their own stamps), the JointTrajectory
-command stream replayed through the trajectory follower into commanded positions
-at the control rate. Episodes already in the dataset are skipped (incremental);
+videos, joint_states kept as recorded (their own stamps), and the actions put on
+a grid at the control rate: the JointTrajectory command stream replayed through
+the trajectory follower into commanded positions, or for teleoperation
+(``--action-topic``) a leader arm's JointState positions, mapped to the robot's
+joints and interpolated. Episodes already in the dataset are skipped (incremental);
 a bad episode (unreadable, corrupt, or with an implausible joint value: checks.py)
 is reported with its error and skipped, and the rest goes on. Only successful
 episodes are taken unless ``--include-failed`` / ``--include-unknown`` say otherwise.
@@ -24,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +50,9 @@ from gen_theta_model.data.manifest import EPISODES, existing_episodes, existing_
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
+from gen_theta_model.ray_cluster import RayClusterError, init_ray
 from gen_theta_model.topics import load_topics
-from gen_theta_model.trajectory import TrajectoryError, resample_commands
+from gen_theta_model.trajectory import TrajectoryError, resample_commands, resample_positions
 
 # A write failing with one of these stops the whole run: the next episode would fail the same way.
 OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
@@ -70,6 +73,11 @@ class TopicMap:
     joint_states: str | None = None
     command: str | None = None
     instruction: str | None = None
+    # Teleop: a leader arm's sensor_msgs/JointState topic whose positions are the actions (instead of
+    # the command topic; default: the recorder's episode.yaml action_topic), and leader joint name ->
+    # the robot's joint name ('' drops a leader joint); unmapped names must be the robot's own.
+    action: str | None = None
+    action_joints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,12 @@ class IngestOptions:
     include_unknown: bool = False  # take episodes never marked (success: null, or no episode.yaml)
 
 
-def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: dict[str, str]) -> dict[str, str]:
-    """Map stream keys ('camera.<name>', 'joint_states', 'command', 'instruction') -> topic."""
+def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: dict[str, str],
+                   action: str = "") -> dict[str, str]:
+    """Map stream keys ('camera.<name>', 'joint_states', 'command' or 'action', 'instruction') -> topic.
+
+    ``action``: the leader's JointState topic (teleop); then there is no 'command'.
+    """
     names = load_topics()
     out = {}
     for cam in spec.cameras:
@@ -95,7 +107,10 @@ def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: 
             raw, compressed = names.camera_topic(robot, cam.name), names.camera_topic(robot, cam.name, True)
             out[f"camera.{cam.name}"] = compressed if compressed in available and raw not in available else raw
     out["joint_states"] = tmap.joint_states or names.resolve(robot, names.joint_states)
-    out["command"] = tmap.command or names.resolve(robot, names.command)
+    if action:
+        out["action"] = names.resolve(robot, action)
+    else:
+        out["command"] = tmap.command or names.resolve(robot, names.command)
     out["instruction"] = tmap.instruction or names.resolve(robot, names.instruction)
     return out
 
@@ -116,6 +131,35 @@ def _stamp_ns(msg, recv_ns: int) -> int:
     s = msg.header.stamp
     ns = int(s.sec) * 1_000_000_000 + int(s.nanosec)
     return ns if ns > 0 else recv_ns
+
+
+class LeaderJoints:
+    """Leader arm JointState -> the robot's joint order: ``mapping`` leader name -> robot joint ('' drops it)."""
+
+    def __init__(self, spec: EmbodimentSpec, topic: str, mapping: dict[str, str]) -> None:
+        self.spec, self.topic, self.mapping = spec, topic, mapping
+        self._columns: dict[tuple[str, ...], np.ndarray] = {}  # a message's names -> its columns in joint order
+
+    def positions(self, names: list[str], q: np.ndarray) -> np.ndarray:
+        """(dof,) positions in the robot's joint order from one message's ``names`` and ``q`` (rad, m)."""
+        key = tuple(names)
+        if key not in self._columns:
+            self._columns[key] = self._order(key)
+        return np.asarray(q, np.float64)[self._columns[key]]
+
+    def _order(self, names: tuple[str, ...]) -> np.ndarray:
+        targets = [self.mapping.get(n, n) for n in names]  # '': dropped
+        unknown = [n for n, t in zip(names, targets, strict=True) if t and t not in self.spec.joint_names]
+        mapped = {t: c for c, t in enumerate(targets) if t}
+        if unknown:
+            raise IngestError(f"{self.topic}: leader joint '{unknown[0]}' is not a joint of '{self.spec.name}' "
+                              f"{self.spec.joint_names}; map it (topic map action_joints: {{{unknown[0]}: <joint>}}"
+                              ", or '' to drop it)")
+        missing = [j for j in self.spec.joint_names if j not in mapped]
+        if missing:
+            raise IngestError(f"{self.topic}: no leader joint for '{missing[0]}' among {list(names)} "
+                              "(topic map action_joints: leader name -> robot joint)")
+        return np.array([mapped[j] for j in self.spec.joint_names])
 
 
 def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episode: str = "") -> EpisodeMeta:
@@ -139,7 +183,8 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
     if rec and rec.urdf_sha256 and rec.urdf_sha256 != spec.urdf_sha256:
         raise IngestError(f"{bag}: recorded with URDF sha256 {rec.urdf_sha256[:12]}, '{robot}' now has "
                           f"{spec.urdf_sha256[:12]}: the joint limits may differ")
-    topics = resolve_topics(spec, robot, opts.topic_map, source.topics)
+    action = opts.topic_map.action or (rec.action_topic if rec else "")
+    topics = resolve_topics(spec, robot, opts.topic_map, source.topics, action)
     for key in [k for k in topics if k != "instruction"]:
         if topics[key] not in source.topics:
             raise IngestError(f"{bag}: missing topic '{topics[key]}' ({key}); the bag has {sorted(source.topics)}")
@@ -147,6 +192,8 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
     episode = episode or bag.name
     writer = EpisodeWriter(Path(out) / EPISODES, episode, spec, opts.video)
     js_t, js_q, js_v, commands, cmd_ns = [], [], [], [], []
+    lead_t, lead_q = [], []  # teleop: leader stamps (ns) and positions in the robot's joint order
+    leader = LeaderJoints(spec, topics.get("action", ""), opts.topic_map.action_joints)
     instruction = (rec.instruction if rec else "") or opts.instruction
     first_ns, last_ns = 0, 0
     try:
@@ -164,6 +211,13 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
                 js_t.append(stamp)
                 js_q.append(spec.reorder_from(names, q))
                 js_v.append(spec.reorder_from(names, v))
+            elif key == "action":
+                stamp = _stamp_ns(m.msg, m.recv_ns)
+                if lead_t and stamp <= lead_t[-1]:
+                    raise IngestError(f"{bag}: {m.topic}: stamp {stamp} ns does not increase (previous {lead_t[-1]})")
+                names, q, _, _ = joint_state_to_arrays(m.msg)
+                lead_t.append(stamp)
+                lead_q.append(leader.positions(names, q))
             elif key == "command":
                 traj = trajectory_from_msg(m.msg)
                 check_command(spec, m.topic, m.recv_ns, traj, first_ns)
@@ -180,7 +234,14 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
         check_joint_states(spec, topics["joint_states"], stamps, positions, velocities, first_ns)
         rate = spec.control_rate_hz
         grid = np.arange(js_t[0], last_ns + 1, int(round(1e9 / rate)), dtype=np.int64)
-        q, qd = resample_commands(spec, js_q[0], commands, grid * 1e-9)
+        if action:
+            if not lead_t:
+                raise IngestError(f"{bag}: no leader joint states on '{topics['action']}' (the action topic)")
+            cmd_ns, lead = lead_t, np.asarray(lead_q)
+            check_joint_states(spec, topics["action"], np.asarray(lead_t), lead, np.full_like(lead, np.nan), first_ns)
+            q, qd = resample_positions(np.asarray(lead_t), lead, grid, spec.continuous_mask)
+        else:
+            q, qd = resample_commands(spec, js_q[0], commands, grid * 1e-9)
         writer.set_streams({
             JOINT_STAMP: stamps, JOINT_POSITION: positions, JOINT_VELOCITY: velocities,
             ACTION_STAMP: grid, ACTION_POSITION: q, ACTION_VELOCITY: qd, COMMAND_STAMP: np.asarray(cmd_ns, np.int64),
@@ -295,7 +356,8 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
 
     run = _run_ray if engine == "ray" else _run_local
     try:
-        run([(str(b), e, str(out), asdict(opts)) for b, e in todo], jobs, collect)
+        # absolute paths: a Ray worker on another machine has another working directory
+        run([(str(b.absolute()), e, str(out.absolute()), asdict(opts)) for b, e in todo], jobs, collect)
     finally:
         bar.close()
         reserve.unlink(missing_ok=True)
@@ -353,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="dataset directory (created; existing episodes are kept)")
     ap.add_argument("--engine", choices=("process", "ray"), default="process")
     ap.add_argument("--jobs", type=int, default=0, help="worker processes (process engine; 0: one per core)")
-    ap.add_argument("--address", default="", help="Ray cluster to join (ray engine; default: a local one on "
-                    "127.0.0.1 only)")
+    ap.add_argument("--ray-address", "--address", default="", help="Ray cluster to join (ray engine): HOST:PORT of "
+                    "its head, 'auto' or ray://HOST:10001; bags and --out on storage every node sees at the same "
+                    "path (docs/cluster.md); default: a local Ray on 127.0.0.1 only")
     ap.add_argument("--robot", default="", help="robot for bags without the recorder's episode.yaml")
     ap.add_argument("--task", default="")
     ap.add_argument("--category", default="")
@@ -362,13 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--include-failed", action="store_true", help="also take episodes marked success: false")
     ap.add_argument("--include-unknown", action="store_true",
                     help="also take episodes never marked (success: null; bags without episode.yaml)")
-    ap.add_argument("--topic-map", help="YAML: cameras {name: topic}, joint_states, command, instruction")
+    ap.add_argument("--topic-map", help="YAML: cameras {name: topic}, joint_states, command, instruction, action, "
+                    "action_joints {leader joint: robot joint}")
+    ap.add_argument("--action-topic", default="", help="teleop: take the actions from this sensor_msgs/JointState "
+                    "topic (a leader arm's), not from JointTrajectory commands (default: the recorder's "
+                    "episode.yaml action_topic)")
     ap.add_argument("--codec", default=VideoConfig.codec)
     ap.add_argument("--crf", type=int, default=VideoConfig.crf)
     ap.add_argument("--gop", type=int, default=VideoConfig.gop)
     a = ap.parse_args(argv)
     try:
         tmap = from_mapping(TopicMap, read_yaml(a.topic_map), a.topic_map) if a.topic_map else TopicMap()
+        if a.action_topic:
+            tmap = replace(tmap, action=a.action_topic)
         opts = IngestOptions(a.robot, a.task, a.category, a.instruction,
                              VideoConfig(codec=a.codec, crf=a.crf, gop=a.gop), tmap,
                              include_failed=a.include_failed, include_unknown=a.include_unknown)
@@ -380,8 +449,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gen-theta ingest: no bags in {' '.join(a.bags)} (a bag is a directory with metadata.yaml or an "
               ".mcap file)", file=sys.stderr)
         return 2
-    if a.engine == "ray" and not _start_ray(a.address, a.jobs):
-        return 2
+    if a.engine == "ray":
+        try:
+            gcs = init_ray(a.ray_address, a.jobs or None)
+        except RayClusterError as err:
+            print(f"gen-theta ingest: {err}", file=sys.stderr)
+            return 2
+        if not a.ray_address and gcs.rsplit(":", 1)[0] not in ("127.0.0.1", "::1", "[::1]"):
+            import ray
+
+            ray.shutdown()
+            print(f"gen-theta ingest: the Ray cluster at {gcs} listens beyond this machine; give --ray-address "
+                  f"{gcs} to use it anyway", file=sys.stderr)
+            return 2
+        print(f"ingest: Ray cluster at {gcs}")
     report = ingest(bags, Path(a.out), opts, a.engine, a.jobs)
     for err in report.failed.values():
         print(f"FAILED {err}", file=sys.stderr)
@@ -395,22 +476,3 @@ def main(argv: list[str] | None = None) -> int:
               "(free space and run again to add the rest)", file=sys.stderr)
         return 3
     return 1 if report.failed else 0
-
-
-def _start_ray(address: str, jobs: int) -> bool:
-    """Join the Ray cluster at ``address``, or start a local one reachable from this machine only."""
-    if not address:
-        # Ray's single-machine mode (its default on macOS and Windows): the node address is the
-        # loopback one, so GCS, raylet and workers listen on 127.0.0.1 only. Read when ray is imported.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    ray.init(address=address or None, num_cpus=None if address else jobs or None, include_dashboard=False,
-             ignore_reinit_error=True)
-    gcs = ray.get_runtime_context().gcs_address
-    if not address and gcs.rsplit(":", 1)[0] not in ("127.0.0.1", "::1", "[::1]"):
-        ray.shutdown()
-        print(f"gen-theta ingest: the Ray cluster at {gcs} listens beyond this machine; give --address {gcs} "
-              "to use it anyway", file=sys.stderr)
-        return False
-    return True

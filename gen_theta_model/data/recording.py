@@ -64,6 +64,7 @@ class EpisodeRecord:
     task: str = ""
     category: str = ""
     instruction: str = ""
+    action_topic: str = ""  # teleop: the leader arm's JointState topic that carries the actions ('': commands)
     success: bool | None = None
     start_ns: int = 0
     end_ns: int = 0

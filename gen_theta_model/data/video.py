@@ -43,6 +43,7 @@ class VideoWriter:
     def __init__(self, path: str | Path, width: int, height: int, fps: float, cfg: VideoConfig) -> None:
         self.path = Path(path)
         self.count = 0
+        self.size = 0  # bytes of encoded packets so far (the file's size, less the container's headers)
         self._container = av.open(str(self.path), mode="w")
         rate = Fraction(fps).limit_denominator(1000)
         stream = self._container.add_stream(cfg.codec, rate=rate)
@@ -77,12 +78,16 @@ class VideoWriter:
         frame = self._yuv.reformat(frame, format=self._stream.pix_fmt)  # one swscale context for all frames
         frame.pts = self.count
         frame.time_base = 1 / self._stream.codec_context.framerate
-        self._container.mux(self._stream.encode(frame))
+        self._mux(self._stream.encode(frame))
         self.count += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        self.size += sum(p.size for p in packets)
+        self._container.mux(packets)
 
     def close(self) -> None:
         """Flush the encoder and finish the file."""
-        self._container.mux(self._stream.encode(None))
+        self._mux(self._stream.encode(None))
         self._container.close()
 
     def discard(self) -> None:

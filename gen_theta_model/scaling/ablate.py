@@ -95,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="ablation directory (overrides the config's out_dir)")
     parser.add_argument("--engine", choices=["local", "ray"], help="overrides the config's run.engine")
     parser.add_argument("--workers", type=int, help="parallel trials (overrides the config's run.workers)")
+    parser.add_argument("--ray-address", help="Ray cluster to join, HOST:PORT / auto / ray://... (overrides the "
+                        "config's run.ray_address; docs/cluster.md)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from gen_theta_model.scaling.ablate_report import write_ablation_report
 
     overrides = {k: v for k, v in (("out_dir", args.out and str(args.out)), ("run.engine", args.engine),
-                                   ("run.workers", args.workers)) if v is not None}
+                                   ("run.workers", args.workers), ("run.ray_address", args.ray_address))
+                 if v is not None}
     try:
         cfg = load_config(AblateConfig, args.config, overrides=overrides)
         specs = plan_ablation(cfg, args.mixtures)

@@ -35,6 +35,8 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="sweep directory (overrides the config's out_dir)")
     p.add_argument("--engine", choices=["local", "ray"], help="overrides the config's engine")
     p.add_argument("--workers", type=int, help="parallel trials (overrides the config's workers)")
+    p.add_argument("--ray-address", help="Ray cluster to join, HOST:PORT / auto / ray://... (overrides the "
+                   "config's run.ray_address; docs/cluster.md)")
     p.add_argument("--no-fit", action="store_true", help="do not run `scaling fit` after the sweep")
 
 
@@ -65,7 +67,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from gen_theta_model.scaling.sweep import SweepConfig, run_sweep_config
 
     overrides = {k: v for k, v in (("out_dir", args.out and str(args.out)), ("run.engine", args.engine),
-                                   ("run.workers", args.workers)) if v is not None}
+                                   ("run.workers", args.workers), ("run.ray_address", args.ray_address))
+                 if v is not None}
     config = load_config(SweepConfig, args.config, overrides=overrides)
     out_dir = run_sweep_config(config)
     if args.no_fit:

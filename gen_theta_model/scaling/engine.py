@@ -8,13 +8,13 @@ training runs from their checkpoints. Trials receive their spec as JSON text.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from gen_theta_model.ray_cluster import init_ray
 from gen_theta_model.scaling.results import RESULT_FILE
 from gen_theta_model.scaling.trial import TrialSpec, run_trial_json
 
@@ -26,7 +26,7 @@ class EngineConfig:
     engine: Engine = "local"
     workers: int = 1  # trials at once (local pool size; Ray: concurrency follows cpus_per_trial)
     cpus_per_trial: int = 1  # torch threads per trial, and the Ray task's num_cpus
-    ray_address: str = ""  # "": start a local Ray instance; "auto" or ray://...: join a cluster
+    ray_address: str = ""  # "": start a local Ray instance; HOST:PORT, "auto" or ray://...: join a cluster
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_trial < 1:
@@ -70,11 +70,8 @@ def _run_ray(jsons: list[str], cfg: EngineConfig, report: Callable[[str], None])
 
     started = not ray.is_initialized()
     if started:
-        if cfg.ray_address:
-            ray.init(address=cfg.ray_address)
-        else:
-            ray.init(num_cpus=cfg.workers * cfg.cpus_per_trial, include_dashboard=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_python_path())}})
+        gcs = init_ray(cfg.ray_address, cfg.workers * cfg.cpus_per_trial)
+        report(f"Ray cluster at {gcs}")
     try:
         task = ray.remote(num_cpus=cfg.cpus_per_trial, max_retries=0)(run_trial_json)
         refs = [task.remote(text) for text in jsons]
@@ -86,9 +83,3 @@ def _run_ray(jsons: list[str], cfg: EngineConfig, report: Callable[[str], None])
     finally:
         if started:
             ray.shutdown()
-
-
-def _python_path() -> list[str]:
-    """Put this checkout first, so Ray workers import the same gen_theta_model as the driver."""
-    root = str(Path(__file__).resolve().parents[2])
-    return [root, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
