@@ -9,9 +9,9 @@ from data_helpers import T0, frame_value, joint_positions, make_episode
 
 from gen_theta_model import batch
 from gen_theta_model.data.dataset import augment_image
-from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key, load_episode
+from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key
 from gen_theta_model.data.loader import DataConfig, make_dataloaders
-from gen_theta_model.data.manifest import finalize_dataset
+from gen_theta_model.data.manifest import finalize_dataset, read_episode
 from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights, split_episodes
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.observation import ObservationConfig, build_observation
@@ -40,7 +40,7 @@ def test_sample_matches_streams(dataset, specs):
     for ep in range(len(info.episodes)):
         ref = ds.episodes[ep]
         spec = specs[ref.meta.embodiment]
-        data = load_episode(ref.path)
+        data = read_episode(dataset, ref.meta.episode)
         for step in (ref.first_step, (ref.first_step + ref.num_steps) // 2, ref.num_steps - 3):
             s = ds[(ep, step, 7)]
             t = int(data.arrays[ACTION_STAMP][step])

@@ -69,6 +69,7 @@ class CameraInfo:
     fps: float
     frames: int
     gop: int
+    offset: int = 0  # index of the episode's first frame in ``file`` (a shard holds many episodes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,9 +39,9 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
     camera_stamp_key,
-    load_episode,
 )
 from gen_theta_model.data.manifest import EPISODES, finalize_dataset, open_dataset
+from gen_theta_model.data.shards import read_packed_episode
 from gen_theta_model.data.video import VideoConfig, VideoReader, VideoWriter
 from gen_theta_model.embodiment import load_robot
 
@@ -76,8 +76,9 @@ def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | 
     cols: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index",
                                              "episode_index", "index", "task_index")}
     ep_rows: list[dict] = []
-    for e, meta in enumerate(metas):
-        ep = load_episode(ix.root / EPISODES / meta.episode)
+    rows = [r for r in ix.table.to_pylist() if r["embodiment"] == name]
+    for e, (meta, row) in enumerate(zip(metas, rows)):
+        ep = read_packed_episode(ix.root, row, spec.joint_names)
         grid = ep.arrays[ACTION_STAMP]
         n = len(grid)
         task = meta.instruction or meta.task
@@ -96,7 +97,7 @@ def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | 
             row[f"videos/{key}/from_timestamp"] = w.count / fps
             reader = VideoReader(ep.path / cam.file, gop=cam.gop)
             for i in _latest(ep.arrays[camera_stamp_key(cam.name)], grid):
-                w.add(reader.frame(int(i)))
+                w.add(reader.frame(cam.offset + int(i)))
             reader.close()
             row[f"videos/{key}/to_timestamp"] = w.count / fps
         state = ep.arrays[JOINT_POSITION][_latest(ep.arrays[JOINT_STAMP], grid)]
