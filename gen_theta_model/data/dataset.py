@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from gen_theta_model import batch
-from safetensors import safe_open
-
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
     ACTION_STAMP,
@@ -122,7 +121,7 @@ class EpisodeDataset(Dataset):
         return self.sample(ep, step, seed)
 
     def sample(self, ep: int, step: int, seed: int, slot: int = 0) -> dict[str, np.ndarray]:
-        """The sample at action ``step`` of episode ``ep``; ``seed`` drives delay and augmentation."""
+        """Build the sample at action ``step`` of episode ``ep``; ``seed`` drives delay and augmentation."""
         ref = self.episodes[ep]
         spec = self.specs[ref.embodiment_index]
         rng = np.random.default_rng(seed)

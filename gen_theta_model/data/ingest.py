@@ -15,7 +15,6 @@ Format and exit codes: docs/dataset_format.md.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import multiprocessing
 import os
@@ -44,15 +43,19 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
 )
-from gen_theta_model.data.manifest import EPISODES, existing_episodes, existing_sources, finalize_dataset
+from gen_theta_model.data.manifest import (
+    EPISODES,
+    OUTPUT_FULL,
+    existing_episodes,
+    existing_sources,
+    finalize_dataset,
+)
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError, resample_commands
 
-# A write failing with one of these stops the whole run: the next episode would fail the same way.
-OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 RESERVE_FILE = ".reserve"  # freed when the run ends, so that manifest and statistics fit on a full disk
 RESERVE_BYTES = 256 * 1024  # info, embodiments, statistics and their temporary copies
 RESERVE_PER_EPISODE = 2 * 1024  # a manifest line (~0.5 kB) and its temporary copy, with room to spare

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader
 
 from gen_theta_model.data.dataset import EpisodeDataset, EpisodeRef
 from gen_theta_model.data.episode import CameraInfo

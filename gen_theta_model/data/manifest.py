@@ -12,6 +12,7 @@ directory per episode, ``manifest.jsonl``) is converted by the same step
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
 import sys
@@ -26,8 +27,8 @@ from gen_theta_model.data.episode import EpisodeData, EpisodeMeta, read_episode_
 from gen_theta_model.data.shards import (
     META_FIELDS,
     SHARD_EPISODES,
+    SHARDS,
     index_table,
-    meta_of,
     pack_shard,
     read_index,
     read_packed_episode,
@@ -41,6 +42,8 @@ INFO = "info.yaml"
 INDEX = "index"
 EPISODES = "episodes"  # staging: episodes written by ingest, not yet packed into a shard
 LEGACY_MANIFEST = "manifest.jsonl"  # format 1
+# A write failing with one of these means the output is full: the next write would fail the same way.
+OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 @dataclass
@@ -98,8 +101,11 @@ def sum_moments(column: pa.ChunkedArray | pa.StructArray) -> Moments:
                    rows("min").min(0), rows("max").max(0))
 
 
-def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> DatasetIndex:
+def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> int:
     """Pack the staged episodes into new shards, append them to the index, update info and statistics.
+
+    Returns the number of episodes packed. Reads the index's episode column and the
+    staged episodes, never the packed ones.
 
     ``specs`` must hold every embodiment of the staged episodes (those saved by an
     earlier run are read from ``embodiments/``); a spec whose URDF hash differs from
@@ -132,27 +138,44 @@ def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> Data
     (root / "embodiments").mkdir(parents=True, exist_ok=True)
     for name, spec in all_specs.items():
         _write_atomic(root / "embodiments" / f"{name}.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    if staged:
-        number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        rows = []
-        for k in range(0, len(staged), SHARD_EPISODES):
-            rows += pack_shard(staged[k:k + SHARD_EPISODES], root, f"{number:06d}-{k // SHARD_EPISODES:04d}")
-        new = index_table(rows)
-        (root / INDEX).mkdir(exist_ok=True)
-        write_index_part(root / INDEX / f"part-{number:06d}.parquet", new)
-        _merge_into_stats(root, new)
-        names = sorted(set(info.get("embodiments", [])) | set(new.column("embodiment").to_pylist()))
-        info = {"format_version": FORMAT_VERSION, "embodiments": names,
-                "episodes": int(info.get("episodes", 0)) + len(new),
-                "duration_s": round(float(info.get("duration_s", 0.0)) + pc.sum(new.column("duration_s")).as_py(), 3)}
-        _write_atomic(root / INFO, yaml.safe_dump(info, sort_keys=False))
-        for d in staged:
-            shutil.rmtree(d)
-    elif not parts:
+    if not parts:  # loadable (empty) before anything is packed, even if packing then fails
         info = {"format_version": FORMAT_VERSION, "embodiments": [], "episodes": 0, "duration_s": 0.0}
         _write_atomic(root / INFO, yaml.safe_dump(info, sort_keys=False))
+    number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    group, k = SHARD_EPISODES, 0
+    while k < len(staged):
+        chunk = staged[k:k + group]
+        try:
+            new = _pack_part(root, chunk, number)
+        except OSError as err:
+            if err.errno in OUTPUT_FULL and group > 1:  # a smaller shard may fit; packed ones free their copies
+                group = max(group // 2, 1)
+                continue
+            raise
+        _merge_into_stats(root, new)
+        names = sorted(set(info["embodiments"]) | set(new.column("embodiment").to_pylist()))
+        info = {"format_version": FORMAT_VERSION, "embodiments": names, "episodes": int(info["episodes"]) + len(new),
+                "duration_s": round(float(info["duration_s"]) + pc.sum(new.column("duration_s")).as_py(), 3)}
+        _write_atomic(root / INFO, yaml.safe_dump(info, sort_keys=False))
+        for d in chunk:
+            shutil.rmtree(d)
+        k, number = k + len(chunk), number + 1
     (root / LEGACY_MANIFEST).unlink(missing_ok=True)
-    return open_dataset(root)
+    return len(staged)
+
+
+def _pack_part(root: Path, episode_dirs: list[Path], number: int) -> pa.Table:
+    """Pack ``episode_dirs`` into ``shards/<number>`` and list them in ``index/part-<number>.parquet``."""
+    name = f"{number:06d}"
+    rows = pack_shard(episode_dirs, root, name)
+    table = index_table(rows)
+    try:
+        (root / INDEX).mkdir(exist_ok=True)
+        write_index_part(root / INDEX / f"part-{name}.parquet", table)
+    except BaseException:
+        shutil.rmtree(root / SHARDS / name, ignore_errors=True)  # a shard no index lists would only take room
+        raise
+    return table
 
 
 def _merge_into_stats(root: Path, rows: pa.Table) -> None:
@@ -250,11 +273,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def convert(root: Path) -> int:
-    """Convert a format-1 dataset (one directory per episode) in place; returns the number of episodes."""
+    """Convert a format-1 dataset (one directory per episode) in place; returns the number of episodes packed.
+
+    A conversion that stopped (disk full) goes on where it stopped.
+    """
     info = _read_info(root)
-    if info.get("format_version") != 1:
-        raise ValueError(f"{root}: format_version {info.get('format_version')}, only format 1 needs converting")
-    return len(finalize_dataset(root, load_specs(root)).episodes)
+    if info.get("format_version") != 1 and not staged_episodes(root):
+        raise ValueError(f"{root}: format_version {info.get('format_version')} and nothing staged: "
+                         "nothing to convert")
+    return finalize_dataset(root, load_specs(root))
 
 
 def main(argv: list[str] | None = None) -> int:

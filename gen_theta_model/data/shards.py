@@ -113,7 +113,7 @@ class VideoConcat:
 
 
 def stream_key(stream: av.video.stream.VideoStream) -> tuple:
-    """What two videos must share to be concatenated by copying packets."""
+    """Return what two videos must share to be concatenated by copying packets."""
     ctx = stream.codec_context
     return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, Fraction(stream.average_rate), bytes(ctx.extradata or b"")
 
@@ -171,17 +171,12 @@ def write_index_part(path: Path, table: pa.Table) -> None:
 
 
 def read_index(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
-    """The rows of every index file, in file order (``columns``: only those)."""
+    """Read the rows of every index file, in file order (``columns``: only those)."""
     tables = [pq.read_table(p, columns=columns, schema=INDEX_SCHEMA) for p in paths]
     if not tables:
         schema = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
         return schema.empty_table()
     return pa.concat_tables(tables)
-
-
-def meta_of(row: dict) -> EpisodeMeta:
-    """The ``EpisodeMeta`` of an index row (a dict)."""
-    return EpisodeMeta(**{name: row[name] for name, _ in META_FIELDS})
 
 
 def read_packed_episode(root: Path, row: dict, joint_names: list[str]) -> EpisodeData:
@@ -194,7 +189,7 @@ def read_packed_episode(root: Path, row: dict, joint_names: list[str]) -> Episod
     prefix = f"{row['episode']}/"
     with safe_open(str(shard / STREAMS), framework="numpy") as f:
         arrays = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    return EpisodeData(path=shard, meta=meta_of(row), joint_names=joint_names,
+    return EpisodeData(path=shard, meta=EpisodeMeta(**{name: row[name] for name, _ in META_FIELDS}), joint_names=joint_names,
                        cameras=[CameraInfo(**c) for c in row["cameras"]], arrays=arrays,
                        state_moments=Moments.from_dict(row["state_moments"]),
                        action_moments=Moments.from_dict(row["action_moments"]))
