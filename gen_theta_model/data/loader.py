@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gen_theta_model.data.dataset import EpisodeDataset, EpisodeRef
-from gen_theta_model.data.episode import CameraInfo
+from gen_theta_model.data.episode import CameraInfo, EpisodeMeta
 from gen_theta_model.data.manifest import open_dataset, sum_moments
 from gen_theta_model.data.sampler import MixtureSampler, group_weights, load_mixture, split_episodes
 from gen_theta_model.data.stats import NormStats, norm_stats

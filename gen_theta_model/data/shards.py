@@ -189,7 +189,8 @@ def read_packed_episode(root: Path, row: dict, joint_names: list[str]) -> Episod
     prefix = f"{row['episode']}/"
     with safe_open(str(shard / STREAMS), framework="numpy") as f:
         arrays = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    return EpisodeData(path=shard, meta=EpisodeMeta(**{name: row[name] for name, _ in META_FIELDS}), joint_names=joint_names,
+    meta = EpisodeMeta(**{name: row[name] for name, _ in META_FIELDS})
+    return EpisodeData(path=shard, meta=meta, joint_names=joint_names,
                        cameras=[CameraInfo(**c) for c in row["cameras"]], arrays=arrays,
                        state_moments=Moments.from_dict(row["state_moments"]),
                        action_moments=Moments.from_dict(row["action_moments"]))

@@ -104,7 +104,7 @@ class StreamingDataset(IterableDataset):
         self.epoch, self.skip_batches = 0, 0
 
     def worker_schedule(self, worker: int, workers: int) -> Schedule:
-        """The schedule of DataLoader worker ``worker`` of ``workers`` on this rank, for ``self.epoch``."""
+        """Plan the epoch of DataLoader worker ``worker`` of ``workers`` on this rank, for ``self.epoch``."""
         s = self.sampler
         rng = np.random.default_rng([s.seed, self.epoch, 7])
         keys = reading_order(s.all_keys(self.epoch), self.shard_of, rng)
