@@ -115,11 +115,19 @@ class TrainLoader:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        drop = 0
         if self.stream is not None:
-            self.stream.epoch, self.stream.skip_batches = self.epoch, self.batches
+            # Workers take turns from worker 0, so each skips the whole rounds already consumed (without
+            # decoding) and the rest (fewer than 2 rounds: the last round may be uneven) is dropped here.
+            rounds = min(self.batches // self.workers, min(self.stream.batches_per_worker(self.workers)))
+            self.stream.epoch, self.stream.skip_batches = self.epoch, rounds
+            drop = self.batches - rounds * self.workers
         else:
             self.sampler.set_epoch(self.epoch, start=self.batches * self.batch_size)
         for b in self.loader:
+            if drop:
+                drop -= 1
+                continue
             self.batches += 1
             yield b
         self.epoch, self.batches = self.epoch + 1, 0

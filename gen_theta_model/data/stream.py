@@ -86,14 +86,14 @@ def schedule(keys: np.ndarray, open_episodes: int, buffer: int, rng: np.random.G
             held.append(i)
     emit += [held[j] for j in rng.permutation(len(held))]
     after += [len(keys)] * len(held)
-    return Schedule(keys[order], slots[order], np.asarray(emit, np.int64), np.asarray(after, np.int64))
+    return Schedule(keys[order], slots, np.asarray(emit, np.int64), np.asarray(after, np.int64))
 
 
 class StreamingDataset(IterableDataset):
     """The training samples of one epoch for this rank, in streaming order (module docstring).
 
-    ``skip_batches`` (set by the loader for an exact resume) is the number of batches the
-    DataLoader had taken from the workers together, which take turns.
+    ``skip_batches`` (set by the loader for an exact resume): batches each worker leaves
+    out at the start of the epoch, without decoding them.
     """
 
     def __init__(self, dataset: EpisodeDataset, sampler: MixtureSampler, shard_of: np.ndarray, batch_size: int,
@@ -124,7 +124,7 @@ class StreamingDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         plan = self.worker_schedule(worker, workers)
-        skip = taken_batches(self.batches_per_worker(workers), self.skip_batches)[worker] * self.batch_size
+        skip = self.skip_batches * self.batch_size
         skipped = np.zeros(len(plan.keys), bool)
         skipped[plan.emit[:skip]] = True
         ready: dict[int, dict[str, np.ndarray]] = {}
@@ -137,14 +137,3 @@ class StreamingDataset(IterableDataset):
                 inserted += 1
             yield ready.pop(int(pos))
 
-
-def taken_batches(per_worker: list[int], batches: int) -> list[int]:
-    """How many of its batches each worker had delivered after ``batches`` in turn (DataLoader's order)."""
-    taken = [0] * len(per_worker)
-    w = 0
-    for _ in range(batches):
-        while taken[w] >= per_worker[w]:
-            w = (w + 1) % len(per_worker)
-        taken[w] += 1
-        w = (w + 1) % len(per_worker)
-    return taken
