@@ -95,8 +95,10 @@ def main(n: int) -> None:
             assert len(report.added) == 10, report
             after = len(open_dataset(out).episodes)
             print(f"  into {name:>5} ({before:>6} -> {after:>6} episodes): {report.seconds:5.2f} s")
-            if name == "big":  # take the 10 out again for the next round: drop the index file they were added in
-                index_files(big)[-1].unlink()
+            if name == "big":  # take the 10 out again for the next round: drop their index file and shard
+                last = index_files(big)[-1]
+                shutil.rmtree(big / "shards" / last.stem.split("-")[1])
+                last.unlink()
     shutil.rmtree(tmp)
 
 

@@ -53,6 +53,7 @@ from gen_theta_model.observation import ObservationConfig
 
 T0 = 1_700_000_000_000_000_000
 SIDE, HORIZON, BATCH, BATCHES = 128, 50, 32, 60
+LEROBOT_BATCHES = 10  # LeRobot's PyAV path runs at tens of samples/s here: 10 batches keep the run short
 LRB_PYTHON = Path(os.environ.get("LRB", Path.home() / "lrb")) / "V" / "bin" / "python"
 
 
@@ -155,7 +156,7 @@ def lerobot_rates(root: Path) -> list[dict]:
         print(f"LeRobot venv not found at {LRB_PYTHON} (LRB=... bash ../shared/lerobot/setup.sh): skipped")
         return []
     cmd = [str(LRB_PYTHON), str(Path(__file__).with_name("lerobot_rate.py")), str(root), str(HORIZON), str(BATCH),
-           str(BATCHES), "0", "1", "2"]
+           str(LEROBOT_BATCHES), "0", "1", "2"]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                          timeout=1800)
     if run.returncode != 0:
@@ -187,6 +188,7 @@ def main(n: int, seconds: float) -> None:
     random_rate, sequential = decode_limits(ds)
     print(f"  {'decode limit, random access (PyAV seek)':<40} {random_rate:8.0f} samples/s")
     print(f"  {'decode limit, sequential (PyAV)':<40} {sequential:8.0f} samples/s")
+    print(f"  (LeRobot: {LEROBOT_BATCHES} batches after the first, video_backend pyav: bench/lerobot_rate.py)")
     for r in lerobot_rates(tmp / "lerobot"):
         print(f"  {'LeRobot 0.4.4, ' + str(r['workers']) + ' workers':<40} {r['samples_per_s']:8.0f} samples/s  "
               f"{r['distinct_episodes']:5.1f} episodes per batch  pair corr {r['pair_correlation']:.3f}", flush=True)

@@ -162,7 +162,7 @@ def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], di
                    t.column("first_step").to_pylist())
         for meta, (shard, cams, steps, first) in zip(ix.episodes, cols):
             refs.append(EpisodeRef(shards[shard], meta, ix.root.name, names.index(meta.embodiment),
-                                   [CameraInfo(**c) for c in cams], steps, first))
+                                   [CameraInfo(*c.values()) for c in cams], steps, first))
     table = pa.concat_tables([ix.table for ix in indexes]) if indexes else None
     return refs, names, specs, table
 
@@ -182,7 +182,7 @@ def make_dataloaders(
     train_eps, val_eps = split_episodes(ids, [r.meta.task for r in refs], cfg.val_fraction, cfg.val_tasks)
     if not train_eps:
         raise ValueError(f"{[str(d) for d in dirs]}: no training episodes (all {len(refs)} held out)")
-    train_rows = table.take(pa.array(train_eps, pa.int64()))
+    train_rows = table.select(["embodiment", "state_moments", "action_moments"]).take(pa.array(train_eps, pa.int64()))
     stats = {}
     for name in names:
         mine = train_rows.filter(pc.equal(train_rows.column("embodiment"), name))

@@ -141,7 +141,9 @@ def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> int:
     if not parts:  # loadable (empty) before anything is packed, even if packing then fails
         info = {"format_version": FORMAT_VERSION, "embodiments": [], "episodes": 0, "duration_s": 0.0}
         _write_atomic(root / INFO, yaml.safe_dump(info, sort_keys=False))
-    number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    # The next number after every index file and shard (a shard left by a crash before its index file is skipped).
+    taken = [int(p.stem.split("-")[1]) for p in parts] + [int(d.name) for d in (root / SHARDS).glob("[0-9]*")]
+    number = max(taken, default=-1) + 1
     group, k = SHARD_EPISODES, 0
     while k < len(staged):
         chunk = staged[k:k + group]

@@ -46,8 +46,9 @@ SHARD_EPISODES = 256  # episodes per shard: a shard's mp4 index (moov) is read w
 
 _MOMENTS = pa.struct([("count", pa.int64()), ("sum", pa.list_(pa.float64())), ("sum_sq", pa.list_(pa.float64())),
                       ("min", pa.list_(pa.float64())), ("max", pa.list_(pa.float64()))])
-_CAMERA = pa.struct([("name", pa.string()), ("file", pa.string()), ("offset", pa.int64()), ("frames", pa.int64()),
-                     ("width", pa.int64()), ("height", pa.int64()), ("fps", pa.float64()), ("gop", pa.int64())])
+# In CameraInfo's field order (the loader builds CameraInfo(*row.values()) for speed).
+_CAMERA = pa.struct([("name", pa.string()), ("file", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+                     ("fps", pa.float64()), ("frames", pa.int64()), ("gop", pa.int64()), ("offset", pa.int64())])
 META_FIELDS = [("episode", pa.string()), ("embodiment", pa.string()), ("urdf_sha256", pa.string()),
                ("task", pa.string()), ("category", pa.string()), ("instruction", pa.string()),
                ("success", pa.bool_()), ("start_ns", pa.int64()), ("duration_s", pa.float64()),
