@@ -41,7 +41,7 @@ def camera_stamp_key(camera: str) -> str:
 
 @dataclass(frozen=True)
 class EpisodeMeta:
-    """What is known about an episode; also one line of the dataset manifest."""
+    """What is known about an episode; also the first columns of its row in the dataset index."""
 
     episode: str  # unique id (the bag directory name)
     embodiment: str

@@ -271,10 +271,10 @@ def _recorded_success(bag: Path) -> bool | None:
 
 def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "process", jobs: int = 0,
            progress: bool = True) -> IngestReport:
-    """Ingest ``bags`` into ``out`` (incremental), then rebuild manifest and statistics.
+    """Ingest ``bags`` into ``out`` (incremental), then pack them into shards, append to the index and statistics.
 
     Bad episodes are reported in ``failed``; a full disk ends the run early (``stopped``)
-    and the manifest then lists every episode finished before.
+    and the index then lists every episode finished before that fitted (the rest stays staged).
     """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -313,8 +313,8 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
                 report.recovered.append(res["meta"]["episode"])
     try:
         finalize_dataset(out, {r: load_robot(r) for r in robots})
-    except OSError as err:  # the previous manifest stays (atomic writes); the episodes are on disk
-        report.stopped = report.stopped or f"{out}: writing the manifest: {err}"
+    except OSError as err:  # the previous index stays (atomic writes); what did not fit stays staged
+        report.stopped = report.stopped or f"{out}: packing episodes into shards: {err}"
     report.seconds = time.perf_counter() - t0
     return report
 

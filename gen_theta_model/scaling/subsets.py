@@ -36,7 +36,7 @@ class EpisodeKey:
 
 
 def list_episodes(sources: list[Path]) -> list[EpisodeKey]:
-    """Every episode of the source datasets, in manifest order."""
+    """Every episode of the source datasets, in index order."""
     out = []
     for i, root in enumerate(sources):
         for m in open_dataset(root).episodes:
