@@ -158,11 +158,15 @@ def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], di
     for ix in indexes:
         t = ix.table
         shards = {s: ix.root / s for s in pc.unique(t.column("shard")).to_pylist()}
-        cols = zip(t.column("shard").to_pylist(), t.column("cameras").to_pylist(), t.column("num_steps").to_pylist(),
-                   t.column("first_step").to_pylist())
-        for meta, (shard, cams, steps, first) in zip(ix.episodes, cols):
-            refs.append(EpisodeRef(shards[shard], meta, ix.root.name, names.index(meta.embodiment),
-                                   [CameraInfo(*c.values()) for c in cams], steps, first))
+        cams = t.column("cameras").combine_chunks()
+        flat = cams.flatten()  # every camera row of every episode, fields in CameraInfo's order
+        infos = [CameraInfo(*v) for v in zip(*(flat.field(i).to_pylist() for i in range(flat.type.num_fields)))]
+        ends = cams.offsets.to_numpy() - cams.offsets[0].as_py()  # flatten() starts at the first row
+        cols = zip(t.column("shard").to_pylist(), ends[:-1].tolist(), ends[1:].tolist(),
+                   t.column("num_steps").to_pylist(), t.column("first_step").to_pylist())
+        for meta, (shard, lo, hi, steps, first) in zip(ix.episodes, cols):
+            refs.append(EpisodeRef(shards[shard], meta, ix.root.name, names.index(meta.embodiment), infos[lo:hi],
+                                   steps, first))
     table = pa.concat_tables([ix.table for ix in indexes]) if indexes else None
     return refs, names, specs, table
 
