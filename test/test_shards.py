@@ -78,6 +78,10 @@ def test_appending_adds_an_index_file_and_merges_the_statistics(tmp_path, specs)
     np.testing.assert_allclose(ds.stats["arm6"].state_mean, s.mean_std()[0], atol=1e-6)
     assert finalize_dataset(tmp_path, {"arm6": arm6}) == 0  # nothing staged: nothing written
     assert len(list((tmp_path / "index").iterdir())) == 2
+    # A run that stopped after writing its index file but before removing the staged copies: packed once.
+    make_episode(tmp_path, arm6, "c", seed=3)
+    assert finalize_dataset(tmp_path, {"arm6": arm6}) == 0 and not list((tmp_path / "episodes").iterdir())
+    assert [m.episode for m in open_dataset(tmp_path).episodes] == ["a", "b", "c"]
 
 
 def test_format_1_dataset_converts_in_place(tmp_path, specs, capsys):

@@ -47,7 +47,6 @@ from gen_theta_model.data.manifest import (
     EPISODES,
     OUTPUT_FULL,
     existing_episodes,
-    existing_sources,
     finalize_dataset,
 )
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
@@ -239,8 +238,7 @@ def plan_ingest(bags: list[Path], out: Path, opts: IngestOptions) -> tuple[list[
     directory name, or, when that id is taken (same name in another folder), the
     name plus 8 hex digits of the hash of its path.
     """
-    sources = existing_sources(out)
-    taken = existing_episodes(out)
+    taken, sources = existing_episodes(out)
     report = IngestReport()
     todo = []
     for bag in bags:

@@ -70,21 +70,17 @@ def staged_episodes(root: str | Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def existing_episodes(root: str | Path) -> set[str]:
-    """Ids of the episodes in the index or staged."""
-    table = read_index(index_files(root), ["episode"])
-    return set(table.column("episode").to_pylist()) | {p.name for p in staged_episodes(root)}
-
-
-def existing_sources(root: str | Path) -> dict[str, str]:
-    """Bag path (``EpisodeMeta.source``) -> id of the episodes in the index or staged.
+def existing_episodes(root: str | Path) -> tuple[set[str], dict[str, str]]:
+    """List the episodes in the index or staged: (their ids, bag path (``EpisodeMeta.source``) -> id).
 
     Reads two columns of the index, not the episodes.
     """
     table = read_index(index_files(root), ["episode", "source"])
-    out = dict(zip(table.column("source").to_pylist(), table.column("episode").to_pylist()))
-    out.update({read_episode_doc(p)["meta"]["source"]: p.name for p in staged_episodes(root)})
-    return out
+    ids = table.column("episode").to_pylist()
+    sources = dict(zip(table.column("source").to_pylist(), ids))
+    staged = staged_episodes(root)
+    sources.update({read_episode_doc(p)["meta"]["source"]: p.name for p in staged})
+    return set(ids) | {p.name for p in staged}, sources
 
 
 def sum_moments(column: pa.ChunkedArray | pa.StructArray) -> Moments:
@@ -104,8 +100,8 @@ def sum_moments(column: pa.ChunkedArray | pa.StructArray) -> Moments:
 def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> int:
     """Pack the staged episodes into new shards, append them to the index, update info and statistics.
 
-    Returns the number of episodes packed. Reads the index's episode column and the
-    staged episodes, never the packed ones.
+    Returns the number of episodes packed. Reads the staged episodes and the last index
+    file, never the packed episodes.
 
     ``specs`` must hold every embodiment of the staged episodes (those saved by an
     earlier run are read from ``embodiments/``); a spec whose URDF hash differs from
@@ -124,10 +120,12 @@ def finalize_dataset(root: str | Path, specs: dict[str, EmbodimentSpec]) -> int:
         all_specs[name] = spec
     parts = index_files(root)
     info = _read_info(root) if parts else {}
-    indexed = set(read_index(parts, ["episode"]).column("episode").to_pylist())
+    # Staged episodes already packed: only a run that stopped between writing its index file and
+    # removing the staged copies leaves them, so they are in the last index file.
+    packed_last = set(read_index(parts[-1:], ["episode"]).column("episode").to_pylist())
     staged = []
     for d in staged_episodes(root):
-        if d.name in indexed:  # packed by a run that stopped before removing it
+        if d.name in packed_last:
             shutil.rmtree(d)
         else:
             staged.append(d)
