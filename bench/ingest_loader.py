@@ -107,19 +107,22 @@ def sim_bag(session: SimSession, path: Path, seed: int) -> tuple[float, int]:
 
 
 class NaiveDataset(EpisodeDataset):
-    """Baseline: every frame decoded sequentially from the start of its video, no decoder reuse."""
+    """Baseline: every frame decoded sequentially from the start of its episode, no decoder reuse."""
 
-    def frame(self, ep, camera, index):
+    def frame(self, ep, camera, index, slot=0):
         rgb = VideoReformatter()  # the same colour conversion as VideoReader
         with av.open(str(self.episodes[ep].path / camera.file)) as c:
-            for i, f in enumerate(c.decode(video=0)):
+            stream = c.streams.video[0]
+            c.seek(int(round(camera.offset / float(stream.average_rate) / float(stream.time_base))), stream=stream)
+            for i, f in enumerate(c.decode(stream)):  # the episode starts on a keyframe
                 if i == index:
                     return rgb.reformat(f, format="rgb24").to_ndarray()
         raise IndexError(index)
 
 
 def loader_rate(ds_dir: Path, workers: int, batches: int, naive: bool = False) -> float:
-    cfg = DataConfig(batch_size=16, num_workers=workers, val_fraction=0.0, samples_per_epoch=16 * (batches + 2))
+    cfg = DataConfig(batch_size=16, num_workers=workers, val_fraction=0.0, samples_per_epoch=16 * (batches + 2),
+                     streaming=False)  # random access: this bench's figures predate streaming (loader_vs_lerobot.py)
     train, _, _ = make_dataloaders(ds_dir, cfg)
     if naive:
         train.dataset.__class__ = NaiveDataset

@@ -21,7 +21,7 @@ ACTION_MASK                (H,) bool               step inside the episode
 DELAY                      () int64                committed-prefix length d: ACTION[:d] is given to
                                                    the model, the loss is on ACTION[d:]
 EMBODIMENT_INDEX           () int64                index into the dataset's embodiment name list
-EPISODE_INDEX              () int64                index into the dataset manifest
+EPISODE_INDEX              () int64                index into the dataset index (DatasetInfo.episodes)
 =========================  =====================  =====================================================
 
 Time t is the start of the action chunk. Ages make the asynchronous streams

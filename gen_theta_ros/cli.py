@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "record": ("gen_theta_ros.recorder:main", "run the episode recorder node (rosbag2 MCAP)"),
     "collect": ("gen_theta_ros.collect:main", "record N expert episodes per task and robot in the sim"),
     "ingest": ("gen_theta_model.data.ingest:main", "turn rosbag2 episodes into a training dataset"),
+    "dataset": ("gen_theta_model.data.manifest:main", "convert a format-1 dataset to shards and an index"),
     "lerobot": ("gen_theta_model.data.lerobot:main", "export to / import from the LeRobotDataset v3 layout"),
     "train": ("gen_theta_model.train:main", "pretrain or fine-tune a policy"),
     "evaluate": ("gen_theta_model.evaluate:main", "validation MSE, reverse KL and the SFT/RL call"),

@@ -18,11 +18,12 @@ from gen_theta_model.data.episode import (
     JOINT_POSITION,
     JOINT_STAMP,
     JOINT_VELOCITY,
+    EpisodeData,
     EpisodeMeta,
     EpisodeWriter,
 )
 from gen_theta_model.data.manifest import EPISODES
-from gen_theta_model.data.video import VideoConfig
+from gen_theta_model.data.video import VideoConfig, decode_all
 from gen_theta_model.embodiment import EmbodimentSpec
 
 T0 = 1_700_000_000_000_000_000  # ns since the epoch
@@ -67,3 +68,9 @@ def make_episode(
                        duration_s=duration, num_trajectories=1, source="synthetic")
     w.finish(meta)
     return meta
+
+
+def episode_frames(episode: EpisodeData, camera: str) -> np.ndarray:
+    """Every frame of one camera of a packed episode, (F, H, W, 3) uint8, decoded from its shard's video."""
+    cam = next(c for c in episode.cameras if c.name == camera)
+    return decode_all(episode.path / cam.file)[cam.offset: cam.offset + cam.frames]

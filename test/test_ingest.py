@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from bag_helpers import T0, frame_value, target, write_bag
+from data_helpers import episode_frames
 
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
@@ -15,12 +16,10 @@ from gen_theta_model.data.episode import (
     JOINT_POSITION,
     JOINT_STAMP,
     camera_stamp_key,
-    load_episode,
 )
 from gen_theta_model.data.ingest import IngestOptions, ingest, main
-from gen_theta_model.data.manifest import open_dataset
+from gen_theta_model.data.manifest import open_dataset, read_episode
 from gen_theta_model.data.stats import NormStats
-from gen_theta_model.data.video import decode_all
 from gen_theta_model.embodiment import load_robot
 
 
@@ -46,7 +45,7 @@ def test_ingest_good_and_bad_bags_incrementally(tmp_path, arm6):
     assert "arm6_joint1" in errors["bad_wrong_joints"] or "missing" in errors["bad_wrong_joints"]
     assert "missing topic '/arm6/camera/scene/image_raw'" in errors["bad_missing_topic"]
     assert "corrupt or truncated" in errors["bad_truncate"] and "bad_truncate" in errors["bad_truncate"]
-    assert sorted(p.name for p in (out / "episodes").iterdir()) == ["ep_crash", "ep_mcap", "ep_sqlite"]
+    assert not list((out / "episodes").iterdir())  # every converted episode packed into a shard
 
     ds = open_dataset(out)
     metas = {m.episode: m for m in ds.episodes}
@@ -54,30 +53,33 @@ def test_ingest_good_and_bad_bags_incrementally(tmp_path, arm6):
     assert metas["ep_sqlite"].task == "stack" and metas["ep_crash"].complete is False
     assert metas["ep_mcap"].instruction == "pick the red cube"
     assert metas["ep_mcap"].duration_s == pytest.approx(1.6, abs=0.05)
-    ep = load_episode(out / "episodes" / "ep_mcap")
+    ep = read_episode(out, "ep_mcap")
     js = ep.arrays[JOINT_STAMP]
     assert js[0] == T0 and np.all(np.diff(js) > 0) and len(js) == 160  # header stamps, as recorded
-    np.testing.assert_allclose(ep.arrays[JOINT_POSITION], np.tile(arm6.home_positions, (160, 1)))
+    np.testing.assert_allclose(ep.arrays[JOINT_POSITION], np.tile(arm6.home_positions, (160, 1)), atol=1e-6)
     a_t = (ep.arrays[ACTION_STAMP] - T0) * 1e-9
     assert np.allclose(np.diff(a_t), 1 / arm6.control_rate_hz)
     q = ep.arrays[ACTION_POSITION]
-    np.testing.assert_allclose(q[a_t < 0.2], np.tile(arm6.home_positions, ((a_t < 0.2).sum(), 1)))
-    np.testing.assert_allclose(q[a_t >= 0.7], np.tile(target(arm6), ((a_t >= 0.7).sum(), 1)), atol=1e-9)
+    np.testing.assert_allclose(q[a_t < 0.2], np.tile(arm6.home_positions, ((a_t < 0.2).sum(), 1)), atol=1e-6)
+    np.testing.assert_allclose(q[a_t >= 0.7], np.tile(target(arm6), ((a_t >= 0.7).sum(), 1)), atol=1e-6)  # float32
     mid = np.argmin(abs(a_t - 0.45))  # inside the 0.5 s linear move received at 0.2 s
     frac = (a_t[mid] - 0.2) / 0.5
     np.testing.assert_allclose(q[mid], arm6.home_positions + frac * (target(arm6) - arm6.home_positions), atol=1e-6)
-    frames = decode_all(out / "episodes" / "ep_mcap" / "scene.mp4")
+    frames = episode_frames(ep, "scene")
     assert len(frames) == len(ep.arrays[camera_stamp_key("scene")]) == 24
     assert all(abs(float(f.mean()) - frame_value(i)) < 3 for i, f in enumerate(frames))
     stats = NormStats.load(out / "stats" / "arm6.json")
     assert stats.count_state == 3 * 160 and stats.state_mean.shape == (arm6.dof,)
     np.testing.assert_allclose(stats.state_mean, arm6.normalize(arm6.home_positions), atol=1e-6)
 
-    # Re-run over a grown set: only the new bag is converted.
+    # Re-run over a grown set: only the new bag is converted, appended as a new shard and index file.
+    first = {p: p.read_bytes() for p in [*(out / "index").iterdir(), *(out / "shards").rglob("*.*")]}
     write_bag(bags / "ep_new", arm6)
     again = ingest([bags / "ep_mcap", bags / "ep_new"], out, IngestOptions(), jobs=1, progress=False)
     assert again.added == ["ep_new"] and again.skipped == ["ep_mcap"]
-    assert [m.episode for m in open_dataset(out).episodes] == ["ep_crash", "ep_mcap", "ep_new", "ep_sqlite"]
+    assert [m.episode for m in open_dataset(out).episodes] == ["ep_crash", "ep_mcap", "ep_sqlite", "ep_new"]
+    assert all(p.read_bytes() == data for p, data in first.items())  # nothing written before was rewritten
+    assert sorted(p.name for p in (out / "index").iterdir()) == ["part-000000.parquet", "part-000001.parquet"]
 
 
 def test_foreign_bag_with_topic_map_through_the_cli(tmp_path, arm6, capsys):
@@ -92,15 +94,15 @@ def test_foreign_bag_with_topic_map_through_the_cli(tmp_path, arm6, capsys):
     (meta,) = open_dataset(out).episodes
     assert (meta.episode, meta.category, meta.success) == (bag.name, "dexterity", None)
     assert meta.instruction == "pick the red cube"  # from the instruction topic
-    line = json.loads((out / "manifest.jsonl").read_text())
-    assert line["embodiment"] == "arm6" and "ingest: 1 added" in capsys.readouterr().out
+    (row,) = pq.read_table(out / "index").to_pylist()  # an independent reader of the index
+    assert row["embodiment"] == "arm6" and row["episode"] == bag.name and "ingest: 1 added" in capsys.readouterr().out
 
 
 def test_compressed_cameras(tmp_path, arm6):
     bag = write_bag(tmp_path / "bags" / "ep_jpeg", arm6, compressed=True)
     report = ingest([bag], tmp_path / "ds", IngestOptions(), jobs=1, progress=False)
     assert report.added == ["ep_jpeg"], report.failed
-    frames = decode_all(tmp_path / "ds" / "episodes" / "ep_jpeg" / "wrist.mp4")
+    frames = episode_frames(read_episode(tmp_path / "ds", "ep_jpeg"), "wrist")
     assert len(frames) == 24 and all(abs(float(f.mean()) - frame_value(i)) < 3 for i, f in enumerate(frames))
 
 
@@ -116,4 +118,4 @@ def test_ray_engine_runs_the_same_tasks(tmp_path, arm6):
     finally:
         ray.shutdown()
     assert report.added == ["ep0"] and list(report.failed) == [str(tmp_path / "bags" / "ep1")]
-    assert len(load_episode(tmp_path / "ds" / "episodes" / "ep0").arrays[JOINT_STAMP]) == 160
+    assert len(read_episode(tmp_path / "ds", "ep0").arrays[JOINT_STAMP]) == 160

@@ -20,9 +20,8 @@ from bag_helpers import BAD_JOINT, BAD_MESSAGE, T0, write_bag
 from mcap.stream_reader import CRCValidationError, StreamReader
 
 from gen_theta_model.data.bag import BagError, open_bag
-from gen_theta_model.data.episode import load_episode
 from gen_theta_model.data.ingest import IngestOptions, ingest, main
-from gen_theta_model.data.manifest import open_dataset
+from gen_theta_model.data.manifest import open_dataset, read_episode
 from gen_theta_model.data.recording import read_record
 from gen_theta_model.embodiment import load_robot
 
@@ -78,7 +77,7 @@ def test_implausible_values_reject_only_their_episode(tmp_path, arm6, capsys):
 
     ds = open_dataset(out)
     assert [m.episode for m in ds.episodes] == ["good"]
-    assert sorted(p.name for p in (out / "episodes").iterdir()) == ["good"]  # nothing of a rejected one
+    assert not list((out / "episodes").iterdir())  # nothing of a rejected one, the good one packed
     stats = ds.stats["arm6"]
     assert np.isfinite(stats.state_std).all() and np.isfinite(stats.state_mean).all()
     assert stats.state_max.max() <= 1.0 + 1e-6  # canonical units: nothing of the bad bags in them
@@ -133,14 +132,20 @@ def test_disk_full_midway_leaves_a_loadable_dataset(tmp_path, arm6):
     lines = [ln for ln in run.stderr.splitlines() if ln.strip() and not ln.startswith("ingest:")]  # no bar
     assert len(lines) == 1 and "stopped early" in lines[0] and "No space left on device" in lines[0], lines
     ds = open_dataset(kept)
-    on_disk = sorted(p.name for p in (kept / "episodes").iterdir())
-    assert 0 < len(ds.episodes) < 12 and [m.episode for m in ds.episodes] == on_disk  # no half episodes
-    assert json.loads((kept / "manifest.jsonl").read_text().splitlines()[-1])["episode"] == on_disk[-1]
-    assert ds.stats["arm6"].count_state == 160 * len(on_disk)
-    for ep in on_disk:
-        assert len(load_episode(kept / "episodes" / ep).arrays["joint_states.stamp_ns"]) == 160
+    packed = [m.episode for m in ds.episodes]
+    staged = sorted(p.name for p in (kept / "episodes").iterdir())  # converted, not packed for want of room
+    assert 0 < len(packed) and len(packed) + len(staged) < 12 and not set(packed) & set(staged)
+    assert not [p for p in (kept / "shards").iterdir() if p.name.startswith(".")]  # no half shard
+    assert ds.stats["arm6"].count_state == 160 * len(packed)
+    for ep in packed:
+        assert len(read_episode(kept, ep).arrays["joint_states.stamp_ns"]) == 160
     assert not (kept / ".reserve").exists()
-    assert f"{len(on_disk)} added" in run.stdout
+    assert f"{len(packed) + len(staged)} added" in run.stdout
+    # With room again, a re-run packs the staged episodes and adds the rest: nothing was lost.
+    report = ingest(sorted(bags.iterdir()), kept, IngestOptions(), jobs=1, progress=False)
+    assert len(report.added) == 12 - len(packed) - len(staged) and not report.failed
+    assert sorted(m.episode for m in open_dataset(kept).episodes) == [f"ep{i:02d}" for i in range(12)]
+    assert not list((kept / "episodes").iterdir()) and open_dataset(kept).stats["arm6"].count_state == 160 * 12
 
 
 def test_same_bag_name_in_two_folders_gets_two_episodes(tmp_path, arm6, capsys):
@@ -169,7 +174,7 @@ def test_only_successful_episodes_unless_asked(tmp_path, arm6, capsys):
     assert "2 left out (1 failed: --include-failed; 1 never marked: --include-unknown)" in capsys.readouterr().out
     assert [m.episode for m in open_dataset(out).episodes] == ["ok"]
     assert main([str(bags), "--out", str(out), "--jobs", "1", "--include-failed"]) == 0
-    assert [m.episode for m in open_dataset(out).episodes] == ["failed", "ok"]
+    assert [m.episode for m in open_dataset(out).episodes] == ["ok", "failed"]  # index order: as appended
     report = ingest([bags / "killed"], out, IngestOptions(include_unknown=True), jobs=1, progress=False)
     assert report.added == ["killed"]
     assert {m.episode: m.success for m in open_dataset(out).episodes} == {"failed": False, "killed": None, "ok": True}

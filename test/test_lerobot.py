@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import make_episode
+from data_helpers import episode_frames, make_episode
 
-from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, JOINT_POSITION, JOINT_STAMP, load_episode
+from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, JOINT_POSITION, JOINT_STAMP
 from gen_theta_model.data.lerobot import main
-from gen_theta_model.data.manifest import finalize_dataset, open_dataset
+from gen_theta_model.data.manifest import finalize_dataset, open_dataset, read_episode
 from gen_theta_model.data.video import decode_all
 from gen_theta_model.embodiment import load_robot
 
@@ -47,14 +47,13 @@ def test_round_trip(tmp_path):
     assert [(m.episode, m.task, m.category, m.instruction) for m in ds.episodes] == [
         ("e0", "stack", "dexterity", "stack them"), ("e1", "pick", "real_world", "pick the cube")]
     for name in ("e0", "e1"):
-        a, b = load_episode(src / "episodes" / name), load_episode(back / "episodes" / name)
+        a, b = read_episode(src, name), read_episode(back, name)
         np.testing.assert_array_equal(a.arrays[ACTION_STAMP], b.arrays[ACTION_STAMP])
         np.testing.assert_allclose(a.arrays[ACTION_POSITION], b.arrays[ACTION_POSITION], atol=1e-6)
         grid = a.arrays[ACTION_STAMP]
         idx = np.maximum(np.searchsorted(a.arrays[JOINT_STAMP], grid, side="right") - 1, 0)
         np.testing.assert_allclose(b.arrays[JOINT_POSITION], a.arrays[JOINT_POSITION][idx], atol=1e-6)
-        frames_a = decode_all(a.path / "wrist.mp4")
-        frames_b = decode_all(b.path / "wrist.mp4")
+        frames_a, frames_b = episode_frames(a, "wrist"), episode_frames(b, "wrist")
         stamps = a.arrays["camera.wrist.stamp_ns"]
         want = frames_a[np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)]
         assert frames_b.shape == want.shape and np.abs(frames_b.astype(int) - want).mean() < 3
@@ -74,12 +73,12 @@ def test_multi_file_round_trip(tmp_path):
     assert [pq.read_table(lr / f)["episode_index"].to_pylist()[0] for f in files] == [0, 1, 2]
     assert main(["import", str(lr), str(tmp_path / "back"), "--robot", "arm6"]) == 0
     for name in ("e0", "e1", "e2"):
-        a, b = load_episode(tmp_path / "src/episodes" / name), load_episode(tmp_path / "back/episodes" / name)
+        a, b = read_episode(tmp_path / "src", name), read_episode(tmp_path / "back", name)
         np.testing.assert_allclose(a.arrays[ACTION_POSITION], b.arrays[ACTION_POSITION], atol=1e-6)
         grid = a.arrays[ACTION_STAMP]
-        want = decode_all(a.path / "scene.mp4")[np.maximum(np.searchsorted(
+        want = episode_frames(a, "scene")[np.maximum(np.searchsorted(
             a.arrays["camera.scene.stamp_ns"], grid, side="right") - 1, 0)]
-        assert np.abs(decode_all(b.path / "scene.mp4").astype(int) - want).mean() < 3
+        assert np.abs(episode_frames(b, "scene").astype(int) - want).mean() < 3
 
 
 def test_import_rejects_a_different_robot(tmp_path, capsys):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import make_episode
+from data_helpers import episode_frames, make_episode
 
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
@@ -28,11 +28,10 @@ from gen_theta_model.data.episode import (
     JOINT_POSITION,
     JOINT_STAMP,
     camera_stamp_key,
-    load_episode,
 )
 from gen_theta_model.data.lerobot import FileLimits, export, import_dataset
-from gen_theta_model.data.manifest import finalize_dataset, open_dataset
-from gen_theta_model.data.video import VideoConfig, decode_all
+from gen_theta_model.data.manifest import finalize_dataset, open_dataset, read_episode
+from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import load_robot
 
 LEROBOT_PYTHON = Path(os.environ.get("LEROBOT_PYTHON", Path.home() / "lrb/V/bin/python"))
@@ -84,7 +83,7 @@ def test_lerobot_loads_our_multi_file_export(tmp_path):
     assert list(got["task"]) == [instructions[e] for e in got["episode_index"]]  # strings, not task indices
     worst = 0.0
     for e in range(3):
-        ep = load_episode(src / "episodes" / f"e{e}")
+        ep = read_episode(src, f"e{e}")
         sel = got["episode_index"] == e
         grid = ep.arrays[ACTION_STAMP]
         latest = np.maximum(np.searchsorted(ep.arrays[JOINT_STAMP], grid, side="right") - 1, 0)
@@ -94,7 +93,7 @@ def test_lerobot_loads_our_multi_file_export(tmp_path):
         np.testing.assert_allclose(got["timestamp"][sel], np.arange(len(grid)) / spec.control_rate_hz, atol=1e-6)
         for cam in ep.cameras:
             stamps = ep.arrays[camera_stamp_key(cam.name)]
-            want = decode_all(ep.path / cam.file)[np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)]
+            want = episode_frames(ep, cam.name)[np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)]
             # a camera frame repeats over several control steps: compare the distinct ones
             first = np.r_[True, np.diff(np.maximum(np.searchsorted(stamps, grid, side="right") - 1, 0)) > 0]
             worst = max(worst, assert_same_frames(got[f"observation.images.{cam.name}"][sel][first], want[first],
@@ -126,14 +125,14 @@ def test_import_of_a_lerobot_written_multi_file_dataset(tmp_path):
     metas = open_dataset(back).episodes
     assert [m.instruction for m in metas] == side["tasks"]
     for e, meta in enumerate(metas):
-        ep = load_episode(back / "episodes" / meta.episode)
+        ep = read_episode(back, meta.episode)
         sel = truth["episode_index"] == e
         assert list(truth["task"][sel]) == [meta.instruction] * side["episodes"][e]
         np.testing.assert_array_equal(ep.arrays[JOINT_POSITION], truth["observation.state"][sel])
         np.testing.assert_array_equal(ep.arrays[ACTION_POSITION], truth["action"][sel])  # same fps: same grid
         assert len(ep.arrays[ACTION_STAMP]) == side["episodes"][e]
         for cam in ep.cameras:
-            np.testing.assert_array_equal(decode_all(ep.path / cam.file), truth[f"observation.images.{cam.name}"][sel])
+            np.testing.assert_array_equal(episode_frames(ep, cam.name), truth[f"observation.images.{cam.name}"][sel])
 
 
 if __name__ == "__main__":

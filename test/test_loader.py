@@ -9,10 +9,11 @@ from data_helpers import T0, frame_value, joint_positions, make_episode
 
 from gen_theta_model import batch
 from gen_theta_model.data.dataset import augment_image
-from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key, load_episode
+from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key
 from gen_theta_model.data.loader import DataConfig, make_dataloaders
-from gen_theta_model.data.manifest import finalize_dataset
+from gen_theta_model.data.manifest import finalize_dataset, read_episode
 from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights, split_episodes
+from gen_theta_model.data.stream import StreamingDataset
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.observation import ObservationConfig, build_observation
 
@@ -40,7 +41,7 @@ def test_sample_matches_streams(dataset, specs):
     for ep in range(len(info.episodes)):
         ref = ds.episodes[ep]
         spec = specs[ref.meta.embodiment]
-        data = load_episode(ref.path)
+        data = read_episode(dataset, ref.meta.episode)
         for step in (ref.first_step, (ref.first_step + ref.num_steps) // 2, ref.num_steps - 3):
             s = ds[(ep, step, 7)]
             t = int(data.arrays[ACTION_STAMP][step])
@@ -97,8 +98,9 @@ def test_batches_have_the_documented_layout(dataset):
     assert set(info.norm_stats) <= set(info.embodiment_names)
 
 
-def test_resume_is_exact_and_epochs_differ(dataset):
-    cfg = DataConfig(batch_size=4, num_workers=0, samples_per_epoch=40, seed=3)
+@pytest.mark.parametrize("streaming, workers", [(False, 0), (True, 0), (True, 2)])
+def test_resume_is_exact_and_epochs_differ(dataset, streaming, workers):
+    cfg = DataConfig(batch_size=4, num_workers=workers, samples_per_epoch=40, seed=3, streaming=streaming)
     a, _, _ = make_dataloaders(dataset, cfg)
     it = iter(a)
     first = [next(it) for _ in range(3)]
@@ -166,3 +168,44 @@ def test_augment_changes_pixels_within_bounds():
     img = np.full((8, 8, 3), 128, np.uint8)
     out = augment_image(img, np.random.default_rng(0))
     assert out.dtype == np.uint8 and abs(int(out.mean()) - 128) <= 14
+
+
+def _identity(sample: dict) -> tuple:
+    """Tell samples apart: episode, commanded chunk (a function of the step) and delay (of the seed)."""
+    return int(sample[batch.EPISODE_INDEX]), sample[batch.ACTION].tobytes(), int(sample[batch.DELAY])
+
+
+def test_streaming_serves_every_sample_of_the_epoch_once(dataset):
+    cfg = DataConfig(batch_size=4, num_workers=2, val_fraction=0.0, samples_per_epoch=64, seed=5,
+                     open_episodes=3, shuffle_buffer=16)
+    train, _, _ = make_dataloaders(dataset, cfg)
+    got = [_identity({k: v[i].numpy() for k, v in b.items()}) for b in train for i in range(cfg.batch_size)]
+    keys = train.sampler.all_keys(0)
+    want = [_identity(train.dataset[tuple(k)]) for k in keys]  # random access to the same keys
+    assert len(got) == len(train) * cfg.batch_size == 64 and sorted(got) == sorted(want)
+    assert got != want  # not in the sampler's order: shuffled through the buffer
+    # Ranks and workers: contiguous equal parts of the reading order, together every key once.
+    plans = []
+    for rank in range(2):
+        rank_train, _, _ = make_dataloaders(dataset, cfg, rank=rank, world_size=2)
+        stream = rank_train.stream
+        assert isinstance(stream, StreamingDataset)
+        plans += [stream.worker_schedule(w, 2) for w in range(2)]
+    assert [len(p.keys) for p in plans] == [16] * 4
+    merged = np.concatenate([p.keys for p in plans])
+    np.testing.assert_array_equal(np.unique(merged, axis=0), np.unique(keys, axis=0))
+    assert sorted(map(tuple, merged.tolist())) == sorted(map(tuple, keys.tolist()))
+    for p in plans:
+        assert sorted(p.emit.tolist()) == list(range(len(p.keys)))  # each decoded sample comes out once
+        assert (p.emit_after > p.emit).all()  # and only after it was decoded
+        assert len(set(p.slots.tolist())) <= cfg.open_episodes
+        for ep in set(p.keys[:, 0].tolist()):  # each episode read forward, by one decoder slot
+            mine = p.keys[:, 0] == ep
+            assert (np.diff(p.keys[mine, 1]) >= 0).all() and len(set(p.slots[mine].tolist())) == 1
+
+
+def test_random_access_mode_follows_the_sampler(dataset):
+    cfg = DataConfig(batch_size=4, num_workers=0, val_fraction=0.0, samples_per_epoch=16, seed=2, streaming=False)
+    train, _, _ = make_dataloaders(dataset, cfg)
+    got = [_identity({k: v[i].numpy() for k, v in b.items()}) for b in train for i in range(cfg.batch_size)]
+    assert got == [_identity(train.dataset[tuple(k)]) for k in train.sampler.keys(0)]

@@ -54,11 +54,11 @@ def test_suites_leave_the_pool_and_views_load(source, tmp_path):
 
     subset = nested_subsets(nested_order(pool, 0), [5])[5]
     (view,) = materialize_view([source], subset, tmp_path / "D5")
-    assert view.name == "sim" and (view / "episodes" / subset[0].episode).is_symlink()
+    assert view.name == "sim" and not (view / "shards").exists()  # the index points at the source's shards
     index = open_dataset(view)
     assert sorted(m.episode for m in index.episodes) == sorted(e.episode for e in subset)
     refs, names, _, _ = load_episodes([view])
     assert len(refs) == 5 and set(names) <= {"arm6", "arm7"}
-    # re-materialising with fewer episodes removes the extra links
+    # re-materialising with fewer episodes replaces the view's index
     materialize_view([source], subset[:2], tmp_path / "D5")
     assert len(open_dataset(view).episodes) == 2

@@ -5,7 +5,9 @@ gen_theta_model/batch.py: the latest frame of each camera at or before t and its
 age, the last ``history`` joint states at or before t with their ages, the
 commanded positions t + k/rate for k < H (canonical), the committed-prefix
 length, and the embodiment/episode indices. Only the frames a sample needs are
-decoded (seek to the keyframe, decoder kept open per worker).
+decoded. Decoders are kept open per worker in a bounded LRU keyed by (shard video,
+slot): random access uses slot 0 (one decoder per shard video, seeking), the
+streaming loader one slot per episode it reads at a time (each decodes forward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from gen_theta_model import batch
@@ -27,8 +30,8 @@ from gen_theta_model.data.episode import (
     CameraInfo,
     EpisodeMeta,
     camera_stamp_key,
-    read_episode_doc,
 )
+from gen_theta_model.data.shards import STREAMS
 from gen_theta_model.data.video import VideoReader
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import HarmonicConfig, sample_delay
@@ -39,7 +42,7 @@ from gen_theta_model.observation import ObservationConfig, build_observation
 class EpisodeRef:
     """One episode of the combined (possibly multi-directory) dataset."""
 
-    path: Path  # episodes/<id>
+    path: Path  # its shard directory
     meta: EpisodeMeta
     dataset: str  # name of the sub-dataset (its directory name)
     embodiment_index: int
@@ -74,39 +77,51 @@ class EpisodeDataset(Dataset):
         return sum(e.num_steps - e.first_step for e in self.episodes)
 
     def _caches(self) -> None:
-        # Decoders and arrays are per process: a DataLoader worker builds its own.
+        # Decoders, open shard files and arrays are per process: a DataLoader worker builds its own.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._readers: OrderedDict[tuple[int, str], VideoReader] = OrderedDict()
+            self._readers: OrderedDict[tuple[Path, str, int], VideoReader] = OrderedDict()
+            self._shards: OrderedDict[Path, object] = OrderedDict()
             self._arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     def arrays(self, ep: int) -> dict[str, np.ndarray]:
-        """Numeric streams of episode ``ep`` (kept for the last 64 episodes used)."""
+        """Numeric streams a sample of episode ``ep`` needs (kept for the last 64 episodes used)."""
         self._caches()
         if ep not in self._arrays:
-            from safetensors.numpy import load_file
-
-            self._arrays[ep] = load_file(str(self.episodes[ep].path / "streams.safetensors"))
+            ref = self.episodes[ep]
+            shard = self._shards.get(ref.path)
+            if shard is None:
+                shard = self._shards[ref.path] = safe_open(str(ref.path / STREAMS), framework="numpy")
+                if len(self._shards) > 8:
+                    self._shards.popitem(last=False)
+            self._shards.move_to_end(ref.path)
+            keys = [JOINT_STAMP, JOINT_POSITION, ACTION_STAMP, ACTION_POSITION]
+            keys += [camera_stamp_key(c.name) for c in ref.cameras]
+            self._arrays[ep] = {k: shard.get_tensor(f"{ref.meta.episode}/{k}") for k in keys}
             if len(self._arrays) > 64:
                 self._arrays.popitem(last=False)
         self._arrays.move_to_end(ep)
         return self._arrays[ep]
 
-    def frame(self, ep: int, camera: CameraInfo, index: int) -> np.ndarray:
-        """Frame ``index`` of a camera of episode ``ep``, (H, W, 3) uint8."""
+    def frame(self, ep: int, camera: CameraInfo, index: int, slot: int = 0) -> np.ndarray:
+        """Frame ``index`` of a camera of episode ``ep``, (H, W, 3) uint8, decoded by decoder ``slot``."""
         self._caches()
-        key = (ep, camera.name)
+        key = (self.episodes[ep].path, camera.file, slot)
         reader = self._readers.get(key)
         if reader is None:
-            reader = VideoReader(self.episodes[ep].path / camera.file, gop=camera.gop)
+            reader = VideoReader(key[0] / camera.file, gop=camera.gop)
             self._readers[key] = reader
             if len(self._readers) > self.max_open_videos:
                 self._readers.popitem(last=False)[1].close()
         self._readers.move_to_end(key)
-        return reader.frame(index)
+        return reader.frame(camera.offset + index)
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, np.ndarray]:
         ep, step, seed = (int(v) for v in key)
+        return self.sample(ep, step, seed)
+
+    def sample(self, ep: int, step: int, seed: int, slot: int = 0) -> dict[str, np.ndarray]:
+        """Build the sample at action ``step`` of episode ``ep``; ``seed`` drives delay and augmentation."""
         ref = self.episodes[ep]
         spec = self.specs[ref.embodiment_index]
         rng = np.random.default_rng(seed)
@@ -121,7 +136,7 @@ class EpisodeDataset(Dataset):
             if i < 0:
                 frames[cam.name] = None
                 continue
-            image = self.frame(ep, cam, i)
+            image = self.frame(ep, cam, i, slot)
             frames[cam.name] = augment_image(image, rng) if self.augment else image
             ages[cam.name] = (t - int(stamps[i])) * 1e-9
 
@@ -153,19 +168,3 @@ def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mean = x.mean()
     x = (x - mean) * rng.uniform(0.9, 1.1) + mean * rng.uniform(0.9, 1.1)
     return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def episode_ref(path: Path, dataset: str, meta: EpisodeMeta, embodiment_index: int) -> EpisodeRef:
-    """Index one episode: camera facts and the range of steps where every stream has started."""
-    from safetensors import safe_open
-
-    doc = read_episode_doc(path)
-    cams = [CameraInfo(**c) for c in doc["cameras"]]
-    with safe_open(str(path / "streams.safetensors"), framework="numpy") as f:
-        steps = f.get_tensor(ACTION_STAMP)
-        starts = [f.get_tensor(JOINT_STAMP)[:1]] + [f.get_tensor(camera_stamp_key(c.name))[:1] for c in cams]
-    if any(len(s) == 0 for s in starts):
-        first = len(steps)
-    else:
-        first = int(np.searchsorted(steps, max(int(s[0]) for s in starts), side="left"))
-    return EpisodeRef(path, meta, dataset, embodiment_index, cams, len(steps), first)

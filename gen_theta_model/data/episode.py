@@ -41,7 +41,7 @@ def camera_stamp_key(camera: str) -> str:
 
 @dataclass(frozen=True)
 class EpisodeMeta:
-    """What is known about an episode; also one line of the dataset manifest."""
+    """What is known about an episode; also the first columns of its row in the dataset index."""
 
     episode: str  # unique id (the bag directory name)
     embodiment: str
@@ -69,6 +69,7 @@ class CameraInfo:
     fps: float
     frames: int
     gop: int
+    offset: int = 0  # index of the episode's first frame in ``file`` (a shard holds many episodes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,6 @@ Format and exit codes: docs/dataset_format.md.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import multiprocessing
 import os
@@ -46,7 +45,12 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
 )
-from gen_theta_model.data.manifest import EPISODES, existing_episodes, existing_sources, finalize_dataset
+from gen_theta_model.data.manifest import (
+    EPISODES,
+    OUTPUT_FULL,
+    existing_episodes,
+    finalize_dataset,
+)
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
@@ -54,8 +58,6 @@ from gen_theta_model.ray_cluster import RayClusterError, init_ray
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import TrajectoryError, resample_commands, resample_positions
 
-# A write failing with one of these stops the whole run: the next episode would fail the same way.
-OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 RESERVE_FILE = ".reserve"  # freed when the run ends, so that manifest and statistics fit on a full disk
 RESERVE_BYTES = 256 * 1024  # info, embodiments, statistics and their temporary copies
 RESERVE_PER_EPISODE = 2 * 1024  # a manifest line (~0.5 kB) and its temporary copy, with room to spare
@@ -297,8 +299,7 @@ def plan_ingest(bags: list[Path], out: Path, opts: IngestOptions) -> tuple[list[
     directory name, or, when that id is taken (same name in another folder), the
     name plus 8 hex digits of the hash of its path.
     """
-    sources = existing_sources(out)
-    taken = existing_episodes(out)
+    taken, sources = existing_episodes(out)
     report = IngestReport()
     todo = []
     for bag in bags:
@@ -329,10 +330,10 @@ def _recorded_success(bag: Path) -> bool | None:
 
 def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "process", jobs: int = 0,
            progress: bool = True) -> IngestReport:
-    """Ingest ``bags`` into ``out`` (incremental), then rebuild manifest and statistics.
+    """Ingest ``bags`` into ``out`` (incremental), then pack them into shards, append to the index and statistics.
 
     Bad episodes are reported in ``failed``; a full disk ends the run early (``stopped``)
-    and the manifest then lists every episode finished before.
+    and the index then lists every episode finished before that fitted (the rest stays staged).
     """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -372,8 +373,8 @@ def ingest(bags: list[Path], out: Path, opts: IngestOptions, engine: str = "proc
                 report.recovered.append(res["meta"]["episode"])
     try:
         finalize_dataset(out, {r: load_robot(r) for r in robots})
-    except OSError as err:  # the previous manifest stays (atomic writes); the episodes are on disk
-        report.stopped = report.stopped or f"{out}: writing the manifest: {err}"
+    except OSError as err:  # the previous index stays (atomic writes); what did not fit stays staged
+        report.stopped = report.stopped or f"{out}: packing episodes into shards: {err}"
     report.seconds = time.perf_counter() - t0
     return report
 

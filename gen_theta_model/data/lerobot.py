@@ -53,9 +53,9 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
     camera_stamp_key,
-    load_episode,
 )
 from gen_theta_model.data.manifest import EPISODES, finalize_dataset, open_dataset
+from gen_theta_model.data.shards import read_packed_episode
 from gen_theta_model.data.video import VideoConfig, VideoReader, VideoWriter
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.trajectory import resample_positions
@@ -196,8 +196,9 @@ def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | 
     videos: dict[str, _VideoFiles] = {}
     sums = {k: [] for k in NUMERIC}
     ep_rows: list[dict] = []
-    for e, meta in enumerate(metas):
-        ep = load_episode(ix.root / EPISODES / meta.episode)
+    rows = [r for r in ix.table.to_pylist() if r["embodiment"] == name]
+    for e, (meta, row) in enumerate(zip(metas, rows)):
+        ep = read_packed_episode(ix.root, row, spec.joint_names)
         grid = ep.arrays[ACTION_STAMP]
         task = meta.instruction or meta.task
         state = ep.arrays[JOINT_POSITION][_latest(ep.arrays[JOINT_STAMP], grid)]
@@ -218,7 +219,7 @@ def export(dataset: Path, out: Path, embodiment: str = "", video: VideoConfig | 
             row.update(v.start_episode())
             reader = VideoReader(ep.path / cam.file, gop=cam.gop)
             for i in _latest(ep.arrays[camera_stamp_key(cam.name)], grid):
-                v.add(reader.frame(int(i)))
+                v.add(reader.frame(cam.offset + int(i)))
             reader.close()
             row[f"videos/{key}/to_timestamp"] = v.writer.count / fps
         for k, x in zip(NUMERIC, (state, action), strict=True):

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader
 
-from gen_theta_model.data.dataset import EpisodeDataset, EpisodeRef, episode_ref
-from gen_theta_model.data.episode import EpisodeMeta, read_episode_doc
-from gen_theta_model.data.manifest import EPISODES, open_dataset
+from gen_theta_model.data.dataset import EpisodeDataset, EpisodeRef
+from gen_theta_model.data.episode import CameraInfo, EpisodeMeta
+from gen_theta_model.data.manifest import open_dataset, sum_moments
 from gen_theta_model.data.sampler import MixtureSampler, group_weights, load_mixture, split_episodes
-from gen_theta_model.data.stats import Moments, NormStats, norm_stats
+from gen_theta_model.data.stats import NormStats, norm_stats
+from gen_theta_model.data.stream import StreamingDataset
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import HarmonicConfig
 from gen_theta_model.observation import ObservationConfig
@@ -41,11 +44,20 @@ class DataConfig:
     val_tasks: tuple[str, ...] = ()  # tasks held out entirely
     val_samples: int = 256  # validation samples, evenly spaced over the held-out episodes
     augment: bool = False
-    max_open_videos: int = 16  # open decoders per worker
+    max_open_videos: int = 16  # open decoders per worker (random access; streaming keeps open_episodes x cameras)
+    # Streaming: decode each frame once, shuffle through a buffer (docs/loader.md). False: every sample decoded
+    # by seeking, the order exactly the sampler's: for small datasets or when batches must be i.i.d. draws.
+    streaming: bool = True
+    # Episodes a worker reads at a time: a batch mixes samples of at least about this many episodes.
+    open_episodes: int = 16
+    # Samples held per worker to shuffle from; ~85 kB each at 3 cameras 96x96, so 1024 ~ 85 MB.
+    shuffle_buffer: int = 1024
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"horizon, batch_size must be >= 1 and num_workers >= 0, got {self}")
+        if self.open_episodes < 1 or self.shuffle_buffer < 1:
+            raise ValueError(f"open_episodes and shuffle_buffer must be >= 1, got {self}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -71,7 +83,8 @@ def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]
 class TrainLoader:
     """One epoch per ``iter``; counts consumed batches so that ``state_dict`` resumes exactly."""
 
-    def __init__(self, dataset: EpisodeDataset, sampler: MixtureSampler, cfg: DataConfig) -> None:
+    def __init__(self, dataset: EpisodeDataset, sampler: MixtureSampler, cfg: DataConfig,
+                 shard_of: np.ndarray) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.batch_size = cfg.batch_size
         if cfg.num_workers > 0:
@@ -80,18 +93,47 @@ class TrainLoader:
             # in a process that had other threads when it forked the workers once hung for good
             # in the sharer's handshake (py-spy: answer_challenge, the worker idle).
             torch.multiprocessing.set_sharing_strategy("file_system")
-        self.loader = DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-            collate_fn=collate, drop_last=True, persistent_workers=cfg.num_workers > 0,
-        )
+        # Workers start from a fresh server process, not forked from this one: a fork copies the
+        # locks that this process's other threads (DDS, Ray, pyarrow, a rollout) hold at that
+        # moment, and a worker that needs one waits forever (seen once in the test suite: a
+        # worker idle in a futex, the batch never came).
+        context = "forkserver" if cfg.num_workers > 0 else None
+        self.stream = None
+        if cfg.streaming:
+            dataset.max_open_videos = max(cfg.max_open_videos, cfg.open_episodes * cfg.observation.max_cameras)
+            self.stream = StreamingDataset(dataset, sampler, shard_of, cfg.batch_size, cfg.open_episodes,
+                                           cfg.shuffle_buffer)
+            # Not persistent: each epoch's workers get the epoch and the resume point with the dataset.
+            self.loader = DataLoader(self.stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                     collate_fn=collate, multiprocessing_context=context)
+        else:
+            self.loader = DataLoader(
+                dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                collate_fn=collate, drop_last=True, persistent_workers=cfg.num_workers > 0,
+                multiprocessing_context=context,
+            )
+        self.workers = max(cfg.num_workers, 1)
         self.epoch, self.batches = 0, 0
 
     def __len__(self) -> int:
+        if self.stream is not None:
+            return sum(self.stream.batches_per_worker(self.workers))
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        self.sampler.set_epoch(self.epoch, start=self.batches * self.batch_size)
+        drop = 0
+        if self.stream is not None:
+            # Workers take turns from worker 0, so each skips the whole rounds already consumed (without
+            # decoding) and the rest (fewer than 2 rounds: the last round may be uneven) is dropped here.
+            rounds = min(self.batches // self.workers, min(self.stream.batches_per_worker(self.workers)))
+            self.stream.epoch, self.stream.skip_batches = self.epoch, rounds
+            drop = self.batches - rounds * self.workers
+        else:
+            self.sampler.set_epoch(self.epoch, start=self.batches * self.batch_size)
         for b in self.loader:
+            if drop:
+                drop -= 1
+                continue
             self.batches += 1
             yield b
         self.epoch, self.batches = self.epoch + 1, 0
@@ -105,8 +147,11 @@ class TrainLoader:
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
 
 
-def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], dict[str, EmbodimentSpec], list]:
-    """Index the episodes of one or more datasets: (refs, embodiment names, specs, per-episode moments)."""
+def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], dict[str, EmbodimentSpec], pa.Table]:
+    """Index the episodes of one or more datasets from their index files alone.
+
+    Returns (refs, embodiment names, specs, the index rows in ref order).
+    """
     indexes = [open_dataset(d) for d in dirs]
     specs: dict[str, EmbodimentSpec] = {}
     for ix in indexes:
@@ -115,14 +160,21 @@ def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], di
                 raise ValueError(f"{ix.root}: embodiment '{name}' differs (URDF sha256) from another dataset's")
             specs[name] = spec
     names = sorted(specs)
-    refs, moments = [], []
+    refs = []
     for ix in indexes:
-        for meta in ix.episodes:
-            path = ix.root / EPISODES / meta.episode
-            refs.append(episode_ref(path, ix.root.name, meta, names.index(meta.embodiment)))
-            doc = read_episode_doc(path)["moments"]
-            moments.append((Moments.from_dict(doc["state"]), Moments.from_dict(doc["action"])))
-    return refs, names, specs, moments
+        t = ix.table
+        shards = {s: ix.root / s for s in pc.unique(t.column("shard")).to_pylist()}
+        cams = t.column("cameras").combine_chunks()
+        flat = cams.flatten()  # every camera row of every episode, fields in CameraInfo's order
+        infos = [CameraInfo(*v) for v in zip(*(flat.field(i).to_pylist() for i in range(flat.type.num_fields)))]
+        ends = cams.offsets.to_numpy() - cams.offsets[0].as_py()  # flatten() starts at the first row
+        cols = zip(t.column("shard").to_pylist(), ends[:-1].tolist(), ends[1:].tolist(),
+                   t.column("num_steps").to_pylist(), t.column("first_step").to_pylist())
+        for meta, (shard, lo, hi, steps, first) in zip(ix.episodes, cols):
+            refs.append(EpisodeRef(shards[shard], meta, ix.root.name, names.index(meta.embodiment), infos[lo:hi],
+                                   steps, first))
+    table = pa.concat_tables([ix.table for ix in indexes]) if indexes else None
+    return refs, names, specs, table
 
 
 def make_dataloaders(
@@ -135,19 +187,18 @@ def make_dataloaders(
     every call (fixed keys), this rank's share of them.
     """
     dirs = [Path(dataset_dirs)] if isinstance(dataset_dirs, (str, Path)) else [Path(d) for d in dataset_dirs]
-    refs, names, specs, moments = load_episodes(dirs)
+    refs, names, specs, table = load_episodes(dirs)
     ids = [f"{r.dataset}/{r.meta.episode}" for r in refs]
     train_eps, val_eps = split_episodes(ids, [r.meta.task for r in refs], cfg.val_fraction, cfg.val_tasks)
     if not train_eps:
         raise ValueError(f"{[str(d) for d in dirs]}: no training episodes (all {len(refs)} held out)")
+    train_rows = table.select(["embodiment", "state_moments", "action_moments"]).take(pa.array(train_eps, pa.int64()))
     stats = {}
     for name in names:
-        mine = [moments[i] for i in train_eps if refs[i].meta.embodiment == name]
-        if mine:
-            s, a = mine[0]
-            for s2, a2 in mine[1:]:
-                s, a = s.merge(s2), a.merge(a2)
-            stats[name] = norm_stats(name, s, a)
+        mine = train_rows.filter(pc.equal(train_rows.column("embodiment"), name))
+        if len(mine):
+            stats[name] = norm_stats(name, sum_moments(mine.column("state_moments")),
+                                     sum_moments(mine.column("action_moments")))
     dataset = EpisodeDataset(
         refs, [specs[n] for n in names], cfg.observation, cfg.horizon, cfg.harmonic, cfg.augment, cfg.max_open_videos
     )
@@ -159,7 +210,9 @@ def make_dataloaders(
         [r.num_steps - r.first_step for r in tr],
     )
     sampler = MixtureSampler(train_eps, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size)
-    train = TrainLoader(dataset, sampler, cfg)
+    shard_names: dict[Path, int] = {}
+    shard_of = np.array([shard_names.setdefault(r.path, len(shard_names)) for r in refs], np.int64)
+    train = TrainLoader(dataset, sampler, cfg, shard_of)
     val_keys = validation_keys(val_eps, steps, cfg.val_samples, cfg.seed)[rank::world_size]
     val_dataset = EpisodeDataset(
         refs, dataset.specs, cfg.observation, cfg.horizon, cfg.harmonic, False, cfg.max_open_videos
@@ -172,9 +225,12 @@ def make_dataloaders(
 
 def validation_keys(episodes: Sequence[int], steps: Sequence[tuple[int, int]], total: int, seed: int) -> list:
     """``total`` fixed keys evenly spaced over the steps of ``episodes`` (delays drawn from ``seed``)."""
-    flat = [(e, s) for e in episodes for s in range(steps[e][0], steps[e][1])]
-    if not flat:
+    counts = np.array([max(steps[e][1] - steps[e][0], 0) for e in episodes], np.int64)
+    if not counts.sum():
         return []
-    pick = np.linspace(0, len(flat) - 1, min(total, len(flat))).round().astype(int)
+    cum = np.cumsum(counts)
+    pick = np.linspace(0, cum[-1] - 1, min(total, int(cum[-1]))).round().astype(np.int64)
+    m = np.searchsorted(cum, pick, side="right")
+    offset = pick - np.concatenate([[0], cum[:-1]])[m]
     rng = np.random.default_rng([seed, 1 << 20])
-    return [(flat[i][0], flat[i][1], int(rng.integers(0, 2**62))) for i in pick]
+    return [(int(episodes[i]), int(steps[episodes[i]][0] + o), int(rng.integers(0, 2**62))) for i, o in zip(m, offset)]

@@ -62,7 +62,8 @@ def split_episodes(
     held = set(val_tasks)
     score = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / 2**64 for i in ids]
     val = [i for i in range(len(ids)) if tasks[i] in held or score[i] < val_fraction]
-    rest = [i for i in range(len(ids)) if i not in set(val)]
+    chosen = set(val)
+    rest = [i for i in range(len(ids)) if i not in chosen]
     if val_fraction > 0 and len(rest) > 1 and not any(tasks[i] not in held for i in val):
         val.append(min(rest, key=lambda i: score[i]))
     val_set = set(val)
@@ -117,6 +118,10 @@ class MixtureSampler(Sampler):
 
     def keys(self, epoch: int) -> np.ndarray:
         """(num_samples, 3) int64 keys of this rank for ``epoch``."""
+        return self.all_keys(epoch)[self.rank :: self.world_size]
+
+    def all_keys(self, epoch: int) -> np.ndarray:
+        """(num_samples * world_size, 3) int64 keys of every rank for ``epoch``: (episode, step, seed)."""
         rng = np.random.default_rng([self.seed, epoch])
         n = self.num_samples * self.world_size
         group = rng.choice(len(self.group_ids), size=n, p=self.group_p)
@@ -133,7 +138,7 @@ class MixtureSampler(Sampler):
             out[sel, 0] = self.episodes[members[m]]
             out[sel, 1] = self.first[members[m]] + offset
         out[:, 2] = seeds
-        return out[self.rank :: self.world_size]
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         keys = self.keys(self.epoch)

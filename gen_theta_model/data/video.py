@@ -99,8 +99,9 @@ class VideoReader:
     """Random access to the frames of one video; keeps its decoder between calls.
 
     Reading frame i seeks to the keyframe at or before i unless i lies a short way
-    ahead of the decoder's position, in which case it decodes forward: sampling in
-    time order from one episode costs about one decode per frame.
+    ahead of the decoder's position, in which case it decodes forward, or is the frame
+    returned last: sampling in time order from one episode costs about one decode per
+    frame, however many samples share it. The returned array is shared: do not write to it.
     """
 
     def __init__(self, path: str | Path, gop: int = 8) -> None:
@@ -116,6 +117,7 @@ class VideoReader:
         self._rgb = VideoReformatter()
         self._frames = None  # the live decode generator
         self._next = None  # index of the frame the generator yields next
+        self._last: tuple[int, np.ndarray] | None = None  # the frame returned last: several samples share a frame
         self.decoded = 0  # frames decoded so far (for benchmarks)
 
     def __len__(self) -> int:
@@ -128,6 +130,8 @@ class VideoReader:
         """Frame ``index`` as (H, W, 3) uint8 rgb."""
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: frame {index} out of range [0, {len(self)})")
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
         if self._next is None or not self._next <= index < self._next + self._gop:
             pts = int(round(index / self._rate / self._tb))
             self._container.seek(pts, stream=self._stream, backward=True, any_frame=False)
@@ -137,7 +141,8 @@ class VideoReader:
             i = self._index(frame)
             self._next = i + 1
             if i == index:
-                return self._rgb.reformat(frame, format="rgb24").to_ndarray()
+                self._last = (i, self._rgb.reformat(frame, format="rgb24").to_ndarray())
+                return self._last[1]
             if i > index:
                 break
         self._next = None

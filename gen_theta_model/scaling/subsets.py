@@ -1,8 +1,8 @@
 """Nested pretraining subsets and downstream suites as dataset *views*.
 
-A view is a dataset directory (docs/dataset_format.md) whose ``episodes/<id>``
-entries are symbolic links to the episodes of a source dataset; its manifest and
-statistics are rebuilt by the data code's ``finalize_dataset``, so the trainer
+A view is a dataset directory (docs/dataset_format.md) whose index rows point at
+the shards of a source dataset; its statistics are rebuilt from those rows by the
+data code's ``write_view``, so the trainer
 and loader read a view like any dataset, and nothing is copied.
 
 Subsets are nested: the episodes are put in one deterministic order under a
@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from gen_theta_model.data.manifest import EPISODES, finalize_dataset, load_specs, open_dataset
+from gen_theta_model.data.manifest import open_dataset, write_view
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class EpisodeKey:
 
 
 def list_episodes(sources: list[Path]) -> list[EpisodeKey]:
-    """Every episode of the source datasets, in manifest order."""
+    """Every episode of the source datasets, in index order."""
     out = []
     for i, root in enumerate(sources):
         for m in open_dataset(root).episodes:
@@ -96,8 +96,9 @@ def materialize_view(sources: list[Path], episodes: list[EpisodeKey], out: Path)
     """Write the view of ``episodes`` under ``out/<source dir name>/``; returns the view directories.
 
     Each view keeps its source's directory name, so mixtures that weight
-    sub-datasets by name and the loader's hash split see the same names. An
-    existing view is brought in line with ``episodes`` (links added and removed).
+    sub-datasets by name and the loader's hash split see the same names. A view's
+    index holds its episodes' rows of the source index, pointing at the source's
+    shards; an existing view is replaced.
     """
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -108,16 +109,6 @@ def materialize_view(sources: list[Path], episodes: list[EpisodeKey], out: Path)
     views = []
     for i in sorted(by_source):
         view = out / names[i]
-        ep_dir = view / EPISODES
-        ep_dir.mkdir(parents=True, exist_ok=True)
-        want = set(by_source[i])
-        for link in ep_dir.iterdir():
-            if link.name not in want and link.is_symlink():
-                link.unlink()
-        for ep in sorted(want):
-            link = ep_dir / ep
-            if not link.is_symlink():
-                link.symlink_to((sources[i] / EPISODES / ep).resolve(), target_is_directory=True)
-        finalize_dataset(view, load_specs(sources[i]))
+        write_view(sources[i], sorted(by_source[i]), view)
         views.append(view)
     return views
