@@ -135,6 +135,14 @@ def _stamp_ns(msg, recv_ns: int) -> int:
     return ns if ns > 0 else recv_ns
 
 
+def _increasing_stamp(bag: Path, m, previous: list[int]) -> int:
+    """Return the header stamp (ns) of JointState message ``m``; an error unless it follows ``previous``."""
+    stamp = _stamp_ns(m.msg, m.recv_ns)
+    if previous and stamp <= previous[-1]:
+        raise IngestError(f"{bag}: {m.topic}: stamp {stamp} ns does not increase (previous {previous[-1]})")
+    return stamp
+
+
 class LeaderJoints:
     """Leader arm JointState -> the robot's joint order: ``mapping`` leader name -> robot joint ('' drops it)."""
 
@@ -206,19 +214,15 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
                 stamp = _stamp_ns(m.msg, m.recv_ns)
                 writer.add_frame(key[len("camera."):], stamp, _rgb(m.msg))
             elif key == "joint_states":
-                stamp = _stamp_ns(m.msg, m.recv_ns)
-                if js_t and stamp <= js_t[-1]:
-                    raise IngestError(f"{bag}: {m.topic}: stamp {stamp} ns does not increase (previous {js_t[-1]})")
-                names, q, v, _ = joint_state_to_arrays(m.msg)
+                stamp = _increasing_stamp(bag, m, js_t)
                 js_t.append(stamp)
+                names, q, v, _ = joint_state_to_arrays(m.msg)
                 js_q.append(spec.reorder_from(names, q))
                 js_v.append(spec.reorder_from(names, v))
             elif key == "action":
-                stamp = _stamp_ns(m.msg, m.recv_ns)
-                if lead_t and stamp <= lead_t[-1]:
-                    raise IngestError(f"{bag}: {m.topic}: stamp {stamp} ns does not increase (previous {lead_t[-1]})")
-                names, q, _, _ = joint_state_to_arrays(m.msg)
+                stamp = _increasing_stamp(bag, m, lead_t)
                 lead_t.append(stamp)
+                names, q, _, _ = joint_state_to_arrays(m.msg)
                 lead_q.append(leader.positions(names, q))
             elif key == "command":
                 traj = trajectory_from_msg(m.msg)
