@@ -52,7 +52,6 @@ class EpisodeIndex(Sequence[EpisodeRef]):
         if not datasets:
             raise ValueError("no dataset to index")
         self.datasets = [ix.root.name for ix in datasets]
-        self.embodiment_names = embodiment_names
         tables = [ix.table.select([name for name, _ in META_FIELDS] + ["cameras"]) for ix in datasets]
         self.rows = pa.concat_tables(tables).combine_chunks()  # EpisodeMeta's fields and the cameras
         self.dataset_index = np.concatenate([np.full(len(ix.table), k, np.int64) for k, ix in enumerate(datasets)])
