@@ -59,7 +59,7 @@ class DatasetIndex:
 
     @cached_property
     def episodes(self) -> list[EpisodeMeta]:
-        """``EpisodeMeta`` of every index row, in index order; built on first use (~1 s per 100,000 rows)."""
+        """``EpisodeMeta`` of every index row, in index order; built on first use (~0.6 s per 100,000 rows)."""
         return episode_metas(self.table)
 
 
