@@ -54,7 +54,7 @@ from gen_theta_model.observation import ObservationConfig
 
 T0 = 1_700_000_000_000_000_000
 SIDE, HORIZON, BATCH, BATCHES = 128, 50, 32, 60
-LEROBOT_BATCHES = 10  # LeRobot with 0 workers runs at ~20 samples/s here: 10 batches keep the run short
+LEROBOT_BATCHES = 30  # LeRobot with 0 workers runs at ~20 samples/s here: 30 batches take ~1 min
 LRB_PYTHON = Path(os.environ.get("LRB", Path.home() / "lrb")) / "V" / "bin" / "python"
 
 
