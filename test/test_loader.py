@@ -156,6 +156,13 @@ def test_sampler_mixture_sharding_and_determinism():
     np.testing.assert_array_equal(merged, MixtureSampler(range(6), steps, groups, weights, 3999, 1).keys(0))
 
 
+def test_mixture_groups_are_numbered_in_order_of_first_appearance():
+    """The sampler draws group i with the i-th weight, so the numbering is part of which samples a seed gives."""
+    groups, weights = group_weights(Mixture(embodiments={"a": 2.0}), ["d", "d", "d", "e"], ["b", "a", "b", "a"],
+                                    ["x"] * 4, [10, 20, 30, 0])
+    assert groups.tolist() == [0, 1, 0, 2] and weights == {0: 40.0, 1: 40.0, 2: 0.0}
+
+
 def test_split_holds_out_tasks_and_episodes():
     ids = [f"ep{i}" for i in range(40)]
     tasks = ["pick", "stack", "sort", "pour"] * 10
