@@ -3,6 +3,9 @@
 Called by bench/loader_vs_lerobot.py as
 `$LRB/V/bin/python bench/lerobot_rate.py ROOT HORIZON BATCH BATCHES WORKERS...`; prints one JSON
 line per worker count: {"workers", "samples_per_s", "distinct_episodes", "pair_correlation"}.
+Give one worker count per process when any is above 1: LeRobot 0.4.4 caches its torchcodec
+decoders process-wide, and workers forked after an earlier count decoded in this process share
+those decoders' file offsets and fail ("Could not push packet to decoder"; lerobot issue #2488).
 Uses only lerobot, torch and numpy (never gen_theta), so that it runs where gen_theta is absent.
 """
 
@@ -29,9 +32,8 @@ def pair_correlation(actions: np.ndarray) -> float:
 
 def main(root: str, horizon: int, batch: int, batches: int, workers: list[int]) -> None:
     meta = LeRobotDataset(repo_id="local/bench", root=root).meta
-    # video_backend "pyav": torchcodec 0.13 fails on these files ("Could not push packet to decoder:
-    # Invalid data found when processing input", measured 2026-11-30), LeRobot's PyAV path reads them.
-    ds = LeRobotDataset(repo_id="local/bench", root=root, video_backend="pyav",
+    # LeRobot's default video backend (torchcodec where it is installed, as in the LeRobot venv).
+    ds = LeRobotDataset(repo_id="local/bench", root=root,
                         delta_timestamps={"action": [k / meta.fps for k in range(horizon)]})
     for w in workers:
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=w, drop_last=True,

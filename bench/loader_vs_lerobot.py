@@ -11,7 +11,8 @@
    decode to the frame, both cameras, for the same sample keys) and sequential decoding
    of every frame, as samples/s.
 4. LeRobot's LeRobotDataset + DataLoader (shuffle) on the exported episodes, in the LeRobot
-   venv (`$LRB/V/bin/python bench/lerobot_rate.py`; LRB defaults to ~/lrb), 0/1/2 workers.
+   venv (`$LRB/V/bin/python bench/lerobot_rate.py`; LRB defaults to ~/lrb), 0/1/2 workers,
+   with LeRobot's default video backend (torchcodec), each worker count in a process of its own.
 
 Run: `.venv/bin/python bench/loader_vs_lerobot.py [episodes] [seconds per episode]`.
 """
@@ -53,7 +54,7 @@ from gen_theta_model.observation import ObservationConfig
 
 T0 = 1_700_000_000_000_000_000
 SIDE, HORIZON, BATCH, BATCHES = 128, 50, 32, 60
-LEROBOT_BATCHES = 10  # LeRobot's PyAV path runs at tens of samples/s here: 10 batches keep the run short
+LEROBOT_BATCHES = 30  # LeRobot with 0 workers runs at ~20 samples/s here: 30 batches take ~1 min
 LRB_PYTHON = Path(os.environ.get("LRB", Path.home() / "lrb")) / "V" / "bin" / "python"
 
 
@@ -152,16 +153,23 @@ def decode_limits(ds: Path) -> tuple[float, float]:
 
 
 def lerobot_rates(root: Path) -> list[dict]:
+    """LeRobot's loader on the export, one fresh process per worker count (bench/lerobot_rate.py)."""
     if not LRB_PYTHON.exists():
         print(f"LeRobot venv not found at {LRB_PYTHON} (LRB=... bash ../shared/lerobot/setup.sh): skipped")
         return []
-    cmd = [str(LRB_PYTHON), str(Path(__file__).with_name("lerobot_rate.py")), str(root), str(HORIZON), str(BATCH),
-           str(LEROBOT_BATCHES), "0", "1", "2"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                         timeout=1800)
-    if run.returncode != 0:
-        raise RuntimeError(f"LeRobot loader failed: {run.stderr[-3000:]}")
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    rows = []
+    for workers in (0, 1, 2):
+        # A process of its own: LeRobot 0.4.4 keeps its torchcodec decoders (and their open files) in a
+        # process-wide cache, and forked workers that inherit decoders opened by an earlier run read through
+        # shared file offsets ("Could not push packet to decoder: Invalid data found when processing input").
+        cmd = [str(LRB_PYTHON), str(Path(__file__).with_name("lerobot_rate.py")), str(root), str(HORIZON),
+               str(BATCH), str(LEROBOT_BATCHES), str(workers)]
+        run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                             timeout=1800)
+        if run.returncode != 0:
+            raise RuntimeError(f"LeRobot loader failed ({workers} workers): {run.stderr[-3000:]}")
+        rows += [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return rows
 
 
 def main(n: int, seconds: float) -> None:
@@ -188,7 +196,7 @@ def main(n: int, seconds: float) -> None:
     random_rate, sequential = decode_limits(ds)
     print(f"  {'decode limit, random access (PyAV seek)':<40} {random_rate:8.0f} samples/s")
     print(f"  {'decode limit, sequential (PyAV)':<40} {sequential:8.0f} samples/s")
-    print(f"  (LeRobot: {LEROBOT_BATCHES} batches after the first, video_backend pyav: bench/lerobot_rate.py)")
+    print(f"  (LeRobot: {LEROBOT_BATCHES} batches after the first, default video backend: bench/lerobot_rate.py)")
     for r in lerobot_rates(tmp / "lerobot"):
         print(f"  {'LeRobot 0.4.4, ' + str(r['workers']) + ' workers':<40} {r['samples_per_s']:8.0f} samples/s  "
               f"{r['distinct_episodes']:5.1f} episodes per batch  pair corr {r['pair_correlation']:.3f}", flush=True)

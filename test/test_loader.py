@@ -10,9 +10,11 @@ from data_helpers import T0, frame_value, joint_positions, make_episode
 from gen_theta_model import batch
 from gen_theta_model.data.dataset import augment_image
 from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key
-from gen_theta_model.data.loader import DataConfig, make_dataloaders
-from gen_theta_model.data.manifest import finalize_dataset, read_episode
+from gen_theta_model.data.index import EpisodeRef
+from gen_theta_model.data.loader import DataConfig, load_episodes, make_dataloaders
+from gen_theta_model.data.manifest import finalize_dataset, read_episode, write_view
 from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights, split_episodes
+from gen_theta_model.data.shards import first_step
 from gen_theta_model.data.stream import StreamingDataset
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.observation import ObservationConfig, build_observation
@@ -71,6 +73,24 @@ def test_sample_matches_streams(dataset, specs):
             assert info.embodiment_names[int(s[batch.EMBODIMENT_INDEX])] == ref.meta.embodiment
             assert int(s[batch.EPISODE_INDEX]) == ep
             assert s[batch.JOINT_MASK].sum() == spec.dof
+
+
+def test_episode_index_builds_each_episode_as_its_own_row_says(dataset, tmp_path):
+    """Start-up keeps the index as columns; an episode's objects, built when asked for, are those of its row."""
+    view = tmp_path / "view"  # a second sub-dataset, whose index points at the first one's shards
+    write_view(dataset, ["hum_1", "arm6_2"], view)
+    index, names, _, _ = load_episodes([dataset, view])
+    assert len(index) == 8 and index.datasets == [dataset.name, "view"]
+    for i in (0, 3, 5, 6, -1):
+        ref = index[i]
+        root = dataset if i in (0, 3, 5) else view
+        data = read_episode(root, ref.meta.episode)
+        assert ref == EpisodeRef(data.path, data.meta, root.name, names.index(data.meta.embodiment), data.cameras,
+                                 len(data.arrays[ACTION_STAMP]), first_step(data.arrays, data.cameras))
+        assert index.steps()[i].tolist() == [ref.first_step, ref.num_steps]
+    assert index.metas() == [ref.meta for ref in index]
+    with pytest.raises(IndexError):
+        index[8]
 
 
 def test_batches_have_the_documented_layout(dataset):
@@ -134,6 +154,13 @@ def test_sampler_mixture_sharding_and_determinism():
     for r in range(3):
         merged[r::3] = shards[r]
     np.testing.assert_array_equal(merged, MixtureSampler(range(6), steps, groups, weights, 3999, 1).keys(0))
+
+
+def test_mixture_groups_are_numbered_in_order_of_first_appearance():
+    """The sampler draws group i with the i-th weight, so the numbering is part of which samples a seed gives."""
+    groups, weights = group_weights(Mixture(embodiments={"a": 2.0}), ["d", "d", "d", "e"], ["b", "a", "b", "a"],
+                                    ["x"] * 4, [10, 20, 30, 0])
+    assert groups.tolist() == [0, 1, 0, 2] and weights == {0: 40.0, 1: 40.0, 2: 0.0}
 
 
 def test_split_holds_out_tasks_and_episodes():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ from gen_theta_model.data.episode import (
     JOINT_POSITION,
     JOINT_STAMP,
     CameraInfo,
-    EpisodeMeta,
     camera_stamp_key,
 )
+from gen_theta_model.data.index import EpisodeIndex
 from gen_theta_model.data.shards import STREAMS
 from gen_theta_model.data.video import VideoReader
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -38,25 +37,12 @@ from gen_theta_model.harmonic import HarmonicConfig, sample_delay
 from gen_theta_model.observation import ObservationConfig, build_observation
 
 
-@dataclass
-class EpisodeRef:
-    """One episode of the combined (possibly multi-directory) dataset."""
-
-    path: Path  # its shard directory
-    meta: EpisodeMeta
-    dataset: str  # name of the sub-dataset (its directory name)
-    embodiment_index: int
-    cameras: list[CameraInfo]
-    num_steps: int  # action steps in the episode (control-rate grid)
-    first_step: int  # first step at which every stream has an observation
-
-
 class EpisodeDataset(Dataset):
     """Map-style dataset; keys are ``(episode index, step, seed)`` tuples from a sampler."""
 
     def __init__(
         self,
-        episodes: list[EpisodeRef],
+        episodes: EpisodeIndex,
         specs: list[EmbodimentSpec],
         obs: ObservationConfig,
         horizon: int,
@@ -74,7 +60,7 @@ class EpisodeDataset(Dataset):
         self._pid = -1
 
     def __len__(self) -> int:
-        return sum(e.num_steps - e.first_step for e in self.episodes)
+        return int((self.episodes.num_steps - self.episodes.first_step).sum())
 
     def _caches(self) -> None:
         # Decoders, open shard files and arrays are per process: a DataLoader worker builds its own.

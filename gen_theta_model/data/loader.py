@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader
 
-from gen_theta_model.data.dataset import EpisodeDataset, EpisodeRef
-from gen_theta_model.data.episode import CameraInfo, EpisodeMeta
+from gen_theta_model.data.dataset import EpisodeDataset
+from gen_theta_model.data.episode import EpisodeMeta
+from gen_theta_model.data.index import EpisodeIndex
 from gen_theta_model.data.manifest import open_dataset, sum_moments
 from gen_theta_model.data.sampler import MixtureSampler, group_weights, load_mixture, split_episodes
 from gen_theta_model.data.stats import NormStats, norm_stats
@@ -69,10 +70,15 @@ class DatasetInfo:
     embodiment_names: list[str]  # EMBODIMENT_INDEX indexes this list
     specs: dict[str, EmbodimentSpec]
     norm_stats: dict[str, NormStats]  # over the training episodes
-    episodes: list[EpisodeMeta]  # EPISODE_INDEX indexes this list
+    index: EpisodeIndex  # the episodes as columns; EPISODE_INDEX indexes it
     train_episodes: list[int]
     val_episodes: list[int]
     num_train_samples: int
+
+    @cached_property
+    def episodes(self) -> list[EpisodeMeta]:
+        """``EpisodeMeta`` of every episode (EPISODE_INDEX indexes this list), built on first use."""
+        return self.index.metas()
 
 
 def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -147,10 +153,10 @@ class TrainLoader:
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
 
 
-def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], dict[str, EmbodimentSpec], pa.Table]:
+def load_episodes(dirs: Sequence[Path]) -> tuple[EpisodeIndex, list[str], dict[str, EmbodimentSpec], pa.Table]:
     """Index the episodes of one or more datasets from their index files alone.
 
-    Returns (refs, embodiment names, specs, the index rows in ref order).
+    Returns (the episodes as columns, embodiment names, specs, the index rows in the same order).
     """
     indexes = [open_dataset(d) for d in dirs]
     specs: dict[str, EmbodimentSpec] = {}
@@ -160,21 +166,21 @@ def load_episodes(dirs: Sequence[Path]) -> tuple[list[EpisodeRef], list[str], di
                 raise ValueError(f"{ix.root}: embodiment '{name}' differs (URDF sha256) from another dataset's")
             specs[name] = spec
     names = sorted(specs)
-    refs = []
-    for ix in indexes:
-        t = ix.table
-        shards = {s: ix.root / s for s in pc.unique(t.column("shard")).to_pylist()}
-        cams = t.column("cameras").combine_chunks()
-        flat = cams.flatten()  # every camera row of every episode, fields in CameraInfo's order
-        infos = [CameraInfo(*v) for v in zip(*(flat.field(i).to_pylist() for i in range(flat.type.num_fields)))]
-        ends = cams.offsets.to_numpy() - cams.offsets[0].as_py()  # flatten() starts at the first row
-        cols = zip(t.column("shard").to_pylist(), ends[:-1].tolist(), ends[1:].tolist(),
-                   t.column("num_steps").to_pylist(), t.column("first_step").to_pylist())
-        for meta, (shard, lo, hi, steps, first) in zip(ix.episodes, cols):
-            refs.append(EpisodeRef(shards[shard], meta, ix.root.name, names.index(meta.embodiment), infos[lo:hi],
-                                   steps, first))
-    table = pa.concat_tables([ix.table for ix in indexes]) if indexes else None
-    return refs, names, specs, table
+    return EpisodeIndex(indexes, names), names, specs, pa.concat_tables([ix.table for ix in indexes])
+
+
+def training_stats(table: pa.Table, embodiment_index: np.ndarray, names: list[str],
+                   train: np.ndarray) -> dict[str, NormStats]:
+    """NormStats per embodiment over the ``train`` rows ((k,) int64) of the index ``table``."""
+    keep = np.zeros(len(table), bool)
+    keep[train] = True
+    stats = {}
+    for e, name in enumerate(names):
+        mine = pa.array(keep & (embodiment_index == e))
+        if mine.true_count:
+            stats[name] = norm_stats(name, sum_moments(table.column("state_moments").filter(mine)),
+                                     sum_moments(table.column("action_moments").filter(mine)))
+    return stats
 
 
 def make_dataloaders(
@@ -184,48 +190,43 @@ def make_dataloaders(
 
     ``dataset_dirs``: one dataset directory or several (sub-datasets of the mixture,
     weighted by directory name). The validation loader yields the same batches on
-    every call (fixed keys), this rank's share of them.
+    every call (fixed keys), this rank's share of them. Start-up works on columns of the
+    index; an episode's Python objects are built when it is read (gen_theta_model/data/index.py).
     """
     dirs = [Path(dataset_dirs)] if isinstance(dataset_dirs, (str, Path)) else [Path(d) for d in dataset_dirs]
-    refs, names, specs, table = load_episodes(dirs)
-    ids = [f"{r.dataset}/{r.meta.episode}" for r in refs]
-    train_eps, val_eps = split_episodes(ids, [r.meta.task for r in refs], cfg.val_fraction, cfg.val_tasks)
+    index, names, specs, table = load_episodes(dirs)
+    train_eps, val_eps = split_episodes(index.ids(), index.column("task"), cfg.val_fraction, cfg.val_tasks)
     if not train_eps:
-        raise ValueError(f"{[str(d) for d in dirs]}: no training episodes (all {len(refs)} held out)")
-    train_rows = table.select(["embodiment", "state_moments", "action_moments"]).take(pa.array(train_eps, pa.int64()))
-    stats = {}
-    for name in names:
-        mine = train_rows.filter(pc.equal(train_rows.column("embodiment"), name))
-        if len(mine):
-            stats[name] = norm_stats(name, sum_moments(mine.column("state_moments")),
-                                     sum_moments(mine.column("action_moments")))
+        raise ValueError(f"{[str(d) for d in dirs]}: no training episodes (all {len(index)} held out)")
+    train = np.asarray(train_eps, np.int64)
+    stats = training_stats(table, index.embodiment_index, names, train)
     dataset = EpisodeDataset(
-        refs, [specs[n] for n in names], cfg.observation, cfg.horizon, cfg.harmonic, cfg.augment, cfg.max_open_videos
+        index, [specs[n] for n in names], cfg.observation, cfg.horizon, cfg.harmonic, cfg.augment, cfg.max_open_videos
     )
-    steps = [(r.first_step, r.num_steps) for r in refs]
-    mixture = load_mixture(cfg.mixture)
-    tr = [refs[i] for i in train_eps]
+    steps = index.steps()  # (n, 2): first step, number of steps
+    counts = steps[train, 1] - steps[train, 0]
     groups, weights = group_weights(
-        mixture, [r.dataset for r in tr], [r.meta.embodiment for r in tr], [r.meta.category for r in tr],
-        [r.num_steps - r.first_step for r in tr],
+        load_mixture(cfg.mixture), np.asarray(index.datasets, object)[index.dataset_index[train]],
+        np.asarray(names, object)[index.embodiment_index[train]], index.column("category")[train], counts,
     )
-    sampler = MixtureSampler(train_eps, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size)
-    shard_names: dict[Path, int] = {}
-    shard_of = np.array([shard_names.setdefault(r.path, len(shard_names)) for r in refs], np.int64)
-    train = TrainLoader(dataset, sampler, cfg, shard_of)
+    sampler = MixtureSampler(train, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size)
+    loader = TrainLoader(dataset, sampler, cfg, index.shard_of)
     val_keys = validation_keys(val_eps, steps, cfg.val_samples, cfg.seed)[rank::world_size]
     val_dataset = EpisodeDataset(
-        refs, dataset.specs, cfg.observation, cfg.horizon, cfg.harmonic, False, cfg.max_open_videos
+        index, dataset.specs, cfg.observation, cfg.horizon, cfg.harmonic, False, cfg.max_open_videos
     )
     val = DataLoader(val_dataset, batch_size=cfg.batch_size, sampler=val_keys, num_workers=0, collate_fn=collate)
-    info = DatasetInfo(names, specs, stats, [r.meta for r in refs], train_eps, val_eps,
-                       sum(s[1] - s[0] for s in (steps[i] for i in train_eps)))
-    return train, val, info
+    info = DatasetInfo(names, specs, stats, index, train_eps, val_eps, int(counts.sum()))
+    return loader, val, info
 
 
-def validation_keys(episodes: Sequence[int], steps: Sequence[tuple[int, int]], total: int, seed: int) -> list:
-    """``total`` fixed keys evenly spaced over the steps of ``episodes`` (delays drawn from ``seed``)."""
-    counts = np.array([max(steps[e][1] - steps[e][0], 0) for e in episodes], np.int64)
+def validation_keys(episodes: Sequence[int], steps: np.ndarray, total: int, seed: int) -> list:
+    """``total`` fixed keys evenly spaced over the steps of ``episodes`` (delays drawn from ``seed``).
+
+    ``steps``: (n, 2) int64, (first step, number of steps) of every episode.
+    """
+    first = steps[np.asarray(episodes, np.int64), 0]
+    counts = np.maximum(steps[np.asarray(episodes, np.int64), 1] - first, 0)
     if not counts.sum():
         return []
     cum = np.cumsum(counts)
@@ -233,4 +234,4 @@ def validation_keys(episodes: Sequence[int], steps: Sequence[tuple[int, int]], t
     m = np.searchsorted(cum, pick, side="right")
     offset = pick - np.concatenate([[0], cum[:-1]])[m]
     rng = np.random.default_rng([seed, 1 << 20])
-    return [(int(episodes[i]), int(steps[episodes[i]][0] + o), int(rng.integers(0, 2**62))) for i, o in zip(m, offset)]
+    return [(int(episodes[i]), int(first[i] + o), int(rng.integers(0, 2**62))) for i, o in zip(m, offset)]

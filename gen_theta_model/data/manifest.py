@@ -17,6 +17,7 @@ import json
 import shutil
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,14 +49,24 @@ OUTPUT_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 @dataclass
 class DatasetIndex:
-    """A dataset as the loader sees it: episodes in index order, specs and stats by embodiment."""
+    """A dataset as the loader sees it: the index rows, specs and stats by embodiment."""
 
     root: Path
-    episodes: list[EpisodeMeta]
     embodiment_names: list[str]  # EMBODIMENT_INDEX indexes this list
     specs: dict[str, EmbodimentSpec]
     stats: dict[str, NormStats]
     table: pa.Table  # the index rows (shards.INDEX_SCHEMA), in the order of ``episodes``
+
+    @cached_property
+    def episodes(self) -> list[EpisodeMeta]:
+        """``EpisodeMeta`` of every index row, in index order; built on first use (~0.6 s per 100,000 rows)."""
+        return episode_metas(self.table)
+
+
+def episode_metas(table: pa.Table) -> list[EpisodeMeta]:
+    """One ``EpisodeMeta`` per row of a table with its fields as columns (``shards.META_FIELDS``)."""
+    columns = [table.column(name).to_pylist() for name, _ in META_FIELDS]  # EpisodeMeta's field order
+    return [EpisodeMeta(*values) for values in zip(*columns)]
 
 
 def index_files(root: str | Path) -> list[Path]:
@@ -212,7 +223,7 @@ def _read_info(root: Path) -> dict:
 
 
 def open_dataset(root: str | Path) -> DatasetIndex:
-    """Read a dataset's index, info, specs and stats; touches no episode."""
+    """Read a dataset's index, info, specs and stats; touches no episode and builds no per-episode object."""
     root = Path(root)
     info = _read_info(root)
     version = info.get("format_version")
@@ -222,12 +233,10 @@ def open_dataset(root: str | Path) -> DatasetIndex:
     if version != FORMAT_VERSION:
         raise ValueError(f"{root / INFO}: format_version {version}, expected {FORMAT_VERSION}")
     table = read_index(index_files(root))
-    columns = [table.column(name).to_pylist() for name, _ in META_FIELDS]  # EpisodeMeta's field order
-    metas = [EpisodeMeta(*values) for values in zip(*columns)]
     names = list(info["embodiments"])
     specs = load_specs(root)
     stats = {n: NormStats.load(root / "stats" / f"{n}.safetensors") for n in names}
-    return DatasetIndex(root, metas, names, {n: specs[n] for n in names}, stats, table)
+    return DatasetIndex(root, names, {n: specs[n] for n in names}, stats, table)
 
 
 def read_episode(root: str | Path, episode: str) -> EpisodeData:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from torch.utils.data import Sampler
 
 from gen_theta_model.config import load_config, resolve_path
@@ -59,32 +60,32 @@ def split_episodes(
     ``val_fraction`` of the others chosen by a hash of the episode id (held-out
     episodes: stable when the dataset grows); at least one if the fraction is > 0.
     """
-    held = set(val_tasks)
-    score = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / 2**64 for i in ids]
-    val = [i for i in range(len(ids)) if tasks[i] in held or score[i] < val_fraction]
-    chosen = set(val)
-    rest = [i for i in range(len(ids)) if i not in chosen]
-    if val_fraction > 0 and len(rest) > 1 and not any(tasks[i] not in held for i in val):
-        val.append(min(rest, key=lambda i: score[i]))
-    val_set = set(val)
-    return [i for i in range(len(ids)) if i not in val_set], sorted(val_set)
+    digests = b"".join(hashlib.sha256(i.encode()).digest()[:8] for i in ids)
+    score = np.frombuffer(digests, ">u8").astype(np.float64) / 2**64  # (n,) in [0, 1)
+    held = np.isin(np.asarray(tasks, object), list(val_tasks)) if len(val_tasks) else np.zeros(len(ids), bool)
+    val = held | (score < val_fraction)
+    rest = np.flatnonzero(~val)
+    if val_fraction > 0 and len(rest) > 1 and not (val & ~held).any():
+        val[rest[np.argmin(score[rest])]] = True  # the first lowest score, as min() picks it
+    return np.flatnonzero(~val).tolist(), np.flatnonzero(val).tolist()
 
 
 class MixtureSampler(Sampler):
     """Yields ``(episode, step, seed)`` keys for this rank, deterministic in (seed, epoch).
 
-    ``episode_steps[i]`` = (first valid step, number of steps) of episode i, ``groups[i]``
-    its group id and ``group_weights`` the mixture weight per group. Each epoch draws
-    ``samples_per_epoch`` keys for all ranks together (rounded up to a multiple of
-    ``world_size``); rank r takes every world_size-th from r. ``set_epoch(epoch, start)``
+    ``episode_steps[i]`` = (first valid step, number of steps) of episode i (an (n, 2)
+    array or a list of pairs), ``groups`` the group id of each of ``episodes`` and
+    ``group_weights`` the mixture weight per group. Each epoch draws ``samples_per_epoch``
+    keys for all ranks together (rounded up to a multiple of ``world_size``); rank r takes
+    every world_size-th from r. ``set_epoch(epoch, start)``
     picks the epoch and skips ``start`` keys (exact resume).
     """
 
     def __init__(
         self,
         episodes: Sequence[int],
-        episode_steps: Sequence[tuple[int, int]],
-        groups: Sequence[int],
+        episode_steps: np.ndarray | Sequence[tuple[int, int]],
+        groups: np.ndarray | Sequence[int],
         group_weights: dict[int, float],
         samples_per_epoch: int,
         seed: int,
@@ -94,12 +95,12 @@ class MixtureSampler(Sampler):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.episodes = np.asarray(episodes, dtype=np.int64)
-        first = np.array([episode_steps[e][0] for e in episodes], dtype=np.int64)
-        count = np.array([episode_steps[e][1] - episode_steps[e][0] for e in episodes], dtype=np.int64)
+        steps = np.asarray(episode_steps, dtype=np.int64).reshape(-1, 2)[self.episodes]
+        first, count = steps[:, 0], steps[:, 1] - steps[:, 0]
         keep = count > 0
         self.episodes, self.first, self.count = self.episodes[keep], first[keep], count[keep]
         self.group_of = np.asarray(groups, dtype=np.int64)[keep] if len(groups) else np.zeros(0, np.int64)
-        self.group_ids = sorted(set(self.group_of.tolist()))
+        self.group_ids = np.unique(self.group_of).tolist()
         mass = np.array([group_weights.get(g, 0.0) for g in self.group_ids], dtype=np.float64)
         if not len(mass) or mass.sum() <= 0:
             raise ValueError("the mixture gives every group weight 0 (or there are no samples)")
@@ -149,16 +150,24 @@ class MixtureSampler(Sampler):
 
 def group_weights(
     mixture: Mixture, datasets: Sequence[str], embodiments: Sequence[str], categories: Sequence[str],
-    counts: Sequence[int],
-) -> tuple[list[int], dict[int, float]]:
-    """Per-episode group ids and the mixture mass of each group (see module docstring)."""
-    keys: dict[tuple[str, str, str], int] = {}
-    groups = []
-    sizes: dict[int, int] = {}
-    for d, e, c, n in zip(datasets, embodiments, categories, counts):
-        g = keys.setdefault((d, e, c), len(keys))
-        groups.append(g)
-        sizes[g] = sizes.get(g, 0) + int(n)
-    weights = {g: mixture.weight(*k) * float(sizes[g]) ** mixture.size_exponent if sizes[g] > 0 else 0.0
-               for k, g in keys.items()}
+    counts: np.ndarray | Sequence[int],
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Per-episode group ids ((n,) int64, numbered in order of first appearance) and the mixture mass of each
+    group (see module docstring); the four arguments are one entry per episode.
+    """
+    n = len(counts)
+    code = np.zeros(n, np.int64)  # one integer per (dataset, embodiment, category) triple
+    for names in (datasets, embodiments, categories):
+        encoded = pa.array(np.asarray(names, object), pa.string()).dictionary_encode()
+        code = code * len(encoded.dictionary) + encoded.indices.to_numpy()
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty(len(first), np.int64)
+    rank[order] = np.arange(len(first))
+    groups = rank[inverse.reshape(n)]
+    sizes = np.bincount(groups, weights=np.asarray(counts, np.float64), minlength=len(first))
+    weights = {}
+    for g, i in enumerate(first[order].tolist()):
+        w = mixture.weight(datasets[i], embodiments[i], categories[i])
+        weights[g] = w * float(sizes[g]) ** mixture.size_exponent if sizes[g] > 0 else 0.0
     return groups, weights
