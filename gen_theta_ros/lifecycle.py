@@ -16,13 +16,15 @@ what each transition does:
 
 With the ``autostart`` parameter (default true) ``run_node`` (gen_theta_ros/runtime.py)
 drives the node through configure and activate itself, as `ros2 run` and `gen-theta` users
-expect; with ``autostart:=false`` it waits, unconfigured, for a lifecycle manager
+expect (a configure that fails then ends the process, its error in one line); with
+``autostart:=false`` it waits, unconfigured, for a lifecycle manager
 (`ros2 lifecycle set`, nav2's lifecycle_manager, launch's ``lifecycle:=auto``).
 """
 
 from __future__ import annotations
 
 import gc
+import traceback
 from typing import TypeVar
 
 import rclpy
@@ -35,29 +37,23 @@ from rclpy.service import Service
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 
-Entity = TypeVar("Entity", Publisher, Subscription, Service, Client, Timer, ActionClient)
+from gen_theta_model.node_parameters import AUTOSTART, AUTOSTART_HELP
 
-AUTOSTART = True  # the node configures and activates itself (no lifecycle manager needed)
+Entity = TypeVar("Entity", Publisher, Subscription, Service, Client, Timer, ActionClient)
 
 
 class ManagedNode(LifecycleNode):
-    """A lifecycle node that owns what ``configure`` creates; see the module docstring.
-
-    ``failure`` is set when the node fails for good (here: configure failed under autostart);
-    ``run_node`` then exits 1.
-    """
+    """A lifecycle node that owns what ``configure`` creates; see the module docstring."""
 
     configure_errors: tuple[type[Exception], ...] = (ValueError, OSError)
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.declare_parameter("autostart", AUTOSTART, ParameterDescriptor(
-            read_only=True, description="configure and activate at start; false: wait for a lifecycle manager"))
-        self.failure: str | None = None
+        self.declare_parameter("autostart", AUTOSTART, ParameterDescriptor(read_only=True, description=AUTOSTART_HELP))
         self._owned: list[Publisher | Subscription | Service | Client | Timer | ActionClient] = []
         self._configured = False
         self._active = False
-        self._configure_error = ""
+        self._configure_error: Exception | None = None
 
     # -- what a subclass does at each transition -----------------------------------------
     def configure(self) -> None:
@@ -83,10 +79,14 @@ class ManagedNode(LifecycleNode):
         try:
             self.configure()
         except self.configure_errors as err:
-            self._configure_error = str(err)
+            self._configure_error = err
             self.get_logger().error(f"configure failed: {err}")
             self._release_all()
             return TransitionCallbackReturn.FAILURE
+        except Exception as err:  # a bug: rclpy turns it into ERROR without a word, so say where it was
+            self._configure_error = err
+            self.get_logger().error(f"configure: unexpected error:\n{traceback.format_exc()}")
+            raise
         self._configured = True
         # What the node loaded lives until cleanup: frozen, the collector never walks it
         # again (a full collection of a loaded policy server took 40-120 ms: stalled commands).
@@ -131,17 +131,17 @@ class ManagedNode(LifecycleNode):
         self._configured = False
 
     # -- start-up and exit ---------------------------------------------------------------------
-    def autostart(self) -> bool:
-        """Configure and activate when the ``autostart`` parameter is true; False (``failure`` set) when
-        configure failed. Without autostart the node waits, unconfigured, for a lifecycle manager.
+    def autostart(self) -> None:
+        """Configure and activate when the ``autostart`` parameter is true; raise what made configure
+        fail (``gen-theta`` prints it in one line). Without autostart the node waits, unconfigured,
+        for a lifecycle manager.
         """
         if not self.get_parameter("autostart").value:
             self.get_logger().info("unconfigured: waiting for a lifecycle manager (autostart is false)")
-            return True
+            return
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            self.failure = f"configure failed: {self._configure_error or 'see the log'}"
-            return False
-        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            raise self._configure_error or RuntimeError(f"{self.get_name()}: configure failed")
+        self.trigger_activate()
 
     def close(self) -> None:
         """Leave safely from any state: deactivate if active (while ROS still runs), release if configured."""

@@ -19,9 +19,9 @@ JointStates may carry only some of a robot's joints (merged by name). A message 
 server cannot use (a non-finite joint position, an image it cannot decode) is refused,
 counted, and holds that robot until its input is good again; it never stops the node.
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``, with each camera's frames lost in transport (gaps in header
-stamps against its fps: gen_theta_model/data/camera_losses.py, as the recorder counts them)
-and a WARN while a camera's frames arrive at under half its fps.
+per ``diagnostics_period_s``, and one per camera ("<robot>/<camera>") with its frames lost in
+transport (gaps in header stamps against its fps: gen_theta_model/data/camera_losses.py, as
+the recorder counts them), WARN while its frames arrive at under half its fps.
 
 A managed node (lifecycle: gen_theta_ros/lifecycle.py): configure loads the model and creates
 the topics, activate starts the commands, deactivate holds every robot where it is, cleanup
@@ -92,6 +92,7 @@ class PolicyServer(ManagedNode):
 
     def __init__(self) -> None:
         super().__init__("policy_server")
+        self.failure: str | None = None
         for name, default in parameter_defaults().items():
             self.declare_parameter(name, default)
         self.server: HarmonicServer | None = None
@@ -134,7 +135,7 @@ class PolicyServer(ManagedNode):
         self._stop.clear()
         self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
         self._commands.start()
-        self.get_logger().info(f"active: commanding {list(self._outputs)}")
+        self.get_logger().info(f"serving {list(self._outputs)}: active, commanding")
 
     def deactivate(self) -> None:
         self._stop_commands()
@@ -319,9 +320,10 @@ class PolicyServer(ManagedNode):
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
-        """One status per robot: its hold reason and counters, and per camera the frames lost in
-        transport (``camera_lost_<camera>``) and the arrival rate; WARN while a camera's frames
-        arrive at under half its fps (logged once, until the rate recovers).
+        """One status per robot (its hold reason, counters, and each camera's ``camera_lost_<camera>``,
+        ``camera_fps_<camera>``), and one per camera "<robot>/<camera>": frames lost in transport
+        since configure, arrival rate; WARN while its frames arrive at under half its fps (logged
+        once, until the rate recovers).
         """
         fault = self.server.inference_fault
         if bool(fault) != bool(self._fault):  # log when it fails and when it is back, not each retry
@@ -343,20 +345,24 @@ class PolicyServer(ManagedNode):
             out = self._outputs[robot]
             if isinstance(out, ActionCommander):
                 values.update(out.counts())
-            slow = []
-            for cam in s.spec.cameras:
-                key = f"{robot}/{cam.name}"
-                cam_values = self._cameras.values(key, now)
-                values[f"camera_lost_{cam.name}"] = cam_values["lost"]
-                values[f"camera_fps_{cam.name}"] = cam_values["arrival_fps"]
-                if key in self._cameras.slow:
-                    slow.append(f"camera '{cam.name}' at {cam_values['arrival_fps']} of {cam_values['fps']} fps")
+            cameras = {cam.name: self._cameras.values(f"{robot}/{cam.name}", now) for cam in s.spec.cameras}
+            for cam, v in cameras.items():
+                values[f"camera_lost_{cam}"], values[f"camera_fps_{cam}"] = v["lost"], v["arrival_fps"]
             reason = s.counters.hold_reason if self.server.active else INACTIVE
             status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
-            status.level = bytes([max(diagnostic_level(reason), DiagnosticStatus.WARN[0] if slow else 0)])
-            status.message = "; ".join([f"holding: {reason}" if reason else "driving", *slow])
+            status.level = bytes([diagnostic_level(reason)])
+            status.message = f"holding: {reason}" if reason else "driving"
             status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
             msg.status.append(status)
+            for cam, v in cameras.items():
+                key = f"{robot}/{cam}"
+                slow = key in self._cameras.slow
+                status = DiagnosticStatus(name=f"policy_server: {key}", hardware_id=key)
+                status.level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
+                status.message = (f"arriving at {v['arrival_fps']} of {v['fps']} fps" if slow
+                                  else f"{v['lost']} frames lost in transport")
+                status.values = [KeyValue(key=k, value=x) for k, x in v.items()]
+                msg.status.append(status)
         self._diag.publish(msg)
 
     def _realtime(self, threads: list[int]) -> None:

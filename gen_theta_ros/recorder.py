@@ -52,6 +52,7 @@ from gen_theta_model.data.recording import (
     write_record,
 )
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.node_parameters import RecorderParameters, parameter_defaults
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.lifecycle import ManagedNode
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, RECORD_QOS
@@ -81,20 +82,9 @@ class Recorder(ManagedNode):
 
     def __init__(self) -> None:
         super().__init__("recorder")
-        self.declare_parameter("robot", "arm6")
-        self.declare_parameter("output_dir", "episodes")
-        self.declare_parameter("compressed", False)  # cameras as CompressedImage (.../compressed)
-        self.declare_parameter("topics", [""])  # empty: every configured topic; else names, 'topic=pkg/msg/Type'
-        self.declare_parameter("task", "")
-        self.declare_parameter("category", "")
-        self.declare_parameter("action_topic", "")  # teleop: the leader arm's JointState topic (always recorded)
-        self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
-        # The rate the camera drivers publish at, if not each camera's fps in the robot YAML (0):
-        # lost frames are counted against it.
-        self.declare_parameter("camera_fps", 0.0)
         number = ParameterDescriptor(dynamic_typing=True)  # 600 and 600.0 both work
-        self.declare_parameter("max_episode_s", EpisodeLimits.max_seconds, number)
-        self.declare_parameter("max_episode_mb", EpisodeLimits.max_mb, number)
+        for name, default in parameter_defaults(RecorderParameters).items():  # config/recorder.yaml
+            self.declare_parameter(name, default, number if name.startswith("max_episode_") else None)
         self._lock = threading.Lock()
         self._writer: BagEpisodeWriter | None = None
         self._last: Path | None = None

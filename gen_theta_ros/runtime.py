@@ -54,10 +54,10 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
     close files cleanly under launch too. SIGHUP is turned into SIGTERM; while the node
     closes, SIGINT, SIGTERM and SIGHUP are ignored. A managed node (gen_theta_ros/lifecycle.py)
-    is configured and activated first when its ``autostart`` parameter is true. With ``-h`` or
+    is configured and activated first when its ``autostart`` parameter is true (what made
+    configure fail is raised, as an error in the node's constructor is). With ``-h`` or
     ``--help`` it prints the docstring of ``make_node``'s module and returns 0. Returns 1
-    when the node shut itself down for a failure (a non-empty ``failure`` attribute, e.g. a
-    failed autostart):
+    when the node shut itself down for a failure (a non-empty ``failure`` attribute):
     launchers take 0 for a clean stop.
     """
     own = sys.argv[1:] if argv is None else list(argv)
@@ -71,19 +71,21 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     code = 0
     try:
         node = make_node()
-        if not isinstance(node, ManagedNode) or node.autostart():
-            # What a node holds after start-up (torch, message types, the model's config) lives
-            # until shutdown. Frozen, the collector never walks it again: a full collection of
-            # it took 40-120 ms in policy_server (gc.callbacks), a stall of 2-5 command slots.
-            gc.freeze()
-            # One executor thread: every node keeps its callbacks in the default mutually exclusive
-            # group and does its own real-time work on its own threads. A MultiThreadedExecutor
-            # gains nothing there and busy-waits while the group is taken: it held sim_robot at
-            # 99% of a core and stalled its physics thread for up to 0.9 s (measured with py-spy).
-            # The single-threaded executor is also several times cheaper per callback.
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            executor.spin()
+        name = node.get_name()  # (a node whose context is shut down has no name to give)
+        if isinstance(node, ManagedNode):
+            node.autostart()
+        # What a node holds after start-up (torch, message types, the model's config) lives
+        # until shutdown. Frozen, the collector never walks it again: a full collection of
+        # it took 40-120 ms in policy_server (gc.callbacks), a stall of 2-5 command slots.
+        gc.freeze()
+        # One executor thread: every node keeps its callbacks in the default mutually exclusive
+        # group and does its own real-time work on its own threads. A MultiThreadedExecutor
+        # gains nothing there and busy-waits while the group is taken: it held sim_robot at
+        # 99% of a core and stalled its physics thread for up to 0.9 s (measured with py-spy).
+        # The single-threaded executor is also several times cheaper per callback.
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -95,19 +97,19 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
             raise
     finally:
         if node is not None:
-            code = _close(node)
+            code = _close(node, name)
         rclpy.try_shutdown()
     return code
 
 
-def _close(node: Node) -> int:
-    """Close and destroy ``node``; 1 if it failed (its ``failure`` printed), else 0."""
+def _close(node: Node, name: str) -> int:
+    """Close and destroy ``node`` (named ``name``); 1 if it failed (its ``failure`` printed), else 0."""
     # Closing (an open episode, files) must not be cut short by the next signal: a terminal's
     # Ctrl-C reaches a tool's child once directly and once more from the tool's stop. A close
     # that hangs still ends with SIGKILL.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    failure = getattr(node, "failure", None) and f"{node.get_name()}: {node.failure}"
+    failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
     close = getattr(node, "close", None)
     if callable(close):
         close()

@@ -15,7 +15,7 @@ from launch.actions import (
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from gen_theta_ros.graph import ARGUMENTS, BringupArgs, bringup_graph
@@ -37,11 +37,14 @@ def launch_setup(context: LaunchContext) -> list:
     args = BringupArgs.from_strings({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
     actions = []
     for spec in bringup_graph(args):
-        node = Node(
+        # A managed node as a launch LifecycleNode: its transitions are launch events, and other launch
+        # files may drive it with launch_ros.events.lifecycle.ChangeState (``lifecycle:=manual``).
+        kind = LifecycleNode if spec.managed else Node
+        node = kind(
             package="gen_theta",
             executable=spec.executable,
             name=spec.name,
-            namespace=spec.namespace or None,
+            namespace=spec.namespace or "",
             parameters=[*spec.params_files, spec.parameters],
             output="screen",
         )
