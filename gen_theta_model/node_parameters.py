@@ -1,7 +1,7 @@
-"""The recorder's and sim_robot's parameters, each with its default, stated once (a dataclass).
+"""The recorder's, sim_robot's and expert's parameters, each with its default, stated once (a dataclass).
 
-The nodes declare their parameters from these dataclasses, and config/recorder.yaml and
-config/sim_robot.yaml list them with their defaults and help: ``params_file_text`` writes
+The nodes declare their parameters from these dataclasses, and config/recorder.yaml,
+config/sim_robot.yaml and config/expert.yaml list them with their defaults and help: ``params_file_text`` writes
 those files (``python -m gen_theta_model.node_parameters`` rewrites them), and a test checks
 that they say what the dataclasses say. The policy server's parameters are in
 gen_theta_model/policy_server_config.py. ``AUTOSTART`` is the default of every managed
@@ -67,7 +67,16 @@ class SimRobotParameters:
     gripper_interface: str = _p("trajectory", "trajectory | gripper_command | parallel_gripper_command")
 
 
-NODES: dict[str, type] = {"recorder": RecorderParameters, "sim_robot": SimRobotParameters}
+@dataclass(frozen=True)
+class ExpertParameters:
+    """The expert node (gen_theta_ros/expert.py): a scripted expert that drives the sim."""
+
+    robot: str = _p("arm6", "a shipped robot name or a robot YAML path")
+    rate_hz: float = _p(20.0, "how often the expert looks and may re-plan")
+    episodes: int = _p(0, "exit after this many finished episodes; 0: run until stopped")
+
+
+NODES: dict[str, type] = {"recorder": RecorderParameters, "sim_robot": SimRobotParameters, "expert": ExpertParameters}
 MANAGED = ("recorder",)  # lifecycle nodes: they have ``autostart`` too
 
 
@@ -88,7 +97,8 @@ def params_file_text(node: str) -> str:
         helps, values = {"autostart": AUTOSTART_HELP, **helps}, {"autostart": AUTOSTART, **values}
     lines = [f"# {node} parameters and their defaults, written by `python -m gen_theta_model.node_parameters`",
              f"# from gen_theta_model/node_parameters.py ({cls.__name__}), where they are stated: edit them there.",
-             "# Copy this file to change some, and pass it with --params-file (or params_file:= to a launch file).",
+             "# To change some, pass a copy with --params-file"
+             + (" (record.launch.py: params_file:=)." if node == "recorder" else "."),
              f"/**/{node}:", "  ros__parameters:"]
     for name, value in values.items():
         lines += [f"    # {helps[name]}", f"    {yaml.safe_dump({name: value}, default_flow_style=True).strip()[1:-1]}"]

@@ -150,9 +150,6 @@ class PolicyServer(ManagedNode):
             self.server.stop()
         if self._worker is not None:
             self._worker.close()
-        for out in self._outputs.values():
-            if isinstance(out, ActionCommander):
-                out.stop()
         self.server, self._worker, self._outputs = None, None, {}
 
     def _stop_commands(self) -> None:
