@@ -144,7 +144,7 @@ def change_state(node: Node, target: str, transition: int) -> bool:
     ``node`` must not be spun by an executor elsewhere.
     """
     client = node.create_client(ChangeState, f"{target}/change_state")
-    assert client.wait_for_service(timeout_sec=30.0), f"{target}/change_state not available"
+    assert client.wait_for_service(timeout_sec=120.0), f"{target}/change_state not available"
     future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
     rclpy.spin_until_future_complete(node, future, timeout_sec=120.0)
     assert future.done(), f"{target}/change_state did not answer within 120 s"
@@ -152,9 +152,11 @@ def change_state(node: Node, target: str, transition: int) -> bool:
     return future.result().success
 
 
-def state(node: Node, target: str) -> str:
-    """Return the lifecycle state (its label: unconfigured, inactive, active) of node ``target``."""
-    return call(node, GetState, f"{target}/get_state", GetState.Request()).current_state.label
+def state(node: Node, target: str, timeout: float = 20.0) -> str:
+    """Return the lifecycle state (its label: unconfigured, inactive, active) of node ``target``,
+    waiting up to ``timeout`` s for it to come up.
+    """
+    return call(node, GetState, f"{target}/get_state", GetState.Request(), timeout).current_state.label
 
 
 def start_episode(node: Node, robot: str, timeout: float = 20.0) -> Path:

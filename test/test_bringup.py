@@ -128,7 +128,7 @@ def test_lifecycle_manual_leaves_the_server_to_a_lifecycle_manager(checkpoint, t
                      tmp_path / "bringup.log")
     try:
         with ros_node("bringup_lifecycle_test") as node:
-            assert state(node, "/policy_server") == "unconfigured"
+            assert state(node, "/policy_server", timeout=120) == "unconfigured"
             assert change_state(node, "/policy_server", Transition.TRANSITION_CONFIGURE)
             assert change_state(node, "/policy_server", Transition.TRANSITION_ACTIVATE)
             assert state(node, "/policy_server") == "active"

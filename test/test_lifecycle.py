@@ -37,7 +37,7 @@ def test_policy_server_transitions(checkpoint, tmp_path):
     with serving(tmp_path, checkpoint, ["arm6"], ["autostart:=false"], ["arm6"], "lifecycle_test") as env:
         listener, proc = env["listener"], env["proc"]
         node = rclpy.create_node("lifecycle_manager_test")  # spun by the calls alone
-        assert state(node, "/policy_server") == "unconfigured"
+        assert state(node, "/policy_server", timeout=120) == "unconfigured"
         assert change_state(node, "/policy_server", Transition.TRANSITION_CONFIGURE)
         assert state(node, "/policy_server") == "inactive"
         listener.wait(lambda: listener.diag.get("arm6", {}).get("message") == "holding: inactive", 30.0)
@@ -80,7 +80,7 @@ def test_policy_server_configure_fails_in_one_line_on_a_bad_checkpoint(tmp_path)
     try:
         with ros_node("lifecycle_fail_test") as node:
             assert not change_state(node, "/policy_server", Transition.TRANSITION_CONFIGURE)
-            assert state(node, "/policy_server") == "unconfigured"
+            assert state(node, "/policy_server", timeout=120) == "unconfigured"
             assert change_state(node, "/policy_server", Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
@@ -102,7 +102,7 @@ def test_recorder_transitions(tmp_path):
                       "-p", "autostart:=false"], log)
     try:
         with ros_node("recorder_lifecycle_test") as node:
-            assert state(node, "/recorder") == "unconfigured"
+            assert state(node, "/recorder", timeout=120) == "unconfigured"
             assert change_state(node, "/recorder", Transition.TRANSITION_CONFIGURE)
             refused = call(node, Trigger, start, Trigger.Request())
             assert not refused.success and "not active" in refused.message

@@ -74,7 +74,7 @@ def test_launch_with_lifecycle_manual_leaves_the_recorder_to_a_manager(install: 
                             stderr=subprocess.STDOUT)
     try:
         with ros_node("record_launch_lifecycle_test") as node:
-            assert state(node, "/recorder") == "unconfigured", log.read_text()
+            assert state(node, "/recorder", timeout=120) == "unconfigured", log.read_text()
             assert change_state(node, "/recorder", Transition.TRANSITION_CONFIGURE), log.read_text()
             assert change_state(node, "/recorder", Transition.TRANSITION_ACTIVATE)
             assert state(node, "/recorder") == "active"
