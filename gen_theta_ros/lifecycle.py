@@ -54,6 +54,7 @@ class ManagedNode(LifecycleNode):
         self._configured = False
         self._active = False
         self._configure_error: Exception | None = None
+        self._autostarting = False  # configure's error is raised to the caller, not logged
 
     # -- what a subclass does at each transition -----------------------------------------
     def configure(self) -> None:
@@ -80,7 +81,8 @@ class ManagedNode(LifecycleNode):
             self.configure()
         except self.configure_errors as err:
             self._configure_error = err
-            self.get_logger().error(f"configure failed: {err}")
+            if not self._autostarting:  # autostart raises it: `gen-theta` says it in one line
+                self.get_logger().error(f"configure failed: {err}")
             self._release_all()
             return TransitionCallbackReturn.FAILURE
         except Exception as err:  # a bug: rclpy turns it into ERROR without a word, so say where it was
@@ -139,7 +141,12 @@ class ManagedNode(LifecycleNode):
         if not self.get_parameter("autostart").value:
             self.get_logger().info("unconfigured: waiting for a lifecycle manager (autostart is false)")
             return
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        self._autostarting = True
+        try:
+            configured = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        finally:
+            self._autostarting = False
+        if not configured:
             raise self._configure_error or RuntimeError(f"{self.get_name()}: configure failed")
         self.trigger_activate()
 
