@@ -32,6 +32,14 @@ def dds_profile(context: LaunchContext) -> list:
     return [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", shipped)]
 
 
+def shut_down(context: LaunchContext) -> list:
+    """End the launch when a node ends, unless it is ending already (a second Shutdown event would
+    shut launch's ROS adapter down twice, which a LifecycleNode starts: "Cannot shutdown a ROS
+    adapter that is not running", exit code 1).
+    """
+    return [] if context.is_shutdown else [EmitEvent(event=Shutdown())]
+
+
 def launch_setup(context: LaunchContext) -> list:
     """Evaluate the launch arguments and build one launch_ros Node per graph node."""
     args = BringupArgs.from_strings({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
@@ -48,7 +56,7 @@ def launch_setup(context: LaunchContext) -> list:
             parameters=[*spec.params_files, spec.parameters],
             output="screen",
         )
-        stop_all = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[EmitEvent(event=Shutdown())]))
+        stop_all = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[OpaqueFunction(function=shut_down)]))
         actions += [node, stop_all]
     return actions
 
