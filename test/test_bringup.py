@@ -132,8 +132,13 @@ def test_lifecycle_manual_leaves_the_server_to_a_lifecycle_manager(checkpoint, t
             assert change_state(node, "/policy_server", Transition.TRANSITION_CONFIGURE)
             assert change_state(node, "/policy_server", Transition.TRANSITION_ACTIVATE)
             assert state(node, "/policy_server") == "active"
+            # shutdown from active: the server ends (exit 0), and with it the bring-up
+            assert change_state(node, "/policy_server", Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "bringup.log").read_text()
     finally:
-        assert stop_or_kill(proc, signal.SIGINT, 30) == 0, (tmp_path / "bringup.log").read_text()
+        if proc.poll() is None:
+            stop_or_kill(proc, signal.SIGINT, 30)
+    assert "exited with 0" in (tmp_path / "bringup.log").read_text()
 
 
 def test_kill_9_of_bringup_ends_its_nodes(tmp_path):
