@@ -245,13 +245,15 @@ REJECTED = "rejected"  # hold reasons that start with it: a message was refused
 CONTROLLER_FAULT = "controller fault"  # hold reasons: the controller refused or aborted a goal (latched)
 CONTROLLER_MISSING = "controller not available"  # hold reasons: the controller cannot be reached
 INFERENCE_UNAVAILABLE = "inference unavailable"  # hold reasons that start with it: no chunks can be had for now
+INACTIVE = "inactive"  # hold reason: the server's lifecycle state is not active (one hold, then silence)
+HANDED_OVER = ("disabled", INACTIVE)  # hold reasons that send one hold and then nothing
 
 
 def hands_over(hold_reason: str) -> bool:
     """Tell whether a hold for ``hold_reason`` leaves the robot to others: no command is sent
-    (after one hold when disabled) and driving resumes from the robot's measured position.
+    (after one hold when disabled or inactive) and driving resumes from the robot's measured position.
     """
-    return hold_reason in ("disabled", "e-stop") or hold_reason.startswith((CONTROLLER_FAULT, CONTROLLER_MISSING))
+    return hold_reason in (*HANDED_OVER, "e-stop") or hold_reason.startswith((CONTROLLER_FAULT, CONTROLLER_MISSING))
 
 
 def camera_input(name: str) -> str:

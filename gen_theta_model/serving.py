@@ -15,7 +15,8 @@ percentile of the measured latency (observation snapshot to chunk ready, includi
 ``added_delay_ms`` that stands in for a larger model). Robots whose delay differs (other
 control rates) are batched by equal d. Safety (gen_theta_model.adapter): stale input,
 refused input (``reject``: a non-finite joint state, an undecodable image), disable and
-e-stop hold the robot where it is commanded to be; when it resumes, the timeline
+e-stop hold the robot where it is commanded to be, and so does a server that is not
+``active`` (a deactivated managed node: one hold, then no command); when it resumes, the timeline
 restarts from there. A controller fault or a controller that cannot be reached
 (``controller``) stops the commands (the controller holds) until it is cleared; driving
 then restarts from the measured position. Inference that is unavailable for now
@@ -41,6 +42,8 @@ from gen_theta_model import batch as K
 from gen_theta_model.adapter import (
     CONTROLLER_FAULT,
     CONTROLLER_MISSING,
+    HANDED_OVER,
+    INACTIVE,
     INFERENCE_UNAVAILABLE,
     JOINT_STATES,
     Command,
@@ -150,6 +153,7 @@ class HarmonicServer:
         clock: Callable[[], float] = time.time,
         enabled: bool = True,
         obs_cfg: ObservationConfig | None = None,
+        active: bool = True,
     ) -> None:
         if not robots:
             raise ValueError("the server needs at least one robot")
@@ -161,6 +165,7 @@ class HarmonicServer:
         self.max_delay = min(cfg.max_delay_steps or pcfg.max_prefix_steps, pcfg.chunk_len - 1)
         self.latency = LatencyTracker(window=cfg.latency_window)
         self.inference_fault = ""  # non-empty while inference is unavailable: every robot holds, for this reason
+        self.active = active  # False: every robot holds (INACTIVE), as when disabled
         self.sessions: dict[str, RobotSession] = {}
         for name, spec in robots:
             if name in self.sessions:
@@ -277,7 +282,7 @@ class HarmonicServer:
                     c.hold_reason = f"no joint_states yet of joint(s) {missing}"
                 return None
             s.adapter.reset(measured, now)
-        reason = s.safety.check(now) or self.inference_fault
+        reason = ("" if self.active else INACTIVE) or s.safety.check(now) or self.inference_fault
         period = 1.0 / s.spec.control_rate_hz
         if s.resync and not hands_over(reason):
             s.adapter.reset(s.inputs.latest_positions(), now)  # before any command: hold where it is now
@@ -287,14 +292,14 @@ class HarmonicServer:
             with s.lock:
                 s.holding = True
             s.resync = s.resync or hands_over(reason)
-            if reason == "disabled" and s.sent_disabled_hold:  # hand the robot over: one hold, then silence
+            if reason in HANDED_OVER and s.sent_disabled_hold:  # hand the robot over: one hold, then silence
                 return None
             c.holds += 1
             if reason.startswith((CONTROLLER_FAULT, CONTROLLER_MISSING)):  # nothing to send to: it holds itself
                 s.clock.pause()
                 return None
             s.clock.tick(now)
-            if reason == "disabled":
+            if reason in HANDED_OVER:
                 s.sent_disabled_hold = True
                 s.clock.pause()
             return s.adapter.hold(now, period, reason)

@@ -94,6 +94,11 @@ class ActionCommander:
         self.sent = {name: 0 for name in self._clients}  # goals per action
         self.accepted = {name: 0 for name in self._clients}
 
+    @property
+    def clients(self) -> list[ActionClient]:
+        """The action clients (the node destroys them at cleanup)."""
+        return list(self._clients.values())
+
     def missing(self) -> str:
         """Name the action servers that cannot be reached ("" when every one can)."""
         gone = [name for name, client in self._clients.items() if not client.server_is_ready()]

@@ -21,6 +21,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import EmbodimentError, load_robot
+from gen_theta_model.node_parameters import ExpertParameters, parameter_defaults
 from gen_theta_model.sim.experts import ScriptedExpert
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
@@ -41,9 +42,8 @@ class Outcome:
 class ExpertNode(Node):
     def __init__(self) -> None:
         super().__init__("expert")
-        self.declare_parameter("robot", "arm6")  # a shipped robot name or a robot YAML path
-        self.declare_parameter("rate_hz", 20.0)  # how often the expert looks and may re-plan
-        self.declare_parameter("episodes", 0)  # exit after this many finished episodes; 0: run until stopped
+        for name, default in parameter_defaults(ExpertParameters).items():  # config/expert.yaml
+            self.declare_parameter(name, default)
         self.spec = load_robot(self.get_parameter("robot").value)
         self.expert = ScriptedExpert(self.spec)
         self.episodes = int(self.get_parameter("episodes").value)

@@ -9,13 +9,16 @@ The knobs are ``ARGUMENTS`` (names, defaults, descriptions), shared by both::
     gen-theta bringup robot:=arm6 checkpoint:=runs/demo
 
 Nodes: one ``sim_robot`` per robot in the robot's namespace (``sim:=true``; with
-``sim:=false`` real drivers provide the same topics), given the robot's URDF as
-``robot_description``; one ``policy_server`` for all robots (if a checkpoint is given),
+``sim:=false`` real drivers provide the same topics), parameters from config/sim_robot.yaml
+plus the robot's URDF as ``robot_description``; one ``policy_server`` for all robots (if a checkpoint is given),
 parameters from ``params_file`` plus ``checkpoint``, ``robots``, the robots' URDFs
 (``robot_descriptions``, which the server checks against the checkpoint), how it commands
 each robot (``command_interfaces``, ``gripper_interfaces``: the arguments, else each
 robot's YAML), which cameras arrive compressed (``camera_transport``), and
 ``inference_host`` / ``inference_token_file`` when given (the model on another machine).
+The policy server is a managed (lifecycle) node: with ``lifecycle:=auto`` it configures and
+activates itself (``autostart``), with ``lifecycle:=manual`` it waits unconfigured for a
+lifecycle manager (docs/bringup.md, "Managed nodes").
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "camera_transport": ("raw", "raw or compressed: cameras as sensor_msgs/Image or CompressedImage (JPEG)"),
     "inference_host": ("", "HOST:PORT of a `gen-theta infer-server` that runs the model; empty: this machine"),
     "inference_token_file": ("", "file holding that infer-server's token"),
+    "lifecycle": ("auto", "auto: the managed nodes (policy_server) configure and activate themselves; manual: they "
+                          "wait unconfigured for a lifecycle manager (ros2 lifecycle set, nav2 lifecycle_manager)"),
 }
 CAMERA_TRANSPORTS = ("raw", "compressed")
+LIFECYCLE_MODES = ("auto", "manual")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class BringupArgs:
     camera_transport: str = "raw"
     inference_host: str = ""
     inference_token_file: str = ""
+    lifecycle: str = "auto"  # or manual: managed nodes wait, unconfigured, for a lifecycle manager
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> BringupArgs:
@@ -80,17 +87,19 @@ class BringupArgs:
         if v["sim"].lower() not in ("true", "false"):
             raise ConfigError(f"bringup: argument 'sim' must be true or false, got '{v['sim']}'")
         for name, allowed in (("command_interface", COMMAND_INTERFACES), ("gripper_interface", GRIPPER_INTERFACES),
-                              ("camera_transport", CAMERA_TRANSPORTS)):
+                              ("camera_transport", CAMERA_TRANSPORTS), ("lifecycle", LIFECYCLE_MODES)):
             if v[name] and v[name] not in allowed:
                 raise ConfigError(f"bringup: argument '{name}' must be one of {list(allowed)}, got '{v[name]}'")
         return cls(robots, v["checkpoint"], v["sim"].lower() == "true", v["params_file"], v["command_interface"],
-                   v["gripper_interface"], v["camera_transport"], v["inference_host"], v["inference_token_file"])
+                   v["gripper_interface"], v["camera_transport"], v["inference_host"], v["inference_token_file"],
+                   v["lifecycle"])
 
 
 @dataclass(frozen=True)
 class NodeSpec:
     """One node: console script ``executable`` (lib/gen_theta), node ``name`` in ``namespace``
-    ("" = root), ``params_files`` (ROS 2 YAML) then ``parameters`` (they win).
+    ("" = root), ``params_files`` (ROS 2 YAML) then ``parameters`` (they win). A ``managed`` node is
+    a lifecycle node (gen_theta_ros/lifecycle.py; its ``autostart`` parameter is in ``parameters``).
     """
 
     executable: str
@@ -98,14 +107,16 @@ class NodeSpec:
     namespace: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     params_files: tuple[str, ...] = ()
+    managed: bool = False
 
     @property
     def full_name(self) -> str:
         return f"/{self.namespace}/{self.name}" if self.namespace else f"/{self.name}"
 
 
-def default_params_file() -> Path:
-    return share_dir() / "config" / "policy_server.yaml"
+def default_params_file(node: str = "policy_server") -> Path:
+    """Return the package's parameters file of ``node`` (config/<node>.yaml)."""
+    return share_dir() / "config" / f"{node}.yaml"
 
 
 def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
@@ -123,7 +134,7 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
         for robot, gripper in zip(args.robots, grippers):
             params = {"robot": robot, "robot_description": urdfs[robot], "gripper_interface": gripper,
                       "camera_transport": args.camera_transport}
-            nodes.append(NodeSpec("sim_robot", "sim_robot", robot, params))
+            nodes.append(NodeSpec("sim_robot", "sim_robot", robot, params, (str(default_params_file("sim_robot")),)))
     if args.checkpoint:
         params_file = args.params_file or str(default_params_file())
         if not Path(params_file).is_file():
@@ -138,6 +149,7 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
             "robot_descriptions": [urdfs[r] for r in args.robots],  # checked against the checkpoint
             "command_interfaces": commands,
             "gripper_interfaces": grippers,
+            "autostart": args.lifecycle == "auto",
         }
         if args.camera_transport == "compressed":
             params["compressed_cameras"] = [f"{r}/{c.name}" for r in args.robots for c in configs[r].cameras]
@@ -145,7 +157,7 @@ def bringup_graph(args: BringupArgs) -> list[NodeSpec]:
             params["inference_host"] = args.inference_host
         if args.inference_token_file:
             params["inference_token_file"] = str(Path(args.inference_token_file).expanduser().resolve())
-        nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,)))
+        nodes.append(NodeSpec("policy_server", "policy_server", "", params, (params_file,), managed=True))
     return nodes
 
 

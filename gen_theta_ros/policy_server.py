@@ -19,10 +19,19 @@ JointStates may carry only some of a robot's joints (merged by name). A message 
 server cannot use (a non-finite joint position, an image it cannot decode) is refused,
 counted, and holds that robot until its input is good again; it never stops the node.
 Diagnostics (diagnostic_msgs/DiagnosticArray on /diagnostics, one status per robot) once
-per ``diagnostics_period_s``. The model runs on another machine (``inference_host``, a
-`gen-theta infer-server`), else in a child process (``inference_process``), else on a thread,
-fed by the engine's inference thread; commands have a thread of their own; neither the
-callbacks nor the command stream ever wait for inference (docs/serving.md).
+per ``diagnostics_period_s``, and one per camera ("<robot>/<camera>") with its frames lost in
+transport (gaps in header stamps against its fps: gen_theta_model/data/camera_losses.py, as
+the recorder counts them), WARN while its frames arrive at under half its fps.
+
+A managed node (lifecycle: gen_theta_ros/lifecycle.py): configure loads the model and creates
+the topics, activate starts the commands, deactivate holds every robot where it is, cleanup
+lets the model go. ``autostart`` (default true) goes to active at once; ``autostart:=false``
+leaves it unconfigured for a lifecycle manager (`ros2 lifecycle set /policy_server configure`).
+
+The model runs on another machine (``inference_host``, a `gen-theta infer-server`), else in a
+child process (``inference_process``), else on a thread, fed by the engine's inference thread;
+commands have a thread of their own; neither the callbacks nor the command stream ever wait
+for inference (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -38,7 +47,6 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -46,10 +54,11 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from gen_theta_model.adapter import JOINT_STATES, camera_input, diagnostic_level
+from gen_theta_model.adapter import INACTIVE, JOINT_STATES, camera_input, diagnostic_level
 from gen_theta_model.checkpoint import load_policy, read_checkpoint_config
+from gen_theta_model.data.camera_losses import CameraWatch, low_rate_warning
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.inference_worker import WorkerPolicy
+from gen_theta_model.inference_worker import WorkerError, WorkerPolicy
 from gen_theta_model.messages import ConversionError
 from gen_theta_model.policy_server_config import (
     RECONFIGURABLE,
@@ -63,55 +72,96 @@ from gen_theta_model.serving import ChunkPolicy, HarmonicServer
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.action_commander import ActionCommander, require_control_msgs
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_to_msg
+from gen_theta_ros.lifecycle import ManagedNode
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import run_node
 
 
-class PolicyServer(Node):
+class PolicyServer(ManagedNode):
     """The node: parameters (gen_theta_model/policy_server_config.py) -> engine, topics, command thread.
 
-    ``failure`` is set when the command stream or inference failed for good; the node then
-    shuts the context down and ``main`` exits 1.
+    A managed node (gen_theta_ros/lifecycle.py): ``configure`` loads the policy (here, in a
+    child process, or on the inference host), warms it up and creates the topics; ``activate``
+    starts the command thread; ``deactivate`` stops it and sends every robot one hold where
+    it is (the engine's INACTIVE hold, as when disabled); ``release`` stops inference and
+    lets the model go. ``failure`` is set when the command stream or inference failed for
+    good; the node then shuts the context down and ``main`` exits 1.
     """
+
+    configure_errors = (ValueError, OSError, WorkerError)  # bad parameters or checkpoint, URDF, host
 
     def __init__(self) -> None:
         super().__init__("policy_server")
-        names = parameter_defaults()
-        for name, default in names.items():
-            self.declare_parameter(name, default)
-        node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in names})
         self.failure: str | None = None
-        self._inference = node_cfg.inference_host or ("child process" if node_cfg.inference_process else "thread")
+        for name, default in parameter_defaults().items():
+            self.declare_parameter(name, default)
+        self.server: HarmonicServer | None = None
+        self._worker: WorkerPolicy | RemotePolicy | None = None
+        self._outputs: dict[str, Publisher | ActionCommander] = {}
+        self._cameras = CameraWatch({})
         self._fault = ""  # the engine's inference fault when last logged ("": none)
+        self._tick_lock = threading.RLock()  # a controller fault never lands between a tick and its send
+        self._stop = threading.Event()
+        self._commands: threading.Thread | None = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
+        sys.setswitchinterval(0.001)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def configure(self) -> None:
+        node_cfg, cfg = configs_from_parameters({n: self.get_parameter(n).value for n in parameter_defaults()})
+        self._inference = node_cfg.inference_host or ("child process" if node_cfg.inference_process else "thread")
         self._realtime_priority = node_cfg.realtime_priority
         if any(node_cfg.interfaces(r)[0] == "action" for r in node_cfg.robots):
             require_control_msgs()  # before the model loads: fail at once, in one line
-        # The command thread waits at most ~1 ms for the GIL held by another thread (default 5 ms).
-        sys.setswitchinterval(0.001)
         policy = self._load_policy(node_cfg)
         served = served_robots(node_cfg, policy.embodiments)
         train_cfg, _, _ = read_checkpoint_config(node_cfg.checkpoint)
         cfg = dataclasses.replace(cfg, max_delay_steps=train_cfg.data.harmonic.max_delay_steps)
-        self.server = HarmonicServer(policy, served, cfg, self._now, node_cfg.enabled)
+        self.server = HarmonicServer(policy, served, cfg, self._now, node_cfg.enabled, active=False)
         warm = self.server.warm_up()
-        self._tick_lock = threading.RLock()  # a controller fault never lands between a tick and its send
+        self._cameras = CameraWatch({f"{r}/{c.name}": c.fps for r, spec in served for c in spec.cameras})
         self._outputs = self._wire(served, node_cfg)
-        self.create_timer(node_cfg.diagnostics_period_s, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.own(self.create_timer(node_cfg.diagnostics_period_s, self._publish_diagnostics))
         self.server.start(on_error=self._on_inference_error)
-        self._stop = threading.Event()
-        self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
-        self._commands.start()
         self.get_logger().info(
-            f"serving {[r for r, _ in served]} ({[s.name for _, s in served]}) from {node_cfg.checkpoint}, "
+            f"configured: {[r for r, _ in served]} ({[s.name for _, s in served]}) from {node_cfg.checkpoint}, "
             f"mode {cfg.mode}, {cfg.command_rate_hz:.0f} Hz commands, warm-up inference {warm * 1e3:.0f} ms"
         )
+
+    def activate(self) -> None:
+        with self._tick_lock:
+            self.server.active = True
+        self._stop.clear()
+        self._commands = threading.Thread(target=self._command_loop, name="commands", daemon=True)
+        self._commands.start()
+        self.get_logger().info(f"serving {list(self._outputs)}: active, commanding")
+
+    def deactivate(self) -> None:
+        self._stop_commands()
+        with self._tick_lock:
+            self.server.active = False
+        self._on_tick()  # one hold where each robot is (the engine's INACTIVE hold), then no command
+        self.get_logger().info(f"inactive: {list(self._outputs)} hold where they are")
+
+    def release(self) -> None:
+        self._stop_commands()
+        if self.server is not None:
+            self.server.stop()
+        if self._worker is not None:
+            self._worker.close()
+        self.server, self._worker, self._outputs = None, None, {}
+
+    def _stop_commands(self) -> None:
+        self._stop.set()
+        if self._commands is not None:
+            self._commands.join(timeout=2.0)
+        self._commands = None
 
     def _load_policy(self, cfg: PolicyServerConfig) -> ChunkPolicy:
         """Load the checkpoint's policy: on an inference server (``inference_host``), in a child
         process (``inference_process``), else in this one.
         """
-        self._worker: WorkerPolicy | RemotePolicy | None = None
         if cfg.inference_host:
             token = read_token(cfg.inference_token_file) if cfg.inference_token_file else ""
             ca = Path(cfg.inference_tls_ca).expanduser().read_bytes() if cfg.inference_tls_ca else b""
@@ -139,23 +189,25 @@ class PolicyServer(Node):
             if interface == "action":
                 outputs[robot] = ActionCommander(self, robot, spec, gripper,
                                                  lambda why, r=robot: self._on_controller_fault(r, why))
+                for client in outputs[robot].clients:
+                    self.own(client)
             else:
-                outputs[robot] = self.create_publisher(JointTrajectory, names.resolve(robot, names.command),
-                                                       COMMAND_QOS)
-            self.create_subscription(JointState, names.resolve(robot, names.joint_states),
-                                     lambda m, r=robot: self._on_joint_state(r, m), SENSOR_QOS)
-            self.create_subscription(String, names.resolve(robot, names.instruction),
-                                     lambda m, r=robot: self.server.on_instruction(r, m.data), LATCHED_QOS)
-            self.create_subscription(Bool, names.resolve(robot, names.estop),
-                                     lambda m, r=robot: self._on_estop(r, m), COMMAND_QOS)
-            self.create_service(SetBool, names.resolve(robot, names.services.policy_enable),
-                                lambda req, res, r=robot: self._on_enable(r, req, res))
+                outputs[robot] = self.own(self.create_publisher(JointTrajectory, names.resolve(robot, names.command),
+                                                                COMMAND_QOS))
+            self.own(self.create_subscription(JointState, names.resolve(robot, names.joint_states),
+                                              lambda m, r=robot: self._on_joint_state(r, m), SENSOR_QOS))
+            self.own(self.create_subscription(String, names.resolve(robot, names.instruction),
+                                              lambda m, r=robot: self.server.on_instruction(r, m.data), LATCHED_QOS))
+            self.own(self.create_subscription(Bool, names.resolve(robot, names.estop),
+                                              lambda m, r=robot: self._on_estop(r, m), COMMAND_QOS))
+            self.own(self.create_service(SetBool, names.resolve(robot, names.services.policy_enable),
+                                         lambda req, res, r=robot: self._on_enable(r, req, res)))
             for cam in spec.cameras:
                 compressed = cfg.compressed(robot, cam.name)
-                self.create_subscription(CompressedImage if compressed else Image,
-                                         names.camera_topic(robot, cam.name, compressed),
-                                         lambda m, r=robot, c=cam.name: self._on_image(r, c, m), SENSOR_QOS)
-        self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
+                self.own(self.create_subscription(
+                    CompressedImage if compressed else Image, names.camera_topic(robot, cam.name, compressed),
+                    lambda m, r=robot, c=cam.name: self._on_image(r, c, m), SENSOR_QOS))
+        self._diag = self.own(self.create_publisher(DiagnosticArray, names.diagnostics, 10))
         return outputs
 
     def _now(self) -> float:
@@ -173,12 +225,15 @@ class PolicyServer(Node):
 
     def _on_image(self, robot: str, camera: str, msg: Image | CompressedImage) -> None:
         now = self._now()
+        stamp = time_to_seconds(msg.header.stamp)
+        if stamp:  # frames lost in transport show as gaps in the stamps (an unstamped frame tells nothing)
+            self._cameras.gaps[f"{robot}/{camera}"].add(stamp, time.monotonic())
         try:
             frame = to_rgb8(msg)
         except ConversionError as err:
             self.server.reject(robot, camera_input(camera), str(err))
             return
-        self.server.on_image(robot, camera, frame, time_to_seconds(msg.header.stamp) or now, now)
+        self.server.on_image(robot, camera, frame, stamp or now, now)
 
     def _on_estop(self, robot: str, msg: Bool) -> None:
         self.server.set_estop(robot, bool(msg.data))
@@ -211,8 +266,8 @@ class PolicyServer(Node):
             while not self._stop.is_set():
                 deadline += period
                 wait = deadline - time.monotonic()
-                if wait > 0.0:
-                    self._stop.wait(wait)
+                if wait > 0.0 and self._stop.wait(wait):
+                    return  # deactivated: ``deactivate`` sends the hold
                 elif wait < -period:  # fell behind by more than a period: re-anchor instead of bursting
                     deadline = time.monotonic()
                 self._on_tick()
@@ -246,6 +301,8 @@ class PolicyServer(Node):
                     out.publish(trajectory_to_msg(cmd.trajectory))
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if self.server is None:  # not configured: configure reads them
+            return SetParametersResult(successful=True)
         changes = {p.name: p.value for p in params if p.name in RECONFIGURABLE}
         fixed = [p.name for p in params if p.name not in RECONFIGURABLE]
         if fixed:
@@ -260,6 +317,11 @@ class PolicyServer(Node):
         return SetParametersResult(successful=True)
 
     def _publish_diagnostics(self) -> None:
+        """One status per robot (its hold reason, counters, and each camera's ``camera_lost_<camera>``,
+        ``camera_fps_<camera>``), and one per camera "<robot>/<camera>": frames lost in transport
+        since configure, arrival rate; WARN while its frames arrive at under half its fps (logged
+        once, until the rate recovers).
+        """
         fault = self.server.inference_fault
         if bool(fault) != bool(self._fault):  # log when it fails and when it is back, not each retry
             self._fault = fault
@@ -267,6 +329,9 @@ class PolicyServer(Node):
                 self.get_logger().error(f"{fault}: the robots hold; trying again")
             else:
                 self.get_logger().info("inference is back: driving again")
+        now = time.monotonic()
+        for camera in self._cameras.newly_slow(now):
+            self.get_logger().warning(low_rate_warning(camera, self._cameras.gaps[camera], now))
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         for robot, s in self.server.sessions.items():
@@ -277,12 +342,24 @@ class PolicyServer(Node):
             out = self._outputs[robot]
             if isinstance(out, ActionCommander):
                 values.update(out.counts())
-            reason = s.counters.hold_reason
+            cameras = {cam.name: self._cameras.values(f"{robot}/{cam.name}", now) for cam in s.spec.cameras}
+            for cam, v in cameras.items():
+                values[f"camera_lost_{cam}"], values[f"camera_fps_{cam}"] = v["lost"], v["arrival_fps"]
+            reason = s.counters.hold_reason if self.server.active else INACTIVE
             status = DiagnosticStatus(name=f"policy_server: {robot}", hardware_id=robot)
             status.level = bytes([diagnostic_level(reason)])
             status.message = f"holding: {reason}" if reason else "driving"
             status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
             msg.status.append(status)
+            for cam, v in cameras.items():
+                key = f"{robot}/{cam}"
+                slow = key in self._cameras.slow
+                status = DiagnosticStatus(name=f"policy_server: {key}", hardware_id=key)
+                status.level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
+                status.message = (f"arriving at {v['arrival_fps']} of {v['fps']} fps" if slow
+                                  else f"{v['lost']} frames lost in transport")
+                status.values = [KeyValue(key=k, value=x) for k, x in v.items()]
+                msg.status.append(status)
         self._diag.publish(msg)
 
     def _realtime(self, threads: list[int]) -> None:
@@ -302,13 +379,6 @@ class PolicyServer(Node):
                 f"no permission for SCHED_FIFO priority {priority} (needs CAP_SYS_NICE or an rtprio limit): "
                 "running at normal priority"
             )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._commands.join(timeout=2.0)
-        self.server.stop()
-        if self._worker is not None:
-            self._worker.close()
 
 
 USAGE = """usage: gen-theta serve CHECKPOINT [--ros-args -p robots:=[arm6] -p mode:=harmonic ...]

@@ -19,6 +19,11 @@ counted per topic from each episode's start:
 in episode.yaml (``camera_losses``), the stop reply, and on /diagnostics (one status per
 camera topic, every second, with the arrival rate); a camera whose frames arrive at under
 half its fps is logged as a warning once, until its rate recovers.
+
+A managed node (lifecycle: gen_theta_ros/lifecycle.py): configure creates the subscriptions and
+services, activate allows recording (a start while inactive is refused), deactivate closes the
+open episode cleanly. ``autostart`` (default true) goes to active at once; ``autostart:=false``
+leaves it unconfigured for a lifecycle manager (`ros2 lifecycle set /recorder configure`).
 """
 
 from __future__ import annotations
@@ -31,13 +36,12 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from gen_theta_model.data.camera_losses import StampGaps, cdr_header_stamp
+from gen_theta_model.data.camera_losses import CameraWatch, cdr_header_stamp, low_rate_warning
 from gen_theta_model.data.recording import (
     BagEpisodeWriter,
     EpisodeLimits,
@@ -48,7 +52,9 @@ from gen_theta_model.data.recording import (
     write_record,
 )
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.node_parameters import RecorderParameters, parameter_defaults
 from gen_theta_model.topics import load_topics
+from gen_theta_ros.lifecycle import ManagedNode
 from gen_theta_ros.qos import COMMAND_QOS, LATCHED_QOS, RECORD_QOS
 from gen_theta_ros.runtime import run_node
 
@@ -68,42 +74,37 @@ def type_name(cls: type) -> str:
     return f"{module[0]}/msg/{cls.__name__}"
 
 
-class Recorder(Node):
+class Recorder(ManagedNode):
+    """The recorder, a managed node (gen_theta_ros/lifecycle.py): ``configure`` reads the parameters
+    and creates the subscriptions and services, ``activate`` allows episodes to start,
+    ``deactivate`` closes the open episode cleanly (and refuses new ones), ``release`` too.
+    """
+
     def __init__(self) -> None:
         super().__init__("recorder")
-        self.declare_parameter("robot", "arm6")
-        self.declare_parameter("output_dir", "episodes")
-        self.declare_parameter("compressed", False)  # cameras as CompressedImage (.../compressed)
-        self.declare_parameter("topics", [""])  # empty: every configured topic; else names, 'topic=pkg/msg/Type'
-        self.declare_parameter("task", "")
-        self.declare_parameter("category", "")
-        self.declare_parameter("action_topic", "")  # teleop: the leader arm's JointState topic (always recorded)
-        self.declare_parameter("queue_mb", 512)  # messages waiting for the disk; beyond this they are dropped
-        # The rate the camera drivers publish at, if not each camera's fps in the robot YAML (0):
-        # lost frames are counted against it.
-        self.declare_parameter("camera_fps", 0.0)
         number = ParameterDescriptor(dynamic_typing=True)  # 600 and 600.0 both work
-        self.declare_parameter("max_episode_s", EpisodeLimits.max_seconds, number)
-        self.declare_parameter("max_episode_mb", EpisodeLimits.max_mb, number)
+        for name, default in parameter_defaults(RecorderParameters).items():  # config/recorder.yaml
+            self.declare_parameter(name, default, number if name.startswith("max_episode_") else None)
+        self._lock = threading.Lock()
+        self._writer: BagEpisodeWriter | None = None
+        self._last: Path | None = None
+        self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
+        self._cameras = CameraWatch({})  # camera topic -> frames lost, since the episode's start
+
+    def configure(self) -> None:
         p = self.get_parameter
         self.limits = EpisodeLimits(float(p("max_episode_s").value), float(p("max_episode_mb").value))
         self.robot = p("robot").value
         self.output_dir = Path(p("output_dir").value).expanduser()
         self.spec = load_robot(self.robot)
         names = load_topics()
-        self._lock = threading.Lock()
-        self._writer: BagEpisodeWriter | None = None
-        self._last: Path | None = None
         self._meta = {"task": p("task").value, "category": p("category").value, "instruction": ""}
         self.action_topic = names.resolve(self.robot, p("action_topic").value) if p("action_topic").value else ""
-        self._latched: dict[str, tuple[int, bytes]] = {}  # last message of each latched topic
         self.topics = self._topic_types(names, p("compressed").value, [t for t in p("topics").value if t])
         fps = p("camera_fps").value
         cameras = {names.camera_topic(self.robot, c.name, p("compressed").value): fps or c.fps
                    for c in self.spec.cameras}
-        self._camera_fps = {t: fps for t, fps in cameras.items() if t in self.topics}
-        self._gaps = {t: StampGaps(fps) for t, fps in self._camera_fps.items()}  # since the episode's start
-        self._slow: set[str] = set()  # camera topics whose low arrival rate was logged
+        self._cameras = CameraWatch({t: fps for t, fps in cameras.items() if t in self.topics})
         if self.action_topic:
             self.topics[self.action_topic] = JointState
         for topic, cls in self.topics.items():
@@ -111,22 +112,36 @@ class Recorder(Node):
             if cls is String:
                 qos = LATCHED_QOS
             callback = self._make_callback(topic, latched=cls is String)
-            self.create_subscription(cls, topic, callback, qos, raw=True)
-        self._diag = self.create_publisher(DiagnosticArray, names.diagnostics, 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+            self.own(self.create_subscription(cls, topic, callback, qos, raw=True))
+        self._diag = self.own(self.create_publisher(DiagnosticArray, names.diagnostics, 10))
+        self.own(self.create_timer(1.0, self._publish_diagnostics))
         instr, task = names.resolve(self.robot, names.instruction), names.resolve(self.robot, names.task)
         # Decoded copies of the instruction and task topics fill the episode metadata.
-        self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS)
-        self.create_subscription(String, task, self._on_task, LATCHED_QOS)
+        self.own(self.create_subscription(String, instr, self._on_instruction, LATCHED_QOS))
+        self.own(self.create_subscription(String, task, self._on_task, LATCHED_QOS))
         # One executor thread (gen_theta_ros/runtime.py): start/stop/mark never interleave.
         srv = names.services
-        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_start), self._start)
-        self.create_service(Trigger, names.resolve(self.robot, srv.recorder_stop), self._stop)
-        self.create_service(
-            SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark
-        )
-        self.create_timer(0.5, self._check_episode)
-        self.get_logger().info(f"recording {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
+        self.own(self.create_service(Trigger, names.resolve(self.robot, srv.recorder_start), self._start))
+        self.own(self.create_service(Trigger, names.resolve(self.robot, srv.recorder_stop), self._stop))
+        self.own(self.create_service(SetBool, names.resolve(self.robot, srv.recorder_mark_success), self._mark))
+        self.own(self.create_timer(0.5, self._check_episode))
+        self.get_logger().info(f"configured: {len(self.topics)} topics of '{self.robot}' into {self.output_dir}")
+
+    def activate(self) -> None:
+        self.get_logger().info(f"active: recording {len(self.topics)} topics of '{self.robot}' on request")
+
+    def deactivate(self) -> None:
+        self._close_episode()
+        self.get_logger().info("inactive: no episode starts until activated")
+
+    def release(self) -> None:
+        self._close_episode()
+        self._latched.clear()
+        self._cameras = CameraWatch({})
+
+    def _close_episode(self) -> None:
+        if self._writer is not None:
+            self.stop_episode()
 
     def _topic_types(self, names, compressed: bool, chosen: list[str]) -> dict[str, type]:
         configured = {
@@ -158,7 +173,7 @@ class Recorder(Node):
             now = time.time_ns()
             if latched:  # instruction/task: the state at the episode start belongs in the episode
                 self._latched[topic] = (now, data)
-            gaps = self._gaps.get(topic)
+            gaps = self._cameras.gaps.get(topic)
             if gaps is not None:
                 try:
                     gaps.add(cdr_header_stamp(data), now * 1e-9)
@@ -185,7 +200,12 @@ class Recorder(Node):
 
     # -- services -----------------------------------------------------------------------
     def start_episode(self) -> Path:
-        """Start an episode and return its bag directory; if one is being recorded, return that."""
+        """Start an episode and return its bag directory; if one is being recorded, return that.
+
+        RuntimeError when the node is not active.
+        """
+        if not self._active:
+            raise RuntimeError("the recorder is not active (lifecycle): activate it to record")
         with self._lock:
             if self._writer is not None:
                 self.get_logger().info(f"start: already recording {self._writer.path}")
@@ -208,7 +228,7 @@ class Recorder(Node):
             writer = BagEpisodeWriter(path, specs, record, self.get_parameter("queue_mb").value * 2**20)
             for topic, (stamp, data) in list(self._latched.items()):
                 writer.put(topic, stamp, data)
-            self._gaps = {t: StampGaps(fps) for t, fps in self._camera_fps.items()}
+            self._cameras.reset()
             self._writer = writer
             self._last = path
             return path
@@ -223,7 +243,7 @@ class Recorder(Node):
         # (another subscriber, a loaded machine): the latest ones describe the episode.
         for key in ("task", "category", "instruction"):
             setattr(writer.record, key, self._meta[key] or getattr(writer.record, key))
-        writer.record.camera_losses = {t: g.report() for t, g in self._gaps.items()}
+        writer.record.camera_losses = {t: g.report() for t, g in self._cameras.gaps.items()}
         record = writer.close(time.time_ns(), truncated)
         total = sum(record.messages.values())
         drops = {t: n for t, n in record.drops.items() if n}
@@ -303,32 +323,20 @@ class Recorder(Node):
         arrival rate now; WARN when frames were lost or arrive at under half the camera's fps.
         """
         now = time.time_ns() * 1e-9
+        for topic in self._cameras.newly_slow(now):
+            self.get_logger().warning(low_rate_warning(topic, self._cameras.gaps[topic], now))
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        for topic, gaps in self._gaps.items():
-            rate = gaps.arrival_fps(now)
-            slow = gaps.low_rate(now)
-            if slow and topic not in self._slow:
-                self.get_logger().warning(
-                    f"{topic}: frames arrive at {rate:.1f}/s of {gaps.fps:g} fps declared: the driver publishes "
-                    "slower, or frames are lost in transport (give its process FASTDDS_DEFAULT_PROFILES_FILE="
-                    "config/fastdds.xml, or use compressed images: docs/dataset_format.md)"
-                )
-            self._slow = (self._slow | {topic}) if slow else (self._slow - {topic})
+        for topic, gaps in self._cameras.gaps.items():
+            values = self._cameras.values(topic, now)
+            slow = topic in self._cameras.slow
             status = DiagnosticStatus(name=f"recorder: {topic}", hardware_id=topic)  # the camera
             status.level = DiagnosticStatus.WARN if slow or gaps.lost else DiagnosticStatus.OK
-            status.message = (f"arriving at {rate:.1f} of {gaps.fps:g} fps" if slow
+            status.message = (f"arriving at {values['arrival_fps']} of {gaps.fps:g} fps" if slow
                               else f"{gaps.lost} frames lost" if gaps.lost else "ok")
-            values = {"fps": f"{gaps.fps:g}", "arrival_fps": f"{rate:.1f}", "received": str(gaps.received),
-                      "lost": str(gaps.lost), "out_of_order": str(gaps.out_of_order)}
             status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
             msg.status.append(status)
         self._diag.publish(msg)
-
-    def close(self) -> None:
-        """Close the open episode cleanly (run_node calls this on SIGINT/SIGTERM)."""
-        if self._writer is not None:
-            self.stop_episode()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from gen_theta_model.config import share_dir
+from gen_theta_ros.lifecycle import ManagedNode
 
 
 def use_project_dds_profile() -> None:
@@ -52,7 +53,9 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     rclpy.init's own handlers turn SIGINT and SIGTERM into a context shutdown, which
     ends the spin with ExternalShutdownException; ``node.close()`` then runs, so nodes
     close files cleanly under launch too. SIGHUP is turned into SIGTERM; while the node
-    closes, SIGINT, SIGTERM and SIGHUP are ignored. With ``-h`` or
+    closes, SIGINT, SIGTERM and SIGHUP are ignored. A managed node (gen_theta_ros/lifecycle.py)
+    is configured and activated first when its ``autostart`` parameter is true (what made
+    configure fail is raised, as an error in the node's constructor is). With ``-h`` or
     ``--help`` it prints the docstring of ``make_node``'s module and returns 0. Returns 1
     when the node shut itself down for a failure (a non-empty ``failure`` attribute):
     launchers take 0 for a clean stop.
@@ -65,10 +68,12 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     rclpy.init(args=[sys.argv[0], *own])
     signal.signal(signal.SIGHUP, _hangup_as_terminate)
     node = None
-    failure = None
+    code = 0
     try:
         node = make_node()
-        name = node.get_name()
+        name = node.get_name()  # (a node whose context is shut down has no name to give)
+        if isinstance(node, ManagedNode):
+            node.autostart()
         # What a node holds after start-up (torch, message types, the model's config) lives
         # until shutdown. Frozen, the collector never walks it again: a full collection of
         # it took 40-120 ms in policy_server (gc.callbacks), a stall of 2-5 command slots.
@@ -91,18 +96,24 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         if rclpy.ok():
             raise
     finally:
-        # Closing (an open episode, files) must not be cut short by the next signal: a terminal's
-        # Ctrl-C reaches a tool's child once directly and once more from the tool's stop. A close
-        # that hangs still ends with SIGKILL.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
-            failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
-            close = getattr(node, "close", None)
-            if callable(close):
-                close()
-            node.destroy_node()
+            code = _close(node, name)
         rclpy.try_shutdown()
+    return code
+
+
+def _close(node: Node, name: str) -> int:
+    """Close and destroy ``node`` (named ``name``); 1 if it failed (its ``failure`` printed), else 0."""
+    # Closing (an open episode, files) must not be cut short by the next signal: a terminal's
+    # Ctrl-C reaches a tool's child once directly and once more from the tool's stop. A close
+    # that hangs still ends with SIGKILL.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    failure = getattr(node, "failure", None) and f"{name}: {node.failure}"
+    close = getattr(node, "close", None)
+    if callable(close):
+        close()
+    node.destroy_node()
     if failure:
         print(failure, file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 from gen_theta_model.config import ConfigError
 from gen_theta_model.controllers import gripper_joint
 from gen_theta_model.embodiment import GRIPPER_INTERFACES, CameraConfig, load_robot
+from gen_theta_model.node_parameters import SimRobotParameters, parameter_defaults
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.sim.task_state import TaskState
@@ -79,18 +80,8 @@ class SimRobotNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_robot")
         fixed = ParameterDescriptor(read_only=True, description="a shipped robot name or a robot YAML path")
-        self.declare_parameter("robot", "arm6", fixed)
-        self.declare_parameter("task", "pick_place_bin")
-        self.declare_parameter("seed", 0)
-        self.declare_parameter("realtime_factor", 1.0)  # simulated seconds per wall-clock second
-        self.declare_parameter("cameras", True)
-        self.declare_parameter("camera_rate_hz", 0.0)  # 0: each camera's fps from the robot YAML
-        self.declare_parameter("joint_state_rate_hz", 100.0)
-        self.declare_parameter("object_pose_rate_hz", 30.0)
-        self.declare_parameter("task_state_rate_hz", 2.0)
-        self.declare_parameter("camera_transport", "raw")  # raw | compressed | both (as image_transport publishes)
-        self.declare_parameter("camera_format", "jpeg")  # compressed images: jpeg | png
-        self.declare_parameter("gripper_interface", "trajectory")  # or gripper_command | parallel_gripper_command
+        for name, default in parameter_defaults(SimRobotParameters).items():  # config/sim_robot.yaml
+            self.declare_parameter(name, default, fixed if name == "robot" else None)
         param = self.get_parameter
         self.spec = load_robot(param("robot").value)
         self.robot_name = self.spec.name

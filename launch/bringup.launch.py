@@ -15,7 +15,7 @@ from launch.actions import (
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 from gen_theta_ros.graph import ARGUMENTS, BringupArgs, bringup_graph
@@ -32,20 +32,31 @@ def dds_profile(context: LaunchContext) -> list:
     return [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", shipped)]
 
 
+def shut_down(context: LaunchContext) -> list:
+    """End the launch when a node ends, unless it is ending already (a second Shutdown event would
+    shut launch's ROS adapter down twice, which a LifecycleNode starts: "Cannot shutdown a ROS
+    adapter that is not running", exit code 1).
+    """
+    return [] if context.is_shutdown else [EmitEvent(event=Shutdown())]
+
+
 def launch_setup(context: LaunchContext) -> list:
     """Evaluate the launch arguments and build one launch_ros Node per graph node."""
     args = BringupArgs.from_strings({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
     actions = []
     for spec in bringup_graph(args):
-        node = Node(
+        # A managed node as a launch LifecycleNode: its transitions are launch events, and other launch
+        # files may drive it with launch_ros.events.lifecycle.ChangeState (``lifecycle:=manual``).
+        kind = LifecycleNode if spec.managed else Node
+        node = kind(
             package="gen_theta",
             executable=spec.executable,
             name=spec.name,
-            namespace=spec.namespace or None,
+            namespace=spec.namespace or "",
             parameters=[*spec.params_files, spec.parameters],
             output="screen",
         )
-        stop_all = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[EmitEvent(event=Shutdown())]))
+        stop_all = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[OpaqueFunction(function=shut_down)]))
         actions += [node, stop_all]
     return actions
 

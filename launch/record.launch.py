@@ -1,12 +1,15 @@
 """Record episodes of a robot: `ros2 launch gen_theta record.launch.py robot:=arm6 output_dir:=episodes`.
 
 Start/stop episodes with the recorder's services (names in config/topics.yaml), e.g.
-`ros2 service call /arm6/recorder/start std_srvs/srv/Trigger`.
+`ros2 service call /arm6/recorder/start std_srvs/srv/Trigger`. The recorder's other
+parameters come from ``params_file`` (default: the package's config/recorder.yaml, which
+lists them all); the arguments here win. It is a managed (lifecycle) node: ``lifecycle:=auto``
+brings it to active, ``lifecycle:=manual`` leaves it unconfigured for a lifecycle manager.
 """
 
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch.substitutions import EqualsSubstitution, LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
@@ -27,14 +30,23 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("action_topic", default_value="",
                               description="teleop: a leader arm's sensor_msgs/JointState topic, recorded and used "
                               "by ingest as the actions (e.g. /leader/joint_states)"),
+        DeclareLaunchArgument("params_file",
+                              default_value=PathJoinSubstitution([FindPackageShare("gen_theta"), "config",
+                                                                  "recorder.yaml"]),
+                              description="recorder parameters (ROS 2 YAML); the arguments above win"),
+        DeclareLaunchArgument("lifecycle", default_value="auto", choices=["auto", "manual"],
+                              description="auto: the recorder configures and activates itself; manual: it waits "
+                              "unconfigured for a lifecycle manager (ros2 lifecycle set, nav2 lifecycle_manager)"),
     ]
     profile = PathJoinSubstitution([FindPackageShare("gen_theta"), "config", "fastdds.xml"])
-    recorder = Node(
+    recorder = LifecycleNode(
         package="gen_theta",
         executable="recorder",
         name="recorder",
+        namespace="",
         output="screen",
-        parameters=[{
+        parameters=[LaunchConfiguration("params_file"), {
+            "autostart": EqualsSubstitution(LaunchConfiguration("lifecycle"), "auto"),
             "robot": LaunchConfiguration("robot"),
             "output_dir": LaunchConfiguration("output_dir"),
             "topics": LaunchConfiguration("topics"),

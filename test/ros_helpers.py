@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -132,6 +134,29 @@ def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):
     assert future.done(), f"service {name} did not answer within {timeout} s"
     node.destroy_client(client)
     return future.result()
+
+
+def change_state(node: Node, target: str, transition: int) -> bool:
+    """Ask ``target`` (a node's full name) for a lifecycle ``transition``; True if it succeeded.
+
+    Sent once (``call`` re-sends a request not answered within 3 s; a configure that loads a
+    model takes longer, and the re-sent one would fail from the state the first one reached).
+    ``node`` must not be spun by an executor elsewhere.
+    """
+    client = node.create_client(ChangeState, f"{target}/change_state")
+    assert client.wait_for_service(timeout_sec=120.0), f"{target}/change_state not available"
+    future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+    rclpy.spin_until_future_complete(node, future, timeout_sec=120.0)
+    assert future.done(), f"{target}/change_state did not answer within 120 s"
+    node.destroy_client(client)
+    return future.result().success
+
+
+def state(node: Node, target: str, timeout: float = 20.0) -> str:
+    """Return the lifecycle state (its label: unconfigured, inactive, active) of node ``target``,
+    waiting up to ``timeout`` s for it to come up.
+    """
+    return call(node, GetState, f"{target}/get_state", GetState.Request(), timeout).current_state.label
 
 
 def start_episode(node: Node, robot: str, timeout: float = 20.0) -> Path:

@@ -111,7 +111,8 @@ def serving(tmp: Path, ckpt: Path, robots: Sequence[str], params: Sequence[str],
     finally:
         for f in env["feeders"].values():
             f.stop()
-        os.killpg(proc.pid, signal.SIGINT)
+        if proc.poll() is None:  # (a test may have ended it)
+            os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=20)
         executor.shutdown()
         node.destroy_node()

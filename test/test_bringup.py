@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import alive, kill_leftovers, process_tree, ros_node, start_exe, stop_or_kill, wait_for
+from lifecycle_msgs.msg import Transition
+from ros_helpers import (
+    alive,
+    change_state,
+    kill_leftovers,
+    process_tree,
+    ros_node,
+    start_exe,
+    state,
+    stop_or_kill,
+    wait_for,
+)
 from server_helpers import graph_snapshot, tiny_checkpoint
 
 from gen_theta_model.config import ConfigError
@@ -41,6 +52,7 @@ def test_graph_nodes_and_parameters(checkpoint):
     assert sim.parameters["robot"] == "arm6"
     assert sim.parameters["robot_description"] == Path(load_robot("arm6").urdf_path).read_text()
     assert (sim.parameters["gripper_interface"], sim.parameters["camera_transport"]) == ("trajectory", "raw")
+    assert sim.params_files == (str(default_params_file("sim_robot")),)
     server = nodes[-1]
     assert server.parameters == {
         "checkpoint": str(checkpoint.resolve()),
@@ -48,11 +60,15 @@ def test_graph_nodes_and_parameters(checkpoint):
         "robot_descriptions": [Path(load_robot(r).urdf_path).read_text() for r in ("arm6", "humanoid16")],
         "command_interfaces": ["topic", "topic"],  # the robots' YAML
         "gripper_interfaces": ["trajectory", "trajectory"],
+        "autostart": True,  # lifecycle:=auto
     }
+    assert server.managed and not sim.managed
     assert server.params_files == (str(default_params_file()),)
     assert [n.full_name for n in bringup_graph(BringupArgs(sim=False))] == []  # nothing without sim or policy
     assert set(ARGUMENTS) == {"robot", "checkpoint", "sim", "params_file", "command_interface", "gripper_interface",
-                              "camera_transport", "inference_host", "inference_token_file"}
+                              "camera_transport", "inference_host", "inference_token_file", "lifecycle"}
+    manual = bringup_graph(BringupArgs.from_strings({"checkpoint": str(checkpoint), "lifecycle": "manual"}))[-1]
+    assert manual.parameters["autostart"] is False
     remote = bringup_graph(BringupArgs.from_strings({"checkpoint": str(checkpoint), "inference_host": "gpu-box:50051",
                                                      "inference_token_file": "token"}))[-1]
     assert remote.parameters["inference_host"] == "gpu-box:50051"
@@ -79,6 +95,7 @@ def test_graph_with_actions_and_compressed_cameras(checkpoint):
         ({"robot": " , "}, "names no robot"),
         ({"command_interface": "serial"}, "'command_interface' must be one of"),
         ({"camera_transport": "theora"}, "'camera_transport' must be one of"),
+        ({"lifecycle": "later"}, "'lifecycle' must be one of"),
         ({"checkpoint": "x", "params_file": "/nonexistent.yaml"}, "does not exist"),
         ({"checkpoint": "/nonexistent/run"}, "checkpoint: /nonexistent/run: no such checkpoint"),
     ],
@@ -95,6 +112,7 @@ def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_
     try:
         with ros_node("bringup_test") as node:
             snap = graph_snapshot(node, {"/policy_server": ["checkpoint", "robots", *values]})
+            wait_for(lambda: state(node, "/policy_server") == "active", 120, "the server active (lifecycle:=auto)")
     finally:
         code = stop_or_kill(proc, signal.SIGINT, 30)
     # Every key of the params file is a declared parameter (an undeclared one would read back unset).
@@ -103,6 +121,24 @@ def test_gen_theta_bringup_starts_the_graph_and_stops_on_ctrl_c(checkpoint, tmp_
     assert code == 0, (tmp_path / "bringup.log").read_text()
     wait_for(lambda: str(params) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
                                                        check=True).stdout, 10, "the node going with the bring-up")
+
+
+def test_lifecycle_manual_leaves_the_server_to_a_lifecycle_manager(checkpoint, tmp_path):
+    proc = start_exe(["bringup", "robot:=arm6", f"checkpoint:={checkpoint}", "sim:=false", "lifecycle:=manual"],
+                     tmp_path / "bringup.log")
+    try:
+        with ros_node("bringup_lifecycle_test") as node:
+            assert state(node, "/policy_server", timeout=120) == "unconfigured"
+            assert change_state(node, "/policy_server", Transition.TRANSITION_CONFIGURE)
+            assert change_state(node, "/policy_server", Transition.TRANSITION_ACTIVATE)
+            assert state(node, "/policy_server") == "active"
+            # shutdown from active: the server ends (exit 0), and with it the bring-up
+            assert change_state(node, "/policy_server", Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "bringup.log").read_text()
+    finally:
+        if proc.poll() is None:
+            stop_or_kill(proc, signal.SIGINT, 30)
+    assert "exited with 0" in (tmp_path / "bringup.log").read_text()
 
 
 def test_kill_9_of_bringup_ends_its_nodes(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_helpers import ros_node, stop_or_kill
+from ros_helpers import ros_node, state, stop_or_kill, wait_for
 from server_helpers import graph_snapshot, tiny_checkpoint
 from workspace import build_workspace, workspace_env
 
@@ -32,7 +32,10 @@ def run_and_snapshot(cmd: list[str], env: dict[str, str], log: Path, params: dic
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         with ros_node("bringup_launch_test") as node:
-            return graph_snapshot(node, params)
+            snapshot = graph_snapshot(node, params)
+            # lifecycle:=auto: the managed policy server reaches active by itself, under launch too
+            wait_for(lambda: state(node, "/policy_server") == "active", 120, "the policy server active")
+            return snapshot
     finally:
         assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()
 

@@ -4,7 +4,7 @@ import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
-from gen_theta_model.data.camera_losses import NAMED_LOSSES, StampGaps, cdr_header_stamp
+from gen_theta_model.data.camera_losses import NAMED_LOSSES, CameraWatch, StampGaps, cdr_header_stamp
 
 
 @pytest.mark.parametrize("cls", [Image, CompressedImage])
@@ -50,3 +50,19 @@ def test_arrival_rate_far_below_fps_is_low():
     now = 119 / 30.0
     assert gaps.arrival_fps(now) == pytest.approx(6.0, abs=0.6) and gaps.low_rate(now)
     assert gaps.lost == 11 * 4  # 60, 65, ..., 115: four lost in each of 11 gaps
+
+
+def test_camera_watch_warns_once_per_slow_spell_and_counts_from_reset():
+    watch = CameraWatch({"a": 10.0, "b": 10.0})
+    for i in range(30):  # 3 s: camera a at its 10 fps, b at 2 fps (1 frame in 5 comes)
+        watch.gaps["a"].add(i / 10, i / 10)
+        if i % 5 == 0:
+            watch.gaps["b"].add(i / 10, i / 10)
+    assert watch.newly_slow(2.95) == ["b"] and watch.newly_slow(2.95) == []  # said once
+    assert watch.values("b", 2.95) == {"fps": "10", "arrival_fps": "2.0", "received": "6", "lost": "20",
+                                       "out_of_order": "0"}
+    watch.reset()
+    assert watch.gaps["b"].lost == 0 and watch.slow == {"b"}  # the counts restart, the slow spell goes on
+    for i in range(30, 60):
+        watch.gaps["b"].add(i / 10, i / 10)
+    assert watch.newly_slow(5.95) == [] and watch.slow == set()  # recovered: a later slow spell warns again

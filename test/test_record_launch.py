@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ros_helpers import Feeder, call, ros_node, start_episode, stop_or_kill, wait_on_disk
+from lifecycle_msgs.msg import Transition
+from ros_helpers import Feeder, call, change_state, ros_node, start_episode, state, stop_or_kill, wait_on_disk
 from std_srvs.srv import Trigger
 from workspace import build_workspace, workspace_env
 
@@ -28,7 +29,8 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_launch_arguments_have_descriptions(install: Path) -> None:
     out = subprocess.run(["ros2", "launch", "gen_theta", "record.launch.py", "--show-args"],
                          env=workspace_env(install), capture_output=True, text=True, check=True, timeout=120).stdout
-    for name in ("robot", "output_dir", "topics", "compressed", "task", "category", "action_topic"):
+    for name in ("robot", "output_dir", "topics", "compressed", "task", "category", "action_topic", "params_file",
+                 "lifecycle"):
         assert f"'{name}':" in out
     assert "directory for the episode bags" in out
 
@@ -63,3 +65,18 @@ def test_launch_records_an_episode(install: Path, tmp_path: Path) -> None:
     assert source.topics["/leader/joint_states"] == "sensor_msgs/msg/JointState"
     assert not source.recovered and source.custom_data["gen_theta.task"] == "stack"
     assert sum(1 for m in source.messages() if m.msgtype == "sensor_msgs/msg/JointState") > 20
+
+
+def test_launch_with_lifecycle_manual_leaves_the_recorder_to_a_manager(install: Path, tmp_path: Path) -> None:
+    log = tmp_path / "launch.log"
+    proc = subprocess.Popen(["ros2", "launch", "gen_theta", "record.launch.py", f"output_dir:={tmp_path / 'bags'}",
+                             "lifecycle:=manual"], env=workspace_env(install), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    try:
+        with ros_node("record_launch_lifecycle_test") as node:
+            assert state(node, "/recorder", timeout=120) == "unconfigured", log.read_text()
+            assert change_state(node, "/recorder", Transition.TRANSITION_CONFIGURE), log.read_text()
+            assert change_state(node, "/recorder", Transition.TRANSITION_ACTIVATE)
+            assert state(node, "/recorder") == "active"
+    finally:
+        assert stop_or_kill(proc, signal.SIGINT, 30) == 0, log.read_text()

@@ -399,3 +399,28 @@ def test_a_refused_image_holds_until_that_camera_sends_a_good_one(policy, specs)
         "rejected_images"] == "1"
     feed(server, clock.t + 0.02)
     assert server.tick("left", clock.t + 0.02).hold_reason == ""
+
+
+def test_an_inactive_server_holds_every_robot_once_then_resumes_where_it_is(policy, specs):
+    """A deactivated managed node: one hold where each robot is commanded to be, then nothing;
+    activated again, driving restarts from the measured position.
+    """
+    clock = FakeClock()
+    server = make_server(policy, specs, clock)
+    feed(server, clock.t)
+    server.tick("left", clock.t)
+    server.active = False
+    hold = server.tick("left", clock.t + 0.02)
+    assert hold.hold_reason == "inactive" and len(hold.window.times) == 1
+    assert not hold.window.velocities.any()  # a hold: nothing left moving
+    assert server.tick("left", clock.t + 0.04) is None and server.tick("torso", clock.t + 0.04).hold_reason
+    assert server.tick("torso", clock.t + 0.06) is None
+    clock.t += 0.5
+    spec = specs[0]
+    moved = spec.home_positions + 0.1 * (spec.upper - spec.home_positions)
+    feed(server, clock.t)
+    server.on_joint_state("left", spec.joint_names, moved, clock.t, clock.t)
+    server.active = True
+    cmd = server.tick("left", clock.t)
+    assert cmd.hold_reason == ""
+    np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)

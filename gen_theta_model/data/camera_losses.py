@@ -73,3 +73,43 @@ class StampGaps:
         """Return the counts as plain types (episode.yaml, the recorder's stop reply)."""
         return {"fps": self.fps, "received": self.received, "lost": self.lost, "out_of_order": self.out_of_order,
                 "lost_stamps": list(self.lost_stamps)}
+
+
+def low_rate_warning(name: str, gaps: StampGaps, now: float) -> str:
+    """Return the warning for camera ``name`` whose frames arrive at under LOW_RATE_FRACTION of its fps."""
+    return (f"{name}: frames arrive at {gaps.arrival_fps(now):.1f}/s of {gaps.fps:g} fps declared: the driver "
+            "publishes slower, or frames are lost in transport (give its process FASTDDS_DEFAULT_PROFILES_FILE="
+            "config/fastdds.xml, or use compressed images: docs/dataset_format.md)")
+
+
+@dataclass
+class CameraWatch:
+    """``StampGaps`` of several cameras (any keys: topics, "robot/camera"), at ``fps`` per key, and
+    which of them arrive slowly: what the recorder and the policy server report on /diagnostics.
+    """
+
+    fps: dict[str, float]
+    gaps: dict[str, StampGaps] = field(init=False)
+    slow: set[str] = field(default_factory=set)  # cameras arriving at under LOW_RATE_FRACTION of fps
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Count from now on (``slow`` is kept: it is about the rate, not the counts)."""
+        self.gaps = {key: StampGaps(fps) for key, fps in self.fps.items()}
+
+    def newly_slow(self, now: float) -> list[str]:
+        """Update ``slow`` at ``now``; return the cameras that are slow now and were not at the last
+        call (warn once each, until their rate recovers).
+        """
+        slow = {key for key, gaps in self.gaps.items() if gaps.low_rate(now)}
+        new = sorted(slow - self.slow)
+        self.slow = slow
+        return new
+
+    def values(self, key: str, now: float) -> dict[str, str]:
+        """Diagnostic values of camera ``key``: declared and arrival fps, frames received, lost, out of order."""
+        gaps = self.gaps[key]
+        return {"fps": f"{gaps.fps:g}", "arrival_fps": f"{gaps.arrival_fps(now):.1f}", "received": str(gaps.received),
+                "lost": str(gaps.lost), "out_of_order": str(gaps.out_of_order)}
