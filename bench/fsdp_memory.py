@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gen_theta_model.distributed import setup, teardown
+from gen_theta_model.distributed import free_local_port, setup, teardown
 from gen_theta_model.policy.config import PRESET_NAMES, preset
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.model_card import count_params
@@ -73,12 +72,6 @@ def worker(rank: int, procs: int, port: int, name: str, mode: str, out: dict) ->
         teardown(env)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="1b", choices=PRESET_NAMES)
@@ -95,7 +88,7 @@ def main() -> None:
             print(f"{mode}: skipped, needs ~{need / GIB:.1f} GiB + 2 GiB spare, MemAvailable "
                   f"{mem_available() / GIB:.1f} GiB")
             continue
-        mp.spawn(worker, args=(args.procs, free_port(), args.preset, mode, results), nprocs=args.procs, join=True)
+        mp.spawn(worker, args=(args.procs, free_local_port(), args.preset, mode, results), nprocs=args.procs, join=True)
     print(f"{'mode':<7} {'rank':>4} {'param GiB':>9} {'peak RSS GiB':>12} {'RSS growth GiB':>14} {'build s':>8}")
     for (mode, rank), (held, peak, growth, seconds) in sorted(results.items()):
         print(f"{mode:<7} {rank:>4} {held / GIB:>9.2f} {peak / GIB:>12.2f} {growth / GIB:>14.2f} {seconds:>8.1f}")

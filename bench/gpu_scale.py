@@ -32,7 +32,6 @@ import gc
 import json
 import resource
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 from gen_theta_model import batch as K
-from gen_theta_model.distributed import DistEnv, autocast, wrap_model
+from gen_theta_model.distributed import DistEnv, autocast, free_local_port, wrap_model
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import PRESET_NAMES, preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
@@ -130,10 +129,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"tcp://127.0.0.1:{free_local_port()}",
                             rank=0, world_size=1)
     env = DistEnv(0, 0, 1, device)
     args.out.mkdir(parents=True, exist_ok=True)

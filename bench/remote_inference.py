@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 from serve_deadlines import untrained_checkpoint
 
 from gen_theta_model.checkpoint import read_checkpoint_config
+from gen_theta_model.distributed import free_local_port
 from gen_theta_model.remote_inference import RemotePolicy
 from gen_theta_model.serving import HarmonicServer, ServerConfig
 
@@ -120,12 +120,6 @@ def measure(
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="")
@@ -141,7 +135,7 @@ def main() -> None:
     sys.setswitchinterval(0.001)
     with tempfile.TemporaryDirectory(prefix="remote_inference_") as tmp:
         checkpoint = args.checkpoint or str(untrained_checkpoint(args.robot, Path(tmp) / "run"))
-        port = free_port()
+        port = free_local_port()
         log = (Path(tmp) / "infer-server.log").open("w")
         exe = Path(sys.executable).parent / "gen-theta"
         proc = subprocess.Popen([str(exe), "infer-server", checkpoint, "--port", str(port)], stdout=log,

@@ -10,6 +10,7 @@ torchrun everything runs in one process, unwrapped.
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,13 @@ def setup(device: str = "auto") -> DistEnv:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 device_id=dev if dev.type == "cuda" else None)
     return DistEnv(rank, local, world, dev)
+
+
+def free_local_port() -> int:
+    """Return a TCP port free on 127.0.0.1 now: a single-machine rendezvous (or a local test server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def teardown(env: DistEnv) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,12 @@ from ros_helpers import kill_leftovers, process_tree, wait_for
 from test_scaling_sweep import source, write_config  # noqa: F401 (source: the sweep's dataset fixture)
 
 from gen_theta_model.data.manifest import open_dataset
+from gen_theta_model.distributed import free_local_port
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.ray_cluster import python_path
 from gen_theta_model.scaling.results import load_results
 
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +32,15 @@ def cluster(tmp_path_factory) -> str:
     --block` (which stops what it started), then killing whatever of its process tree is left, by
     pid: `ray stop` would stop every Ray on the machine.
     """
-    port = free_port()
+    port = free_local_port()
     temp = Path(f"/tmp/rayc{os.getpid()}")  # short: Ray's unix sockets live under it
     log = tmp_path_factory.mktemp("ray") / "head.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path()), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
-                             "--ray-client-server-port", str(free_port()),
-                             "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(temp),
+                             "--ray-client-server-port", str(free_local_port()),
+                             "--dashboard-agent-listen-port", str(free_local_port()), "--temp-dir", str(temp),
                              "--disable-usage-stats"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

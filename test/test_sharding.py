@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import warnings
@@ -31,7 +30,15 @@ from gen_theta_model.checkpoint import (
     load_training_state,
     save_checkpoint,
 )
-from gen_theta_model.distributed import DistEnv, autocast, full_state, setup, teardown, wrap_model
+from gen_theta_model.distributed import (
+    DistEnv,
+    autocast,
+    free_local_port,
+    full_state,
+    setup,
+    teardown,
+    wrap_model,
+)
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
@@ -100,14 +107,8 @@ def _fsdp_worker(rank: int, port: int, out: Path) -> None:
         teardown(env)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fsdp_meta_init_shards_then_consolidates_for_serving(tmp_path):
-    mp.spawn(_fsdp_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(free_local_port(), tmp_path), nprocs=2, join=True)
     got = torch.load(tmp_path / "rank0.pt", weights_only=True)
     torch.manual_seed(0)
     whole = small_policy().model
