@@ -71,7 +71,7 @@ def build(name: str, env: DistEnv) -> tuple[Policy, torch.nn.Module, torch.optim
     policy = build_policy(preset(name, chunk_len=50), specs, {s.name: example_norm_stats(s, 0.0, 0.3) for s in specs},
                           device="meta")
     model = wrap_model(policy.model, "fsdp", env, bf16=True, checkpointing=True)
-    materialise(policy, env.device)
+    materialise(policy, env.device, pretrained=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
                                   fused=env.device.type == "cuda")
     return policy, model, optimizer

@@ -43,11 +43,15 @@ def shard(model: nn.Module, bf16: bool) -> nn.Module:
     return model
 
 
-def materialise(policy: Policy, device: torch.device) -> None:
-    """Allocate this rank's shards of a meta-built, sharded policy on ``device`` and initialise them."""
+def materialise(policy: Policy, device: torch.device, pretrained: bool) -> None:
+    """Allocate this rank's shards of a meta-built, sharded policy on ``device`` and initialise them.
+
+    ``pretrained``: copy the pretrained towers' weights in (a fresh run; a resumed one reads all
+    its weights from its checkpoint afterwards, and its towers name only their saved configs).
+    """
     policy.model.to_empty(device=device)
     init_sharded(policy.model)
-    load_pretrained_sharded(policy.model)
+    restore_towers(policy.model, pretrained)
     policy.normalizer.to(device)
 
 
@@ -67,19 +71,21 @@ def init_sharded(model: HarmonicTransformer) -> None:
 
 
 @torch.no_grad()
-def load_pretrained_sharded(model: HarmonicTransformer) -> None:
-    """Copy the pretrained weights of ``model``'s towers into it after ``init_sharded``, module by module
-    (each rank keeps its slice), and their buffers too: ``to_empty`` left the non-persistent ones (SigLIP's
-    position ids) uninitialised. One tower's full weights exist on the CPU at a time.
+def restore_towers(model: HarmonicTransformer, pretrained: bool) -> None:
+    """Fill ``model``'s towers after ``init_sharded``: with ``pretrained`` their pretrained weights,
+    module by module (each rank keeps its slice); always their buffers, which ``to_empty`` left
+    uninitialised and no checkpoint holds (SigLIP's position ids are non-persistent). One tower's
+    full weights exist on the CPU at a time.
     """
     for tower in towers(model).values():
-        pretrained = tower.pretrained_module()
-        for prefix, module in tower.model.named_modules():
-            with full_size(module):
-                for name, p in module.named_parameters(recurse=False):
-                    p.copy_(pretrained.get_parameter(f"{prefix}.{name}" if prefix else name))
+        source = tower.pretrained_module() if pretrained else type(tower.model)._from_config(tower.model.config)
+        if pretrained:
+            for prefix, module in tower.model.named_modules():
+                with full_size(module):
+                    for name, p in module.named_parameters(recurse=False):
+                        p.copy_(source.get_parameter(f"{prefix}.{name}" if prefix else name))
         for name, buffer in tower.model.named_buffers():
-            buffer.copy_(pretrained.get_buffer(name))
+            buffer.copy_(source.get_buffer(name))
 
 
 @contextmanager

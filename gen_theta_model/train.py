@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
         policy.model.trunk.requires_grad_(False)
     if meta:
         model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
-        materialise(policy, env.device)
+        materialise(policy, env.device, pretrained=resume_from is None)
     else:
         policy.to(env.device)
         model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)

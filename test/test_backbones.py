@@ -276,3 +276,9 @@ def test_towers_train_on_two_processes(strategy, freeze, siglip, tmp_path):
     trained = towers(load_policy(out).model)["vision"].model.state_dict()
     changed = [not torch.equal(v, pretrained[f"vision_model.{k}"]) for k, v in trained.items()]
     assert any(changed) != freeze  # trained towers moved, frozen ones did not (FSDP: gathered for the checkpoint)
+    # Resumed (FSDP: built on the meta device again), the towers' weights come from the checkpoint.
+    proc = torchrun(out, data, *backbone_run(siglip, freeze), "max_steps=3", "eval_interval=2",
+                    f"distributed={strategy}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed at step 2" in proc.stdout + proc.stderr
+    assert list(losses(out)) == [1, 2, 3] and all(np.isfinite(list(losses(out).values())))

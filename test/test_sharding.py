@@ -88,7 +88,7 @@ def _fsdp_worker(rank: int, port: int, out: Path) -> None:
         torch.manual_seed(0)
         policy = small_policy("meta")
         model = wrap_model(policy.model, "fsdp", env, bf16=False, checkpointing=False)
-        materialise(policy, env.device)
+        materialise(policy, env.device, pretrained=True)
         local = sum(p.to_local().numel() for p in model.parameters())
         initial, _ = full_state(model, None, env)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
