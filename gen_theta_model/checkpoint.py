@@ -230,7 +230,10 @@ def observation_config(path: str | Path) -> ObservationConfig:
     the tokenizer saved in the checkpoint where the policy has a text tower.
     """
     ckpt = resolve_checkpoint(path)
-    obs = read_checkpoint_config(ckpt)[0].data.observation
+    return _with_saved_tokenizer(ckpt, read_checkpoint_config(ckpt)[0].data.observation)
+
+
+def _with_saved_tokenizer(ckpt: Path, obs: ObservationConfig) -> ObservationConfig:
     return dataclasses.replace(obs, tokenizer=str(ckpt / BACKBONES / TEXT)) if obs.tokenizer else obs
 
 
@@ -241,7 +244,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
     On the meta device only the structure is built: no weights are read.
     """
     ckpt = resolve_checkpoint(checkpoint_dir)
-    _, policy_cfg, _ = read_checkpoint_config(ckpt)
+    train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
     specs = load_embodiments(ckpt)
     stats = {}
     for spec in specs:
@@ -258,7 +261,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") 
     if not meta:
         _load_weights(ckpt, model)
     policy = Policy(model, Normalizer([s.name for s in specs], stats, policy_cfg.max_dof), specs,
-                    observation=observation_config(ckpt))
+                    observation=_with_saved_tokenizer(ckpt, train_cfg.data.observation))
     model.eval()
     return policy if meta else policy.to(device)  # a meta policy's statistics stay on the CPU
 
