@@ -8,7 +8,7 @@ delays the command stream; only arrays cross the boundary.
 Wire format on the child's stdin/stdout (no pickling): each message is a little-endian
 u32 header length, a JSON header, then the raw bytes of the arrays the header lists
 (``{"key", "dtype", "shape"}`` each, C order, in that order). Requests: ``{"op":
-"predict", "delay", "sample", "arrays"}``; replies: ``{"op": "chunk", "arrays"}``,
+"predict", "delay", "decode", "arrays"}``; replies: ``{"op": "chunk", "arrays"}``,
 ``{"op": "error", "message"}``; the child greets with ``{"op": "ready"}`` once loaded.
 
     python -m gen_theta_model.inference_worker CHECKPOINT [DEVICE] [THREADS] [NICE]
@@ -114,13 +114,13 @@ class WorkerPolicy:
         return embodiment_index(self.embodiments, name)
 
     def predict_chunk(
-        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor:
         """As ``Policy.predict_chunk``: (B, H, D) canonical, the first ``delay`` rows the prefix."""
         arrays = [(k, v.numpy()) for k, v in observation.items()] + [("prefix", committed_prefix.numpy())]
         with self._lock:
             try:
-                write_message(self._proc.stdin, {"op": "predict", "delay": int(delay), "sample": bool(sample)}, arrays)
+                write_message(self._proc.stdin, {"op": "predict", "delay": int(delay), "decode": str(decode)}, arrays)
             except BrokenPipeError as err:
                 raise WorkerError(f"the inference process ended (status {self._proc.poll()})") from err
             reply = read_message(self._proc.stdout)
@@ -152,7 +152,7 @@ def serve(inp: BinaryIO, out: BinaryIO, checkpoint: str, device: str) -> int:
         prefix = torch.from_numpy(arrays.pop("prefix").copy())
         obs = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
         try:
-            chunk = policy.predict_chunk(obs, prefix, header["delay"], sample=header["sample"])
+            chunk = policy.predict_chunk(obs, prefix, header["delay"], decode=header["decode"])
         except (ValueError, KeyError) as err:  # a malformed request: tell the server, keep serving
             write_message(out, {"op": "error", "message": str(err)})
             continue

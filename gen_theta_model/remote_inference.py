@@ -16,7 +16,7 @@ gen_theta_model.inference_worker (a JSON header, then the arrays' raw buffers; n
   trained prefix. The client compares it with its own copy of the checkpoint when it
   connects, after every failure and whenever ``instance`` (random, per server process)
   changes, and refuses a server that serves something else;
-- ``Predict``: request ``{"op": "predict", "delay", "sample"}`` + the observation arrays
+- ``Predict``: request ``{"op": "predict", "delay", "decode"}`` + the observation arrays
   and ``prefix``; reply ``{"op": "chunk", "instance"}`` + ``chunk`` (B, H, max_dof) float32.
 
 Anything that reaches the server drives the robot: it binds to 127.0.0.1 unless told
@@ -79,15 +79,15 @@ SERVER_OPTIONS = [
 ]
 
 
-def encode(header: dict, arrays: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
+def encode_message(header: dict, arrays: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
     """One message (JSON ``header`` + raw ``arrays``) as bytes, in inference_worker's wire format."""
     buf = io.BytesIO()
     write_message(buf, header, arrays)
     return buf.getvalue()
 
 
-def decode(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    """Return the (header, {key: array}) of one ``encode``d message."""
+def decode_message(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """Return the (header, {key: array}) of one ``encode_message``d message."""
     msg = read_message(io.BytesIO(data))
     if msg is None:
         raise WorkerError("empty message")
@@ -193,7 +193,7 @@ class RemotePolicy:
 
     def _check(self) -> str:
         """Ask the server what it serves; returns "" if it matches the local checkpoint, else why not."""
-        header, _ = decode(self._describe(encode({"op": "describe"}), timeout=self.timeout_s,
+        header, _ = decode_message(self._describe(encode_message({"op": "describe"}), timeout=self.timeout_s,
                                           metadata=self._metadata))
         for key in ("op", "arrays"):  # the envelope, not the description
             header.pop(key, None)
@@ -206,11 +206,11 @@ class RemotePolicy:
         return embodiment_index(self.embodiments, name)
 
     def predict_chunk(
-        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor:
         """As ``Policy.predict_chunk``: (B, H, D) canonical, the first ``delay`` rows the prefix."""
         arrays = [(k, v.numpy()) for k, v in observation.items()] + [("prefix", committed_prefix.numpy())]
-        request = encode({"op": "predict", "delay": int(delay), "sample": bool(sample)}, arrays)
+        request = encode_message({"op": "predict", "delay": int(delay), "decode": str(decode)}, arrays)
         extra = self._added_latency() if self._added_latency else 0.0
         with self._lock:
             time.sleep(extra / 2)
@@ -219,7 +219,7 @@ class RemotePolicy:
                 if mismatch:
                     raise InferenceUnavailableError(mismatch)
                 self._checked = True
-                header, out = decode(self._predict(request, timeout=self.timeout_s, metadata=self._metadata))
+                header, out = decode_message(self._predict(request, timeout=self.timeout_s, metadata=self._metadata))
                 if header.get("instance") != self._instance:  # restarted between two calls: check it again
                     self._checked = False
                     mismatch = self._check()
@@ -272,19 +272,19 @@ class InferenceService:
 
     def describe(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._authorize(context)
-        return encode({"op": "describe", "instance": self.instance, **self.description})
+        return encode_message({"op": "describe", "instance": self.instance, **self.description})
 
     def predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._authorize(context)
         try:
-            header, arrays = decode(request)
+            header, arrays = decode_message(request)
             prefix = torch.from_numpy(arrays.pop("prefix").copy())
             obs = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
             with self._lock:
-                chunk = self.policy.predict_chunk(obs, prefix, header["delay"], sample=header["sample"])
+                chunk = self.policy.predict_chunk(obs, prefix, header["delay"], decode=header["decode"])
         except (ValueError, KeyError, WorkerError) as err:  # a malformed request: say so, keep serving
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return encode({"op": "chunk", "instance": self.instance}, [("chunk", chunk.cpu().numpy())])
+        return encode_message({"op": "chunk", "instance": self.instance}, [("chunk", chunk.cpu().numpy())])
 
 
 def start_server(

@@ -67,6 +67,7 @@ from gen_theta_model.inference_worker import InferenceUnavailableError
 from gen_theta_model.messages import ConversionError
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
+from gen_theta_model.policy.head import DECODE
 from gen_theta_model.robot_inputs import RobotInputs
 
 
@@ -84,7 +85,7 @@ class ChunkPolicy(Protocol):
     def embodiment_index(self, name: str) -> int: ...
 
     def predict_chunk(
-        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor: ...
 
 
@@ -98,7 +99,7 @@ class ServerConfig:
     min_prefix_steps: int = 15  # harmonic: commit at least this many steps per chunk, however fast inference is
     latency_window: int = 50  # inferences in the running percentile
     added_delay_ms: float = 0.0  # extra inference time, standing in for a larger model
-    sample: bool = False  # execute the mixture mean (False) or a draw from it
+    decode: str = "mean"  # the chunk executed: the mixture's mean, heaviest component ("top") or a draw ("sample")
     max_delay_steps: int = 0  # longest prefix to pass; 0: the policy's max_prefix_steps
     inference_retry_s: float = 0.5  # while inference is unavailable, try again this often
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -110,6 +111,8 @@ class ServerConfig:
             raise ValueError(f"command_rate_hz must be in [1, 1000], got {self.command_rate_hz}")
         if not 0.0 <= self.delay_percentile <= 100.0:
             raise ValueError(f"delay_percentile must be in [0, 100], got {self.delay_percentile}")
+        if self.decode not in DECODE:
+            raise ValueError(f"decode must be one of {DECODE}, got {self.decode!r}")
         if self.added_delay_ms < 0.0:
             raise ValueError(f"added_delay_ms must be >= 0, got {self.added_delay_ms}")
         if self.max_delay_steps < 0:
@@ -381,7 +384,7 @@ class HarmonicServer:
         prefix = np.zeros((len(items), d, self.obs_cfg.max_dof), dtype=np.float32)
         for i, (s, req) in enumerate(items):
             prefix[i, :, : s.spec.dof] = req.prefix
-        chunks = self.policy.predict_chunk(batch, torch.from_numpy(prefix), d, sample=self.cfg.sample).numpy()
+        chunks = self.policy.predict_chunk(batch, torch.from_numpy(prefix), d, decode=self.cfg.decode).numpy()
         if self.cfg.added_delay_ms > 0.0:
             time.sleep(self.cfg.added_delay_ms * 1e-3)
         return chunks

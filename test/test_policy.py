@@ -158,6 +158,21 @@ def test_samples_follow_the_mixture():
     assert big.expectation()[0, 0, 0].item() == pytest.approx(mean, abs=1e-6)
 
 
+def test_top_component_is_one_mode_per_joint_not_their_average():
+    # Two joints over two steps: joint 0 weighs component 1, joint 1 component 0.
+    logits = torch.log(torch.tensor([[[0.3, 0.7], [0.6, 0.4]]]))  # (1, 2, 2)
+    mean = torch.tensor([[[[-2.0, -1.0], [1.0, 3.0]], [[0.5, 0.25], [4.0, 5.0]]]])  # (1, 2, 2, 2)
+    dist = ChunkMixture(logits, mean, torch.zeros_like(mean))
+    top = dist.decode("top")  # (1, H=2, D=2)
+    torch.testing.assert_close(top, torch.tensor([[[1.0, 0.5], [3.0, 0.25]]]))
+    # the mean lies between the modes, where neither component puts its mass
+    between = torch.tensor([0.3 * -2.0 + 0.7 * 1.0, 0.3 * -1.0 + 0.7 * 3.0])
+    torch.testing.assert_close(dist.decode("mean")[0, :, 0], between)
+    assert dist.decode("sample", torch.Generator().manual_seed(0)).shape == (1, 2, 2)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        dist.decode("median")
+
+
 @pytest.mark.parametrize("name", PRESET_NAMES)
 def test_preset_sizes_match_their_names(name):
     params, trunk = count_params(preset(name))

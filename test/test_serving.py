@@ -424,3 +424,26 @@ def test_an_inactive_server_holds_every_robot_once_then_resumes_where_it_is(poli
     cmd = server.tick("left", clock.t)
     assert cmd.hold_reason == ""
     np.testing.assert_allclose(cmd.window.positions[0], moved, atol=1e-9)
+
+
+def test_the_server_executes_the_decoding_it_is_configured_with(policy, specs):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        ServerConfig(decode="median")
+    clock = FakeClock()
+    server = make_server(policy, specs, clock, decode="top")
+    decodes = []
+    real = policy.predict_chunk
+
+    def spy(obs, prefix, delay, **kw):
+        decodes.append(kw["decode"])
+        return real(obs, prefix, delay, **kw)
+
+    policy.predict_chunk = spy
+    try:
+        feed(server, clock.t)
+        server.tick("left", clock.t)
+        server.tick("torso", clock.t)
+        assert server.infer_step() == 2
+    finally:
+        del policy.predict_chunk
+    assert decodes == ["top"]

@@ -23,6 +23,7 @@ from torch import nn
 from gen_theta_model.policy.config import PolicyConfig
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+DECODE = ("mean", "top", "sample")  # how a chunk is read from the mixture: its mean, heaviest component, a draw
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,27 @@ class ChunkMixture:
         """Return the mixture mean (B, H, D): the MSE-optimal point prediction."""
         w = torch.softmax(self.logits, dim=-1).unsqueeze(-1)  # (B, D, K, 1)
         return (w * self.mean).sum(2).transpose(1, 2)  # (B, H, D)
+
+    def top_component(self) -> torch.Tensor:
+        """Return each joint's most probable component's mean (B, H, D): one mode of the demonstrations.
+
+        The mixture mean averages the modes (two ways around an obstacle give a path through it;
+        an early and a late grasp give one in between); this picks the heaviest component per
+        joint instead, as robomimic's low-noise GMM evaluation does, without the sampling noise.
+        """
+        top = self.logits.argmax(-1)  # (B, D)
+        index = top[:, :, None, None].expand(-1, -1, 1, self.mean.shape[-1])
+        return self.mean.gather(2, index).squeeze(2).transpose(1, 2)  # (B, H, D)
+
+    def decode(self, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return the chunk (B, H, D) to execute: ``how`` is one of DECODE ("mean", "top", "sample")."""
+        if how == "mean":
+            return self.expectation()
+        if how == "top":
+            return self.top_component()
+        if how == "sample":
+            return self.sample(generator)
+        raise ValueError(f"decode must be one of {DECODE}, got {how!r}")
 
     def pad_joints(self, dof: int) -> ChunkMixture:
         """Return the same mixture with joints padded to ``dof`` (padded joints: N(0, 1) per step)."""

@@ -125,16 +125,17 @@ class Policy:
         committed_prefix: torch.Tensor,
         delay: int,
         *,
-        sample: bool = False,
+        decode: str = "mean",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Predict the next action chunk (B, H, D), canonical, whose first ``delay`` rows are ``committed_prefix``.
 
         committed_prefix (B, delay, D) canonical: the actions the robot executes while
-        the model infers. Returns the mixture mean, or a draw with ``sample=True``.
+        the model infers. ``decode`` reads the chunk from the mixture (``ChunkMixture.decode``): its
+        mean (default), each joint's heaviest component ("top") or a draw ("sample").
         Padded joints are 0. The wall time is left in ``last_inference_ms``.
         """
-        return self.infer(observation, committed_prefix, delay, sample=sample, generator=generator)[0]
+        return self.infer(observation, committed_prefix, delay, decode=decode, generator=generator)[0]
 
     @torch.no_grad()
     def infer(
@@ -143,7 +144,7 @@ class Policy:
         committed_prefix: torch.Tensor,
         delay: int,
         *,
-        sample: bool = False,
+        decode: str = "mean",
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, ChunkMixture]:
         """``predict_chunk`` that also returns the policy's distribution (canonical units) for metrics."""
@@ -153,7 +154,7 @@ class Policy:
         self.model.eval()
         dist = self.action_distribution(batch)
         self.model.train(was_training)
-        chunk = dist.sample(generator) if sample else dist.expectation()  # (B, H, D)
+        chunk = dist.decode(decode, generator)  # (B, H, D)
         chunk = chunk * batch[K.JOINT_MASK].to(chunk.dtype)[:, None, :]
         chunk[:, :delay] = committed_prefix.to(chunk.dtype)
         if chunk.is_cuda:

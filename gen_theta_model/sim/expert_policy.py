@@ -55,7 +55,7 @@ class ExpertChunkPolicy:
         self.expert.reset(self.robot.state())
 
     def predict_chunk(
-        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor:
         """(1, chunk_len, max_dof) canonical actions: the expert's plan from now, on the control grid."""
         world = self.robot.world

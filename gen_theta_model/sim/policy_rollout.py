@@ -110,10 +110,10 @@ class _SimulatedLatency:
         return self.policy.embodiment_index(name)
 
     def predict_chunk(
-        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, sample: bool = False
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor:
         start = time.perf_counter()
-        chunk = self.policy.predict_chunk(observation, committed_prefix, delay, sample=sample)
+        chunk = self.policy.predict_chunk(observation, committed_prefix, delay, decode=decode)
         self.loop.advance(self.loop.latency_s(time.perf_counter() - start))
         return chunk
 
