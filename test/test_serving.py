@@ -296,8 +296,10 @@ def test_an_inference_error_is_reported_not_swallowed(policy, specs):
 
 @pytest.mark.parametrize("mode, floor, expected", [("harmonic", 12, 12), ("harmonic", 0, 1), ("naive_async", 12, 0)])
 def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, expected):
-    """However fast inference is, a harmonic chunk is conditioned on >= min_prefix_steps committed
-    actions (the baselines keep their own semantics: naive async passes no prefix).
+    """However fast inference is, a harmonic chunk that takes over from a moving one is conditioned
+    on >= min_prefix_steps committed actions (the baselines keep their own semantics: naive async
+    passes no prefix). The first chunk, planned while the robot stands still, commits only what
+    the latency needs (1 step on this clock).
     """
     clock = FakeClock()
     server = make_server(policy, specs, clock, mode=mode, min_prefix_steps=floor)
@@ -312,7 +314,8 @@ def test_harmonic_commits_at_least_min_prefix_steps(policy, specs, mode, floor, 
             server.tick("torso", clock.t)
             server.infer_step()
     assert all(prefix[1] == delay for _, prefix, delay in calls)
-    assert len(calls) > 1 and {delay for _, _, delay in calls} == {expected}
+    first = 0 if mode == "naive_async" else 1
+    assert len(calls) > 2 and calls[0][2] == first and {delay for _, _, delay in calls[1:]} == {expected}
 
 
 def test_min_prefix_is_capped_at_the_trained_prefix_length(policy, specs):
