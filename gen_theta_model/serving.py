@@ -99,7 +99,7 @@ class ServerConfig:
     min_prefix_steps: int = 15  # harmonic: commit at least this many steps per chunk, however fast inference is
     latency_window: int = 50  # inferences in the running percentile
     added_delay_ms: float = 0.0  # extra inference time, standing in for a larger model
-    decode: str = "mean"  # the chunk executed: the mixture's mean, heaviest component ("top") or a draw ("sample")
+    decode: str = "top"  # the chunk executed: the mixture's mean, heaviest component ("top") or a draw ("sample")
     max_delay_steps: int = 0  # longest prefix to pass; 0: the policy's max_prefix_steps
     inference_retry_s: float = 0.5  # while inference is unavailable, try again this often
     safety: SafetyConfig = field(default_factory=SafetyConfig)
