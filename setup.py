@@ -38,6 +38,9 @@ setup(
         (f"share/{PACKAGE}/config/scaling/mixtures", glob("config/scaling/mixtures/*.yaml")),
         (f"share/{PACKAGE}/urdf", glob("urdf/*.urdf")),
         *((f"share/{PACKAGE}/{d}", glob(f"{d}/*.json")) for d in sorted(glob("config/backbones/*"))),
+        # the shipped checkpoint (docs/policy.md): weights, config, embodiments and normalisation statistics
+        (f"share/{PACKAGE}/models/gen_theta_sim", glob("models/gen_theta_sim/*.*")),
+        (f"share/{PACKAGE}/models/gen_theta_sim/norm_stats", glob("models/gen_theta_sim/norm_stats/*")),
     ],
     package_data={"gen_theta_model": ["py.typed"]},
     # Pinned as in requirements.lock (which `make` installs; pip install here runs with --no-deps).

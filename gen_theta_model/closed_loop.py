@@ -268,11 +268,16 @@ def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
 
 
 def markdown_table(rows: Sequence[dict[str, object]]) -> str:
-    """Format the results table in Markdown, one line per (robot, task, added delay, mode)."""
-    head = ["robot", "task", "added delay ms", "mode", *[c[0] for c in COLUMNS]]
+    """Format the results table in Markdown, one line per (robot, task, added delay, mode).
+
+    Rows that carry a ``policy`` label (the demo: trained there or shipped) get it as the first column.
+    """
+    labelled = any("policy" in r for r in rows)
+    head = [*(["policy"] if labelled else []), "robot", "task", "added delay ms", "mode", *[c[0] for c in COLUMNS]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r["robot"]), str(r["task"]), f"{r['added_delay_ms']:.0f}", str(r["mode"])]
+        cells = [*([str(r.get("policy", ""))] if labelled else []),
+                 str(r["robot"]), str(r["task"]), f"{r['added_delay_ms']:.0f}", str(r["mode"])]
         for _, key, fmt in COLUMNS:
             if key == "success":
                 cells.append(f"{r['successes']}/{r['episodes']} = {r['success_rate']:.2f} "

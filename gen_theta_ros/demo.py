@@ -10,8 +10,9 @@ Then the learning loop (gen_theta_ros/demo_loop.py): collect expert episodes of 
 through the recorder, ingest them, train the tiny harmonic policy, bring up the policy
 server on the sim robot and roll out synchronous, naive asynchronous and harmonic
 execution at 0, 100 and 300 ms of added inference delay; the results table is printed
-and written with its PNG and mp4 into ``--out``/rollout. ``--expert-only`` stops after
-the first step.
+and written with its PNG and mp4 into ``--out``/rollout. Last, the shipped checkpoint
+(models/gen_theta_sim) on the same task at 300 ms, each mode on ``--shipped-seeds`` seeds;
+the final table labels each row with its policy. ``--expert-only`` stops after the first step.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class DemoContext:
     train_steps: int = 300
     rollout_seeds: int = 1
     rollout_seconds: float = 12.0
+    rollout_rows: list[dict] = field(default_factory=list)
+    shipped_seeds: int = 10
 
 
 def step_sim_episodes(ctx: DemoContext) -> None:
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     loop.add_argument("--train-steps", type=int, default=300, help="optimizer steps of the tiny policy")
     loop.add_argument("--rollout-seeds", type=int, default=1, help="rollout episodes per mode and delay")
     loop.add_argument("--rollout-seconds", type=float, default=12.0, help="wall-clock cap per rollout episode")
+    loop.add_argument("--shipped-seeds", type=int, default=10,
+                      help="episodes per mode of the shipped checkpoint (models/gen_theta_sim) at 300 ms")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = DemoContext(args.robot, args.task or list(TASKS), args.episodes, args.seed, log_dir, out=args.out,
                       learn_task=args.learn_task, collect_episodes=args.collect_episodes,
                       train_steps=args.train_steps, rollout_seeds=args.rollout_seeds,
-                      rollout_seconds=args.rollout_seconds)
+                      rollout_seconds=args.rollout_seconds, shipped_seeds=args.shipped_seeds)
     print(
         f"gen_theta demo: robot {args.robot}, ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}, logs in {log_dir}"
     )

@@ -2,12 +2,15 @@
 
 collect -> ingest -> train -> serve and roll out, each through the same command a user
 would type, into ``<out>/``: episodes/ (rosbag2 MCAP), dataset/, run/ (checkpoints),
-rollout/ (results.md, results.json, switches.png, rollout.mp4).
+rollout/ (results.md, results.json, switches.png, rollout.mp4). Then the shipped checkpoint
+(models/gen_theta_sim, docs/policy.md) on the same task at 300 ms of added delay, in-process,
+into rollout_shipped/; the last table holds both policies' rows, each labelled.
 
     gen-theta collect --robot R --task T --episodes N --out OUT/episodes
     gen-theta ingest OUT/episodes --out OUT/dataset
     gen-theta train config/train/tiny_pretrain.yaml --set dataset=[OUT/dataset] --set out_dir=OUT/run ...
     gen-theta rollout OUT/run --robot R --task T ...   (brings up sim_robot + policy_server)
+    gen-theta rollout models/gen_theta_sim --in-process --inference-ms 35 --delays-ms 300 ...
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from gen_theta_model.config import share_dir
 
 if TYPE_CHECKING:
     from gen_theta_ros.demo import DemoContext
+
+SHIPPED = Path("models") / "gen_theta_sim"  # under the share directory
+SHIPPED_DELAY_MS = 300.0  # the delay at which harmonic execution has to beat both baselines
+SHIPPED_INFERENCE_MS = 35.0  # the tiny policy's model latency on this project's CPU, fixed: reproducible
 
 # Committed prefixes up to 20 steps (400 ms at 50 Hz) are trained, so that 300 ms of added
 # delay plus the tiny model's own latency still fit the prefix the policy has seen.
@@ -76,9 +83,30 @@ def step_rollout(ctx: DemoContext) -> None:
         max_seconds=ctx.rollout_seconds,
         out=str(ctx.out / "rollout"),
     )
-    rows = run_rollout(cfg)
-    print(markdown_table(rows))
+    ctx.rollout_rows = [{**r, "policy": f"trained here ({ctx.train_steps} steps)"} for r in run_rollout(cfg)]
+    print(markdown_table(ctx.rollout_rows))
     print(f"results, switches.png and rollout.mp4 in {Path(cfg.out).resolve()}")
+
+
+def step_shipped(ctx: DemoContext) -> None:
+    """Roll out the shipped checkpoint on the learning task at 300 ms: harmonic against both baselines."""
+    from gen_theta_ros.rollout import RolloutConfig, run_rollout
+
+    checkpoint = share_dir() / SHIPPED
+    cfg = RolloutConfig(
+        checkpoint=str(checkpoint),
+        robots=(ctx.robot,),
+        tasks=(ctx.learn_task,),
+        seeds=tuple(range(1000, 1000 + ctx.shipped_seeds)),
+        delays_ms=(SHIPPED_DELAY_MS,),
+        out=str(ctx.out / "rollout_shipped"),
+        video=False,
+        in_process=True,
+        inference_ms=SHIPPED_INFERENCE_MS,
+    )
+    shipped = [{**r, "policy": f"shipped {SHIPPED}"} for r in run_rollout(cfg)]
+    print(markdown_table(ctx.rollout_rows + shipped))
+    print(f"shipped checkpoint's results in {Path(cfg.out).resolve()}")
 
 
 STEPS = [
@@ -86,4 +114,5 @@ STEPS = [
     ("ingest: bags -> dataset", step_ingest),
     ("train: the tiny harmonic policy", step_train),
     ("serve and roll out: sync / naive async / harmonic at 0, 100, 300 ms", step_rollout),
+    (f"the shipped checkpoint {SHIPPED}: sync / naive async / harmonic at 300 ms, in-process", step_shipped),
 ]
