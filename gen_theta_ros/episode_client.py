@@ -81,7 +81,8 @@ class EpisodeClient(Node):
                  check: Callable[[], None] | None = None) -> T:
         """Return ``condition()`` once it is truthy; ``check`` (e.g. children alive) runs each 0.5 s.
 
-        Raises TimeoutError naming ``what`` after ``timeout`` s.
+        Raises TimeoutError naming ``what`` after ``timeout`` s, and KeyboardInterrupt once
+        Ctrl-C (SIGINT to this process alone, too) has shut the ROS context down.
         """
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -89,6 +90,8 @@ class EpisodeClient(Node):
                 value = condition()
                 if value:
                     return value
+                if not self.context.ok():  # rclpy's SIGINT handler shut the context down: nothing will come
+                    raise KeyboardInterrupt
                 if check is not None:
                     check()
                 left = deadline - time.monotonic()

@@ -1,8 +1,8 @@
 """The data-collection path end to end: sim + expert + recorder over DDS -> bag -> ingest -> loader batch.
 
 And what a user does to a running `gen-theta collect`: kill -9 it (or the OOM killer
-does), or press Ctrl-C. Its children must not outlive it, and the open episode must
-end closed and counted.
+does), press Ctrl-C, or a supervisor sends SIGINT to it alone. Its children must not
+outlive it, and the open episode must end closed and counted.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def recording_bag(bags: Path) -> Path | None:
     return None
 
 
-@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C", "SIGINT to collect alone"])
 def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, tmp_path: Path) -> None:
     bags, logs = tmp_path / "bags", tmp_path / "logs"
     exe = Path(sys.executable).parent / "gen-theta"
@@ -75,8 +75,10 @@ def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, t
         assert len(children) == 3, children  # sim, expert, recorder
         if how == "kill -9":
             proc.kill()
-        else:  # the terminal sends SIGINT to the whole foreground process group
+        elif how == "Ctrl-C":  # the terminal sends SIGINT to the whole foreground process group
             os.killpg(proc.pid, signal.SIGINT)
+        else:  # a supervisor signals the main process only; it must stop its children itself
+            os.kill(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=60)
         wait_for(lambda: not any(map(alive, children)), 60, f"children {children} ending after {how} of collect")
     finally:
@@ -86,6 +88,6 @@ def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, t
     assert record.status == "complete", (how, record)  # closed by the recorder on SIGTERM / SIGINT
     assert_counts_on_disk(bag)
     stderr = (tmp_path / "collect.err").read_text()
-    if how == "Ctrl-C":
+    if how != "kill -9":
         assert code == 130 and "Traceback" not in stderr, stderr
         assert stderr.strip().splitlines()[-1] == "gen-theta collect: interrupted", stderr
