@@ -175,6 +175,7 @@ class InferenceRequest:
     prefix: np.ndarray
     issued_at: float
     generation: int
+    at_arrival: bool = False  # the chunk starts at the first grid point after it arrives (no prefix)
 
 
 @dataclass(frozen=True)
@@ -253,18 +254,24 @@ class ChunkScheduler:
         When ``delay`` exceeds ``max_delay_steps``, the longest prefix the policy was
         trained with, the chunk starts ``delay - max_delay_steps`` points later instead, so
         that its prefix still ends exactly where it takes over (its observations are then
-        that much older). Sync: the timeline is cut at k, where the robot waits.
+        that much older). A robot standing still (``idle``) commits nothing and its chunk starts
+        on arrival. Sync: the timeline is cut at k, where the robot waits.
         """
         if self.pending is not None:
             raise RuntimeError("an inference is already pending for this robot")
         k = self._next_index(now)
-        delay = delay if self.cfg.mode == "harmonic" else 0
+        # A harmonic robot standing still for lack of a plan (the first chunk, after a hold) has
+        # nothing to commit: it waits for the chunk as sync does, which then starts on arrival.
+        # A prefix of standing still for the whole latency is what no demonstration shows (there
+        # the robot moves within 0.2 s); conditioned on one, the policy went on standing.
+        at_arrival = self.cfg.mode == "sync" or (self.cfg.mode == "harmonic" and self.idle(now))
+        delay = 0 if at_arrival or self.cfg.mode != "harmonic" else delay
         d = min(delay, self.cfg.max_delay_steps)
         start = k + delay - d
         if self.cfg.mode == "sync":
             self._end = min(self._end, max(k, 0))
         prefix = np.stack([self._position(start + i) for i in range(d)]) if d else self._chunk[:0].copy()
-        self.pending = InferenceRequest(self._time(start), d, prefix, float(now), self.generation)
+        self.pending = InferenceRequest(self._time(start), d, prefix, float(now), self.generation, at_arrival)
         return self.pending
 
     def splice(self, request: InferenceRequest, chunk: np.ndarray, now: float) -> SpliceResult:
@@ -275,7 +282,7 @@ class ChunkScheduler:
         if chunk.ndim != 2 or chunk.shape[1] != self._chunk.shape[1] or chunk.shape[0] <= request.delay:
             raise ValueError(f"chunk must be (H > {request.delay}, {self._chunk.shape[1]}), got {chunk.shape}")
         self.pending = None
-        if self.cfg.mode == "sync":
+        if request.at_arrival:
             # The robot waited: the chunk starts at the first grid time after arrival.
             self._t0 = self._time(self._next_index(now))
             takeover = 0

@@ -330,22 +330,17 @@ class HarmonicServer:
         return cmd
 
     # -- inference ------------------------------------------------------------------------
-    def delay(self, spec: EmbodimentSpec, moving: bool = True) -> int:
+    def delay(self, spec: EmbodimentSpec) -> int:
         """Return the committed-prefix length in ``spec``'s control steps: the expected inference
-        delay (the running percentile), and in harmonic mode, while a chunk is executing
-        (``moving``), at least ``min_prefix_steps`` (or the longest prefix the policy was trained
-        with, if shorter).
-
-        A robot that stands still for lack of a plan (the first chunk, after a hold) commits only
-        what the latency needs: there is no chunk to agree with, and a long prefix of standing
-        still is what no demonstration shows (in them the robot moves 0.2 s after the start);
-        conditioned on one, a policy goes on standing (measured: docs/policy.md).
+        delay (the running percentile), and in harmonic mode at least ``min_prefix_steps``
+        (or the longest prefix the policy was trained with, if shorter). A robot standing still
+        for lack of a plan commits nothing whatever this says (``ChunkScheduler.request``).
         """
         horizon = self.policy.config.chunk_len
         latency = self.latency.percentile(self.cfg.delay_percentile)
         longest = horizon - self.cfg.execute_steps
         d = delay_steps(latency, 1.0 / spec.control_rate_hz, longest)
-        if self.cfg.mode == "harmonic" and moving:  # commit more than the latency needs: consecutive chunks agree
+        if self.cfg.mode == "harmonic":  # commit more than the latency needs: consecutive chunks agree
             d = max(d, min(self.cfg.min_prefix_steps, longest, self.max_delay))
         return d
 
@@ -369,9 +364,9 @@ class HarmonicServer:
         now = self.clock()
         due: list[tuple[RobotSession, InferenceRequest]] = []
         for s in self.sessions.values():
+            d = self.delay(s.spec)
+            s.counters.delay_steps = d
             with s.lock:
-                d = self.delay(s.spec, moving=s.scheduler is not None and not s.scheduler.idle(now))
-                s.counters.delay_steps = d
                 if s.holding or s.scheduler is None or s.safety.check(now) or not s.scheduler.due(now, d):
                     continue
                 due.append((s, s.scheduler.request(now, d)))

@@ -100,6 +100,25 @@ def test_harmonic_prefix_is_what_was_already_commanded():
     np.testing.assert_array_equal(after.positions[~committed][0], new[5])
 
 
+def test_a_standing_robot_commits_nothing_and_its_chunk_starts_on_arrival():
+    """Before the first chunk (and after the plan ran out) a harmonic robot stands still: a prefix of
+    standing still for the whole latency is what no demonstration shows, so it waits as sync does.
+    """
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, execute_steps=8)
+    sched = ChunkScheduler(cfg, np.zeros(2), now=0.0)
+    req = sched.request(0.001, delay=15)
+    assert req.delay == 0 and req.at_arrival and len(req.prefix) == 0
+    chunk = target(np.arange(H) * DT) + 1.0
+    result = sched.splice(req, chunk, now=0.305)
+    assert not result.late and result.takeover_time == pytest.approx(0.32)  # the first grid point after arrival
+    np.testing.assert_array_equal(sched.window(0.305).positions[0], chunk[0])  # from the chunk's first action
+    req2 = sched.request(0.4, delay=15)  # moving now: the plan is committed
+    assert req2.delay == 15 and not req2.at_arrival
+    np.testing.assert_array_equal(req2.prefix[0], chunk[5])  # grid point 0.42 s of the plan that began at 0.32 s
+    sched.splice(req2, chunk, now=0.45)
+    assert sched.request(3.0, delay=15).at_arrival  # long after that plan's end: standing again
+
+
 @pytest.mark.parametrize(("latency", "max_delay"), [(0.01, 15), (0.12, 15), (0.3, 15), (0.38, 8)])
 def test_harmonic_never_idles_and_never_jumps(latency, max_delay):
     ticks, splices = run("harmonic", latency, max_delay=max_delay)
@@ -155,8 +174,9 @@ def test_chunk_arriving_before_its_moved_start_keeps_the_plan_up_to_it():
 def test_late_chunk_is_flagged_and_reset_drops_pending():
     cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H)
     sched = ChunkScheduler(cfg, np.zeros(2), now=0.0)
-    req = sched.request(0.0, delay=2)
-    result = sched.splice(req, np.ones((H, 2)), now=0.2)  # 10 steps after the request
+    sched.splice(sched.request(0.0, delay=2), np.zeros((H, 2)), now=0.01)  # from standing: starts on arrival
+    req = sched.request(0.1, delay=2)
+    result = sched.splice(req, np.ones((H, 2)), now=0.3)  # 10 steps after the request
     assert result.late
     req = sched.request(0.5, delay=3)
     sched.reset(np.zeros(2), now=0.55)
@@ -237,6 +257,6 @@ def test_planned_until_is_where_the_plan_ends():
     sched = ChunkScheduler(cfg, target(0.0), now=1.0)
     assert sched.planned_until() == 1.0  # holding: nothing planned past now
     request = sched.request(1.0, 5)
-    sched.splice(request, FakePolicy()(request), 1.05)
-    assert sched.planned_until() == pytest.approx(request.start_time + (H - 1) * DT)
+    result = sched.splice(request, FakePolicy()(request), 1.05)  # from standing: it starts on arrival
+    assert sched.planned_until() == pytest.approx(result.takeover_time + (H - 1) * DT)
     assert not sched.idle(sched.planned_until() - DT) and sched.idle(sched.planned_until() + 1e-6)
