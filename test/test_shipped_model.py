@@ -12,9 +12,10 @@ import safetensors
 from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.config import share_dir
 from gen_theta_model.sim.tasks import TASKS
+from gen_theta_ros.demo_loop import SHIPPED as SHIPPED_PATH
 from gen_theta_ros.rollout import main
 
-SHIPPED = share_dir() / "models" / "gen_theta_sim"
+SHIPPED = share_dir() / SHIPPED_PATH  # the directory the demo rolls out
 ROBOTS = ("arm6", "arm7", "humanoid16")
 
 
