@@ -23,12 +23,17 @@ class HarmonicConfig:
     enabled: bool = True
     max_delay_steps: int = 15  # d_max: 300 ms at 50 Hz, the largest inference delay trained for
     zero_delay_prob: float = 0.15  # share of samples without a prefix (the first chunk of an episode)
+    # Extra observation staleness, s: each sample sees the streams as they were up to this much
+    # before its chunk starts (uniform), ages included, beyond the sensors' natural age. 0: off.
+    max_staleness_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_delay_steps < 0:
             raise ValueError(f"max_delay_steps must be >= 0, got {self.max_delay_steps}")
         if not 0.0 <= self.zero_delay_prob <= 1.0:
             raise ValueError(f"zero_delay_prob must be in [0, 1], got {self.zero_delay_prob}")
+        if not 0.0 <= self.max_staleness_s <= 10.0:
+            raise ValueError(f"max_staleness_s must be in [0, 10] s, got {self.max_staleness_s}")
 
 
 def sample_delay(cfg: HarmonicConfig, horizon: int, rng: np.random.Generator) -> int:
@@ -42,6 +47,17 @@ def sample_delay(cfg: HarmonicConfig, horizon: int, rng: np.random.Generator) ->
     if not cfg.enabled or d_max <= 0 or rng.random() < cfg.zero_delay_prob:
         return 0
     return int(rng.integers(1, d_max + 1))
+
+
+def sample_staleness_ns(cfg: HarmonicConfig, rng: np.random.Generator) -> int:
+    """Extra age (ns) of one training sample's observation, uniform in [0, max_staleness_s].
+
+    Draws nothing when staleness is off, so the other draws of a sample (delay, augmentation)
+    stay what they were without it.
+    """
+    if cfg.max_staleness_s <= 0.0:
+        return 0
+    return int(rng.uniform(0.0, cfg.max_staleness_s) * 1e9)
 
 
 # -- run-time half: scheduling chunks on a robot that never stops ----------------------------

@@ -17,6 +17,7 @@ from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights,
 from gen_theta_model.data.shards import first_step
 from gen_theta_model.data.stream import StreamingDataset
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.harmonic import HarmonicConfig
 from gen_theta_model.observation import ObservationConfig, build_observation
 
 
@@ -73,6 +74,29 @@ def test_sample_matches_streams(dataset, specs):
             assert info.embodiment_names[int(s[batch.EMBODIMENT_INDEX])] == ref.meta.embodiment
             assert int(s[batch.EPISODE_INDEX]) == ep
             assert s[batch.JOINT_MASK].sum() == spec.dof
+
+
+def test_staleness_shows_older_streams_with_their_true_ages(dataset):
+    """With harmonic.max_staleness_s each sample sees the streams as they were up to s before its
+    chunk starts, ages measured to the chunk start; the actions are the same.
+    """
+    base = DataConfig(batch_size=2, num_workers=0, val_fraction=0.0, horizon=20)
+    stale = DataConfig(batch_size=2, num_workers=0, val_fraction=0.0, horizon=20,
+                       harmonic=HarmonicConfig(max_staleness_s=0.2))
+    fresh_ds = make_dataloaders(dataset, base)[0].dataset
+    stale_ds = make_dataloaders(dataset, stale)[0].dataset
+    ref = fresh_ds.episodes[0]
+    extra = []
+    for step in range(ref.first_step + 20, ref.num_steps - 5, 7):
+        fresh, old = fresh_ds[(0, step, step)], stale_ds[(0, step, step)]
+        np.testing.assert_array_equal(fresh[batch.ACTION], old[batch.ACTION])
+        extra.append(float(old[batch.STATE_AGE][-1] - fresh[batch.STATE_AGE][-1]))
+        assert old[batch.IMAGE_AGE][0] >= fresh[batch.IMAGE_AGE][0]
+        assert old[batch.IMAGE_AGE][0] < 0.2 + 1.0 / ref.cameras[0].fps + 0.03
+    assert min(extra) >= -1e-9 and max(extra) <= 0.2 + 0.011  # joint states at 100 Hz
+    assert np.std(extra) > 0.03  # drawn per sample, not a fixed shift
+    with pytest.raises(ValueError, match="max_staleness_s"):
+        HarmonicConfig(max_staleness_s=-0.1)
 
 
 def test_episode_index_builds_each_episode_as_its_own_row_says(dataset, tmp_path):

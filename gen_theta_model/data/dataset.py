@@ -2,7 +2,8 @@
 
 Given a sample key ``(episode, step, seed)`` it returns the layout of
 gen_theta_model/batch.py: the latest frame of each camera at or before t and its
-age, the last ``history`` joint states at or before t with their ages, the
+age, the last ``history`` joint states at or before t with their ages (with
+``harmonic.max_staleness_s``: at or before t - s, s drawn per sample, ages still to t), the
 commanded positions t + k/rate for k < H (canonical), the committed-prefix
 length, and the embodiment/episode indices. Only the frames a sample needs are
 decoded. Decoders are kept open per worker in a bounded LRU keyed by (shard video,
@@ -33,7 +34,7 @@ from gen_theta_model.data.index import EpisodeIndex
 from gen_theta_model.data.shards import STREAMS
 from gen_theta_model.data.video import VideoReader
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.harmonic import HarmonicConfig, sample_delay
+from gen_theta_model.harmonic import HarmonicConfig, sample_delay, sample_staleness_ns
 from gen_theta_model.observation import ObservationConfig, build_observation
 
 
@@ -113,12 +114,15 @@ class EpisodeDataset(Dataset):
         rng = np.random.default_rng(seed)
         arrays = self.arrays(ep)
         t = int(arrays[ACTION_STAMP][step])
+        js = arrays[JOINT_STAMP]
+        # The streams as seen `staleness` before the chunk starts, never before the first joint state.
+        seen = max(t - sample_staleness_ns(self.harmonic, rng), int(js[0]))
 
         frames: dict[str, np.ndarray | None] = {}
         ages: dict[str, float] = {}
         for cam in ref.cameras:
             stamps = arrays[camera_stamp_key(cam.name)]
-            i = int(np.searchsorted(stamps, t, side="right")) - 1
+            i = int(np.searchsorted(stamps, seen, side="right")) - 1
             if i < 0:
                 frames[cam.name] = None
                 continue
@@ -126,8 +130,7 @@ class EpisodeDataset(Dataset):
             frames[cam.name] = augment_image(image, rng) if self.augment else image
             ages[cam.name] = (t - int(stamps[i])) * 1e-9
 
-        js = arrays[JOINT_STAMP]
-        j = int(np.searchsorted(js, t, side="right"))
+        j = int(np.searchsorted(js, seen, side="right"))
         lo = max(j - self.obs.history, 0)
         sample = build_observation(
             spec, frames, ages, arrays[JOINT_POSITION][lo:j], (t - js[lo:j]) * 1e-9, ref.meta.instruction, self.obs

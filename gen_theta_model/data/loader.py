@@ -10,7 +10,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -212,8 +212,10 @@ def make_dataloaders(
     sampler = MixtureSampler(train, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size)
     loader = TrainLoader(dataset, sampler, cfg, index.shard_of)
     val_keys = validation_keys(val_eps, steps, cfg.val_samples, cfg.seed)[rank::world_size]
+    # Validation sees what the server sees: no augmentation, no extra staleness.
+    val_harmonic = replace(cfg.harmonic, max_staleness_s=0.0)
     val_dataset = EpisodeDataset(
-        index, dataset.specs, cfg.observation, cfg.horizon, cfg.harmonic, False, cfg.max_open_videos
+        index, dataset.specs, cfg.observation, cfg.horizon, val_harmonic, False, cfg.max_open_videos
     )
     val = DataLoader(val_dataset, batch_size=cfg.batch_size, sampler=val_keys, num_workers=0, collate_fn=collate)
     info = DatasetInfo(names, specs, stats, index, train_eps, val_eps, int(counts.sum()))
