@@ -12,6 +12,7 @@ and rollout.mp4 (gen_theta_model.rollout_media, the largest delay, the first see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figures, markdown_table, results_json
 from gen_theta_model.embodiment import EmbodimentSpec, load_robot
+from gen_theta_model.lerobot_serving import LeRobotChunkPolicy, is_lerobot_checkpoint
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, time_to_seconds, to_rgb8, trajectory_from_msg
@@ -61,6 +63,7 @@ class RolloutConfig:
     in_process: bool = False  # SimRobot + HarmonicServer in this process on simulated time (no DDS)
     expert: bool = False  # in-process: serve the scripted expert instead of the checkpoint
     inference_ms: float | None = None  # in-process: fixed model latency (reproducible); None: measured
+    lerobot_python: str = ""  # in-process: the LeRobot venv's Python, for a LeRobot checkpoint (the baseline)
 
 
 def parse_seeds(items: Sequence[str]) -> tuple[int, ...]:
@@ -261,6 +264,10 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     torch.set_num_threads(int(params.get("torch_threads", 1)))  # as the server's inference child
     if cfg.expert:
         policy, spec, longest = None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
+    elif is_lerobot_checkpoint(cfg.checkpoint):
+        spec, longest = load_robot(robot), 0
+        policy = LeRobotChunkPolicy(cfg.checkpoint, spec, cfg.lerobot_python,
+                                    threads=int(params.get("torch_threads", 1)))
     else:
         train_cfg, _, _ = read_checkpoint_config(resolve_checkpoint(cfg.checkpoint))
         policy = load_policy(cfg.checkpoint)
@@ -277,6 +284,8 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
             results.append((figures, trace, keep))
     finally:
         loop.close()
+        if isinstance(policy, LeRobotChunkPolicy):
+            policy.close()
     return results
 
 
@@ -335,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expert", action="store_true",
                         help="with --in-process: serve the scripted expert (privileged state) instead of a "
                              "checkpoint: what serving leaves of a perfect imitator")
+    parser.add_argument("--lerobot-python", default=os.environ.get("LEROBOT_PYTHON", ""),
+                        help="with --in-process and a LeRobot checkpoint (pretrained_model directory): the "
+                             "LeRobot venv's Python that runs it (default $LEROBOT_PYTHON)")
     parser.add_argument("--out", default="runs/rollout", help="directory for results.md/.json, PNG and mp4")
     parser.add_argument("--no-video", action="store_true", help="skip the PNG and the mp4")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -344,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--expert needs --in-process (the expert reads the simulator's state)")
     if a.inference_ms is not None and not a.in_process:
         parser.error("--inference-ms needs --in-process (over DDS the server measures its latency)")
+    if a.checkpoint and is_lerobot_checkpoint(a.checkpoint):
+        if not a.in_process:
+            parser.error("a LeRobot checkpoint is served --in-process only")
+        if "harmonic" in a.modes:
+            parser.error("a LeRobot policy takes no committed prefix: --modes sync naive_async")
+        if not a.lerobot_python:
+            parser.error("a LeRobot checkpoint needs --lerobot-python (the LeRobot venv's Python; docs/lerobot.md)")
     try:
         seeds, server = parse_seeds(a.seeds), parse_overrides(a.server)
     except ValueError as err:
@@ -353,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=seeds, modes=tuple(a.modes), delays_ms=tuple(a.delays_ms), max_seconds=a.max_seconds,
         command_rate_hz=a.command_rate_hz, out=a.out, params_file=a.params_file, server=server,
         video=not a.no_video, in_process=a.in_process, inference_ms=a.inference_ms, expert=a.expert,
+        lerobot_python=a.lerobot_python,
     )
     started = time.monotonic()
     rows = run_rollout(cfg)
