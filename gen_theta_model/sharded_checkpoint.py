@@ -11,15 +11,19 @@ processes -> one process, tested).
 `gen-theta checkpoint consolidate RUN_OR_CHECKPOINT --out DIR` writes the serving format
 (one ``model.safetensors``) that ``load_policy``, ``gen-theta evaluate`` and the policy
 server read fastest; ``load_policy`` also reads a sharded checkpoint directly.
+`gen-theta checkpoint average CKPT CKPT... --out DIR` writes the mean of the weights of
+several checkpoints of one run in the same format (see ``average``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -28,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from gen_theta_model.checkpoint import (
     SHARDED,
+    CheckpointError,
     export_checkpoint,
     load_policy,
     load_sharded_state,
@@ -37,6 +42,7 @@ from gen_theta_model.checkpoint import (
     stage_checkpoint,
     staging_dir,
 )
+from gen_theta_model.data.stats import ARRAY_FIELDS
 from gen_theta_model.distributed import DistEnv, bare_model
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.train_config import TrainConfig
@@ -76,6 +82,36 @@ def consolidate(source: str | Path, out: str | Path) -> Path:
     return export_checkpoint(out, int(doc["step"]), load_policy(ckpt), train_cfg, doc.get("metrics"))
 
 
+def average(sources: Sequence[str | Path], out: str | Path) -> Path:
+    """Write the mean of the weights of checkpoints ``sources`` as the serving checkpoint ``out``.
+
+    The sources must share architecture, embodiments and normalisation statistics (the
+    checkpoints of one run); config and step are the last one's, validation metrics are left
+    out (they measured the sources, not their mean). Averaging the last checkpoints of a run
+    whose learning rate has decayed (Polyak averaging over checkpoints, as in SWA) removes the
+    step-to-step noise of the weights, to which closed-loop success is far more sensitive than
+    the validation loss (docs/policy.md).
+    """
+    ckpts = [resolve_checkpoint(s) for s in sources]
+    if len(ckpts) < 2:
+        raise CheckpointError(f"average needs at least 2 checkpoints, got {len(ckpts)}")
+    policies = [load_policy(c) for c in ckpts]
+    last = policies[-1]
+    for ckpt, policy in zip(ckpts[:-1], policies[:-1], strict=True):
+        if policy.config != last.config:
+            raise CheckpointError(f"{ckpt}: another architecture than {ckpts[-1]}")
+        if policy.normalizer.names != last.normalizer.names or any(
+                not np.array_equal(getattr(policy.normalizer.stats[n], k), getattr(last.normalizer.stats[n], k))
+                for n in last.normalizer.names for k in ARRAY_FIELDS):
+            raise CheckpointError(f"{ckpt}: other embodiments or statistics than {ckpts[-1]} (not one run)")
+    states = [p.model.state_dict() for p in policies]
+    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[-1].items()}
+    last.model.load_state_dict(mean)
+    train_cfg, _, doc = read_checkpoint_config(ckpts[-1])
+    return export_checkpoint(out, int(doc["step"]), last, train_cfg)
+
+
 def _barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
@@ -88,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     cons = verbs.add_parser("consolidate", help="write a (sharded) checkpoint as one model.safetensors")
     cons.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
     cons.add_argument("--out", required=True, help="new directory for the serving checkpoint")
+    avg = verbs.add_parser("average", help="write the mean of the weights of checkpoints of one run")
+    avg.add_argument("checkpoints", nargs="+", help="checkpoint directories (at least 2)")
+    avg.add_argument("--out", required=True, help="new directory for the serving checkpoint")
     args = parser.parse_args(argv)
-    out = consolidate(args.checkpoint, args.out)
+    try:
+        out = consolidate(args.checkpoint, args.out) if args.verb == "consolidate" else average(args.checkpoints,
+                                                                                                   args.out)
+    except CheckpointError as err:
+        parser.error(str(err))
     print(f"wrote {out}")
     return 0
 

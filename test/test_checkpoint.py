@@ -1,4 +1,4 @@
-"""Checkpoints: an exact save/load round trip, and a crash mid-write never hides the last good one."""
+"""Checkpoints: an exact save/load round trip, a crash mid-write never hides the last good one, averaging."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from gen_theta_model.checkpoint import (
     list_checkpoints,
     load_embodiments,
     load_policy,
+    read_checkpoint_config,
     resolve_checkpoint,
     save_checkpoint,
 )
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.policy import build_policy
+from gen_theta_model.sharded_checkpoint import average, main
 from gen_theta_model.train_config import TrainConfig, policy_config
 
 
@@ -71,3 +73,29 @@ def test_not_a_checkpoint_is_named(tmp_path):
         load_policy(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_policy(tmp_path)
+
+
+def test_average_is_the_mean_of_the_weights_of_one_run(tmp_path, policy):
+    """`gen-theta checkpoint average`: the weights' mean, the last checkpoint's config; another run is refused."""
+    original = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    first = save(policy, tmp_path / "run", 1)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.5)
+    second = save(policy, tmp_path / "run", 2)
+    policy.model.load_state_dict(original)
+    assert main(["average", str(first), str(second), "--out", str(tmp_path / "avg")]) == 0
+    averaged = load_policy(tmp_path / "avg")
+    for k, v in averaged.model.state_dict().items():
+        if v.is_floating_point():
+            want = original[k] + (0.25 if k in dict(policy.model.named_parameters()) else 0.0)
+            torch.testing.assert_close(v, want, rtol=0, atol=1e-6, msg=k)
+    assert read_checkpoint_config(tmp_path / "avg")[2]["step"] == 2
+    other_specs = [load_robot("arm6")]
+    other = build_policy(policy.config, other_specs, {"arm6": example_norm_stats(other_specs[0], 0.1, 0.3)})
+    stranger = save_checkpoint(tmp_path / "other", 1, other, TrainConfig(), other.model.state_dict(), {}, keep=2)
+    with pytest.raises(CheckpointError, match="not one run"):
+        average([first, stranger], tmp_path / "bad")
+    with pytest.raises(CheckpointError, match="at least 2"):
+        average([first], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
