@@ -87,10 +87,9 @@ def average(sources: Sequence[str | Path], out: str | Path) -> Path:
 
     The sources must share architecture, embodiments and normalisation statistics (the
     checkpoints of one run); config and step are the last one's, validation metrics are left
-    out (they measured the sources, not their mean). Averaging the last checkpoints of a run
-    whose learning rate has decayed (Polyak averaging over checkpoints, as in SWA) removes the
-    step-to-step noise of the weights, to which closed-loop success is far more sensitive than
-    the validation loss (docs/policy.md).
+    out (they measured the sources, not their mean). Polyak averaging over checkpoints (as in
+    SWA) smooths the step-to-step noise of the weights; whether that helps in closed loop is
+    measured per run (docs/training.md).
     """
     ckpts = [resolve_checkpoint(s) for s in sources]
     if len(ckpts) < 2:
