@@ -79,15 +79,13 @@ class LeRobotChunkPolicy:
         except BaseException:
             self.close()
             raise
-        self.kind = hello["type"]
-        self.cameras: list[str] = hello["cameras"]
+        self.cameras: list[str] = hello["cameras"]  # the policy's, a subset of the robot's
         self.config = PolicyConfig(chunk_len=hello["chunk_size"], max_dof=spec.dof,
                                    max_cameras=max(len(spec.cameras), 1), max_prefix_steps=1)
         self.observation_config = ObservationConfig(
             image_size=hello["image_shape"][1] if self.cameras else 96, max_cameras=max(len(spec.cameras), 1),
             history=1, max_dof=spec.dof, instruction_len=INSTRUCTION_LEN)
         self.embodiments = [spec]
-        self.last_inference_ms = 0.0
 
     def _check(self, hello: dict) -> None:
         spec = self.spec
