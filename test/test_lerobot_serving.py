@@ -3,8 +3,8 @@ gets is the one LeRobot itself computes for the same observation, and `gen-theta
 drives the simulated robot with it.
 
 The policy is a tiny random ACT built, saved and run by the real `lerobot` (0.4.4) in its own venv
-(test/lerobot_policy_side.py); collected only where that venv exists and can import LeRobot's
-policies (docs/lerobot.md, "Serving a LeRobot policy").
+(test/lerobot_policy_side.py); skipped, with the reason, where that venv is absent or cannot
+import LeRobot's policies (docs/lerobot.md, "Serving a LeRobot policy").
 """
 
 from __future__ import annotations
@@ -29,8 +29,23 @@ SIDE = Path(__file__).with_name("lerobot_policy_side.py")
 POLICY_DEPS = ('$LRB/V/bin/pip install -c $LRB/constraints.txt "diffusers<0.36" "huggingface-hub<0.36" '
                "pyserial gymnasium")
 
-pytestmark = pytest.mark.skipif(not LEROBOT_PYTHON.is_file(), reason=(
-    f"no LeRobot venv at {LEROBOT_PYTHON} (LRB=$HOME/lrb bash ../shared/lerobot/setup.sh, or set LEROBOT_PYTHON)"))
+
+
+def missing_lerobot_policies() -> str:
+    """'' where the LeRobot venv exists and imports LeRobot's policies, else why the tests cannot run."""
+    if not LEROBOT_PYTHON.is_file():
+        return (f"no LeRobot venv at {LEROBOT_PYTHON} "
+                "(LRB=$HOME/lrb bash ../shared/lerobot/setup.sh, or set LEROBOT_PYTHON)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.act.modeling_act"], env=env,
+                         capture_output=True, text=True)
+    if run.returncode:
+        return f"the LeRobot venv lacks its policies' imports ({run.stderr.strip().splitlines()[-1]}): {POLICY_DEPS}"
+    return ""
+
+
+MISSING = missing_lerobot_policies()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=MISSING)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +64,6 @@ def act(tmp_path_factory):
     env.pop("PYTHONPATH", None)
     run = subprocess.run([str(LEROBOT_PYTHON), str(SIDE), "act", str(root / "model"), str(root / "obs.npz"),
                           str(root / "out.npz")], env=env, capture_output=True, text=True)
-    if run.returncode and "ModuleNotFoundError" in run.stderr:
-        pytest.skip(f"the LeRobot venv lacks its policies' imports ({run.stderr.strip().splitlines()[-1]}): "
-                    f"{POLICY_DEPS}")
     assert run.returncode == 0, run.stderr[-3000:]
     return root / "model", spec, state, frames, task, np.load(root / "out.npz")["actions"]
 
