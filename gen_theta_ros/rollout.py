@@ -261,13 +261,13 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
     params = server_parameters(cfg)["policy_server"]["ros__parameters"]
-    torch.set_num_threads(int(params.get("torch_threads", 1)))  # as the server's inference child
+    threads = int(params.get("torch_threads", 1))
+    torch.set_num_threads(threads)  # as the server's inference child
     if cfg.expert:
         policy, spec, longest = None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
     elif is_lerobot_checkpoint(cfg.checkpoint):
         spec, longest = load_robot(robot), 0
-        policy = LeRobotChunkPolicy(cfg.checkpoint, spec, cfg.lerobot_python,
-                                    threads=int(params.get("torch_threads", 1)))
+        policy = LeRobotChunkPolicy(cfg.checkpoint, spec, cfg.lerobot_python, threads=threads)
     else:
         train_cfg, _, _ = read_checkpoint_config(resolve_checkpoint(cfg.checkpoint))
         policy = load_policy(cfg.checkpoint)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from gen_theta_model.config import share_dir
 from gen_theta_model.data.loader import collate
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.lerobot_serving import LeRobotChunkPolicy, is_lerobot_checkpoint
@@ -70,7 +71,8 @@ def act(tmp_path_factory):
 
 def test_the_served_chunk_is_the_one_lerobot_computes(act):
     model, spec, state, frames, task, want = act
-    assert is_lerobot_checkpoint(model) and not is_lerobot_checkpoint(SHIPPED)
+    ours = share_dir() / SHIPPED  # a gen_theta checkpoint, not a LeRobot one
+    assert is_lerobot_checkpoint(model) and ours.is_dir() and not is_lerobot_checkpoint(ours)
     policy = LeRobotChunkPolicy(model, spec, LEROBOT_PYTHON)
     try:
         assert policy.config.chunk_len == 10 and policy.observation_config.image_size == 96
