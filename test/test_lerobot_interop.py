@@ -12,8 +12,6 @@ per frame < 3 levels of 255; h264 yuv420p crf 23).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from data_helpers import episode_frames, make_episode
+from lerobot_venv import LEROBOT_PYTHON, NO_VENV, run_side
 
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
@@ -34,20 +33,15 @@ from gen_theta_model.data.manifest import finalize_dataset, open_dataset, read_e
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import load_robot
 
-LEROBOT_PYTHON = Path(os.environ.get("LEROBOT_PYTHON", Path.home() / "lrb/V/bin/python"))
 SIDE = Path(__file__).with_name("lerobot_side.py")
 TINY = FileLimits(data_mb=0.001, video_mb=0.001, chunks_size=2)  # a new file for every episode
 
-pytestmark = pytest.mark.skipif(not LEROBOT_PYTHON.is_file(), reason=(
-    f"no LeRobot venv at {LEROBOT_PYTHON} (LRB=$HOME/lrb bash ../shared/lerobot/setup.sh, or set LEROBOT_PYTHON)"))
+pytestmark = pytest.mark.skipif(not LEROBOT_PYTHON.is_file(), reason=NO_VENV)
 
 
 def lerobot(*args: str | Path) -> None:
     """Run test/lerobot_side.py with the LeRobot venv, offline."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(args[1]).parent / "hf")}
-    env.pop("PYTHONPATH", None)  # the project's packages stay out of LeRobot's interpreter
-    run = subprocess.run([str(LEROBOT_PYTHON), str(SIDE), *map(str, args)], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_side(SIDE, *args, hf_home=Path(args[1]).parent / "hf")
 
 
 def assert_same_frames(got: np.ndarray, want: np.ndarray, what: str) -> float:

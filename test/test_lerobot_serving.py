@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lerobot_venv import LEROBOT_PYTHON, NO_VENV, run_side
 
 from gen_theta_model.config import share_dir
 from gen_theta_model.data.loader import collate
@@ -25,7 +26,6 @@ from gen_theta_model.observation import build_observation
 from gen_theta_ros.demo_loop import SHIPPED
 from gen_theta_ros.rollout import RolloutConfig, main, run_rollout
 
-LEROBOT_PYTHON = Path(os.environ.get("LEROBOT_PYTHON", Path.home() / "lrb/V/bin/python"))
 SIDE = Path(__file__).with_name("lerobot_policy_side.py")
 POLICY_DEPS = ('$LRB/V/bin/pip install -c $LRB/constraints.txt "diffusers<0.36" "huggingface-hub<0.36" '
                "pyserial gymnasium")
@@ -35,8 +35,7 @@ POLICY_DEPS = ('$LRB/V/bin/pip install -c $LRB/constraints.txt "diffusers<0.36" 
 def missing_lerobot_policies() -> str:
     """'' where the LeRobot venv exists and imports LeRobot's policies, else why the tests cannot run."""
     if not LEROBOT_PYTHON.is_file():
-        return (f"no LeRobot venv at {LEROBOT_PYTHON} "
-                "(LRB=$HOME/lrb bash ../shared/lerobot/setup.sh, or set LEROBOT_PYTHON)")
+        return NO_VENV
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.act.modeling_act"], env=env,
                          capture_output=True, text=True)
@@ -61,11 +60,7 @@ def act(tmp_path_factory):
     task = "pick up the red cube and place it in the bin"
     np.savez(root / "obs.npz", **{"observation.state": state, "task": np.array(task)},
              **{f"observation.images.{c}": f for c, f in frames.items()})
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf")}
-    env.pop("PYTHONPATH", None)
-    run = subprocess.run([str(LEROBOT_PYTHON), str(SIDE), "act", str(root / "model"), str(root / "obs.npz"),
-                          str(root / "out.npz")], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_side(SIDE, "act", root / "model", root / "obs.npz", root / "out.npz", hf_home=root / "hf")
     return root / "model", spec, state, frames, task, np.load(root / "out.npz")["actions"]
 
 
