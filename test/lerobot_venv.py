@@ -13,10 +13,19 @@ NO_VENV = (f"no LeRobot venv at {LEROBOT_PYTHON} "
            "(LRB=$HOME/lrb bash ../shared/lerobot/setup.sh, or set LEROBOT_PYTHON)")
 
 
-def run_side(script: Path, *args: str | Path, hf_home: Path) -> None:
-    """Run `script` with the LeRobot venv's interpreter, offline, its Hugging Face cache at `hf_home`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+def lerobot_env(hf_home: Path | None = None) -> dict[str, str]:
+    """Return the environment of a process in the LeRobot venv: offline, its Hugging Face cache at `hf_home`
+    (where given), without the project's packages on its path.
+    """
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if hf_home is not None:
+        env["HF_HOME"] = str(hf_home)
     env.pop("PYTHONPATH", None)  # the project's packages stay out of LeRobot's interpreter
-    run = subprocess.run([str(LEROBOT_PYTHON), str(script), *map(str, args)], env=env, capture_output=True,
-                         text=True)
+    return env
+
+
+def run_side(script: Path, *args: str | Path, hf_home: Path) -> None:
+    """Run `script` with the LeRobot venv's interpreter (`lerobot_env`); fails the test on a non-zero exit."""
+    run = subprocess.run([str(LEROBOT_PYTHON), str(script), *map(str, args)], env=lerobot_env(hf_home),
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -9,14 +9,13 @@ import LeRobot's policies (docs/lerobot.md, "Serving a LeRobot policy").
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lerobot_venv import LEROBOT_PYTHON, NO_VENV, run_side
+from lerobot_venv import LEROBOT_PYTHON, NO_VENV, lerobot_env, run_side
 
 from gen_theta_model.config import share_dir
 from gen_theta_model.data.loader import collate
@@ -36,8 +35,7 @@ def missing_lerobot_policies() -> str:
     """'' where the LeRobot venv exists and imports LeRobot's policies, else why the tests cannot run."""
     if not LEROBOT_PYTHON.is_file():
         return NO_VENV
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.act.modeling_act"], env=env,
+    run = subprocess.run([str(LEROBOT_PYTHON), "-c", "import lerobot.policies.act.modeling_act"], env=lerobot_env(),
                          capture_output=True, text=True)
     if run.returncode:
         return f"the LeRobot venv lacks its policies' imports ({run.stderr.strip().splitlines()[-1]}): {POLICY_DEPS}"
