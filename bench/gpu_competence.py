@@ -66,6 +66,12 @@ def pack_parts(sizes: dict[str, int], limit: int) -> list[list[str]]:
 
 def stage(datasets: list[str], part_mib: float) -> list[Path]:
     """Download the wheels and hard-link every dataset file into ``.device/part-K/``; returns the parts."""
+    names = [Path(d).parent.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"datasets are named by their parent folder, and these repeat one: {datasets}")
+    missing = [d for d in datasets if not (Path(d) / "info.yaml").is_file()]
+    if missing:
+        raise FileNotFoundError(f"not datasets (no info.yaml): {missing}; `gen-theta ingest ... --out DIR` makes one")
     shutil.rmtree(STAGE, ignore_errors=True)
     whl = STAGE / "whl"
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
@@ -73,8 +79,6 @@ def stage(datasets: list[str], part_mib: float) -> list[Path]:
                     *[f"--platform={p}" for p in DEVICE_PLATFORMS], "-d", str(whl), *WHEELS], check=True)
     sources = {f"whl/{w.name}": w for w in sorted(whl.iterdir())}
     for data in map(Path, datasets):
-        if not (data / "info.yaml").is_file():
-            raise FileNotFoundError(f"{data} is not a dataset (no info.yaml): `gen-theta ingest ... --out {data}`")
         for f in sorted(p for p in data.rglob("*") if p.is_file()):
             sources[f"data/{data.parent.name}/{f.relative_to(data)}"] = f
     sizes = {rel: src.stat().st_size for rel, src in sources.items()}
@@ -214,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", type=Path, help="the folder the device's files came back in")
     p.add_argument("--dest", type=Path, default=ROOT / "runs" / "gpu_competence")
     args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, subprocess.CalledProcessError) as err:
+        print(f"gpu_competence {args.verb}: error: {err}", file=sys.stderr)
+        return 1
 
+
+def run(args: argparse.Namespace) -> int:
+    """Do what the parsed command line asks; returns the exit status."""
     if args.verb == "stage":
         for part in stage(args.data, args.part_mib):
             mib = sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) / 2**20
