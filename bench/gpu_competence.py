@@ -164,9 +164,9 @@ def train(minutes: float, out: Path, extra: list[str]) -> int:
     (out / "train_output.txt").write_text("\n".join(lines[-400:]) + "\n")  # tqdm redraws: keep the end
     if (run_dir / "train_log.jsonl").is_file():
         shutil.copy(run_dir / "train_log.jsonl", out / "train_log.jsonl")
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
-    if checkpoints:
-        pack_checkpoint(checkpoints[-1], out)
+    latest = run_dir / "checkpoints" / "latest"  # names the newest complete checkpoint (checkpoint.py)
+    if latest.is_file():
+        pack_checkpoint(latest.parent / latest.read_text().strip(), out)
     return rc
 
 
