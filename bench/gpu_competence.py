@@ -11,11 +11,14 @@ machine stays warm (ignored files a call carried stay there for the next call):
     #   part 1: python3 bench/gpu_competence.py check          (wheels, imports, CUDA)
     #   middle parts: python3 bench/gpu_competence.py verify --present-only
     #   last part: python3 bench/gpu_competence.py train --minutes 7
-    # here: the checkpoint back into runs/gpu_competence/checkpoint, ready for `gen-theta rollout`
+    # here: the checkpoint back into runs/gpu_competence/step_NNNNNNNN, ready for `gen-theta rollout`
     .venv/bin/python bench/gpu_competence.py unpack /work/.device/<files_at>
 
 `train` writes to $OUT: the checkpoint as a tar split into pieces under 15 MiB (a device call
 returns at most 8 files of 16 MiB), the run's train_log.jsonl and the last lines of its output.
+
+The driver uses the standard library alone: on the device it runs before the carried wheels are
+installed, so checkpoint.py's names (`checkpoints/latest`, the serving files) are spelled here.
 """
 
 from __future__ import annotations
