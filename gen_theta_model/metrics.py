@@ -13,6 +13,7 @@ otherwise Monte Carlo with the exact mixture log-density.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -63,7 +64,8 @@ def reverse_kl_monte_carlo(dist: ChunkMixture, target: torch.Tensor, sigma: floa
     done = 0
     while done < samples:
         n = min(chunk, samples - done)
-        rep = ChunkMixture(dist.logits.repeat(n, 1, 1), dist.mean.repeat(n, 1, 1, 1), dist.log_std.repeat(n, 1, 1, 1))
+        rep = replace(dist, logits=dist.logits.repeat(n, 1, 1), mean=dist.mean.repeat(n, 1, 1, 1),
+                      log_std=dist.log_std.repeat(n, 1, 1, 1))
         steps, joints, tgt = step_mask.repeat(n, 1), joint_mask.repeat(n, 1), target.repeat(n, 1, 1)
         a = rep.sample(generator)  # (n*B, H, D)
         w = _weights(steps, joints)

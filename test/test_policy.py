@@ -16,7 +16,7 @@ from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import PRESET_NAMES, nominal_params, preset
 from gen_theta_model.policy.example import example_batch, example_norm_stats
-from gen_theta_model.policy.head import ChunkMixture
+from gen_theta_model.policy.head import ChunkMixture, MixtureHead
 from gen_theta_model.policy.model import chunk_loss, scored_steps
 from gen_theta_model.policy.model_card import count_params
 from gen_theta_model.policy.model_card import main as model_card_main
@@ -96,9 +96,11 @@ def test_prefix_is_input_not_target(policy, specs):
     torch.testing.assert_close(dist.mean[0], dist2.mean[0])
 
 
-def test_training_steps_reduce_the_loss(specs):
+@pytest.mark.parametrize("shared", [False, True], ids=["per_joint", "shared_components"])
+def test_training_steps_reduce_the_loss(specs, shared):
     torch.manual_seed(0)
-    pol = build_policy(CFG, specs, {s.name: example_norm_stats(s) for s in specs})
+    cfg = dataclasses.replace(CFG, shared_components=shared)
+    pol = build_policy(cfg, specs, {s.name: example_norm_stats(s) for s in specs})
     batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
     losses, logs = fit_batch(pol, batch, 30)
     assert set(logs) == {"nll", "mse"}
@@ -171,6 +173,46 @@ def test_top_component_is_one_mode_per_joint_not_their_average():
     assert dist.decode("sample", torch.Generator().manual_seed(0)).shape == (1, 2, 2)
     with pytest.raises(ValueError, match="decode must be one of"):
         dist.decode("median")
+
+
+def test_shared_components_log_prob_is_the_chunk_mixture_density():
+    g = torch.Generator().manual_seed(0)
+    cfg = dataclasses.replace(CFG, n_components=2, chunk_len=2, max_prefix_steps=1, shared_components=True)
+    head = MixtureHead(cfg)
+    with torch.no_grad():
+        head.proj.weight.normal_(0.0, 0.2, generator=g)  # weights far from the near-N(0, 1) start
+    tokens, mask = torch.randn(2, 4, CFG.d_model, generator=g), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    dist = head(tokens, mask).pad_joints(4)  # the padded joint's tokens do not move the weights
+    assert dist.shared and (dist.logits == dist.logits[:, :1]).all()
+    tokens[:, 3] += 10.0
+    torch.testing.assert_close(head(tokens, mask).logits[:, 0], dist.logits[:, 0])
+    dist = ChunkMixture(dist.logits[:, :3], dist.mean[:, :3], dist.log_std[:, :3], shared=True)
+    a = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(1))  # (B, H, D)
+    joints = torch.tensor([[True, True, True], [True, True, False]])
+    steps = torch.ones(2, 2, dtype=torch.bool)
+    for i in range(2):  # log sum_k w_k prod_{j valid, h} N(a_hj; mu_jkh, s_jkh), by hand
+        log_w = torch.log_softmax(dist.logits[i, 0], -1)
+        per_plan = [log_w[c].item() + sum(norm.logpdf(a[i, t, j].item(), dist.mean[i, j, c, t].item(),
+                                                      dist.log_std[i, j, c, t].exp().item())
+                                          for j in range(3) if joints[i, j] for t in range(2)) for c in range(2)]
+        expected = float(np.logaddexp(*per_plan))
+        assert dist.log_prob(a, steps, joints)[i].item() == pytest.approx(expected, rel=1e-5, abs=1e-4)
+
+
+def test_shared_components_move_every_joint_with_one_mode():
+    # Component 0 puts every joint near -3, component 1 near +3; per-joint draws would mix them.
+    b, d = 4000, 3
+    logits = torch.randn(b, 1, 2, generator=torch.Generator().manual_seed(0)).expand(b, d, 2)
+    mean = torch.tensor([-3.0, 3.0]).view(1, 1, 2, 1).expand(b, d, 2, 1)
+    dist = ChunkMixture(logits, mean, torch.full_like(mean, math.log(0.1)), shared=True)
+    x = dist.sample(torch.Generator().manual_seed(1))[:, 0]  # (B, D)
+    assert ((x > 0) == (x[:, :1] > 0)).all()  # one mode per chunk, on every joint
+    share = torch.softmax(logits[:, 0], -1)[:, 1].mean().item()
+    assert (x[:, 0] > 0).float().mean().item() == pytest.approx(share, abs=0.03)
+    chosen = logits[:, 0].argmax(-1)  # (B,)
+    torch.testing.assert_close(dist.decode("top")[:, 0], mean[torch.arange(b), :, chosen, 0])
+    padded = dist.pad_joints(5)
+    assert padded.shared and (padded.logits == padded.logits[:, :1]).all()
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)

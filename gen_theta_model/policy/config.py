@@ -30,6 +30,7 @@ class PolicyConfig:
     # action chunk and head
     chunk_len: int = 50  # H: 1 s of actions at the 50 Hz control rate, must equal the loader's H
     n_components: int = 4  # K Gaussians per joint over the chunk: multimodal demos without mode averaging
+    shared_components: bool = False  # one set of K weights per chunk: every joint follows the same mode
     min_log_std: float = -5.0  # std >= 0.0067 normalised units: keeps the NLL bounded on static joints
     max_log_std: float = 1.0  # std <= 2.7 normalised units: data is z-scored, wider is never needed
     mse_weight: float = 0.0  # optional MSE on the mixture mean added to the NLL

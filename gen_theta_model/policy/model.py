@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -159,10 +160,10 @@ class HarmonicTransformer(nn.Module):
         mask = torch.cat([m.bool() for _, m in groups], dim=1)  # (B, N)
         x = self.trunk(tokens, mask)
         start = sum(x.shape[1] for x, _ in groups[:3])
-        dist = self.head(x[:, start : start + desc.shape[1]])  # joint tokens -> (B, D, K, H)
+        dist = self.head(x[:, start : start + desc.shape[1]], jmask)  # joint tokens -> (B, D, K, H)
         if self.cfg.residual:
             anchor = batch[ANCHOR].float()[:, :, None, None]  # (B, D, 1, 1)
-            dist = ChunkMixture(dist.logits, dist.mean + anchor, dist.log_std)
+            dist = replace(dist, mean=dist.mean + anchor)
         return dist
 
 
