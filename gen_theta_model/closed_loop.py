@@ -189,6 +189,20 @@ def episode_figures(
 CONFIDENCE = 0.95  # of the success-rate intervals
 
 
+def parse_seeds(items: Sequence[str]) -> tuple[int, ...]:
+    """Seeds from ``['1000..1019', '7']``: ``A..B`` is the inclusive range, plain integers are seeds."""
+    seeds: list[int] = []
+    for item in items:
+        first, sep, last = item.partition("..")
+        try:
+            seeds.extend(range(int(first), int(last) + 1) if sep else [int(item)])
+        except ValueError:
+            raise ValueError(f"--seeds: '{item}' is neither an integer nor a range A..B") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: need distinct seeds, got {items}")
+    return tuple(seeds)
+
+
 def success_interval(successes: int, episodes: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval of a success rate (``successes`` of ``episodes``), as (low, high) in [0, 1].
 

@@ -30,7 +30,14 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
-from gen_theta_model.closed_loop import EpisodeFigures, aggregate, episode_figures, markdown_table, results_json
+from gen_theta_model.closed_loop import (
+    EpisodeFigures,
+    aggregate,
+    episode_figures,
+    markdown_table,
+    parse_seeds,
+    results_json,
+)
 from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.lerobot_serving import LeRobotChunkPolicy, is_lerobot_checkpoint
 from gen_theta_model.rollout_media import EpisodeTrace, overlay_video, switch_figure
@@ -64,20 +71,6 @@ class RolloutConfig:
     expert: bool = False  # in-process: serve the scripted expert instead of the checkpoint
     inference_ms: float | None = None  # in-process: fixed model latency (reproducible); None: measured
     lerobot_python: str = ""  # in-process: the LeRobot venv's Python, for a LeRobot checkpoint (the baseline)
-
-
-def parse_seeds(items: Sequence[str]) -> tuple[int, ...]:
-    """Seeds from ``['1000..1019', '7']``: ``A..B`` is the inclusive range, plain integers are seeds."""
-    seeds: list[int] = []
-    for item in items:
-        first, sep, last = item.partition("..")
-        try:
-            seeds.extend(range(int(first), int(last) + 1) if sep else [int(item)])
-        except ValueError:
-            raise ValueError(f"--seeds: '{item}' is neither an integer nor a range A..B") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: need distinct seeds, got {items}")
-    return tuple(seeds)
 
 
 class RolloutNode(EpisodeClient):

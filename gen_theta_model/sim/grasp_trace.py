@@ -1,0 +1,110 @@
+"""Where the tool and the gripper were in a served episode: does the gripper close where the arm reaches?
+
+`python -m gen_theta_model.sim.grasp_trace CHECKPOINT --robot arm6 --task stack --seeds 1000..1005`
+plays each seed in-process (SimClosedLoop, harmonic, 0 ms added delay, 35 ms model latency; the
+scripted expert with ``--expert``) and prints, per episode: how often the tool came down to the
+pick object's height, how close it came to the object in xy while down, and when and where the
+task gripper first closed. A policy that reaches the cube but closes elsewhere (arm and gripper
+in different modes of the demonstrations) shows here; success rates alone do not tell it apart
+from one that never finds the cube (docs/policy.md, "Why the static suites fail").
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+
+from gen_theta_model.sim.kinematics import ArmKinematics
+from gen_theta_model.sim.policy_rollout import SimClosedLoop
+
+DOWN_M = 0.06  # the tool counts as down when it is less than this above the object's centre
+CLOSED = 0.5  # the gripper counts as closed below this fraction of its opening range
+EVERY = 5  # look at every 5th joint state (10 ms apart at the sim's 500 Hz joint_states)
+
+
+@dataclass(frozen=True)
+class GraspTrace:
+    """One episode. Distances in m, times in s from the start of serving."""
+
+    seed: int
+    success: bool
+    descents: int  # times the tool came down to the object's height
+    closest_down_xy_m: float  # closest tool-object distance in xy while down (nan: never down)
+    first_close_s: float | None  # when the task gripper first closed (None: never)
+    first_close_xy_m: float | None  # tool-object distance in xy then
+    first_close_height_m: float | None  # tool height above the object's centre then
+
+
+def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int) -> GraspTrace:
+    """Play ``seed`` of ``task`` harmonic at 0 ms added delay; the object is where the task placed it."""
+    state = loop.robot.reset(task, seed, 0.0)
+    obj = loop.robot.world.object_position(state.pick).copy()  # (3,) m, before the episode moves it
+    figures, trace = loop.run(task, seed, "harmonic", 0.0)
+    q = trace.joint_q[::EVERY]  # (T, dof)
+    tool = np.array([kin.fk(qi)[0] for qi in q])  # (T, 3)
+    xy = np.linalg.norm(tool[:, :2] - obj[:2], axis=1)  # (T,)
+    down = tool[:, 2] < obj[2] + DOWN_M
+    g = kin.gripper
+    lo, hi = loop.spec.lower[g], loop.spec.upper[g]
+    closed = np.flatnonzero(q[:, g] < lo + CLOSED * (hi - lo))
+    first = int(closed[0]) if len(closed) else None
+    return GraspTrace(
+        seed, bool(figures.success), int(np.count_nonzero(np.diff(down.astype(int), prepend=0) == 1)),
+        float(xy[down].min()) if down.any() else float("nan"),
+        float(trace.joint_times[::EVERY][first] - trace.joint_times[0]) if first is not None else None,
+        float(xy[first]) if first is not None else None,
+        float(tool[first, 2] - obj[2]) if first is not None else None,
+    )
+
+
+def table(rows: list[GraspTrace]) -> str:
+    """Markdown table of ``rows``, distances in cm."""
+    lines = ["| seed | success | descents | closest xy while down cm | gripper first closes s | tool then: xy cm / "
+             "height cm |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        then = ("never", "-") if r.first_close_s is None else (
+            f"{r.first_close_s:.1f}", f"{100 * r.first_close_xy_m:.1f} / {100 * r.first_close_height_m:.1f}")
+        lines.append(f"| {r.seed} | {r.success} | {r.descents} | {100 * r.closest_down_xy_m:.1f} | {then[0]} | "
+                     f"{then[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: see the module docstring."""
+    import torch
+
+    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
+    from gen_theta_model.closed_loop import parse_seeds
+    from gen_theta_model.embodiment import load_robot
+    from gen_theta_model.policy_server_config import server_config
+    from gen_theta_model.sim.policy_rollout import SimLoopConfig
+
+    parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.grasp_trace",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", nargs="?", default="", help="checkpoint directory (omit with --expert)")
+    parser.add_argument("--expert", action="store_true", help="serve the scripted expert instead")
+    parser.add_argument("--robot", default="arm6")
+    parser.add_argument("--task", default="stack")
+    parser.add_argument("--seeds", nargs="+", default=["1000..1005"], help="integers and inclusive ranges A..B")
+    a = parser.parse_args(argv)
+    seeds = parse_seeds(a.seeds)
+    torch.set_num_threads(1)
+    if a.expert:
+        policy, spec, longest = None, load_robot(a.robot), 20  # the expert takes any prefix (as rollout's)
+    else:
+        policy = load_policy(a.checkpoint)
+        spec = policy.embodiments[policy.embodiment_index(a.robot)]
+        longest = read_checkpoint_config(resolve_checkpoint(a.checkpoint))[0].data.harmonic.max_delay_steps
+    loop = SimClosedLoop(policy, spec, server_config({}, longest), SimLoopConfig(inference_ms=35.0))
+    kin = ArmKinematics(spec)
+    try:
+        print(table([trace_episode(loop, kin, a.task, s) for s in seeds]))
+    finally:
+        kin.close()
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()
