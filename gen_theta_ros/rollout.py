@@ -49,7 +49,6 @@ from gen_theta_ros.qos import COMMAND_QOS, SENSOR_QOS
 from gen_theta_ros.runtime import use_project_dds_profile
 
 MODE_ORDER = ("sync", "naive_async", "harmonic")
-EXPERT_MAX_PREFIX_STEPS = 20  # the scripted expert takes any prefix; as long as the trained ones
 
 
 @dataclass(frozen=True)
@@ -251,6 +250,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
 
     from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
     from gen_theta_model.policy_server_config import server_config
+    from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
     from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
     params = server_parameters(cfg)["policy_server"]["ros__parameters"]

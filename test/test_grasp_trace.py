@@ -4,6 +4,7 @@ import math
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy_server_config import server_config
+from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
 from gen_theta_model.sim.grasp_trace import GraspTrace, table, trace_episode
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
@@ -11,7 +12,7 @@ from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
 def test_the_expert_closes_the_gripper_at_the_cube():
     spec = load_robot("arm6")
-    loop = SimClosedLoop(None, spec, server_config({}, 20), SimLoopConfig(inference_ms=35.0))
+    loop = SimClosedLoop(None, spec, server_config({}, EXPERT_MAX_PREFIX_STEPS), SimLoopConfig(inference_ms=35.0))
     kin = ArmKinematics(spec)
     try:
         row = trace_episode(loop, kin, "stack", 1000)

@@ -23,6 +23,8 @@ from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.sim.experts import ScriptedExpert
 from gen_theta_model.sim.robot import SimRobot
 
+EXPERT_MAX_PREFIX_STEPS = 20  # the scripted expert takes any prefix; as long as the trained ones
+
 
 class ExpertChunkPolicy:
     """A ChunkPolicy (gen_theta_model.serving) for one simulated robot.

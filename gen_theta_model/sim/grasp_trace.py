@@ -21,7 +21,6 @@ from gen_theta_model.sim.policy_rollout import SimClosedLoop
 
 DOWN_M = 0.06  # the tool counts as down when it is less than this above the object's centre
 CLOSED = 0.5  # the gripper counts as closed below this fraction of its opening range
-EVERY = 5  # look at every 5th joint state (10 ms apart at the sim's 500 Hz joint_states)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int)
     state = loop.robot.reset(task, seed, 0.0)
     obj = loop.robot.world.object_position(state.pick).copy()  # (3,) m, before the episode moves it
     figures, trace = loop.run(task, seed, "harmonic", 0.0)
-    q = trace.joint_q[::EVERY]  # (T, dof)
+    q = trace.joint_q  # (T, dof), every joint state the server got (100 Hz)
     tool = np.array([kin.fk(qi)[0] for qi in q])  # (T, 3)
     xy = np.linalg.norm(tool[:, :2] - obj[:2], axis=1)  # (T,)
     down = tool[:, 2] < obj[2] + DOWN_M
@@ -53,7 +52,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int)
     return GraspTrace(
         seed, bool(figures.success), int(np.count_nonzero(np.diff(down.astype(int), prepend=0) == 1)),
         float(xy[down].min()) if down.any() else float("nan"),
-        float(trace.joint_times[::EVERY][first] - trace.joint_times[0]) if first is not None else None,
+        float(trace.joint_times[first] - trace.joint_times[0]) if first is not None else None,
         float(xy[first]) if first is not None else None,
         float(tool[first, 2] - obj[2]) if first is not None else None,
     )
@@ -79,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from gen_theta_model.closed_loop import parse_seeds
     from gen_theta_model.embodiment import load_robot
     from gen_theta_model.policy_server_config import server_config
+    from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
     from gen_theta_model.sim.policy_rollout import SimLoopConfig
 
     parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.grasp_trace",
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = parse_seeds(a.seeds)
     torch.set_num_threads(1)
     if a.expert:
-        policy, spec, longest = None, load_robot(a.robot), 20  # the expert takes any prefix (as rollout's)
+        policy, spec, longest = None, load_robot(a.robot), EXPERT_MAX_PREFIX_STEPS
     else:
         policy = load_policy(a.checkpoint)
         spec = policy.embodiments[policy.embodiment_index(a.robot)]
