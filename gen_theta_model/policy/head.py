@@ -71,12 +71,9 @@ class ChunkMixture:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw per batch element: (B, H, D)."""
         b, d, k, h = self.mean.shape
-        if self.shared:  # one draw of the component per chunk, the same for every joint
-            probs = torch.softmax(self.logits[:, 0].float(), dim=-1)  # (B, K)
-            comp = torch.multinomial(probs, 1, generator=generator).view(b, 1, 1, 1).expand(b, d, 1, h)
-        else:
-            probs = torch.softmax(self.logits.float(), dim=-1).reshape(b * d, k)
-            comp = torch.multinomial(probs, 1, generator=generator).view(b, d, 1, 1).expand(b, d, 1, h)
+        logits = self.logits[:, :1] if self.shared else self.logits  # shared: one draw per chunk, for every joint
+        probs = torch.softmax(logits.float(), dim=-1).reshape(-1, k)  # (B or B*D, K)
+        comp = torch.multinomial(probs, 1, generator=generator).view(b, -1, 1, 1).expand(b, d, 1, h)
         mu = self.mean.gather(2, comp).squeeze(2)  # (B, D, H)
         std = self.log_std.gather(2, comp).squeeze(2).exp()
         noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="stack")
     parser.add_argument("--seeds", nargs="+", default=["1000..1005"], help="integers and inclusive ranges A..B")
     a = parser.parse_args(argv)
+    if bool(a.checkpoint) == a.expert:
+        parser.error("give either a checkpoint directory or --expert (exactly one)")
     seeds = parse_seeds(a.seeds)
     torch.set_num_threads(1)
     if a.expert:
