@@ -41,6 +41,7 @@ from gen_theta_ros.qos import LATCHED_QOS
 
 T = TypeVar("T")
 N = TypeVar("N", bound=Node)
+STOP_POLL_S = 0.1  # how soon a spinning() thread sees that its `with` block ended
 
 
 class EpisodeClient(Node):
@@ -168,9 +169,15 @@ class EpisodeClient(Node):
 
 @contextmanager
 def spinning(node: N, priority: int = 0) -> Iterator[N]:
-    """Spin ``node`` in a background thread (SCHED_FIFO ``priority`` if > 0 and permitted); destroy it on exit."""
+    """Spin ``node`` in a background thread (SCHED_FIFO ``priority`` if > 0 and permitted); destroy it on exit.
+
+    The thread is joined before the node is destroyed: destroying a node that a thread still
+    spins, or leaving that thread inside rcl while the interpreter exits, ends in a segfault
+    (seen after SIGINT to `gen-theta collect`). ``Executor.shutdown`` does not wait for it.
+    """
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    stop = threading.Event()
 
     def spin() -> None:
         if priority > 0:
@@ -180,15 +187,23 @@ def spinning(node: N, priority: int = 0) -> Iterator[N]:
                 print(f"{node.get_name()}: no permission for SCHED_FIFO priority {priority}; receive times "
                       "include this process's scheduling delays", file=sys.stderr)
         try:
-            executor.spin()
+            while not stop.is_set() and node.context.ok():
+                executor.spin_once(timeout_sec=STOP_POLL_S)
         except ExternalShutdownException:  # Ctrl-C shut the context down: the main thread ends as well
             pass
+        except Exception:
+            # A shutdown while the executor builds its wait set raises RCLError ("the given context
+            # is not valid") instead; only an error of a valid context is one.
+            if node.context.ok():
+                raise
 
     thread = threading.Thread(target=spin, name=f"spin {node.get_name()}", daemon=True)
     thread.start()
     try:
         yield node
     finally:
+        stop.set()
+        thread.join()
         executor.shutdown()
         node.destroy_node()
 
