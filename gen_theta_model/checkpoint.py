@@ -237,14 +237,20 @@ def _with_saved_tokenizer(ckpt: Path, obs: ObservationConfig) -> ObservationConf
     return dataclasses.replace(obs, tokenizer=str(ckpt / BACKBONES / TEXT)) if obs.tokenizer else obs
 
 
-def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> Policy:
+def load_policy(checkpoint_dir: str | Path, device: str | torch.device = "cpu",
+                overrides: dict[str, Any] | None = None) -> Policy:
     """Rebuild the policy of a checkpoint (or a run's latest) on ``device``, in eval mode.
 
     A sharded checkpoint is read whole into this process (no process group needed).
     On the meta device only the structure is built: no weights are read.
+    ``overrides``: PolicyConfig fields to change (a fine-tune's ``policy``); only those that keep
+    every weight's shape (e.g. ``shared_components``, ``image_shift``, ``dropout``), else CheckpointError.
     """
     ckpt = resolve_checkpoint(checkpoint_dir)
     train_cfg, policy_cfg, _ = read_checkpoint_config(ckpt)
+    if overrides:
+        policy_cfg = from_mapping(PolicyConfig, {**to_mapping(policy_cfg), **overrides}, f"{ckpt}: overrides",
+                                  prefix="policy.")
     specs = load_embodiments(ckpt)
     stats = {}
     for spec in specs:
@@ -273,7 +279,10 @@ def _load_weights(ckpt: Path, model: HarmonicTransformer) -> None:
         except CheckpointException as err:  # a BaseException: wraps missing or misshapen keys
             raise CheckpointError(f"{ckpt / SHARDED}: weights do not match the config: {err}") from None
         return
-    missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(ckpt / MODEL)), strict=False)
+    except RuntimeError as err:  # misshapen tensors: the config (or its overrides) is another architecture
+        raise CheckpointError(f"{ckpt / MODEL}: weights do not match the config: {err}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt / MODEL}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"

@@ -198,7 +198,8 @@ def make_policy(cfg: TrainConfig, info: DatasetInfo, resume_from: Path | None, d
     if resume_from is None and not cfg.init_from:
         return build_policy(policy_config(cfg), specs, info.norm_stats, cfg.data.observation, device)
     source = resume_from or cfg.init_from
-    policy = load_policy(source, device)
+    # A fine-tune may change what keeps the weights (e.g. shared_components); a resumed run is as saved.
+    policy = load_policy(source, device, overrides=None if resume_from else cfg.policy)
     check_compatible(policy.config, cfg.data, f"checkpoint {source} with this config's data")
     known = {e.name for e in policy.embodiments}
     new = [s for s in specs if s.name not in known]

@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 0  # model initialisation; the data order has data.seed
     max_steps: int = 1000  # optimizer steps
     max_minutes: float = 0.0  # wall-clock budget: validate, save and stop when it is spent (0: none)
-    init_from: str = ""  # checkpoint to fine-tune from (SFT); its policy config wins over preset/policy
+    init_from: str = ""  # checkpoint to fine-tune from (SFT): its architecture; `policy` only what keeps shapes
     freeze_trunk: bool = False  # SFT: train only encoders and head
     extend_embodiments: bool = False  # SFT: add robots the checkpoint does not know instead of failing
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one

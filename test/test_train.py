@@ -69,6 +69,19 @@ def test_fine_tune_from_a_checkpoint_with_a_frozen_trunk(tmp_path, dataset):
     assert [e.name for e in load_policy(sft).embodiments] == ["arm6", "arm7", "humanoid16"]
 
 
+def test_fine_tune_may_change_what_keeps_the_weights_shapes(tmp_path, dataset, capsys):
+    pre = tmp_path / "pre"
+    assert run(pre, dataset, "max_steps=1") == 0
+    assert not load_policy(pre).config.shared_components
+    assert run(tmp_path / "shared", dataset, "max_steps=1", f"init_from={pre}",
+               "policy={shared_components: true, image_shift: 2}") == 0
+    cfg = load_policy(tmp_path / "shared").config
+    assert cfg.shared_components and cfg.image_shift == 2 and cfg.d_model == load_policy(pre).config.d_model
+    assert run(tmp_path / "wider", dataset, "max_steps=1", f"init_from={pre}", "policy={d_model: 96}") == 2
+    assert "weights do not match the config" in capsys.readouterr().err
+    assert not (tmp_path / "wider" / "checkpoints").exists()
+
+
 def test_unknown_embodiment_is_a_clear_error(tmp_path, capsys):
     arm_only = build_dataset(tmp_path / "arm6", {"arm6": 3})
     humanoid = build_dataset(tmp_path / "hum", {"humanoid16": 3})
