@@ -1,11 +1,17 @@
-"""grasp_trace on the scripted expert served in-process: the gripper closes where the tool meets the cube."""
+"""grasp_trace on the scripted expert served in-process: the gripper closes where the tool meets the cube;
+on a tiny checkpoint: reading the gripper's mixture changes nothing that is served.
+"""
 
 import math
 
+import numpy as np
+from server_helpers import tiny_checkpoint
+
+from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy_server_config import server_config
 from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
-from gen_theta_model.sim.grasp_trace import GraspTrace, table, trace_episode
+from gen_theta_model.sim.grasp_trace import GraspTrace, GripperModes, table, trace_episode
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
@@ -25,9 +31,38 @@ def test_the_expert_closes_the_gripper_at_the_cube():
     assert row.first_close_xy_m < 0.01 and abs(row.first_close_height_m) < 0.03  # at the cube, not above it
 
 
+def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
+    policy = load_policy(tiny_checkpoint(tmp_path, {"arm6": 0.0}))
+    spec = policy.embodiments[0]
+    kin = ArmKinematics(spec)
+    modes = GripperModes(policy, kin.gripper)
+    plain = SimClosedLoop(policy, spec, server_config({}, 15), SimLoopConfig(inference_ms=25.0, max_seconds=2.0))
+    read = SimClosedLoop(modes, spec, server_config({}, 15), SimLoopConfig(inference_ms=25.0, max_seconds=2.0))
+    modes.clock = lambda: read.now
+    try:
+        _, expected = plain.run("stack", 4, "harmonic", 0.0)
+        _, served = read.run("stack", 4, "harmonic", 0.0)
+        row = trace_episode(read, kin, "stack", 4, modes)  # records this episode's chunks only
+    finally:
+        kin.close()
+        plain.close()
+        read.close()
+    assert [t for t, _ in served.commands] == [t for t, _ in expected.commands]
+    for (_, a), (_, b) in zip(served.commands, expected.commands, strict=True):
+        np.testing.assert_array_equal([p.positions for p in a.points], [p.positions for p in b.points])
+    times = [t for t, _, _ in modes.records]
+    assert len(times) >= 3 and times == sorted(times) and times[0] >= 0.0  # simulated s, one episode
+    k = policy.config.n_components
+    for _, weights, closes in modes.records:
+        assert weights.shape == closes.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
+    assert row.reopens >= 0 and (row.closing_weight is None or 0.0 <= row.closing_weight <= 1.0 + 1e-6)
+
+
 def test_table_says_never_for_a_gripper_that_stayed_open():
     rows = [GraspTrace(7, False, 0, math.nan, None, None, None),
             GraspTrace(8, True, 2, 0.004, 2.6, 0.001, 0.005)]
     text = table(rows)
-    assert "| 7 | False | 0 | nan | never | - |" in text
-    assert "| 8 | True | 2 | 0.4 | 2.6 | 0.1 / 0.5 |" in text
+    assert "| 7 | False | 0 | nan | never | - | 0 | - |" in text
+    assert "| 8 | True | 2 | 0.4 | 2.6 | 0.1 / 0.5 | 0 | - |" in text
+    modes = table([GraspTrace(9, False, 3, 0.02, 4.0, 0.1, 0.04, reopens=1, closing_weight=0.4, top_closes=False)])
+    assert "| 9 | False | 3 | 2.0 | 4.0 | 10.0 / 4.0 | 1 | 0.40 (no) |" in modes

@@ -4,18 +4,26 @@
 plays each seed in-process (SimClosedLoop, harmonic, 0 ms added delay, 35 ms model latency; the
 scripted expert with ``--expert``) and prints, per episode: how often the tool came down to the
 pick object's height, how close it came to the object in xy while down, and when and where the
-task gripper first closed. A policy that reaches the cube but closes elsewhere (arm and gripper
-in different modes of the demonstrations) shows here; success rates alone do not tell it apart
-from one that never finds the cube (docs/policy.md, "Why the static suites fail").
+task gripper first closed, and how often it opened again after that. For a checkpoint it also
+reads the policy's mixture for the gripper at every chunk: at the chunk started closest to the
+object (tool down, gripper open), the total weight of the components that close the gripper
+within the chunk, and whether the heaviest one does. A policy that reaches the cube but closes
+elsewhere (arm and gripper in different modes of the demonstrations) shows here; success rates
+alone do not tell it apart from one that never finds the cube (docs/policy.md, "Why the static
+suites fail").
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from gen_theta_model.policy.policy import Policy
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop
 
@@ -34,12 +42,50 @@ class GraspTrace:
     first_close_s: float | None  # when the task gripper first closed (None: never)
     first_close_xy_m: float | None  # tool-object distance in xy then
     first_close_height_m: float | None  # tool height above the object's centre then
+    reopens: int = 0  # times the gripper opened again after its first close
+    closing_weight: float | None = None  # at the closest open approach: weight of the plans that close (None: no
+    top_closes: bool | None = None  # mixture read, or never down with the gripper open); does the heaviest close
 
 
-def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int) -> GraspTrace:
-    """Play ``seed`` of ``task`` harmonic at 0 ms added delay; the object is where the task placed it."""
+class GripperModes:
+    """A Policy as SimClosedLoop serves it, recording the task gripper's mixture at every chunk.
+
+    ``records``: per chunk, (time s, weights (K,), closes (K,) bool): whether each component's
+    mean ends the chunk below the middle of the gripper's range (canonical units < 0: closed).
+    ``clock``: the serving loop's simulated time, set once the loop exists (its warm-up reads nan).
+    """
+
+    def __init__(self, policy: Policy, gripper: int) -> None:
+        self.policy, self.gripper = policy, gripper
+        self.clock: Callable[[], float] = lambda: math.nan
+        self.config = policy.config
+        self.observation_config = policy.observation_config
+        self.embodiments = policy.embodiments
+        self.records: list[tuple[float, np.ndarray, np.ndarray]] = []
+
+    def embodiment_index(self, name: str) -> int:
+        return self.policy.embodiment_index(name)
+
+    def predict_chunk(self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *,
+                      decode: str = "mean") -> torch.Tensor:
+        t = self.clock()
+        chunk, dist = self.policy.infer(observation, committed_prefix, delay, decode=decode)
+        weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
+        closes = (dist.mean[0, self.gripper, :, -1] < 0).numpy()  # (K,) the chunk's last step, canonical
+        self.records.append((t, weights, closes))
+        return chunk
+
+
+def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
+                  modes: GripperModes | None = None) -> GraspTrace:
+    """Play ``seed`` of ``task`` harmonic at 0 ms added delay; the object is where the task placed it.
+
+    ``modes``: the policy ``loop`` serves, wrapped, to read the gripper's mixture as well.
+    """
     state = loop.robot.reset(task, seed, 0.0)
     obj = loop.robot.world.object_position(state.pick).copy()  # (3,) m, before the episode moves it
+    if modes is not None:
+        modes.records.clear()
     figures, trace = loop.run(task, seed, "harmonic", 0.0)
     q = trace.joint_q  # (T, dof), every joint state the server got (100 Hz)
     tool = np.array([kin.fk(qi)[0] for qi in q])  # (T, 3)
@@ -47,33 +93,44 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int)
     down = tool[:, 2] < obj[2] + DOWN_M
     g = kin.gripper
     lo, hi = loop.spec.lower[g], loop.spec.upper[g]
-    closed = np.flatnonzero(q[:, g] < lo + CLOSED * (hi - lo))
+    is_closed = q[:, g] < lo + CLOSED * (hi - lo)  # (T,)
+    closed = np.flatnonzero(is_closed)
     first = int(closed[0]) if len(closed) else None
+    weight = top = None
+    if modes is not None and modes.records:
+        # The joint state at each chunk's start: the last one received by then.
+        at = np.searchsorted(trace.joint_times, [r[0] for r in modes.records], side="right").clip(1) - 1
+        open_down = down[at] & ~is_closed[at]
+        if open_down.any():
+            _, w, closes = modes.records[int(np.flatnonzero(open_down)[np.argmin(xy[at][open_down])])]
+            weight, top = float(w[closes].sum()), bool(closes[np.argmax(w)])
     return GraspTrace(
         seed, bool(figures.success), int(np.count_nonzero(np.diff(down.astype(int), prepend=0) == 1)),
         float(xy[down].min()) if down.any() else float("nan"),
         float(trace.joint_times[first] - trace.joint_times[0]) if first is not None else None,
         float(xy[first]) if first is not None else None,
         float(tool[first, 2] - obj[2]) if first is not None else None,
+        int(np.count_nonzero(np.diff(is_closed[first:].astype(int)) == -1)) if first is not None else 0,
+        weight, top,
     )
 
 
 def table(rows: list[GraspTrace]) -> str:
     """Markdown table of ``rows``, distances in cm."""
     lines = ["| seed | success | descents | closest xy while down cm | gripper first closes s | tool then: xy cm / "
-             "height cm |", "|---|---|---|---|---|---|"]
+             "height cm | reopens | closest open approach: weight of closing plans (heaviest closes) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         then = ("never", "-") if r.first_close_s is None else (
             f"{r.first_close_s:.1f}", f"{100 * r.first_close_xy_m:.1f} / {100 * r.first_close_height_m:.1f}")
+        modes = "-" if r.closing_weight is None else f"{r.closing_weight:.2f} ({'yes' if r.top_closes else 'no'})"
         lines.append(f"| {r.seed} | {r.success} | {r.descents} | {100 * r.closest_down_xy_m:.1f} | {then[0]} | "
-                     f"{then[1]} |")
+                     f"{then[1]} | {r.reopens} | {modes} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: see the module docstring."""
-    import torch
-
     from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
     from gen_theta_model.closed_loop import parse_seeds
     from gen_theta_model.embodiment import load_robot
@@ -99,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         policy = load_policy(a.checkpoint)
         spec = policy.embodiments[policy.embodiment_index(a.robot)]
         longest = read_checkpoint_config(resolve_checkpoint(a.checkpoint))[0].data.harmonic.max_delay_steps
-    loop = SimClosedLoop(policy, spec, server_config({}, longest), SimLoopConfig(inference_ms=35.0))
     kin = ArmKinematics(spec)
+    modes = None if policy is None else GripperModes(policy, kin.gripper)
+    loop = SimClosedLoop(modes, spec, server_config({}, longest), SimLoopConfig(inference_ms=35.0))
+    if modes is not None:
+        modes.clock = lambda: loop.now
     try:
-        print(table([trace_episode(loop, kin, a.task, s) for s in seeds]))
+        print(table([trace_episode(loop, kin, a.task, s, modes) for s in seeds]))
     finally:
         kin.close()
         loop.close()
