@@ -53,8 +53,9 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     times = [t for t, _, _ in modes.records]
     assert len(times) >= 3 and times == sorted(times) and times[0] >= 0.0  # simulated s, one episode
     k = policy.config.n_components
-    for _, weights, closes in modes.records:
-        assert weights.shape == closes.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
+    for _, weights, close_step in modes.records:
+        assert weights.shape == close_step.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
+        assert ((close_step >= -1) & (close_step < policy.config.chunk_len)).all()
     assert row.reopens >= 0 and (row.closing_weight is None or 0.0 <= row.closing_weight <= 1.0 + 1e-6)
 
 
@@ -64,5 +65,7 @@ def test_table_says_never_for_a_gripper_that_stayed_open():
     text = table(rows)
     assert "| 7 | False | 0 | nan | never | - | 0 | - |" in text
     assert "| 8 | True | 2 | 0.4 | 2.6 | 0.1 / 0.5 | 0 | - |" in text
-    modes = table([GraspTrace(9, False, 3, 0.02, 4.0, 0.1, 0.04, reopens=1, closing_weight=0.4, top_closes=False)])
-    assert "| 9 | False | 3 | 2.0 | 4.0 | 10.0 / 4.0 | 1 | 0.40 (no) |" in modes
+    modes = table([GraspTrace(9, False, 3, 0.02, 4.0, 0.1, 0.04, reopens=1, closing_weight=0.4, top_close_step=-1),
+                   GraspTrace(10, False, 3, 0.02, 4.0, 0.1, 0.04, reopens=0, closing_weight=0.6, top_close_step=37)])
+    assert "| 9 | False | 3 | 2.0 | 4.0 | 10.0 / 4.0 | 1 | 0.40; never |" in modes
+    assert "| 10 | False | 3 | 2.0 | 4.0 | 10.0 / 4.0 | 0 | 0.60; 37 |" in modes

@@ -7,7 +7,8 @@ pick object's height, how close it came to the object in xy while down, and when
 task gripper first closed, and how often it opened again after that. For a checkpoint it also
 reads the policy's mixture for the gripper at every chunk: at the chunk started closest to the
 object (tool down, gripper open), the total weight of the components that close the gripper
-within the chunk, and whether the heaviest one does. A policy that reaches the cube but closes
+within the chunk, and at which step of the chunk the heaviest one closes (a close planned past
+the steps executed before the next chunk replaces the plan is never executed). A policy that reaches the cube but closes
 elsewhere (arm and gripper in different modes of the demonstrations) shows here; success rates
 alone do not tell it apart from one that never finds the cube (docs/policy.md, "Why the static
 suites fail").
@@ -44,14 +45,16 @@ class GraspTrace:
     first_close_height_m: float | None  # tool height above the object's centre then
     reopens: int = 0  # times the gripper opened again after its first close
     closing_weight: float | None = None  # at the closest open approach: weight of the plans that close (None: no
-    top_closes: bool | None = None  # mixture read, or never down with the gripper open); does the heaviest close
+    top_close_step: int | None = None  # mixture read, or never down with the gripper open); where the heaviest
+    # plan closes, in steps from the chunk's start (-1: it does not close)
 
 
 class GripperModes:
     """A Policy as SimClosedLoop serves it, recording the task gripper's mixture at every chunk.
 
-    ``records``: per chunk, (time s, weights (K,), closes (K,) bool): whether each component's
-    mean ends the chunk below the middle of the gripper's range (canonical units < 0: closed).
+    ``records``: per chunk, (time s, weights (K,), close_step (K,) int): the first step at which
+    each component's mean is below the middle of the gripper's range (canonical units < 0:
+    closed), -1 if it never is.
     ``clock``: the serving loop's simulated time, set once the loop exists (its warm-up reads nan).
     """
 
@@ -71,8 +74,9 @@ class GripperModes:
         t = self.clock()
         chunk, dist = self.policy.infer(observation, committed_prefix, delay, decode=decode)
         weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
-        closes = (dist.mean[0, self.gripper, :, -1] < 0).numpy()  # (K,) the chunk's last step, canonical
-        self.records.append((t, weights, closes))
+        below = (dist.mean[0, self.gripper] < 0).numpy()  # (K, H), canonical
+        close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
+        self.records.append((t, weights, close_step))
         return chunk
 
 
@@ -102,8 +106,8 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
         at = np.searchsorted(trace.joint_times, [r[0] for r in modes.records], side="right").clip(1) - 1
         open_down = down[at] & ~is_closed[at]
         if open_down.any():
-            _, w, closes = modes.records[int(np.flatnonzero(open_down)[np.argmin(xy[at][open_down])])]
-            weight, top = float(w[closes].sum()), bool(closes[np.argmax(w)])
+            _, w, close_step = modes.records[int(np.flatnonzero(open_down)[np.argmin(xy[at][open_down])])]
+            weight, top = float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)])
     return GraspTrace(
         seed, bool(figures.success), int(np.count_nonzero(np.diff(down.astype(int), prepend=0) == 1)),
         float(xy[down].min()) if down.any() else float("nan"),
@@ -118,12 +122,13 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
 def table(rows: list[GraspTrace]) -> str:
     """Markdown table of ``rows``, distances in cm."""
     lines = ["| seed | success | descents | closest xy while down cm | gripper first closes s | tool then: xy cm / "
-             "height cm | reopens | closest open approach: weight of closing plans (heaviest closes) |",
+             "height cm | reopens | closest open approach: weight of closing plans; heaviest closes at step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         then = ("never", "-") if r.first_close_s is None else (
             f"{r.first_close_s:.1f}", f"{100 * r.first_close_xy_m:.1f} / {100 * r.first_close_height_m:.1f}")
-        modes = "-" if r.closing_weight is None else f"{r.closing_weight:.2f} ({'yes' if r.top_closes else 'no'})"
+        modes = "-" if r.closing_weight is None else f"{r.closing_weight:.2f}; " + (
+            "never" if r.top_close_step < 0 else str(r.top_close_step))
         lines.append(f"| {r.seed} | {r.success} | {r.descents} | {100 * r.closest_down_xy_m:.1f} | {then[0]} | "
                      f"{then[1]} | {r.reopens} | {modes} |")
     return "\n".join(lines)
