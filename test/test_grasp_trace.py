@@ -11,7 +11,7 @@ from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy_server_config import server_config
 from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
-from gen_theta_model.sim.grasp_trace import GraspTrace, GripperModes, table, trace_episode
+from gen_theta_model.sim.grasp_trace import GraspTrace, GripperModes, chunk_table, table, trace_episode
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
@@ -57,6 +57,10 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
         assert weights.shape == close_step.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
         assert ((close_step >= -1) & (close_step < policy.config.chunk_len)).all()
     assert row.reopens >= 0 and (row.closing_weight is None or 0.0 <= row.closing_weight <= 1.0 + 1e-6)
+    assert [c.time_s for c in row.chunks] == times
+    assert all(0.0 <= c.closing_weight <= 1.0 + 1e-6 for c in row.chunks)
+    text = chunk_table(row, 1.0)
+    assert text.startswith("seed 4:") and len(text.splitlines()) == 3 + sum(t <= 1.0 for t in times)
 
 
 def test_table_says_never_for_a_gripper_that_stayed_open():

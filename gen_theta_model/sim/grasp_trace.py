@@ -8,7 +8,8 @@ task gripper first closed, and how often it opened again after that. For a check
 reads the policy's mixture for the gripper at every chunk: at the chunk started closest to the
 object (tool down, gripper open), the total weight of the components that close the gripper
 within the chunk, and at which step of the chunk the heaviest one closes (a close planned past
-the steps executed before the next chunk replaces the plan is never executed). A policy that reaches the cube but closes
+the steps executed before the next chunk replaces the plan is never executed); ``--chunks S``
+prints the same, chunk by chunk, for each episode's first S seconds. A policy that reaches the cube but closes
 elsewhere (arm and gripper in different modes of the demonstrations) shows here; success rates
 alone do not tell it apart from one that never finds the cube (docs/policy.md, "Why the static
 suites fail").
@@ -33,6 +34,18 @@ CLOSED = 0.5  # the gripper counts as closed below this fraction of its opening 
 
 
 @dataclass(frozen=True)
+class ChunkStart:
+    """Where the tool and gripper were when a chunk was requested, and that chunk's gripper plans."""
+
+    time_s: float  # simulated s from the episode's reset
+    xy_m: float  # tool-object distance in xy
+    height_m: float  # tool height above the object's centre
+    gripper_closed: bool
+    closing_weight: float  # weight of the gripper plans that close within the chunk
+    top_close_step: int  # where the heaviest plan closes, steps from the chunk's start (-1: it does not)
+
+
+@dataclass(frozen=True)
 class GraspTrace:
     """One episode. Distances in m, times in s from the start of serving."""
 
@@ -47,6 +60,7 @@ class GraspTrace:
     closing_weight: float | None = None  # at the closest open approach: weight of the plans that close (None: no
     top_close_step: int | None = None  # mixture read, or never down with the gripper open); where the heaviest
     # plan closes, in steps from the chunk's start (-1: it does not close)
+    chunks: tuple[ChunkStart, ...] = ()  # every chunk, when the mixture was read
 
 
 class GripperModes:
@@ -100,14 +114,13 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     is_closed = q[:, g] < lo + CLOSED * (hi - lo)  # (T,)
     closed = np.flatnonzero(is_closed)
     first = int(closed[0]) if len(closed) else None
-    weight = top = None
-    if modes is not None and modes.records:
-        # The joint state at each chunk's start: the last one received by then.
-        at = np.searchsorted(trace.joint_times, [r[0] for r in modes.records], side="right").clip(1) - 1
-        open_down = down[at] & ~is_closed[at]
-        if open_down.any():
-            _, w, close_step = modes.records[int(np.flatnonzero(open_down)[np.argmin(xy[at][open_down])])]
-            weight, top = float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)])
+    chunks: list[ChunkStart] = []
+    for t, w, close_step in modes.records if modes is not None else []:
+        i = max(int(np.searchsorted(trace.joint_times, t, side="right")) - 1, 0)  # the state received by then
+        chunks.append(ChunkStart(t, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
+                                 float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)])))
+    open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
+    nearest = min(open_down, key=lambda c: c.xy_m) if open_down else None
     return GraspTrace(
         seed, bool(figures.success), int(np.count_nonzero(np.diff(down.astype(int), prepend=0) == 1)),
         float(xy[down].min()) if down.any() else float("nan"),
@@ -115,7 +128,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
         float(xy[first]) if first is not None else None,
         float(tool[first, 2] - obj[2]) if first is not None else None,
         int(np.count_nonzero(np.diff(is_closed[first:].astype(int)) == -1)) if first is not None else 0,
-        weight, top,
+        nearest.closing_weight if nearest else None, nearest.top_close_step if nearest else None, tuple(chunks),
     )
 
 
@@ -131,6 +144,18 @@ def table(rows: list[GraspTrace]) -> str:
             "never" if r.top_close_step < 0 else str(r.top_close_step))
         lines.append(f"| {r.seed} | {r.success} | {r.descents} | {100 * r.closest_down_xy_m:.1f} | {then[0]} | "
                      f"{then[1]} | {r.reopens} | {modes} |")
+    return "\n".join(lines)
+
+
+def chunk_table(row: GraspTrace, until_s: float) -> str:
+    """Markdown table of ``row``'s chunk starts up to ``until_s`` s, distances in cm."""
+    lines = [f"seed {row.seed}:", "| t s | tool xy cm | tool height cm | gripper | weight of closing plans | "
+             "heaviest closes at step |", "|---|---|---|---|---|---|"]
+    for c in row.chunks:
+        if c.time_s <= until_s:
+            step = "never" if c.top_close_step < 0 else str(c.top_close_step)
+            lines.append(f"| {c.time_s:.2f} | {100 * c.xy_m:.1f} | {100 * c.height_m:.1f} | "
+                         f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} |")
     return "\n".join(lines)
 
 
@@ -150,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--robot", default="arm6")
     parser.add_argument("--task", default="stack")
     parser.add_argument("--seeds", nargs="+", default=["1000..1005"], help="integers and inclusive ranges A..B")
+    parser.add_argument("--chunks", type=float, default=0.0, metavar="S",
+                        help="also print each chunk start of an episode's first S seconds (a checkpoint only)")
     a = parser.parse_args(argv)
     if bool(a.checkpoint) == a.expert:
         parser.error("give either a checkpoint directory or --expert (exactly one)")
@@ -167,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     if modes is not None:
         modes.clock = lambda: loop.now
     try:
-        print(table([trace_episode(loop, kin, a.task, s, modes) for s in seeds]))
+        rows = [trace_episode(loop, kin, a.task, s, modes) for s in seeds]
+        print(table(rows))
+        for row in rows if a.chunks > 0 else []:
+            print("\n" + chunk_table(row, a.chunks))
     finally:
         kin.close()
         loop.close()
