@@ -9,10 +9,9 @@ reads the policy's mixture for the gripper at every chunk: at the chunk started 
 object (tool down, gripper open), the total weight of the components that close the gripper
 within the chunk, and at which step of the chunk the heaviest one closes (a close planned past
 the steps executed before the next chunk replaces the plan is never executed); ``--chunks S``
-prints the same, chunk by chunk, for each episode's first S seconds. A policy that reaches the cube but closes
-elsewhere (arm and gripper in different modes of the demonstrations) shows here; success rates
-alone do not tell it apart from one that never finds the cube (docs/policy.md, "Why the static
-suites fail").
+prints the same, chunk by chunk, for each episode's first S seconds. A policy that reaches the
+cube but closes elsewhere shows here; success rates alone do not tell it apart from one that
+never finds the cube (docs/policy.md, "Why the static suites fail").
 """
 
 from __future__ import annotations
