@@ -248,24 +248,17 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     """Every episode of ``robot`` in this process on simulated time (gen_theta_model.sim.policy_rollout)."""
     import torch
 
-    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
     from gen_theta_model.policy_server_config import server_config
-    from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
-    from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
+    from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig, served_policy
 
     params = server_parameters(cfg)["policy_server"]["ros__parameters"]
     threads = int(params.get("torch_threads", 1))
     torch.set_num_threads(threads)  # as the server's inference child
-    if cfg.expert:
-        policy, spec, longest = None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
-    elif is_lerobot_checkpoint(cfg.checkpoint):
+    if not cfg.expert and is_lerobot_checkpoint(cfg.checkpoint):
         spec, longest = load_robot(robot), 0
         policy = LeRobotChunkPolicy(cfg.checkpoint, spec, cfg.lerobot_python, threads=threads)
     else:
-        train_cfg, _, _ = read_checkpoint_config(resolve_checkpoint(cfg.checkpoint))
-        policy = load_policy(cfg.checkpoint)
-        spec = policy.embodiments[policy.embodiment_index(robot)]
-        longest = train_cfg.data.harmonic.max_delay_steps
+        policy, spec, longest = served_policy(None if cfg.expert else cfg.checkpoint, robot)
     loop = SimClosedLoop(policy, spec, server_config(params, longest),
                          SimLoopConfig(inference_ms=cfg.inference_ms, max_seconds=cfg.max_seconds))
     results = []

@@ -160,12 +160,9 @@ def chunk_table(row: GraspTrace, until_s: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: see the module docstring."""
-    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
     from gen_theta_model.closed_loop import parse_seeds
-    from gen_theta_model.embodiment import load_robot
     from gen_theta_model.policy_server_config import server_config
-    from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
-    from gen_theta_model.sim.policy_rollout import SimLoopConfig
+    from gen_theta_model.sim.policy_rollout import SimLoopConfig, served_policy
 
     parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.grasp_trace",
                                      description=__doc__.split("\n")[0])
@@ -181,12 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give either a checkpoint directory or --expert (exactly one)")
     seeds = parse_seeds(a.seeds)
     torch.set_num_threads(1)
-    if a.expert:
-        policy, spec, longest = None, load_robot(a.robot), EXPERT_MAX_PREFIX_STEPS
-    else:
-        policy = load_policy(a.checkpoint)
-        spec = policy.embodiments[policy.embodiment_index(a.robot)]
-        longest = read_checkpoint_config(resolve_checkpoint(a.checkpoint))[0].data.harmonic.max_delay_steps
+    policy, spec, longest = served_policy(None if a.expert else a.checkpoint, a.robot)
     kin = ArmKinematics(spec)
     modes = None if policy is None else GripperModes(policy, kin.gripper)
     loop = SimClosedLoop(modes, spec, server_config({}, longest), SimLoopConfig(inference_ms=35.0))

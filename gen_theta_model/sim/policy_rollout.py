@@ -28,14 +28,30 @@ import numpy as np
 import torch
 
 from gen_theta_model.closed_loop import STAGES, EpisodeFigures, episode_figures
-from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.harmonic import LatencyTracker
+from gen_theta_model.policy.policy import Policy
 from gen_theta_model.rollout_media import EpisodeTrace
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer, ServerConfig
 from gen_theta_model.sim.camera import render
-from gen_theta_model.sim.expert_policy import ExpertChunkPolicy
+from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS, ExpertChunkPolicy
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.trajectory import Trajectory
+
+
+def served_policy(checkpoint: str | None, robot: str) -> tuple[Policy | None, EmbodimentSpec, int]:
+    """Return what SimClosedLoop serves on ``robot``: (policy, its embodiment, the longest trained prefix).
+
+    ``checkpoint`` None: the scripted expert (policy None), which takes any prefix up to
+    EXPERT_MAX_PREFIX_STEPS.
+    """
+    if checkpoint is None:
+        return None, load_robot(robot), EXPERT_MAX_PREFIX_STEPS
+    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config, resolve_checkpoint
+
+    policy = load_policy(checkpoint)
+    longest = read_checkpoint_config(resolve_checkpoint(checkpoint))[0].data.harmonic.max_delay_steps
+    return policy, policy.embodiments[policy.embodiment_index(robot)], longest
 
 
 @dataclass(frozen=True)
