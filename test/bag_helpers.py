@@ -53,7 +53,9 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
               compressed: bool = False, writer: str = "rosbags", leader_topic: str = "",
               leader_names: dict[str, str] | None = None) -> Path:
     """Write one episode bag. ``fault``: '', 'nonmonotonic', 'wrong_joints', 'missing_topic',
-    'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml);
+    'truncate' (damaged file with metadata.yaml), 'crash' (never closed: no summary, no metadata.yaml),
+    'pre_start' (the previous episode's last joint state, another pose stamped 7 ms before the start,
+    delivered first: a message in flight across a simulator reset);
     value faults in joint BAD_JOINT: 'nan' (a NaN position in message BAD_MESSAGE), 'jump' (that message
     half a range away, inside the limits), 'wild_command' (the command's target far outside the limits).
     ``writer``: 'rosbags' (rosbags' writer, CRCs 0) or 'recorder' (gen_theta's BagEpisodeWriter, MCAP only).
@@ -84,6 +86,11 @@ def write_bag(path: Path, spec: EmbodimentSpec, duration: float = 1.6, storage: 
         joint_names[0] = "not_a_joint"
     q = spec.home_positions[::-1].copy()
     bad = spec.dof - 1 - BAD_JOINT  # the message lists the joints in reverse
+    if fault == "pre_start":
+        stale = target(spec)[::-1].copy()
+        msgs.append((T0 + 500_000, names.resolve(robot, names.joint_states), T["sensor_msgs/msg/JointState"](
+            header=_header(T0 - 7_000_000), name=joint_names, position=stale, velocity=np.zeros(len(q)),
+            effort=np.array([], dtype=np.float64))))
     for i in range(int(duration * 100)):
         recv = T0 + i * 10_000_000 + (2_000_000 if i % 3 else 0)
         stamp = recv - 50_000_000 if fault == "nonmonotonic" and i == 50 else recv  # a clock jump back

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bag_helpers import BAD_JOINT, BAD_MESSAGE, T0, write_bag
+from bag_helpers import BAD_JOINT, BAD_MESSAGE, T0, read_rosbags, write_bag
 from mcap.stream_reader import CRCValidationError, StreamReader
 
 from gen_theta_model.data.bag import BagError, open_bag
+from gen_theta_model.data.checks import sensed_before_start
 from gen_theta_model.data.ingest import IngestOptions, ingest, main
 from gen_theta_model.data.manifest import open_dataset, read_episode
 from gen_theta_model.data.recording import read_record
@@ -81,6 +82,27 @@ def test_implausible_values_reject_only_their_episode(tmp_path, arm6, capsys):
     stats = ds.stats["arm6"]
     assert np.isfinite(stats.state_std).all() and np.isfinite(stats.state_mean).all()
     assert stats.state_max.max() <= 1.0 + 1e-6  # canonical units: nothing of the bad bags in them
+
+
+def test_a_joint_state_sensed_before_the_start_is_not_part_of_the_episode(tmp_path, arm6, capsys):
+    """The previous pose delivered just after the start (a sim reset) used to read as a jump: rejected."""
+    bag = write_bag(tmp_path / "bags" / "reset", arm6, fault="pre_start")
+    assert main([str(bag), "--out", str(tmp_path / "ds"), "--jobs", "1"]) == 0, capsys.readouterr()
+    ep = read_episode(tmp_path / "ds", "reset")
+    np.testing.assert_array_equal(ep.arrays["joint_states.stamp_ns"][:2], [T0, T0 + 12_000_000])
+    np.testing.assert_allclose(ep.arrays["joint_states.position"], np.tile(arm6.home_positions, (160, 1)), atol=1e-6)
+    stale = read_rosbags(bag)["/arm6/joint_states"][0]  # the bag keeps what was received
+    assert stale.header.stamp.nanosec == (T0 - 7_000_000) % 10**9
+
+
+def test_trimming_before_the_start_does_not_depend_on_the_clock_offset():
+    start = 10**18
+    stamps = start + np.array([-7, 0, 10, 20, 30]) * 10**6  # sender's clock, 1 ms before receipt
+    recv = start + np.array([0.5, 1, 11, 21, 31]) * 10**6
+    for offset in (0, -5 * 10**9, 3 * 10**9):  # sender behind or ahead of the recorder
+        assert sensed_before_start(stamps + offset, recv, start) == 1
+    assert sensed_before_start(stamps, recv, 0) == 0  # no recorder start: nothing to trim
+    assert sensed_before_start(stamps, recv, start + 10**9) == 0  # everything before: a mismatched clock, kept
 
 
 def test_flipped_byte_in_a_recorded_bag_is_reported_corrupt(tmp_path, arm6, capsys):

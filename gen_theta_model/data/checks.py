@@ -30,6 +30,30 @@ SPEED_FACTOR = 2.0  # x the URDF velocity limit
 JUMP_ALLOWANCE = 0.02  # of a joint's range, between two consecutive joint states beyond the speed bound
 
 
+def sensed_before_start(stamps_ns: np.ndarray, recv_ns: np.ndarray, start_ns: int, window_ns: int = 10**9) -> int:
+    """How many leading messages of one stream were sensed before the recording started.
+
+    ``stamps_ns`` (N,) increasing header stamps on the sender's clock, ``recv_ns`` (N,) receive
+    times on the recorder's clock, ``start_ns`` the recording's start on the recorder's clock.
+    A message in flight when the recorder starts arrives after the start although it describes
+    the time before it: after a simulator reset, the pose before the reset, which would read as
+    a jump of the whole arm in milliseconds. Sensed time on the recorder's clock is taken as
+    stamp + offset, the offset being the smallest receive-minus-stamp among the messages
+    received in the stream's first ``window_ns``: the sender-recorder clock offset plus the
+    least transport delay. So a constant clock offset between machines changes nothing, and a
+    message sensed less than that least delay before the start is kept. 0 when ``start_ns`` is
+    0 (no recorder start) or when every message would go (a start that does not match the
+    stream's clock: nothing is trimmed on a guess).
+    """
+    if not start_ns or not len(stamps_ns):
+        return 0
+    stamps, recv = np.asarray(stamps_ns, np.int64), np.asarray(recv_ns, np.int64)
+    first = recv < recv[0] + window_ns
+    offset = int(np.min(recv[first] - stamps[first]))
+    n = int(np.count_nonzero(stamps + offset < start_ns))  # stamps increase: these are the leading ones
+    return n if n < len(stamps) else 0
+
+
 class ImplausibleValueError(ValueError):
     """A joint value cannot be right; the message names stream, joint, value and time."""
 

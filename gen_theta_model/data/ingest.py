@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from gen_theta_model.config import ConfigError, from_mapping, read_yaml
 from gen_theta_model.data.bag import BagError, find_bags, open_bag
-from gen_theta_model.data.checks import check_command, check_joint_states
+from gen_theta_model.data.checks import check_command, check_joint_states, sensed_before_start
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
     ACTION_STAMP,
@@ -201,8 +201,8 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
     by_topic = {t: k for k, t in topics.items()}
     episode = episode or bag.name
     writer = EpisodeWriter(Path(out) / EPISODES, episode, spec, opts.video)
-    js_t, js_q, js_v, commands, cmd_ns = [], [], [], [], []
-    lead_t, lead_q = [], []  # teleop: leader stamps (ns) and positions in the robot's joint order
+    js_t, js_q, js_v, js_recv, commands, cmd_ns = [], [], [], [], [], []
+    lead_t, lead_q, lead_recv = [], [], []  # teleop: leader stamps (ns), positions in the robot's joint order
     leader = LeaderJoints(spec, topics.get("action", ""), opts.topic_map.action_joints)
     instruction = (rec.instruction if rec else "") or opts.instruction
     first_ns, last_ns = 0, 0
@@ -216,12 +216,14 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
             elif key == "joint_states":
                 stamp = _increasing_stamp(bag, m, js_t)
                 js_t.append(stamp)
+                js_recv.append(m.recv_ns)
                 names, q, v, _ = joint_state_to_arrays(m.msg)
                 js_q.append(spec.reorder_from(names, q))
                 js_v.append(spec.reorder_from(names, v))
             elif key == "action":
                 stamp = _increasing_stamp(bag, m, lead_t)
                 lead_t.append(stamp)
+                lead_recv.append(m.recv_ns)
                 names, q, _, _ = joint_state_to_arrays(m.msg)
                 lead_q.append(leader.positions(names, q))
             elif key == "command":
@@ -234,6 +236,12 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
                 instruction = instruction or m.msg.data
                 continue
             last_ns = max(last_ns, stamp)
+        # Messages in flight at the start describe the time before it (after a sim reset, the old pose).
+        start_ns = rec.start_ns if rec else 0
+        n = sensed_before_start(np.asarray(js_t), np.asarray(js_recv), start_ns)
+        del js_t[:n], js_q[:n], js_v[:n]
+        n = sensed_before_start(np.asarray(lead_t), np.asarray(lead_recv), start_ns)
+        del lead_t[:n], lead_q[:n]
         if not js_t:
             raise IngestError(f"{bag}: no joint_states on '{topics['joint_states']}'")
         stamps, positions, velocities = np.asarray(js_t, np.int64), np.asarray(js_q), np.asarray(js_v)
