@@ -98,7 +98,7 @@ def test_a_joint_state_sensed_before_the_start_is_not_part_of_the_episode(tmp_pa
 def test_trimming_before_the_start_does_not_depend_on_the_clock_offset():
     start = 10**18
     stamps = start + np.array([-7, 0, 10, 20, 30]) * 10**6  # sender's clock, 1 ms before receipt
-    recv = start + np.array([0.5, 1, 11, 21, 31]) * 10**6
+    recv = start + np.array([500, 1000, 11000, 21000, 31000]) * 10**3
     for offset in (0, -5 * 10**9, 3 * 10**9):  # sender behind or ahead of the recorder
         assert sensed_before_start(stamps + offset, recv, start) == 1
     assert sensed_before_start(stamps, recv, 0) == 0  # no recorder start: nothing to trim
