@@ -1,0 +1,195 @@
+"""Where the policy plans to grasp, offline: its chunk against the demonstration's grasp.
+
+`python -m gen_theta_model.sim.grasp_error CHECKPOINT --data DIR --robot arm6 --task stack`
+
+For each recorded episode of the robot and task, the grasp is the first control step at which
+the demonstration commands the task gripper closed (below half its range, after being open). At
+each lead L before it (default 0.2, 0.5 and 0.8 s: the grasp lies inside the 1 s chunk), the
+sample that the loader builds at that step (delay 0, no augmentation, no added staleness: what
+validation sees) goes to the policy, which decodes its chunk as the server does (each joint's
+heaviest component). The chunk's row at the grasp step is put through forward kinematics and
+compared with the demonstration's: how far, in cm, the tool would be from where the expert
+closed, and whether the chunk's gripper closes within 0.1 s of the expert's. A lead beyond the
+chunk (1 s) compares the chunk's last row with the demonstration at that step, and the gripper
+should stay open. The "spread" is the
+same error for a policy that always grasps at the demonstrations' mean grasp point: a policy
+that does not locate the object scores about the spread; a grasp needs about 2 cm (a 4 cm cube in
+an 8 cm opening). Episodes of the checkpoint's training split and of its validation split are
+reported apart, so underfitting (train ~ val, both large) is told from overfitting (train small,
+val large). This links the offline metrics to closed-loop success (docs/policy.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from gen_theta_model import batch as K
+from gen_theta_model.data.dataset import EpisodeDataset
+from gen_theta_model.data.episode import ACTION_POSITION
+from gen_theta_model.data.loader import collate
+from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.sim.grasp_trace import CLOSED
+from gen_theta_model.sim.kinematics import ArmKinematics
+
+CLOSE_WINDOW_S = 0.1  # the chunk's gripper "closes on time" within this of the demonstration's close
+
+# a batch of samples (gen_theta_model.batch, DELAY 0) -> the chunk the policy would execute, (B, H, D) canonical
+Predictor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GraspQuery:
+    """One sample: ``lead_steps`` control steps before the demonstration's grasp of ``episode``."""
+
+    episode: int  # index into the dataset's episodes
+    step: int  # the sample's action step
+    lead_steps: int  # grasp step - step
+    split: str  # "train" or "val"
+
+
+@dataclass(frozen=True)
+class GraspErrorRow:
+    """Errors of one (split, lead): tool distances in cm."""
+
+    split: str
+    lead_s: float
+    samples: int
+    xy_cm_median: float  # tool xy at the grasp step, plan against demonstration
+    xy_cm_p90: float
+    height_cm_median: float  # |tool height difference| at the grasp step
+    closes_on_time: float  # share of chunks whose gripper closes within CLOSE_WINDOW_S of the demonstration's
+    # close (a chunk that ends before the grasp: stays open)
+    spread_cm_median: float  # the same xy error for "always the mean grasp point" on these episodes
+
+
+def closed_rows(actions: np.ndarray, spec: EmbodimentSpec, gripper: int) -> np.ndarray:
+    """(N,) bool: rows of ``actions`` (N, dof), joint units, that command ``gripper`` closed."""
+    lo, hi = spec.lower[gripper], spec.upper[gripper]
+    return actions[:, gripper] < lo + CLOSED * (hi - lo)
+
+
+def grasp_step(actions: np.ndarray, spec: EmbodimentSpec, gripper: int) -> int | None:
+    """First row of ``actions`` (N, dof), joint units, that commands ``gripper`` closed after an open
+    row; None if there is none.
+    """
+    closed = closed_rows(actions, spec, gripper)
+    opened = np.flatnonzero(~closed)
+    after = np.flatnonzero(closed[opened[0]:]) if len(opened) else []
+    return int(opened[0] + after[0]) if len(after) else None
+
+
+def queries(dataset: EpisodeDataset, episodes: dict[str, Sequence[int]], spec: EmbodimentSpec, gripper: int,
+            leads_s: Sequence[float]) -> tuple[list[GraspQuery], dict[int, int]]:
+    """Return the samples to score (``episodes``: split name -> episode indices) and each episode's grasp step."""
+    bounds = dataset.episodes.steps()  # (n, 2): first step, end step
+    out, grasps = [], {}
+    for split, eps in episodes.items():
+        for ep in eps:
+            g = grasp_step(dataset.arrays(ep)[ACTION_POSITION], spec, gripper)
+            if g is None:
+                continue
+            grasps[ep] = g
+            for lead in leads_s:
+                k = int(round(lead * spec.control_rate_hz))
+                if bounds[ep, 0] <= g - k < bounds[ep, 1]:
+                    out.append(GraspQuery(ep, g - k, k, split))
+    return out, grasps
+
+
+def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin: ArmKinematics,
+          qs: Sequence[GraspQuery], grasps: dict[int, int], batch_size: int = 32) -> list[GraspErrorRow]:
+    """Rows per (split, lead) for the queries ``qs`` of one embodiment ``spec``."""
+    g, rate = kin.gripper, spec.control_rate_hz
+    window = int(round(CLOSE_WINDOW_S * rate))
+    tool = {ep: kin.fk(dataset.arrays(ep)[ACTION_POSITION][s])[0] for ep, s in grasps.items()}  # (3,) m
+    mean_xy = np.mean([t[:2] for t in tool.values()], axis=0) if tool else np.zeros(2)
+    spread = {ep: float(np.linalg.norm(t[:2] - mean_xy)) for ep, t in tool.items()}
+    xy, height, on_time = np.zeros(len(qs)), np.zeros(len(qs)), np.zeros(len(qs), bool)
+    for start in range(0, len(qs), batch_size):
+        part = qs[start:start + batch_size]
+        batch = collate([dataset.sample(q.episode, q.step, seed=0) for q in part])
+        batch[K.DELAY] = torch.zeros_like(batch[K.DELAY])
+        chunk = predict(batch)[..., : spec.dof].double().numpy()  # (B, H, dof) canonical
+        for i, q in enumerate(part):
+            row = min(q.lead_steps, chunk.shape[1] - 1)  # the grasp, or the chunk's end before it
+            planned = kin.fk(spec.denormalize(chunk[i, row]))[0]
+            shown = kin.fk(dataset.arrays(q.episode)[ACTION_POSITION][q.step + row])[0]
+            xy[start + i] = np.linalg.norm(planned[:2] - shown[:2])
+            height[start + i] = abs(planned[2] - shown[2])
+            plan = np.flatnonzero(closed_rows(spec.denormalize(chunk[i]), spec, g))  # rows it plans closed
+            if q.lead_steps < chunk.shape[1]:  # the grasp is inside the chunk: close then
+                on_time[start + i] = len(plan) > 0 and abs(int(plan[0]) - q.lead_steps) <= window
+            else:  # it lies beyond: stay open
+                on_time[start + i] = len(plan) == 0
+    rows = []
+    for split in dict.fromkeys(q.split for q in qs):
+        for lead in sorted({q.lead_steps for q in qs}):
+            sel = np.array([q.split == split and q.lead_steps == lead for q in qs])
+            eps = sorted({q.episode for q, s in zip(qs, sel, strict=True) if s})
+            rows.append(GraspErrorRow(split, lead / rate, int(sel.sum()), 100 * float(np.median(xy[sel])),
+                                      100 * float(np.percentile(xy[sel], 90)), 100 * float(np.median(height[sel])),
+                                      float(on_time[sel].mean()), 100 * float(np.median([spread[e] for e in eps]))))
+    return rows
+
+
+def table(rows: Sequence[GraspErrorRow]) -> str:
+    """Markdown table of ``rows``."""
+    lines = ["| episodes | lead s | samples | tool xy error cm, median / p90 | height error cm | "
+             "gripper as shown (closes within 0.1 s) | spread cm (mean grasp point) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.split} | {r.lead_s:.1f} | {r.samples} | {r.xy_cm_median:.1f} / {r.xy_cm_p90:.1f} | "
+              f"{r.height_cm_median:.1f} | {r.closes_on_time:.2f} | {r.spread_cm_median:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: see the module docstring."""
+    from gen_theta_model.checkpoint import load_policy, read_checkpoint_config
+    from gen_theta_model.data.loader import make_dataloaders
+
+    parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.grasp_error",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="checkpoint directory")
+    parser.add_argument("--data", nargs="+", required=True, help="dataset directories (as trained on)")
+    parser.add_argument("--robot", default="arm6")
+    parser.add_argument("--task", default="stack")
+    parser.add_argument("--leads", type=float, nargs="+", default=[0.2, 0.5, 0.8], help="s before the grasp")
+    parser.add_argument("--episodes", type=int, default=40, help="at most this many episodes per split")
+    a = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    policy = load_policy(a.checkpoint)
+    train_cfg, _, _ = read_checkpoint_config(a.checkpoint)
+    data_cfg = replace(train_cfg.data, num_workers=0, observation=policy.observation_config)
+    _, val, info = make_dataloaders(a.data, data_cfg)  # the checkpoint's own split
+    dataset = val.dataset  # no augmentation, no added staleness
+    if a.robot not in info.embodiment_names:
+        parser.error(f"{a.data}: no {a.robot} episodes (has {info.embodiment_names})")
+    e = info.embodiment_names.index(a.robot)
+    tasks, embodiment = info.index.column("task"), info.index.embodiment_index
+    pick = {name: [ep for ep in eps if tasks[ep] == a.task and embodiment[ep] == e][: a.episodes]
+            for name, eps in (("train", info.train_episodes), ("val", info.val_episodes))}
+    spec = info.specs[a.robot]
+    target = int(policy.embodiment_map([spec])[0])
+
+    def predict(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        obs = {k: batch[k] for k in K.OBSERVATION_KEYS}
+        obs[K.EMBODIMENT_INDEX] = torch.full_like(batch[K.EMBODIMENT_INDEX], target)
+        empty = torch.zeros(len(batch[K.DELAY]), 0, batch[K.JOINT_MASK].shape[1])
+        return policy.predict_chunk(obs, empty, 0, decode="top")
+
+    kin = ArmKinematics(spec)
+    try:
+        qs, grasps = queries(dataset, pick, spec, kin.gripper, a.leads)
+        if not qs:
+            parser.error(f"no {a.robot} {a.task} episode in {a.data} closes its gripper")
+        print(table(score(dataset, predict, spec, kin, qs, grasps)))
+    finally:
+        kin.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""grasp_error on recorded episodes: the demonstration's own chunk scores zero, standing still does not."""
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import make_episode
+
+from gen_theta_model import batch as K
+from gen_theta_model.data.loader import DataConfig, make_dataloaders
+from gen_theta_model.data.manifest import finalize_dataset
+from gen_theta_model.embodiment import load_robot
+from gen_theta_model.observation import ObservationConfig
+from gen_theta_model.sim.grasp_error import grasp_step, queries, score, table
+from gen_theta_model.sim.kinematics import ArmKinematics
+
+
+def test_grasp_step_is_the_first_close_after_an_open_command():
+    spec = load_robot("arm6")
+    g = 6  # the gripper: open at the upper limit, closed at the lower
+    actions = np.tile(spec.home_positions, (10, 1))
+    actions[:2, g] = spec.lower[g]  # closed at the start: not a grasp
+    actions[6:, g] = spec.lower[g]
+    assert grasp_step(actions, spec, g) == 6
+    actions[6:, g] = spec.upper[g]
+    assert grasp_step(actions, spec, g) is None
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Three 6 s arm6 episodes whose gripper command opens at ~0.3 s and closes again at ~4.8 s."""
+    root = tmp_path_factory.mktemp("grasp_data")
+    spec = load_robot("arm6")
+    for i in range(3):
+        make_episode(root, spec, f"arm6_{i}", duration=6.0, seed=i)
+    finalize_dataset(root, {"arm6": spec})
+    cfg = DataConfig(observation=ObservationConfig(image_size=32, max_cameras=2, history=2, max_dof=7),
+                     num_workers=0, val_fraction=0.0)
+    _, val, info = make_dataloaders(root, cfg)
+    kin = ArmKinematics(spec)
+    yield val.dataset, info, spec, kin
+    kin.close()
+
+
+def test_the_demonstrations_chunk_scores_zero_and_standing_still_does_not(recorded):
+    dataset, info, spec, kin = recorded
+    qs, grasps = queries(dataset, {"train": info.train_episodes}, spec, kin.gripper, [0.2, 0.5, 1.5])
+    assert len(grasps) == 3 and all(200 < s < 300 for s in grasps.values())  # ~4.8 s at 50 Hz
+    assert len(qs) == 9 and {q.lead_steps for q in qs} == {10, 25, 75}
+
+    rows = score(dataset, lambda batch: batch[K.ACTION], spec, kin, qs, grasps, batch_size=4)
+    assert [(r.split, round(r.lead_s, 1), r.samples) for r in rows] == [("train", 0.2, 3), ("train", 0.5, 3),
+                                                                       ("train", 1.5, 3)]
+    for r in rows:
+        assert r.xy_cm_median == pytest.approx(0.0, abs=1e-6) and r.height_cm_median == pytest.approx(0.0, abs=1e-6)
+        assert r.closes_on_time == 1.0  # closes at the grasp inside the chunk; stays open when it lies beyond
+
+    def stand_still(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        last = batch[K.STATE][:, -1]  # (B, D) canonical: the latest joint state, held for the whole chunk
+        return last[:, None].expand(-1, batch[K.ACTION].shape[1], -1)
+
+    still = score(dataset, stand_still, spec, kin, qs, grasps)
+    assert all(r.xy_cm_median > 1.0 and r.closes_on_time == 0.0 for r in still[:2])  # moves and closes: missed
+    assert still[2].closes_on_time == 1.0  # open through a chunk that ends before the grasp, as shown
+    assert len(table(still).splitlines()) == 2 + len(still)
