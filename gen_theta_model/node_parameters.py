@@ -74,6 +74,8 @@ class ExpertParameters:
     robot: str = _p("arm6", "a shipped robot name or a robot YAML path")
     rate_hz: float = _p(20.0, "how often the expert looks and may re-plan")
     episodes: int = _p(0, "exit after this many finished episodes; 0: run until stopped")
+    miss_prob: float = _p(0.0, "share of episodes whose first approach hovers 3-7 cm off the object, then "
+                               "realigns above it (corrective demonstrations, ExpertConfig.miss_prob)")
 
 
 NODES: dict[str, type] = {"recorder": RecorderParameters, "sim_robot": SimRobotParameters, "expert": ExpertParameters}

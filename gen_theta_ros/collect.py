@@ -32,13 +32,15 @@ END_MARGIN_S = 15.0  # beyond a task's own time limit, for the sim's last task-s
 
 
 def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: Path, log_dir: Path,
-                  bar: tqdm) -> list[dict]:
-    """Record ``episodes`` per task on one robot; returns one row per episode."""
+                  bar: tqdm, miss_prob: float = 0.0) -> list[dict]:
+    """Record ``episodes`` per task on one robot; returns one row per episode. ``miss_prob``: the
+    expert's share of corrective episodes (ExpertConfig.miss_prob).
+    """
     name = load_robot(robot).name
     procs = Processes(log_dir / robot)
     procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
                         "-p", f"task:={tasks[0]}"])
-    procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}"])
+    procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
     procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
     rows = []
     try:
@@ -69,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode of each task")
     ap.add_argument("--out", type=Path, default=Path("episodes"), help="directory for the episode bags")
     ap.add_argument("--log-dir", type=Path, default=None, help="logs of the child processes (default: a temp dir)")
+    ap.add_argument("--miss-prob", type=float, default=0.0,
+                    help="share of episodes whose first approach hovers 3-7 cm off the object, then realigns "
+                         "(corrective demonstrations; docs/policy.md)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
+    if not 0.0 <= args.miss_prob <= 1.0:
+        ap.error("--miss-prob must be in [0, 1]")
     robots, tasks = args.robot or list(SHIPPED_ROBOTS), args.task or list(TASKS)
     use_project_dds_profile()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gen_theta_collect_"))
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tqdm(total=len(robots) * len(tasks) * args.episodes, desc="collect", unit="episode") as bar:
             for robot in robots:
-                rows += collect_robot(robot, tasks, args.episodes, args.seed, args.out.resolve(), log_dir, bar)
+                rows += collect_robot(robot, tasks, args.episodes, args.seed, args.out.resolve(), log_dir, bar,
+                                      args.miss_prob)
     finally:
         rclpy.try_shutdown()
     print_table(rows)

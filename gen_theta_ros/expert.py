@@ -22,7 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from gen_theta_model.embodiment import EmbodimentError, load_robot
 from gen_theta_model.node_parameters import ExpertParameters, parameter_defaults
-from gen_theta_model.sim.experts import ScriptedExpert
+from gen_theta_model.sim.experts import ExpertConfig, ScriptedExpert
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.topics import load_topics
 from gen_theta_ros.conversions import joint_state_to_arrays, msg_to_poses, time_to_seconds, trajectory_to_msg
@@ -45,7 +45,7 @@ class ExpertNode(Node):
         for name, default in parameter_defaults(ExpertParameters).items():  # config/expert.yaml
             self.declare_parameter(name, default)
         self.spec = load_robot(self.get_parameter("robot").value)
-        self.expert = ScriptedExpert(self.spec)
+        self.expert = ScriptedExpert(self.spec, config=ExpertConfig(miss_prob=self.get_parameter("miss_prob").value))
         self.episodes = int(self.get_parameter("episodes").value)
         topics = load_topics()
         ns = self.spec.name

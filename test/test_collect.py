@@ -28,14 +28,14 @@ def test_collect_ingest_load(tmp_path):
     bags = tmp_path / "bags"
     exe = Path(sys.executable).parent / "gen-theta"
     run = subprocess.run([str(exe), "collect", "--robot", "arm6", "--task", "pick_place_bin", "--episodes", "1",
-                          "--out", str(bags), "--log-dir", str(tmp_path / "logs")],
+                          "--miss-prob", "1", "--out", str(bags), "--log-dir", str(tmp_path / "logs")],
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "collect: 1 episodes" in run.stdout
     (bag,) = bags.iterdir()
     record = read_record(bag)
     assert record.status == "complete" and record.task == "pick_place_bin" and record.category == "real_world"
-    assert record.success is not None and record.instruction
+    assert record.success and record.instruction  # the expert realigned after its missed approach
     assert all(n > 0 for t, n in record.messages.items() if not t.endswith("instruction")), record.messages
     assert (bag / "metadata.yaml").is_file()
 

@@ -9,6 +9,7 @@ import pytest
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.episode import SimSession
+from gen_theta_model.sim.experts import ExpertConfig
 from gen_theta_model.sim.tasks import TASKS
 
 ROBOTS = ("arm6", "arm7", "humanoid16")
@@ -45,3 +46,50 @@ def test_expert_success_rate(session, task):
     rate = 1.0 - len(failed) / len(results)
     assert rate >= 0.9, f"{session.spec.name}/{task}: success {rate:.0%}; failed (seed, phase, time): {failed}"
     assert all(r.time < TASKS[task].time_limit for r in results if r.success)
+
+
+def test_a_missed_approach_hovers_off_the_cube_then_realigns_and_succeeds():
+    session = SimSession(load_robot("arm6"), ExpertConfig(miss_prob=1.0))
+    expert, kin = session.expert, session.kin
+    seen: list[tuple[str, float]] = []  # (phase planned, tool-cube xy distance then)
+    act = expert.act
+
+    def watched(t, q, names, positions, quaternions):
+        traj = act(t, q, names, positions, quaternions)
+        if traj is not None:
+            cube = positions[names.index(expert.info.pick)]
+            seen.append((expert.phase, float(np.linalg.norm(kin.fk(q)[0][:2] - cube[:2]))))
+        return traj
+
+    expert.act = watched
+    try:
+        results = [session.run("stack", seed) for seed in range(3)]
+        misses = [np.linalg.norm(expert.miss)]  # the last episode's
+        expert.reset(session.robot.task.info(session.robot.world))  # the same seed draws the same miss
+        misses.append(np.linalg.norm(expert.miss))
+    finally:
+        session.close()
+    assert all(r.success for r in results)
+    assert 0.03 <= misses[0] <= 0.07 and misses[0] == misses[1]
+    realigns = [d for phase, d in seen if phase == "realign"]
+    descents = [d for phase, d in seen if phase == "descend"]
+    assert len(realigns) == 3 and all(0.025 < d < 0.075 for d in realigns)  # it hovers beside the cube
+    assert len(descents) == 3 and all(d < 0.01 for d in descents)  # and comes down on it
+
+
+def test_without_misses_there_is_no_realign_phase():
+    session = SimSession(load_robot("arm6"))
+    phases = []
+    act = session.expert.act
+
+    def watched(*args):
+        traj = act(*args)
+        phases.append(session.expert.phase)
+        return traj
+
+    session.expert.act = watched
+    try:
+        assert session.run("stack", 0).success
+    finally:
+        session.close()
+    assert "realign" not in phases and "descend" in phases and not session.expert.miss.any()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.sim.experts import ScriptedExpert
+from gen_theta_model.sim.experts import ExpertConfig, ScriptedExpert
 from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
 from gen_theta_model.sim.robot import SimRobot
 
@@ -30,11 +30,11 @@ class EpisodeResult:
 class SimSession:
     """A SimRobot and an expert for one robot, reused across episodes."""
 
-    def __init__(self, spec: EmbodimentSpec) -> None:
+    def __init__(self, spec: EmbodimentSpec, expert: ExpertConfig | None = None) -> None:
         self.spec = spec
         self.kin = ArmKinematics(spec)
         self.robot = SimRobot(spec, self.kin)
-        self.expert = ScriptedExpert(spec, self.kin)
+        self.expert = ScriptedExpert(spec, self.kin, expert)
 
     @property
     def workspace(self) -> Workspace:

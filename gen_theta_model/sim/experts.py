@@ -9,8 +9,16 @@ Every phase plans a Cartesian path of the tool (pointing down) sampled every
 ``point_dt`` s, solves IK point by point (each seeded by the previous one) and emits
 one ``Trajectory`` over the task arm and its gripper (other joints hold), with
 positions and finite-difference velocities, so the follower interpolates with cubic
-splines. Phases: approach (hover above the object), descend, close, lift (retry from
-approach if the object did not come along), transfer, lower, release, retreat.
+splines. Phases: approach (hover above the object), realign, descend, close, lift (retry
+from approach if the object did not come along), transfer, lower, release, retreat.
+
+Corrective demonstrations (``miss_prob``): in that share of episodes the first approach
+hovers ``miss_m`` off the object in a random direction (drawn from the task's seed), and a
+realign phase then moves the tool, still at hover height, above the object before it
+descends. A policy trained only on exact approaches has never seen the tool hover beside the
+cube, and in closed loop it descends wherever its approach ended; these episodes show the
+correction (the DART argument: demonstrations should visit the states the learner drifts
+into). Without a miss there is no realign phase.
 
 Moving objects: each object's velocity is estimated from its observed poses. While
 picking, the goal moves with the object: the path is a minimum-jerk blend in the
@@ -33,8 +41,8 @@ from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
 from gen_theta_model.sim.task_state import ObjectInfo, TaskInfo
 from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
 
-PHASES = ("approach", "descend", "close", "lift", "transfer", "lower", "release", "retreat", "done")
-PICK_PHASES = ("approach", "descend", "close")  # phases whose goal moves with the object
+PHASES = ("approach", "realign", "descend", "close", "lift", "transfer", "lower", "release", "retreat", "done")
+PICK_PHASES = ("approach", "realign", "descend", "close")  # phases whose goal moves with the object
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ class ExpertConfig:
     drop_clearance: float = 0.03  # m between a held cube and a bin's rim when dropping
     max_attempts: int = 3
     joint_speed_fraction: float = 0.6  # joint speeds stay below this fraction of the URDF limits
+    miss_prob: float = 0.0  # share of episodes whose first approach misses, then realigns (corrective demos)
+    miss_m: tuple[float, float] = (0.03, 0.07)  # m, range of the miss's distance in xy
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.miss_prob <= 1.0 or not 0.0 <= self.miss_m[0] <= self.miss_m[1]:
+            raise ValueError(f"need 0 <= miss_prob <= 1 and 0 <= miss_m[0] <= miss_m[1], got {self}")
 
 
 def _yaw_of(quat: np.ndarray) -> float:
@@ -94,6 +108,10 @@ class ScriptedExpert:
         self._mirror: TrajectoryFollower | None = None
         self._pick_z = 0.0
         self._yaw = 0.0
+        rng = np.random.default_rng([info.seed, 0x6D155])  # the miss is a function of the task's seed
+        angle, dist = rng.uniform(0.0, 2 * math.pi), rng.uniform(*self.cfg.miss_m)
+        hit = rng.random() >= self.cfg.miss_prob
+        self.miss = np.zeros(3) if hit else dist * np.array([math.cos(angle), math.sin(angle), 0.0])  # (3,) m
 
     # -- observation ---------------------------------------------------------------------
     def _observe(self, t: float, names: list[str], positions: np.ndarray) -> None:
@@ -131,6 +149,8 @@ class ScriptedExpert:
     def _next_phase(self, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
         if self.phase == "start":
             return "approach"
+        if self.phase == "approach" and (self.attempts or not self.miss.any()):  # on target: no realign
+            return "descend"
         if self.phase == "lift":
             lifted = poses[self.info.pick][0][2] > self._pick_z + 0.5 * self.cfg.hover
             if not lifted:
@@ -157,7 +177,12 @@ class ScriptedExpert:
                 self._yaw = self._grasp_yaw(pick_quat, q_now)
                 grip = self._open
                 goal = grasp + np.array([0.0, 0.0, cfg.hover])
+                if self.attempts == 0:  # a retry aims at the object
+                    goal = goal + self.miss
                 duration = self._intercept_time(start, goal, velocity)
+            elif self.phase == "realign":
+                grip = self._open
+                goal = grasp + np.array([0.0, 0.0, cfg.hover])
             elif self.phase == "descend":
                 grip = self._open
                 goal = grasp
