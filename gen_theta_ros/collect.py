@@ -11,6 +11,7 @@ per run under ``--out``. Then: ``gen-theta ingest OUT --out DATASET``.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,21 @@ SHIPPED_ROBOTS = ("arm6", "arm7", "humanoid16")
 
 
 STARTUP_TIMEOUT_S = 60.0
+DISCOVERY_S = 2.0  # how long to look for another sim or robot on this robot's topics before starting one
+
+
+class RobotInUseError(RuntimeError):
+    """Another sim or robot already publishes the topics of the robot to collect on."""
+
 END_MARGIN_S = 15.0  # beyond a task's own time limit, for the sim's last task-state message
+
+
+def check_free(client: EpisodeClient, busy: str) -> None:
+    """Raise RobotInUseError if ``busy`` (``EpisodeClient.in_use``) names another user of the robot's topics."""
+    if busy:
+        raise RobotInUseError(f"{busy} in ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}: another sim or "
+                              f"robot drives /{client.robot}; collecting here would mix both into the episodes. "
+                              "Stop it, or collect in another domain (ROS_DOMAIN_ID=N gen-theta collect ...)")
 
 
 def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: Path, log_dir: Path,
@@ -38,14 +53,19 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
     """
     name = load_robot(robot).name
     procs = Processes(log_dir / robot)
-    procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
-                        "-p", f"task:={tasks[0]}"])
-    procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
-    procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
     rows = []
-    try:
-        with spinning(EpisodeClient(name, recorder=True, name="collect")) as client:
+    with spinning(EpisodeClient(name, recorder=True, name="collect")) as client:
+        # A second sim on the same topics would reset this robot's episodes under the first one's
+        # recorder, and both recorders would record both sims: refuse before starting anything, and
+        # look again once our own sim is up (discovery may have been slow), before the first reset.
+        check_free(client, client.in_use(DISCOVERY_S))
+        try:
+            procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
+                                "-p", f"task:={tasks[0]}"])
+            procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
+            procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
             client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
+            check_free(client, client.in_use(0.0, own=1))
             for task in tasks:
                 for k in range(episodes):
                     # The recorder takes task and instruction from sim/task: reset() waits for it.
@@ -58,8 +78,8 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
                                  "status": summary.get("status", "?"), "drops": sum(summary.get("drops", {}).values()),
                                  "bag": Path(summary.get("path", "?")).name})
                     bar.update()
-    finally:
-        procs.stop()
+        finally:
+            procs.stop()
     return rows
 
 

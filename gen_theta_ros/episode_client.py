@@ -56,6 +56,7 @@ class EpisodeClient(Node):
         self.reset_client = self.create_client(Trigger, t.resolve(robot, t.services.sim_reset))
         self.sim_params = self.create_client(SetParameters, f"/{robot}/sim_robot/set_parameters")
         self.command_topic = t.resolve(robot, t.command)
+        self.joint_topic = t.resolve(robot, t.joint_states)
         self.recorder: dict[str, Client] = {}
         if recorder:
             srv = t.services
@@ -110,6 +111,25 @@ class EpisodeClient(Node):
 
         what = "the sim" + (", the recorder" if self.recorder else "") + (" and the expert" if expert else "")
         self.wait_for(ready, timeout, what, check)
+
+    def in_use(self, discovery_s: float, own: int = 0) -> str:
+        """Say what else publishes this robot's joint states ("" if nothing), besides ``own`` publishers
+        of ours; with none of ours, a sim reset already served counts too.
+
+        DDS discovery is asynchronous: an empty answer means nothing was found within ``discovery_s`` s
+        (on one idle machine other participants show up within about 0.1 s; on a loaded one later).
+        """
+        def found() -> str:
+            if self.count_publishers(self.joint_topic) > own:
+                return f"{self.joint_topic} already has a publisher"
+            if not own and self.reset_client.service_is_ready():
+                return f"{self.reset_client.srv_name} is already served"
+            return ""
+
+        try:
+            return self.wait_for(found, discovery_s, "other publishers")
+        except TimeoutError:
+            return ""
 
     def wait_done(self, episode: int, timeout: float, check: Callable[[], None] | None = None) -> TaskState:
         """Wait for sim/task to report ``episode`` done (success or its time limit); return that state."""
