@@ -11,12 +11,12 @@ heaviest component). The chunk's row at the grasp step is put through forward ki
 compared with the demonstration's: how far, in cm, the tool would be from where the expert
 closed, and whether the chunk's gripper closes within 0.1 s of the expert's. A lead beyond the
 chunk (1 s) compares the chunk's last row with the demonstration at that step, and the gripper
-should stay open. The "spread" is the
-same error for a policy that always grasps at the demonstrations' mean grasp point: a policy
-that does not locate the object scores about the spread; a grasp needs about 2 cm (a 4 cm cube in
-an 8 cm opening). Episodes of the checkpoint's training split and of its validation split are
-reported apart, so underfitting (train ~ val, both large) is told from overfitting (train small,
-val large). This links the offline metrics to closed-loop success (docs/policy.md).
+should stay open. The "spread" is the same error for a policy that always grasps at the
+demonstrations' mean grasp point: a policy that does not locate the object scores about the
+spread; a grasp needs about 2 cm (a 4 cm cube in an 8 cm opening). Episodes of the checkpoint's
+training split and of its validation split are reported apart, so underfitting (train ~ val, both
+large) is told from overfitting (train small, val large). This links the offline metrics to
+closed-loop success (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin
     for split in dict.fromkeys(q.split for q in qs):
         for lead in sorted({q.lead_steps for q in qs}):
             sel = np.array([q.split == split and q.lead_steps == lead for q in qs])
+            if not sel.any():  # every episode of this split grasps sooner than this lead
+                continue
             eps = sorted({q.episode for q, s in zip(qs, sel, strict=True) if s})
             rows.append(GraspErrorRow(split, lead / rate, int(sel.sum()), 100 * float(np.median(xy[sel])),
                                       100 * float(np.percentile(xy[sel], 90)), 100 * float(np.median(height[sel])),
