@@ -29,13 +29,12 @@ SHIPPED_ROBOTS = ("arm6", "arm7", "humanoid16")
 
 
 STARTUP_TIMEOUT_S = 60.0
+END_MARGIN_S = 15.0  # beyond a task's own time limit, for the sim's last task-state message
 DISCOVERY_S = 2.0  # how long to look for another sim or robot on this robot's topics before starting one
 
 
 class RobotInUseError(RuntimeError):
     """Another sim or robot already publishes the topics of the robot to collect on."""
-
-END_MARGIN_S = 15.0  # beyond a task's own time limit, for the sim's last task-state message
 
 
 def check_free(client: EpisodeClient, busy: str) -> None:
