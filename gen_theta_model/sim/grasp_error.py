@@ -33,7 +33,7 @@ from gen_theta_model.data.dataset import EpisodeDataset
 from gen_theta_model.data.episode import ACTION_POSITION
 from gen_theta_model.data.loader import collate
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.sim.grasp_trace import CLOSED
+from gen_theta_model.sim.grasp_trace import closed_rows
 from gen_theta_model.sim.kinematics import ArmKinematics
 
 CLOSE_WINDOW_S = 0.1  # the chunk's gripper "closes on time" within this of the demonstration's close
@@ -65,12 +65,6 @@ class GraspErrorRow:
     closes_on_time: float  # share of chunks whose gripper closes within CLOSE_WINDOW_S of the demonstration's
     # close (a chunk that ends before the grasp: stays open)
     spread_cm_median: float  # the same xy error for "always the mean grasp point" on these episodes
-
-
-def closed_rows(actions: np.ndarray, spec: EmbodimentSpec, gripper: int) -> np.ndarray:
-    """(N,) bool: rows of ``actions`` (N, dof), joint units, that command ``gripper`` closed."""
-    lo, hi = spec.lower[gripper], spec.upper[gripper]
-    return actions[:, gripper] < lo + CLOSED * (hi - lo)
 
 
 def grasp_step(actions: np.ndarray, spec: EmbodimentSpec, gripper: int) -> int | None:
@@ -117,11 +111,12 @@ def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin
         chunk = predict(batch)[..., : spec.dof].double().numpy()  # (B, H, dof) canonical
         for i, q in enumerate(part):
             row = min(q.lead_steps, chunk.shape[1] - 1)  # the grasp, or the chunk's end before it
-            planned = kin.fk(spec.denormalize(chunk[i, row]))[0]
+            q_plan = spec.denormalize(chunk[i])  # (H, dof) rad|m
+            planned = kin.fk(q_plan[row])[0]
             shown = kin.fk(dataset.arrays(q.episode)[ACTION_POSITION][q.step + row])[0]
             xy[start + i] = np.linalg.norm(planned[:2] - shown[:2])
             height[start + i] = abs(planned[2] - shown[2])
-            plan = np.flatnonzero(closed_rows(spec.denormalize(chunk[i]), spec, g))  # rows it plans closed
+            plan = np.flatnonzero(closed_rows(q_plan, spec, g))  # rows it plans closed
             if q.lead_steps < chunk.shape[1]:  # the grasp is inside the chunk: close then
                 on_time[start + i] = len(plan) > 0 and abs(int(plan[0]) - q.lead_steps) <= window
             else:  # it lies beyond: stay open

@@ -24,12 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop
 
 DOWN_M = 0.06  # the tool counts as down when it is less than this above the object's centre
 CLOSED = 0.5  # the gripper counts as closed below this fraction of its opening range
+
+
+def closed_rows(q: np.ndarray, spec: EmbodimentSpec, gripper: int) -> np.ndarray:
+    """(N,) bool: rows of joint positions or commands ``q`` (N, dof), rad|m, with ``gripper`` closed."""
+    lo, hi = spec.lower[gripper], spec.upper[gripper]
+    return q[:, gripper] < lo + CLOSED * (hi - lo)
 
 
 @dataclass(frozen=True)
@@ -108,9 +115,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     tool = np.array([kin.fk(qi)[0] for qi in q])  # (T, 3)
     xy = np.linalg.norm(tool[:, :2] - obj[:2], axis=1)  # (T,)
     down = tool[:, 2] < obj[2] + DOWN_M
-    g = kin.gripper
-    lo, hi = loop.spec.lower[g], loop.spec.upper[g]
-    is_closed = q[:, g] < lo + CLOSED * (hi - lo)  # (T,)
+    is_closed = closed_rows(q, loop.spec, kin.gripper)  # (T,)
     closed = np.flatnonzero(is_closed)
     first = int(closed[0]) if len(closed) else None
     chunks: list[ChunkStart] = []
