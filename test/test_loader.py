@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from gen_theta_model import batch
 from gen_theta_model.data.dataset import augment_image
 from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key
 from gen_theta_model.data.index import EpisodeRef
-from gen_theta_model.data.loader import DataConfig, load_episodes, make_dataloaders
+from gen_theta_model.data.loader import DataConfig, load_episodes, make_dataloaders, start_worker
 from gen_theta_model.data.manifest import finalize_dataset, read_episode, write_view
 from gen_theta_model.data.sampler import Mixture, MixtureSampler, group_weights, split_episodes
 from gen_theta_model.data.shards import first_step
@@ -260,3 +262,20 @@ def test_random_access_mode_follows_the_sampler(dataset):
     train, _, _ = make_dataloaders(dataset, cfg)
     got = [_identity({k: v[i].numpy() for k, v in b.items()}) for b in train for i in range(cfg.batch_size)]
     assert got == [_identity(train.dataset[tuple(k)]) for k in train.sampler.keys(0)]
+
+
+class WorkerSettings(torch.utils.data.Dataset):
+    """What a loader worker runs with: its tensor sharing strategy and its SIGINT handler."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple[str, bool]:
+        return torch.multiprocessing.get_sharing_strategy(), signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_workers_share_batches_as_files_and_leave_ctrl_c_to_the_parent():
+    """The strategy is per process: a forkserver worker must set it itself (start_worker)."""
+    loader = torch.utils.data.DataLoader(WorkerSettings(), batch_size=None, num_workers=1,
+                                         multiprocessing_context="forkserver", worker_init_fn=start_worker)
+    assert [tuple(item) for item in loader] == [("file_system", True)]

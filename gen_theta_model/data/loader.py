@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -86,6 +87,19 @@ def collate(samples: Sequence[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
+def start_worker(worker_id: int) -> None:
+    """Set up a loader worker (``worker_init_fn``; it runs in the worker, a fresh forkserver child).
+
+    Batches come back as named shared-memory files, not as file descriptors passed through
+    multiprocessing's resource sharer: with fd passing a batch fetch once hung for good in the
+    sharer's handshake (py-spy: answer_challenge, the worker idle), and a Ctrl-C that cut the
+    handshake printed the sharer thread's traceback. The strategy is per process, so it is set
+    here, not in the parent. Ctrl-C is the parent's to handle: it ends the workers in order.
+    """
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainLoader:
     """One epoch per ``iter``; counts consumed batches so that ``state_dict`` resumes exactly."""
 
@@ -93,12 +107,6 @@ class TrainLoader:
                  shard_of: np.ndarray) -> None:
         self.dataset, self.sampler = dataset, sampler
         self.batch_size = cfg.batch_size
-        if cfg.num_workers > 0:
-            # Workers hand batches over as named shared-memory files, not as file descriptors
-            # passed through multiprocessing's resource sharer: with fd passing, a batch fetch
-            # in a process that had other threads when it forked the workers once hung for good
-            # in the sharer's handshake (py-spy: answer_challenge, the worker idle).
-            torch.multiprocessing.set_sharing_strategy("file_system")
         # Workers start from a fresh server process, not forked from this one: a fork copies the
         # locks that this process's other threads (DDS, Ray, pyarrow, a rollout) hold at that
         # moment, and a worker that needs one waits forever (seen once in the test suite: a
@@ -111,12 +119,13 @@ class TrainLoader:
                                            cfg.shuffle_buffer)
             # Not persistent: each epoch's workers get the epoch and the resume point with the dataset.
             self.loader = DataLoader(self.stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                     collate_fn=collate, multiprocessing_context=context)
+                                     collate_fn=collate, multiprocessing_context=context,
+                                     worker_init_fn=start_worker)
         else:
             self.loader = DataLoader(
                 dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                 collate_fn=collate, drop_last=True, persistent_workers=cfg.num_workers > 0,
-                multiprocessing_context=context,
+                multiprocessing_context=context, worker_init_fn=start_worker,
             )
         self.workers = max(cfg.num_workers, 1)
         self.epoch, self.batches = 0, 0
