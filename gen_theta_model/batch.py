@@ -18,6 +18,9 @@ INSTRUCTION                (L,) int64              instruction tokens (gen_theta
 INSTRUCTION_MASK           (L,) bool               token present
 ACTION                     (H, D) float32          commanded positions, canonical, at t + k/rate, k < H
 ACTION_MASK                (H,) bool               step inside the episode
+KEYPOSE                    (D,) float32            commanded positions, canonical, at the episode's next
+                                                   gripper event after t (its last step when none
+                                                   follows): where the next grasp or release happens
 DELAY                      () int64                committed-prefix length d: ACTION[:d] is given to
                                                    the model, the loss is on ACTION[d:]
 EMBODIMENT_INDEX           () int64                index into the dataset's embodiment name list
@@ -40,6 +43,7 @@ INSTRUCTION = "instruction.tokens"
 INSTRUCTION_MASK = "instruction.mask"
 ACTION = "action"
 ACTION_MASK = "action.mask"
+KEYPOSE = "action.keypose"
 DELAY = "harmonic.delay"
 EMBODIMENT_INDEX = "embodiment.index"
 EPISODE_INDEX = "episode.index"

@@ -27,6 +27,7 @@ from gen_theta_model.urdf import EmbodimentError, parse_urdf
 
 JOINT_TYPES = ("revolute", "prismatic", "continuous")
 MOVABLE_UNSUPPORTED = ("floating", "planar")
+GRIPPER_CLOSED = 0.5  # a gripper counts as closed below this fraction of its opening range
 # Descriptor layout: type one-hot (3), lower, upper, velocity, axis (3), depth, gripper, index.
 JOINT_DESCRIPTOR_DIM = 12
 DEFAULT_MAX_DOF = 32
@@ -154,6 +155,23 @@ class EmbodimentSpec:
     def gripper_mask(self) -> np.ndarray:
         """(dof,) True where the joint is a gripper."""
         return np.array([j.gripper for j in self.joints], dtype=bool)
+
+    def closed_grippers(self, q: np.ndarray) -> np.ndarray:
+        """(N, dof) bool: where a gripper joint of rows ``q`` (N, dof), rad|m, is closed: below
+        ``GRIPPER_CLOSED`` of its opening range. Other joints are never closed.
+        """
+        q = np.asarray(q, dtype=np.float64)
+        self._check_last_dim(q)
+        return self.gripper_mask & (q < self._lower + GRIPPER_CLOSED * (self._upper - self._lower))
+
+    def next_gripper_event(self, q: np.ndarray) -> np.ndarray:
+        """(N,) int: for each row of ``q`` (N, dof), rad|m, the next later row at which a gripper opens
+        or closes; the last row where none follows (and for a robot without grippers).
+        """
+        closed = self.closed_grippers(q)  # (N, dof)
+        events = np.flatnonzero((closed[1:] != closed[:-1]).any(axis=1)) + 1  # rows that change
+        events = np.append(events, len(q) - 1)
+        return events[np.searchsorted(events, np.arange(len(q)), side="right").clip(max=len(events) - 1)]
 
     @property
     def continuous_mask(self) -> np.ndarray:

@@ -169,9 +169,8 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss_mean:.4f}", samples_s=f"{rate[0]:.1f}", exp_s_s=f"{rate[1]:.1f}")
         if step % cfg.log_interval == 0 or last:
-            log.scalars(step, {"train/loss": loss_mean, "train/lr": lr,
-                               "train/grad_norm": grad_norm,
-                               "train/nll": float(parts["nll"]), "train/mse": float(parts["mse"]),
+            log.scalars(step, {"train/loss": loss_mean, "train/lr": lr, "train/grad_norm": grad_norm,
+                               **{f"train/{k}": float(v) for k, v in parts.items()},  # nll, mse, keypose_mse
                                "perf/samples_per_s": rate[0], "perf/experience_s_per_s": rate[1]})
         metrics: dict[str, float] = {}
         if step % cfg.eval_interval == 0 or last:

@@ -172,6 +172,21 @@ def test_cli_kinematic_loop_is_one_line_not_a_hang(tmp_path: Path, case: str) ->
     assert str(bad) in lines[0] and expected in lines[0]
 
 
+def test_gripper_events_are_where_a_gripper_opens_or_closes() -> None:
+    """closed_grippers: below half the opening range, grippers only; next_gripper_event: the next change."""
+    from gen_theta_model.embodiment import load_robot
+
+    spec = load_robot("arm6")  # joint 6 is the finger, 0 (closed) .. 0.04 m (open)
+    q = np.tile(spec.home_positions, (6, 1))
+    q[:, 6] = [0.04, 0.03, 0.01, 0.0, 0.035, 0.04]  # open, open, closed, closed, open, open
+    q[:, 0] = spec.lower[0]  # an arm joint at its lower limit is not a closed gripper
+    closed = spec.closed_grippers(q)
+    assert closed[:, 6].tolist() == [False, False, True, True, False, False] and not closed[:, :6].any()
+    assert spec.next_gripper_event(q).tolist() == [2, 2, 4, 4, 5, 5]  # the last row: none follows
+    no_change = np.tile(spec.home_positions, (3, 1))
+    assert spec.next_gripper_event(no_change).tolist() == [2, 2, 2]
+
+
 @pytest.mark.parametrize(("name", "dof", "grippers"),
                          [("arm6", 7, 1), ("arm7", 8, 1), ("humanoid16", 16, 2), ("ur5e", 7, 1)])
 def test_shipped_robots(name: str, dof: int, grippers: int) -> None:

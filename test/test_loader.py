@@ -11,7 +11,7 @@ from data_helpers import T0, frame_value, joint_positions, make_episode
 
 from gen_theta_model import batch
 from gen_theta_model.data.dataset import augment_image
-from gen_theta_model.data.episode import ACTION_STAMP, JOINT_STAMP, camera_stamp_key
+from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, JOINT_STAMP, camera_stamp_key
 from gen_theta_model.data.index import EpisodeRef
 from gen_theta_model.data.loader import DataConfig, load_episodes, make_dataloaders, start_worker
 from gen_theta_model.data.manifest import finalize_dataset, read_episode, write_view
@@ -72,6 +72,13 @@ def test_sample_matches_streams(dataset, specs):
                 s[batch.ACTION][:n, : spec.dof], spec.normalize(joint_positions(spec, act_t + 0.1)), atol=1e-5
             )
             assert s[batch.ACTION_MASK].sum() == n and s[batch.ACTION_MASK][:n].all()
+            # KEYPOSE: the command at the next change of any gripper's open/closed state, else the last one
+            commands = data.arrays[ACTION_POSITION]
+            closed = spec.closed_grippers(commands)
+            later = [k for k in range(step + 1, len(commands)) if (closed[k] != closed[k - 1]).any()]
+            want = spec.normalize(commands[later[0] if later else len(commands) - 1])
+            np.testing.assert_allclose(s[batch.KEYPOSE][: spec.dof], want, atol=1e-5)
+            assert not s[batch.KEYPOSE][spec.dof:].any()
             assert 0 <= s[batch.DELAY] <= min(cfg.harmonic.max_delay_steps, n - 1)
             assert info.embodiment_names[int(s[batch.EMBODIMENT_INDEX])] == ref.meta.embodiment
             assert int(s[batch.EPISODE_INDEX]) == ep

@@ -107,6 +107,26 @@ def test_training_steps_reduce_the_loss(specs, shared):
     assert losses[-1] < losses[0] - 0.5
 
 
+def test_keypose_head_learns_the_next_gripper_event_and_is_absent_by_default(specs):
+    """keypose_weight > 0 adds a head and its loss; without it the model and its checkpoints are unchanged."""
+    torch.manual_seed(0)
+    stats = {s.name: example_norm_stats(s) for s in specs}
+    pol = build_policy(dataclasses.replace(CFG, keypose_weight=1.0), specs, stats)
+    batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
+    before = float(pol.loss(batch)[1]["keypose_mse"])
+    _, logs = fit_batch(pol, batch, 80, lr=1e-3)
+    assert set(logs) == {"nll", "mse", "keypose_mse"}
+    assert float(logs["keypose_mse"]) < 0.25 * before
+    # canonical units out, as the chunk: the fitted prediction is the batch's keypose on the present joints
+    predicted = pol.action_distribution(batch).keypose.detach()  # (B, D)
+    jmask = batch[K.JOINT_MASK]
+    assert (predicted - batch[K.KEYPOSE])[jmask].abs().mean() < 0.5 * batch[K.KEYPOSE][jmask].abs().mean()
+    plain = build_policy(CFG, specs, stats)
+    assert {k for k in pol.model.state_dict() if k not in plain.model.state_dict()} == {"keypose.weight",
+                                                                                       "keypose.bias"}
+    assert plain.model(plain.normalizer.normalize_batch(batch)).keypose is None
+
+
 def test_unknown_embodiment_is_named(policy, specs):
     with pytest.raises(UnknownEmbodimentError, match="arm9"):
         policy.embodiment_map([specs[0], dataclasses.replace(specs[0], name="arm9")])

@@ -37,6 +37,8 @@ from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.harmonic import HarmonicConfig, sample_delay, sample_staleness_ns
 from gen_theta_model.observation import ObservationConfig, build_observation
 
+NEXT_EVENT = "next_gripper_event"  # (N,) per action step: the step of the next gripper event (KEYPOSE)
+
 
 class EpisodeDataset(Dataset):
     """Map-style dataset; keys are ``(episode index, step, seed)`` tuples from a sampler."""
@@ -85,6 +87,8 @@ class EpisodeDataset(Dataset):
             keys = [JOINT_STAMP, JOINT_POSITION, ACTION_STAMP, ACTION_POSITION]
             keys += [camera_stamp_key(c.name) for c in ref.cameras]
             self._arrays[ep] = {k: shard.get_tensor(f"{ref.meta.episode}/{k}") for k in keys}
+            spec = self.specs[ref.embodiment_index]
+            self._arrays[ep][NEXT_EVENT] = spec.next_gripper_event(self._arrays[ep][ACTION_POSITION])
             if len(self._arrays) > 64:
                 self._arrays.popitem(last=False)
         self._arrays.move_to_end(ep)
@@ -145,6 +149,8 @@ class EpisodeDataset(Dataset):
         mask = np.zeros(self.horizon, dtype=bool)
         mask[:n] = True
         sample[batch.ACTION_MASK] = mask
+        keypose = spec.normalize(arrays[ACTION_POSITION][arrays[NEXT_EVENT][step]]).astype(np.float32)
+        sample[batch.KEYPOSE], _ = spec.pad(keypose, self.obs.max_dof)
         sample[batch.DELAY] = np.int64(min(sample_delay(self.harmonic, self.horizon, rng), max(n - 1, 0)))
         sample[batch.EMBODIMENT_INDEX] = np.int64(ref.embodiment_index)
         sample[batch.EPISODE_INDEX] = np.int64(ep)

@@ -35,6 +35,9 @@ class PolicyConfig:
     max_log_std: float = 1.0  # std <= 2.7 normalised units: data is z-scored, wider is never needed
     mse_weight: float = 0.0  # optional MSE on the mixture mean added to the NLL
     residual: bool = True  # means relative to the last committed action: a chunk continues from its prefix
+    # training only: MSE weight of an auxiliary prediction of where the next gripper event happens
+    # (batch KEYPOSE); it makes the trunk locate the object from the first frame of an approach
+    keypose_weight: float = 0.0
     # inputs
     max_dof: int = DEFAULT_MAX_DOF  # joint tokens padded to this many (EmbodimentSpec.max_dof)
     joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM
@@ -71,6 +74,8 @@ class PolicyConfig:
             raise ValueError(f"min_log_std={self.min_log_std} must be < max_log_std={self.max_log_std}")
         if self.mse_weight < 0:
             raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")
+        if self.keypose_weight < 0:
+            raise ValueError(f"keypose_weight must be >= 0, got {self.keypose_weight}")
         if not 0 < self.age_min_period_s < self.age_max_period_s:
             raise ValueError(
                 f"need 0 < age_min_period_s < age_max_period_s, got {self.age_min_period_s}, {self.age_max_period_s}"

@@ -50,6 +50,7 @@ def example_batch(
         K.JOINT_MASK: np.zeros((b, d), bool),
         K.ACTION: np.zeros((b, h, d), np.float32),
         K.ACTION_MASK: np.ones((b, h), bool),
+        K.KEYPOSE: np.zeros((b, d), np.float32),
         K.DELAY: np.zeros(b, np.int64),
         K.EMBODIMENT_INDEX: np.zeros(b, np.int64),
         K.EPISODE_INDEX: np.arange(b, dtype=np.int64),
@@ -68,6 +69,7 @@ def example_batch(
         out[K.JOINT_DESCRIPTORS][i, :n] = spec.descriptors()
         out[K.JOINT_MASK][i, :n] = True
         out[K.ACTION][i, :, :n] = steps[t:]
+        out[K.KEYPOSE][i, :n] = steps[-1]  # the chunk's end stands in for the next gripper event
         out[K.DELAY][i] = sample_delay(harmonic, h, rng)
         out[K.EMBODIMENT_INDEX][i] = i % len(specs)
     return {k: torch.from_numpy(v) for k, v in out.items()}

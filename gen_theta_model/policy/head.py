@@ -38,12 +38,15 @@ class ChunkMixture:
     """Gaussian mixture over a chunk: logits (B, D, K), mean and log_std (B, D, K, H).
 
     ``shared``: the components are whole-chunk plans; every joint's logits are the chunk's (B, K) weights.
+    ``keypose`` (B, D): the predicted positions at the next gripper event, when the model has
+    that auxiliary head (``PolicyConfig.keypose_weight``), else None.
     """
 
     logits: torch.Tensor
     mean: torch.Tensor
     log_std: torch.Tensor
     shared: bool = False
+    keypose: torch.Tensor | None = None
 
     @property
     def n_components(self) -> int:
@@ -115,13 +118,16 @@ class ChunkMixture:
         b, _, k = self.logits.shape
         logits = (torch.cat([self.logits, self.logits[:, :1].expand(b, extra, k)], dim=1) if self.shared
                   else torch.nn.functional.pad(self.logits, (0, 0, 0, extra)))
+        keypose = None if self.keypose is None else torch.nn.functional.pad(self.keypose, (0, extra))
         return replace(self, logits=logits, mean=torch.nn.functional.pad(self.mean, pad),
-                       log_std=torch.nn.functional.pad(self.log_std, pad))
+                       log_std=torch.nn.functional.pad(self.log_std, pad), keypose=keypose)
 
     def affine(self, scale: torch.Tensor, shift: torch.Tensor) -> ChunkMixture:
         """Distribution of ``a * scale + shift`` with per-joint scale, shift (B, D) (scale > 0)."""
         s = scale[:, :, None, None]
-        return replace(self, mean=self.mean * s + shift[:, :, None, None], log_std=self.log_std + torch.log(s))
+        keypose = None if self.keypose is None else self.keypose * scale + shift
+        return replace(self, mean=self.mean * s + shift[:, :, None, None], log_std=self.log_std + torch.log(s),
+                       keypose=keypose)
 
 
 class MixtureHead(nn.Module):

@@ -86,7 +86,7 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for key in keys:
             out[key] = batch[key].narrow(axis, 0, n)
         if mask_key == K.JOINT_MASK:
-            for key in (K.STATE, K.ACTION, ANCHOR):
+            for key in (K.STATE, K.ACTION, K.KEYPOSE, ANCHOR):
                 if key in batch:
                     out[key] = batch[key][..., :n]
     return out
@@ -115,6 +115,8 @@ class HarmonicTransformer(nn.Module):
         self.token_type = nn.Embedding(N_TOKEN_TYPES, cfg.d_model)
         self.trunk = Trunk(cfg)
         self.head = MixtureHead(cfg)
+        # Only built when trained: checkpoints without it load unchanged.
+        self.keypose = nn.Linear(cfg.d_model, 1, bias=cfg.bias) if cfg.keypose_weight > 0 else None
         self.init_weights()
 
     def init_steps(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
@@ -160,10 +162,13 @@ class HarmonicTransformer(nn.Module):
         mask = torch.cat([m.bool() for _, m in groups], dim=1)  # (B, N)
         x = self.trunk(tokens, mask)
         start = sum(x.shape[1] for x, _ in groups[:3])
-        dist = self.head(x[:, start : start + desc.shape[1]], jmask)  # joint tokens -> (B, D, K, H)
+        joint_x = x[:, start : start + desc.shape[1]]  # (B, D, d)
+        dist = self.head(joint_x, jmask)  # joint tokens -> (B, D, K, H)
         if self.cfg.residual:
             anchor = batch[ANCHOR].float()[:, :, None, None]  # (B, D, 1, 1)
             dist = replace(dist, mean=dist.mean + anchor)
+        if self.keypose is not None:
+            dist = replace(dist, keypose=self.keypose(joint_x).squeeze(-1).float())  # (B, D)
         return dist
 
 
@@ -174,9 +179,10 @@ def _init_linear_or_embedding(module: nn.Module, std: float = 0.02) -> None:
 
 
 def chunk_loss(
-    dist: ChunkMixture, batch: dict[str, torch.Tensor], mse_weight: float = 0.0
+    dist: ChunkMixture, batch: dict[str, torch.Tensor], mse_weight: float = 0.0, keypose_weight: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """NLL per scored scalar (+ ``mse_weight`` * MSE of the mixture mean), normalised units.
+    """NLL per scored scalar (+ ``mse_weight`` * MSE of the mixture mean, + ``keypose_weight`` * MSE of
+    the predicted KEYPOSE when the model predicts it), normalised units.
 
     Only steps >= DELAY inside the episode (ACTION_MASK) of present joints (JOINT_MASK)
     count: the committed prefix and the padding never contribute.
@@ -189,4 +195,9 @@ def chunk_loss(
     nll = -dist.log_prob(target, steps, jmask).sum() / n
     mse = ((dist.expectation() - target.float()).square() * weight).sum() / n
     loss = nll + mse_weight * mse if mse_weight > 0 else nll
-    return loss, {"nll": nll.detach(), "mse": mse.detach()}
+    stats = {"nll": nll.detach(), "mse": mse.detach()}
+    if dist.keypose is not None and keypose_weight > 0:
+        keypose = ((dist.keypose - batch[K.KEYPOSE].float()).square() * jmask).sum() / jmask.sum().clamp_min(1.0)
+        loss = loss + keypose_weight * keypose
+        stats["keypose_mse"] = keypose.detach()
+    return loss, stats

@@ -52,7 +52,7 @@ class Normalizer:
         return self._t["as"][embodiment, :dof], self._t["am"][embodiment, :dof]
 
     def normalize_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Return a copy of ``batch`` with STATE and ACTION standardised; padded joints stay 0."""
+        """Return a copy of ``batch`` with STATE, ACTION and KEYPOSE standardised; padded joints stay 0."""
         e = batch[K.EMBODIMENT_INDEX]
         jmask = batch[K.JOINT_MASK].to(torch.float32)  # (B, D)
         dof = jmask.shape[1]
@@ -63,6 +63,8 @@ class Normalizer:
             std, mean = self.action_scale_shift(e, dof)
             out[K.ACTION] = (batch[K.ACTION] - mean[:, None]) / std[:, None] * jmask[:, None]
             out[ANCHOR] = last_committed(out[K.ACTION], batch[K.DELAY])
+            if K.KEYPOSE in batch:
+                out[K.KEYPOSE] = (batch[K.KEYPOSE] - mean) / std * jmask
         return out
 
 

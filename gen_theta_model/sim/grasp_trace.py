@@ -30,13 +30,11 @@ from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop
 
 DOWN_M = 0.06  # the tool counts as down when it is less than this above the object's centre
-CLOSED = 0.5  # the gripper counts as closed below this fraction of its opening range
 
 
 def closed_rows(q: np.ndarray, spec: EmbodimentSpec, gripper: int) -> np.ndarray:
     """(N,) bool: rows of joint positions or commands ``q`` (N, dof), rad|m, with ``gripper`` closed."""
-    lo, hi = spec.lower[gripper], spec.upper[gripper]
-    return q[:, gripper] < lo + CLOSED * (hi - lo)
+    return spec.closed_grippers(q)[:, gripper]
 
 
 @dataclass(frozen=True)
