@@ -37,14 +37,15 @@ from gen_theta_model.train_config import TrainConfig
 TOPICS = load_topics()
 
 
-def tiny_checkpoint(run_dir: Path, robots: dict[str, float]) -> Path:
+def tiny_checkpoint(run_dir: Path, robots: dict[str, float], **policy_fields: object) -> Path:
     """Save a tiny policy for ``robots`` (name -> action mean in canonical units; a mean beyond
-    +-1 makes the policy command positions outside the URDF limits). Returns the checkpoint dir.
+    +-1 makes the policy command positions outside the URDF limits); ``policy_fields`` override the
+    tiny preset's. Returns the checkpoint dir.
     """
     torch.manual_seed(0)
     specs = [load_robot(name) for name in robots]
     stats = {s.name: example_norm_stats(s, mean=robots[s.name], std=0.05) for s in specs}
-    policy = build_policy(preset("tiny"), specs, stats)
+    policy = build_policy(preset("tiny", **policy_fields), specs, stats)
     return save_checkpoint(run_dir, 1, policy, TrainConfig(), policy.model.state_dict())
 
 

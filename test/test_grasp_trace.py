@@ -32,7 +32,9 @@ def test_the_expert_closes_the_gripper_at_the_cube():
 
 
 def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
-    policy = load_policy(tiny_checkpoint(tmp_path, {"arm6": 0.0}))
+    """A checkpoint with a keypose head: its predicted grasp pose is read too, as a tool-object distance."""
+    policy = load_policy(tiny_checkpoint(tmp_path, {"arm6": 0.0}, keypose_weight=1.0))
+    assert policy.config.keypose_weight == 1.0 and policy.model.keypose is not None
     spec = policy.embodiments[0]
     kin = ArmKinematics(spec)
     modes = GripperModes(policy, kin.gripper)
@@ -50,17 +52,21 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     assert [t for t, _ in served.commands] == [t for t, _ in expected.commands]
     for (_, a), (_, b) in zip(served.commands, expected.commands, strict=True):
         np.testing.assert_array_equal([p.positions for p in a.points], [p.positions for p in b.points])
-    times = [t for t, _, _ in modes.records]
+    times = [t for t, _, _, _ in modes.records]
     assert len(times) >= 3 and times == sorted(times) and times[0] >= 0.0  # simulated s, one episode
     k = policy.config.n_components
-    for _, weights, close_step in modes.records:
+    for _, weights, close_step, keypose in modes.records:
         assert weights.shape == close_step.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
+        assert keypose.shape == (spec.dof,) and np.isfinite(keypose).all()
         assert ((close_step >= -1) & (close_step < policy.config.chunk_len)).all()
     assert row.reopens >= 0 and (row.closing_weight is None or 0.0 <= row.closing_weight <= 1.0 + 1e-6)
     assert [c.time_s for c in row.chunks] == times
     assert all(0.0 <= c.closing_weight <= 1.0 + 1e-6 for c in row.chunks)
+    assert all(0.0 <= c.keypose_xy_m < 2.0 for c in row.chunks)  # m: within the robot's reach of the cube
     text = chunk_table(row, 1.0)
     assert text.startswith("seed 4:") and len(text.splitlines()) == 3 + sum(t <= 1.0 for t in times)
+    shown = [c for c in row.chunks if c.time_s <= 1.0]
+    assert text.splitlines()[-1].split("|")[-2].strip() == f"{100 * shown[-1].keypose_xy_m:.1f}"
 
 
 def test_table_says_never_for_a_gripper_that_stayed_open():

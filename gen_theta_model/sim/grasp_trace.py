@@ -9,7 +9,9 @@ reads the policy's mixture for the gripper at every chunk: at the chunk started 
 object (tool down, gripper open), the total weight of the components that close the gripper
 within the chunk, and at which step of the chunk the heaviest one closes (a close planned past
 the steps executed before the next chunk replaces the plan is never executed); ``--chunks S``
-prints the same, chunk by chunk, for each episode's first S seconds. A policy that reaches the
+prints the same, chunk by chunk, for each episode's first S seconds, and for a policy with a
+keypose head (``keypose_weight``) how far from the object its predicted grasp pose puts the tool:
+whether the policy still locates the object once the arm moves. A policy that reaches the
 cube but closes elsewhere shows here; success rates alone do not tell it apart from one that
 never finds the cube (docs/policy.md, "Why the static suites fail").
 """
@@ -47,6 +49,7 @@ class ChunkStart:
     gripper_closed: bool
     closing_weight: float  # weight of the gripper plans that close within the chunk
     top_close_step: int  # where the heaviest plan closes, steps from the chunk's start (-1: it does not)
+    keypose_xy_m: float | None = None  # predicted grasp pose's tool to the object in xy (None: no keypose head)
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,10 @@ class GraspTrace:
 class GripperModes:
     """A Policy as SimClosedLoop serves it, recording the task gripper's mixture at every chunk.
 
-    ``records``: per chunk, (time s, weights (K,), close_step (K,) int): the first step at which
-    each component's mean is below the middle of the gripper's range (canonical units < 0:
-    closed), -1 if it never is.
+    ``records``: per chunk, (time s, weights (K,), close_step (K,) int, keypose): close_step is the
+    first step at which each component's mean is below the middle of the gripper's range (canonical
+    units < 0: closed), -1 if it never is; keypose (dof,) canonical is the predicted pose at the next
+    gripper event, None without a keypose head.
     ``clock``: the serving loop's simulated time, set once the loop exists (its warm-up reads nan).
     """
 
@@ -82,7 +86,7 @@ class GripperModes:
         self.config = policy.config
         self.observation_config = policy.observation_config
         self.embodiments = policy.embodiments
-        self.records: list[tuple[float, np.ndarray, np.ndarray]] = []
+        self.records: list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     def embodiment_index(self, name: str) -> int:
         return self.policy.embodiment_index(name)
@@ -94,7 +98,9 @@ class GripperModes:
         weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
         below = (dist.mean[0, self.gripper] < 0).numpy()  # (K, H), canonical
         close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
-        self.records.append((t, weights, close_step))
+        dof = self.embodiments[0].dof
+        keypose = None if dist.keypose is None else dist.keypose[0, :dof].float().numpy()
+        self.records.append((t, weights, close_step, keypose))
         return chunk
 
 
@@ -117,10 +123,12 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     closed = np.flatnonzero(is_closed)
     first = int(closed[0]) if len(closed) else None
     chunks: list[ChunkStart] = []
-    for t, w, close_step in modes.records if modes is not None else []:
+    for t, w, close_step, keypose in modes.records if modes is not None else []:
         i = max(int(np.searchsorted(trace.joint_times, t, side="right")) - 1, 0)  # the state received by then
+        aim = None if keypose is None else float(
+            np.linalg.norm(kin.fk(loop.spec.denormalize(keypose))[0][:2] - obj[:2]))
         chunks.append(ChunkStart(t, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
-                                 float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)])))
+                                 float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)]), aim))
     open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
     nearest = min(open_down, key=lambda c: c.xy_m) if open_down else None
     return GraspTrace(
@@ -152,12 +160,13 @@ def table(rows: list[GraspTrace]) -> str:
 def chunk_table(row: GraspTrace, until_s: float) -> str:
     """Markdown table of ``row``'s chunk starts up to ``until_s`` s, distances in cm."""
     lines = [f"seed {row.seed}:", "| t s | tool xy cm | tool height cm | gripper | weight of closing plans | "
-             "heaviest closes at step |", "|---|---|---|---|---|---|"]
+             "heaviest closes at step | predicted grasp pose xy cm |", "|---|---|---|---|---|---|---|"]
     for c in row.chunks:
         if c.time_s <= until_s:
             step = "never" if c.top_close_step < 0 else str(c.top_close_step)
+            aim = "-" if c.keypose_xy_m is None else f"{100 * c.keypose_xy_m:.1f}"
             lines.append(f"| {c.time_s:.2f} | {100 * c.xy_m:.1f} | {100 * c.height_m:.1f} | "
-                         f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} |")
+                         f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} | {aim} |")
     return "\n".join(lines)
 
 
