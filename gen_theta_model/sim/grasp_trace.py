@@ -75,8 +75,8 @@ class GripperModes:
 
     ``records``: per chunk, (time s, weights (K,), close_step (K,) int, keypose): close_step is the
     first step at which each component's mean is below the middle of the gripper's range (canonical
-    units < 0: closed), -1 if it never is; keypose (dof,) canonical is the predicted pose at the next
-    gripper event, None without a keypose head.
+    units < 0: closed), -1 if it never is; keypose (D,) canonical, padded, is the predicted pose at
+    the next gripper event, None without a keypose head.
     ``clock``: the serving loop's simulated time, set once the loop exists (its warm-up reads nan).
     """
 
@@ -98,8 +98,7 @@ class GripperModes:
         weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
         below = (dist.mean[0, self.gripper] < 0).numpy()  # (K, H), canonical
         close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
-        dof = self.embodiments[0].dof
-        keypose = None if dist.keypose is None else dist.keypose[0, :dof].float().numpy()
+        keypose = None if dist.keypose is None else dist.keypose[0].float().numpy()  # (D,), padded
         self.records.append((t, weights, close_step, keypose))
         return chunk
 
@@ -126,7 +125,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     for t, w, close_step, keypose in modes.records if modes is not None else []:
         i = max(int(np.searchsorted(trace.joint_times, t, side="right")) - 1, 0)  # the state received by then
         aim = None if keypose is None else float(
-            np.linalg.norm(kin.fk(loop.spec.denormalize(keypose))[0][:2] - obj[:2]))
+            np.linalg.norm(kin.fk(loop.spec.denormalize(keypose[: loop.spec.dof]))[0][:2] - obj[:2]))
         chunks.append(ChunkStart(t, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
                                  float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)]), aim))
     open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
