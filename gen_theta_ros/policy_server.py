@@ -272,7 +272,9 @@ class PolicyServer(ManagedNode):
                     deadline = time.monotonic()
                 self._on_tick()
         except Exception as err:
-            if not self.context.ok():  # shut down (SIGINT/SIGTERM) between the stop check and a publish
+            # The context was shut down from inside between the stop check and a publish (a lifecycle
+            # shutdown, or a failure on the inference thread); stop signals no longer do that (runtime.py).
+            if not self.context.ok():
                 return
             self._fail(f"command loop failed: {err!r}")
             raise
