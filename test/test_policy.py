@@ -127,6 +127,33 @@ def test_keypose_head_learns_the_next_gripper_event_and_is_absent_by_default(spe
     assert plain.model(plain.normalizer.normalize_batch(batch)).keypose is None
 
 
+def test_state_noise_perturbs_only_observed_joints_and_only_in_training(specs):
+    """state_noise draws N(0, state_noise^2) per present joint and history step (normalised units) in training;
+    padded joints and missing steps stay 0, and evaluation sees the state as it is.
+    """
+    torch.manual_seed(0)
+    stats = {s.name: example_norm_stats(s) for s in specs}
+    pol = build_policy(dataclasses.replace(CFG, state_noise=0.5), specs, stats)
+    batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
+    batch[K.STATE_MASK][0, 0] = False  # a history step the robot did not have
+    normed = pol.normalizer.normalize_batch(batch)
+    seen = []
+    hook = pol.model.proprio.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    pol.model.eval()
+    first, second = pol.model(normed).mean, pol.model(normed).mean
+    torch.testing.assert_close(first, second)
+    assert torch.equal(seen[0], normed[K.STATE]) and torch.equal(seen[1], normed[K.STATE])
+    pol.model.train()
+    pol.model(normed)
+    hook.remove()
+    delta = seen[2] - normed[K.STATE]  # (B, T, D)
+    present = normed[K.JOINT_MASK][:, None, :] & normed[K.STATE_MASK][:, :, None]
+    assert torch.all(delta[~present] == 0)
+    assert abs(float(delta[present].std()) - 0.5) < 0.05
+    with pytest.raises(ValueError, match="state_noise"):
+        preset("tiny", state_noise=-0.1)
+
+
 def test_unknown_embodiment_is_named(policy, specs):
     with pytest.raises(UnknownEmbodimentError, match="arm9"):
         policy.embodiment_map([specs[0], dataclasses.replace(specs[0], name="arm9")])

@@ -145,6 +145,9 @@ class HarmonicTransformer(nn.Module):
         """Normalised batch -> per-joint mixture over the chunk in normalised units (B, D, K, H)."""
         desc, jmask = batch[K.JOINT_DESCRIPTORS], batch[K.JOINT_MASK]  # (B, D, 12), (B, D)
         state, smask = batch[K.STATE], batch[K.STATE_MASK]  # (B, T, D), (B, T)
+        if self.training and self.cfg.state_noise:  # padded joints and steps stay 0
+            noise = torch.randn_like(state, dtype=torch.float32) * self.cfg.state_noise
+            state = state + (noise * jmask[:, None, :] * smask[:, :, None]).to(state.dtype)
         prefix, committed = committed_prefix(batch[K.ACTION], batch[K.DELAY], batch[K.ACTION_MASK],
                                              self.cfg.max_prefix_steps)  # (B, P, D), (B, P)
         n = self.cfg.image_tokens
