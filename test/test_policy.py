@@ -128,8 +128,8 @@ def test_keypose_head_learns_the_next_gripper_event_and_is_absent_by_default(spe
 
 
 def test_state_noise_perturbs_only_observed_joints_and_only_in_training(specs):
-    """state_noise draws N(0, state_noise^2) per present joint and history step (normalised units) in training;
-    padded joints and missing steps stay 0, and evaluation sees the state as it is.
+    """state_noise draws N(0, state_noise^2) per present non-gripper joint and history step (normalised units) in
+    training; grippers, padded joints and missing steps stay exact, and evaluation sees the state as it is.
     """
     torch.manual_seed(0)
     stats = {s.name: example_norm_stats(s) for s in specs}
@@ -147,9 +147,13 @@ def test_state_noise_perturbs_only_observed_joints_and_only_in_training(specs):
     pol.model(normed)
     hook.remove()
     delta = seen[2] - normed[K.STATE]  # (B, T, D)
-    present = normed[K.JOINT_MASK][:, None, :] & normed[K.STATE_MASK][:, :, None]
-    assert torch.all(delta[~present] == 0)
-    assert abs(float(delta[present].std()) - 0.5) < 0.05
+    gripper = torch.zeros_like(normed[K.JOINT_MASK])
+    for i, spec in enumerate(specs * 2):
+        gripper[i, [k for k, joint in enumerate(spec.joints) if joint.gripper]] = True
+    assert gripper.any(dim=1).all()
+    noisy = (normed[K.JOINT_MASK] & ~gripper)[:, None, :] & normed[K.STATE_MASK][:, :, None]
+    assert torch.all(delta[~noisy] == 0)
+    assert abs(float(delta[noisy].std()) - 0.5) < 0.05
     with pytest.raises(ValueError, match="state_noise"):
         preset("tiny", state_noise=-0.1)
 

@@ -49,11 +49,12 @@ class PolicyConfig:
     image_pool: str = "avg"  # avg: a grid of pooled patches | spatial_softmax: learned keypoints (x, y, feature)
     image_keypoints: int = 16  # spatial_softmax: tokens per camera, one per keypoint
     image_shift: int = 0  # training only: random shift of each image by up to this many pixels (DrQ); 0 off
-    # training only: std of Gaussian noise added to every observed joint position (proprioception), in
-    # the dataset's standard deviations, drawn independently per joint and history step; 0 off. In a
-    # demonstration the arm's own pose points at the object as well as the image does, so a policy can
-    # locate the object from it and, in closed loop, follow its own drift; noise makes the image the
-    # reliable source (the committed prefix and the residual anchor stay exact)
+    # training only: std of Gaussian noise added to every observed position of a joint that is not a
+    # gripper (proprioception), in the dataset's standard deviations, drawn independently per joint and
+    # history step; 0 off. In a demonstration the arm's own pose points at the object as well as the
+    # image does, so a policy can locate the object from it and, in closed loop, follow its own drift;
+    # noise makes the image the reliable source. Grippers stay exact (whether it holds something is
+    # the task's phase, not where the object is), as do the committed prefix and the residual anchor
     state_noise: float = 0.0
     vision_backbone: str = ""  # "": the conv/resnet stem above | Hub id or directory of a transformers vision model
     text_backbone: str = ""  # "": byte tokens, learned embedding | Hub id or directory of a transformers text model

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gen_theta_model import batch as K
+from gen_theta_model.embodiment import GRIPPER_DESCRIPTOR
 from gen_theta_model.policy.backbones import TEXT, VISION, TextTower
 from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.encoders import (
@@ -145,9 +146,10 @@ class HarmonicTransformer(nn.Module):
         """Normalised batch -> per-joint mixture over the chunk in normalised units (B, D, K, H)."""
         desc, jmask = batch[K.JOINT_DESCRIPTORS], batch[K.JOINT_MASK]  # (B, D, 12), (B, D)
         state, smask = batch[K.STATE], batch[K.STATE_MASK]  # (B, T, D), (B, T)
-        if self.training and self.cfg.state_noise:  # padded joints and steps stay 0
+        if self.training and self.cfg.state_noise:  # grippers, padded joints and missing steps stay exact
+            noisy = jmask & (desc[..., GRIPPER_DESCRIPTOR] < 0.5)  # (B, D)
             noise = torch.randn_like(state, dtype=torch.float32) * self.cfg.state_noise
-            state = state + (noise * jmask[:, None, :] * smask[:, :, None]).to(state.dtype)
+            state = state + (noise * noisy[:, None, :] * smask[:, :, None]).to(state.dtype)
         prefix, committed = committed_prefix(batch[K.ACTION], batch[K.DELAY], batch[K.ACTION_MASK],
                                              self.cfg.max_prefix_steps)  # (B, P, D), (B, P)
         n = self.cfg.image_tokens
