@@ -63,7 +63,11 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
                                 "-p", f"task:={tasks[0]}"])
             procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
             procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
-            client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
+            try:
+                client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
+            except RuntimeError:  # a child that exited may have met the other sim's messages: name that first
+                check_free(client, client.in_use(0.0, own=1))
+                raise
             check_free(client, client.in_use(0.0, own=1))
             for task in tasks:
                 for k in range(episodes):

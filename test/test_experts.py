@@ -93,3 +93,25 @@ def test_without_misses_there_is_no_realign_phase():
     finally:
         session.close()
     assert "realign" not in phases and "descend" in phases and not session.expert.miss.any()
+
+
+def test_poses_of_another_scene_are_waited_out_not_a_crash():
+    """Between phases, object poses without this episode's objects (another sim on the topic, a reset in
+    flight) plan nothing; the next message of its own scene plans the next phase.
+    """
+    session = SimSession(load_robot("arm6"))
+    try:
+        robot, world, expert = session.robot, session.robot.world, session.expert
+        robot.reset("stack", 0, now=0.0)
+        expert.reset(robot.state())
+        names, positions, quaternions = world.object_poses()
+        q = world.actuated_positions()
+        assert expert.act(0.0, q, names, positions, quaternions) is None  # a velocity needs two poses
+        assert expert.act(0.15, q, names, positions, quaternions) is not None and expert.phase == "approach"
+        t = expert._until + 0.05  # the approach has run: the next tick plans the descent
+        foreign = [f"other_{n}" for n in names]
+        assert expert.act(t, q, foreign, positions, quaternions) is None
+        assert expert.phase == "approach"
+        assert expert.act(t, q, names, positions, quaternions) is not None and expert.phase == "descend"
+    finally:
+        session.close()

@@ -134,9 +134,11 @@ class ScriptedExpert:
         self._observe(t, names, positions)
         if self.done or t < self._until or self.info.pick not in self._velocity:
             return None
+        poses = {n: (positions[i], quaternions[i]) for i, n in enumerate(names)}
+        if self.info.pick not in poses or self.info.place not in poses:
+            return None  # not this episode's scene (a reset in flight, or another sim on the topic): wait
         if self._mirror is None:
             self._mirror = TrajectoryFollower(self.spec, q, t)
-        poses = {n: (positions[i], quaternions[i]) for i, n in enumerate(names)}
         self.phase = self._next_phase(poses)
         if self.phase == "done":
             self.done = True
