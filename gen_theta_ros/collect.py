@@ -65,10 +65,8 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
             procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
             try:
                 client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
-            except RuntimeError:  # a child that exited may have met the other sim's messages: name that first
+            finally:  # also when a child exited or start-up timed out: another sim may be why, so name it first
                 check_free(client, client.in_use(0.0, own=1))
-                raise
-            check_free(client, client.in_use(0.0, own=1))
             for task in tasks:
                 for k in range(episodes):
                     # The recorder takes task and instruction from sim/task: reset() waits for it.
