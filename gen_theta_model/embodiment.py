@@ -30,7 +30,7 @@ MOVABLE_UNSUPPORTED = ("floating", "planar")
 GRIPPER_CLOSED = 0.5  # a gripper counts as closed below this fraction of its opening range
 # Descriptor layout: type one-hot (3), lower, upper, velocity, axis (3), depth, gripper, index.
 JOINT_DESCRIPTOR_DIM = 12
-GRIPPER_DESCRIPTOR = 10  # the descriptor's gripper flag: 1.0 on gripper joints
+GRIPPER_DESCRIPTOR = len(JOINT_TYPES) + 7  # the descriptor's gripper flag (1.0 on gripper joints), by that layout
 DEFAULT_MAX_DOF = 32
 # How the policy server commands a robot (gen_theta_model/controllers.py): the arm, and a gripper joint.
 COMMAND_INTERFACES = ("topic", "action")

@@ -147,9 +147,7 @@ def test_state_noise_perturbs_only_observed_joints_and_only_in_training(specs):
     pol.model(normed)
     hook.remove()
     delta = seen[2] - normed[K.STATE]  # (B, T, D)
-    gripper = torch.zeros_like(normed[K.JOINT_MASK])
-    for i, spec in enumerate(specs * 2):
-        gripper[i, [k for k, joint in enumerate(spec.joints) if joint.gripper]] = True
+    gripper = torch.from_numpy(np.stack([s.pad(s.gripper_mask, CFG.max_dof)[0] for s in specs * 2]))  # (B, D)
     assert gripper.any(dim=1).all()
     noisy = (normed[K.JOINT_MASK] & ~gripper)[:, None, :] & normed[K.STATE_MASK][:, :, None]
     assert torch.all(delta[~noisy] == 0)
