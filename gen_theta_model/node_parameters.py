@@ -65,6 +65,8 @@ class SimRobotParameters:
     camera_transport: str = _p("raw", "raw | compressed | both (as image_transport publishes)")
     camera_format: str = _p("jpeg", "compressed images: jpeg | png")
     gripper_interface: str = _p("trajectory", "trajectory | gripper_command | parallel_gripper_command")
+    dart_std: float = _p(0.0, "rad: std of a smooth, seeded offset added to the executed targets of the non-gripper "
+                              "joints until the grasp (DART demonstrations, sim/disturbance.py); 0: off")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from gen_theta_model.controllers import gripper_joint
 from gen_theta_model.embodiment import GRIPPER_INTERFACES, CameraConfig, load_robot
 from gen_theta_model.node_parameters import SimRobotParameters, parameter_defaults
 from gen_theta_model.sim.camera import render
+from gen_theta_model.sim.disturbance import DisturbanceConfig
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import TASKS
@@ -94,7 +95,8 @@ class SimRobotNode(Node):
                 raise ConfigError(f"parameter {name} must be one of {list(allowed)}, got '{value}'")
         if gripper_interface != "trajectory" and FollowJointTrajectory is None:
             raise ConfigError(f"gripper_interface '{gripper_interface}': {MISSING_CONTROL_MSGS}")
-        self.sim = SimRobot(self.spec, gripper=gripper_joint(self.spec, gripper_interface))
+        self.sim = SimRobot(self.spec, gripper=gripper_joint(self.spec, gripper_interface),
+                            disturbance=DisturbanceConfig(std=float(param("dart_std").value)))
         self._rtf = float(param("realtime_factor").value)
         if not 0.01 <= self._rtf <= 100.0:
             raise ValueError(f"parameter realtime_factor must be in [0.01, 100], got {self._rtf}")
@@ -141,6 +143,8 @@ class SimRobotNode(Node):
             f"{self.robot_name}: {self.spec.dof} joints, cameras {[c.name for c, _, _ in self.cameras]} "
             f"({transport}), workspace {self.sim.workspace}, commands on {self.command_topic} "
             f"and actions {[a for a in actions if a]}"
+            + (f"; executed targets disturbed, std {self.sim.disturbance.config.std} rad (DART)"
+               if self.sim.disturbance.config.std else "")
         )
 
     def _now(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.sim.disturbance import DisturbanceConfig
 from gen_theta_model.sim.experts import ExpertConfig, ScriptedExpert
 from gen_theta_model.sim.kinematics import ArmKinematics, Workspace
 from gen_theta_model.sim.robot import SimRobot
@@ -28,12 +29,15 @@ class EpisodeResult:
 
 
 class SimSession:
-    """A SimRobot and an expert for one robot, reused across episodes."""
+    """A SimRobot and an expert for one robot, reused across episodes; ``disturbance``: DART offsets
+    on the executed targets (gen_theta_model/sim/disturbance.py).
+    """
 
-    def __init__(self, spec: EmbodimentSpec, expert: ExpertConfig | None = None) -> None:
+    def __init__(self, spec: EmbodimentSpec, expert: ExpertConfig | None = None,
+                 disturbance: DisturbanceConfig | None = None) -> None:
         self.spec = spec
         self.kin = ArmKinematics(spec)
-        self.robot = SimRobot(spec, self.kin)
+        self.robot = SimRobot(spec, self.kin, disturbance=disturbance)
         self.expert = ScriptedExpert(spec, self.kin, expert)
 
     @property

@@ -3,7 +3,9 @@
 This is everything the ``sim_robot`` node does besides ROS: it resets episodes, takes
 trajectory commands, steps physics with the follower's commands and reports the task
 state. The node calls it from its real-time loop with the node clock; in-process
-episodes (tests, benchmarks) call it with the simulated clock.
+episodes (tests, benchmarks) call it with the simulated clock. With a ``DisturbanceConfig``
+(std > 0) the motors get the command plus a seeded smooth offset (DART demonstrations,
+gen_theta_model/sim/disturbance.py); ``commanded()`` stays the command received.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.sim.disturbance import DisturbanceConfig, JointDisturbance
 from gen_theta_model.sim.kinematics import ArmKinematics, reachable_workspace
 from gen_theta_model.sim.task_state import TaskState
 from gen_theta_model.sim.tasks import Task, make_task
@@ -27,7 +30,8 @@ class SimRobot:
     it follows ``command_gripper`` only, the trajectory commands drive the other joints.
     """
 
-    def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, gripper: str = "") -> None:
+    def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, gripper: str = "",
+                 disturbance: DisturbanceConfig | None = None) -> None:
         self.spec = spec
         self.gripper = gripper
         self.world = SimWorld(spec)
@@ -41,6 +45,7 @@ class SimRobot:
         self.follower = TrajectoryFollower(spec, self.world.actuated_positions(), 0.0)
         self._gripper_follower = TrajectoryFollower(spec, self.world.actuated_positions(), 0.0) if gripper else None
         self._gripper_index = spec.joint_names.index(gripper) if gripper else -1
+        self.disturbance = JointDisturbance(spec, disturbance or DisturbanceConfig())
         self.task: Task | None = None
         self.episode = 0
         self.episode_start = 0.0  # caller's clock at the last reset
@@ -53,6 +58,7 @@ class SimRobot:
         new = make_task(task)  # raises ValueError on an unknown name before anything changes
         new.reset(self.world, self.workspace, seed)
         self.task = new
+        self.disturbance.reset(seed, new.time_limit)
         self.follower.reset(self.world.actuated_positions(), now)
         if self._gripper_follower is not None:
             self._gripper_follower.reset(self.world.actuated_positions(), now)
@@ -90,8 +96,18 @@ class SimRobot:
             self.follower.reset(q, now)
 
     def step(self, now: float) -> None:
-        """One physics step (``world.dt`` simulated seconds) toward the command at ``now``."""
-        self.world.set_targets(*self.commanded(now))
+        """One physics step (``world.dt`` simulated seconds) toward the command at ``now`` (plus the
+        disturbance's offset, if any).
+        """
+        q, qd = self.commanded(now)
+        if not self.disturbance.finished and self.task is not None:
+            pick = self.task.pick
+            tools = self.world.finger_centres()
+            scale = self.disturbance.envelope(tools[0], self.world.object_position(pick),
+                                              pick in self.world.held_objects()) if len(tools) else 1.0
+            dq, dqd = self.disturbance.offset(self.world.time, scale)
+            q, qd = q + dq, qd + dqd
+        self.world.set_targets(q, qd)
         self.world.step()
         self.sim_time += self.world.dt
         if self.task is not None and self.world.time >= self._next_check:

@@ -158,6 +158,11 @@ class SimWorld:
         self._target = self.spec.clamp_positions(q)
         self._qd_target = np.zeros(self.spec.dof) if qd is None else self.spec.clamp_velocities(qd)
 
+    @property
+    def targets(self) -> np.ndarray:
+        """(dof,) the joint position targets the motors hold now (the last ``set_targets``, clamped)."""
+        return self._target.copy()
+
     def step(self) -> None:
         """Advance physics by one step of ``dt`` s: motors, belts, grasps."""
         c = self.client
