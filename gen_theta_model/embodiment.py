@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yourdfpy
 
-from gen_theta_model.config import ConfigError, from_mapping, read_yaml, resolve_path, to_mapping
+from gen_theta_model.config import ConfigError, from_mapping, read_yaml, resolve_path, share_dir, to_mapping
 from gen_theta_model.urdf import EmbodimentError, parse_urdf
 
 JOINT_TYPES = ("revolute", "prismatic", "continuous")
@@ -282,6 +282,26 @@ class EmbodimentSpec:
     def _check_last_dim(self, x: np.ndarray) -> None:
         if x.shape[-1:] != (self.dof,):
             raise EmbodimentError(f"{self.name}: expected last dimension {self.dof}, got shape {x.shape}")
+
+    def urdf_file(self) -> Path:
+        """Return the URDF to load: ``urdf_path`` where it exists, else the shipped URDF of that file name if its
+        sha256 is this spec's (a dataset or checkpoint stores the absolute path of the checkout it was made
+        in, which another machine or a moved checkout lacks). Raises EmbodimentError naming both paths.
+        """
+        stored = Path(self.urdf_path)
+        if stored.is_file():
+            return stored
+        try:
+            shipped = share_dir() / "urdf" / stored.name
+        except ConfigError:
+            shipped = None
+        if shipped is not None and shipped.is_file():
+            if hashlib.sha256(shipped.read_bytes()).hexdigest() == self.urdf_sha256:
+                return shipped
+        raise EmbodimentError(
+            f"{self.name}: its URDF {stored} does not exist (made in another checkout or machine?) and there is "
+            f"no shipped URDF {shipped} with its sha256 {self.urdf_sha256[:12]}: copy that URDF to {stored}"
+        )
 
     # -- serialisation (checkpoints, dataset manifests) -----------------------------
     def to_dict(self) -> dict[str, Any]:

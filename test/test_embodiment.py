@@ -2,6 +2,7 @@
 bad input names the file and the joint.
 """
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from gen_theta_model.embodiment import (
     EmbodimentSpec,
     RobotConfig,
     load_embodiment,
+    load_robot,
 )
+from gen_theta_model.sim.world import SimWorld
 
 PYBULLET_DATA = Path(pybullet_data.getDataPath())
 STANDARD_URDFS = {
@@ -174,8 +177,6 @@ def test_cli_kinematic_loop_is_one_line_not_a_hang(tmp_path: Path, case: str) ->
 
 def test_gripper_events_are_where_a_gripper_opens_or_closes() -> None:
     """closed_grippers: below half the opening range, grippers only; next_gripper_event: the next change."""
-    from gen_theta_model.embodiment import load_robot
-
     spec = load_robot("arm6")  # joint 6 is the finger, 0 (closed) .. 0.04 m (open)
     q = np.tile(spec.home_positions, (6, 1))
     q[:, 6] = [0.04, 0.03, 0.01, 0.0, 0.035, 0.04]  # open, open, closed, closed, open, open
@@ -208,3 +209,18 @@ def test_shipped_robots(name: str, dof: int, grippers: int) -> None:
     finally:
         pybullet.disconnect(client)
     assert [n for n in names if n in spec.joint_names] == spec.joint_names
+
+
+def test_a_spec_made_in_another_checkout_finds_the_shipped_urdf(tmp_path: Path) -> None:
+    """Datasets and checkpoints store the absolute URDF path of the checkout they were made in."""
+    spec = load_robot("arm6")
+    moved = dataclasses.replace(spec, urdf_path="/elsewhere/gen_theta/urdf/arm6.urdf")
+    assert moved.urdf_file() == Path(spec.urdf_path)  # the shipped file, identified by its sha256
+    world = SimWorld(moved)  # pybullet and yourdfpy load it from there
+    world.close()
+    changed = dataclasses.replace(moved, urdf_sha256="0" * 64)  # another URDF of that name
+    with pytest.raises(EmbodimentError, match="arm6: its URDF /elsewhere/gen_theta/urdf/arm6.urdf does not exist"):
+        changed.urdf_file()
+    local = tmp_path / "mine.urdf"
+    local.write_bytes(Path(spec.urdf_path).read_bytes())
+    assert dataclasses.replace(spec, urdf_path=str(local)).urdf_file() == local  # an existing path wins

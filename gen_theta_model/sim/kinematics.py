@@ -33,7 +33,7 @@ class ArmKinematics:
     def __init__(self, spec: EmbodimentSpec) -> None:
         self.spec = spec
         self.client = p.connect(p.DIRECT)
-        self.robot = p.loadURDF(spec.urdf_path, useFixedBase=True, physicsClientId=self.client)
+        self.robot = p.loadURDF(str(spec.urdf_file()), useFixedBase=True, physicsClientId=self.client)
         n = p.getNumJoints(self.robot, physicsClientId=self.client)
         infos = [p.getJointInfo(self.robot, j, physicsClientId=self.client) for j in range(n)]
         by_name = {info[1].decode(): info for info in infos}

@@ -72,7 +72,7 @@ class SimWorld:
         p.setTimeStep(self.dt, physicsClientId=self.client)
         self.table = objects.add_table(self.client)
         self.robot = p.loadURDF(
-            spec.urdf_path,
+            str(spec.urdf_file()),
             (0, 0, 0),
             useFixedBase=True,
             flags=p.URDF_USE_INERTIA_FROM_FILE,
@@ -87,7 +87,7 @@ class SimWorld:
             self.link_index[info[12].decode()] = j
             if info[2] != p.JOINT_FIXED:
                 self._movable.append(j)
-        self.mimics = read_mimics(spec.urdf_path)
+        self.mimics = read_mimics(str(spec.urdf_file()))
         self._actuated = [self._joint_index[n] for n in spec.joint_names]
         self._mimic_ids = [self._joint_index[m.name] for m in self.mimics]
         self._mimic_parent = [spec.joint_names.index(m.parent) for m in self.mimics]
