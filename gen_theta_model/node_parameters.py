@@ -67,6 +67,8 @@ class SimRobotParameters:
     gripper_interface: str = _p("trajectory", "trajectory | gripper_command | parallel_gripper_command")
     dart_std: float = _p(0.0, "rad: std of a smooth, seeded offset added to the executed targets of the non-gripper "
                               "joints until the grasp (DART demonstrations, sim/disturbance.py); 0: off")
+    dart_fade_m: list[float] = _p([0.03, 0.10], "m from the grasp point: no DART offset within the first, the full "
+                                                "offset beyond the second")
 
 
 @dataclass(frozen=True)

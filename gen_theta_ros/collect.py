@@ -20,6 +20,7 @@ import rclpy
 from tqdm import tqdm
 
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.sim.disturbance import DisturbanceConfig
 from gen_theta_model.sim.tasks import TASKS
 from gen_theta_ros.episode_client import EpisodeClient, print_table, spinning
 from gen_theta_ros.processes import Processes
@@ -46,10 +47,11 @@ def check_free(client: EpisodeClient, busy: str) -> None:
 
 
 def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: Path, log_dir: Path,
-                  bar: tqdm, miss_prob: float = 0.0, dart_std: float = 0.0) -> list[dict]:
+                  bar: tqdm, miss_prob: float = 0.0, dart_std: float = 0.0,
+                  dart_fade_m: tuple[float, float] = DisturbanceConfig.fade_m) -> list[dict]:
     """Record ``episodes`` per task on one robot; returns one row per episode. ``miss_prob``: the
-    expert's share of corrective episodes (ExpertConfig.miss_prob); ``dart_std``: rad, the sim's
-    disturbance of the executed targets (DisturbanceConfig.std).
+    expert's share of corrective episodes (ExpertConfig.miss_prob); ``dart_std`` (rad) and
+    ``dart_fade_m`` (m): the sim's disturbance of the executed targets (DisturbanceConfig).
     """
     name = load_robot(robot).name
     procs = Processes(log_dir / robot)
@@ -61,7 +63,8 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
         check_free(client, client.in_use(DISCOVERY_S))
         try:
             procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
-                                "-p", f"task:={tasks[0]}", "-p", f"dart_std:={dart_std}"])
+                                "-p", f"task:={tasks[0]}", "-p", f"dart_std:={dart_std}",
+                                "-p", f"dart_fade_m:=[{dart_fade_m[0]}, {dart_fade_m[1]}]"])
             procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
             procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
             try:
@@ -99,13 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dart-std", type=float, default=0.0,
                     help="rad: the sim adds a smooth seeded offset of this std to the executed joint targets until "
                          "the grasp, the recorded commands stay the expert's (DART demonstrations; docs/policy.md)")
+    ap.add_argument("--dart-fade", type=float, nargs=2, default=list(DisturbanceConfig.fade_m),
+                    metavar=("NEAR", "FAR"),
+                    help="m from the grasp point: no offset within NEAR, all of it beyond FAR (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     if not 0.0 <= args.miss_prob <= 1.0:
         ap.error("--miss-prob must be in [0, 1]")
-    if args.dart_std < 0.0:
-        ap.error("--dart-std must be >= 0")
+    try:
+        DisturbanceConfig(std=args.dart_std, fade_m=tuple(args.dart_fade))
+    except ValueError as err:
+        ap.error(f"--dart-std / --dart-fade: {err}")
     robots, tasks = args.robot or list(SHIPPED_ROBOTS), args.task or list(TASKS)
     use_project_dds_profile()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gen_theta_collect_"))
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=len(robots) * len(tasks) * args.episodes, desc="collect", unit="episode") as bar:
             for robot in robots:
                 rows += collect_robot(robot, tasks, args.episodes, args.seed, args.out.resolve(), log_dir, bar,
-                                      args.miss_prob, args.dart_std)
+                                      args.miss_prob, args.dart_std, tuple(args.dart_fade))
     finally:
         rclpy.try_shutdown()
     print_table(rows)

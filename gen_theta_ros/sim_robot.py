@@ -96,7 +96,8 @@ class SimRobotNode(Node):
         if gripper_interface != "trajectory" and FollowJointTrajectory is None:
             raise ConfigError(f"gripper_interface '{gripper_interface}': {MISSING_CONTROL_MSGS}")
         self.sim = SimRobot(self.spec, gripper=gripper_joint(self.spec, gripper_interface),
-                            disturbance=DisturbanceConfig(std=float(param("dart_std").value)))
+                            disturbance=DisturbanceConfig(std=float(param("dart_std").value),
+                                                          fade_m=tuple(param("dart_fade_m").value)))
         self._rtf = float(param("realtime_factor").value)
         if not 0.01 <= self._rtf <= 100.0:
             raise ValueError(f"parameter realtime_factor must be in [0.01, 100], got {self._rtf}")
@@ -143,7 +144,8 @@ class SimRobotNode(Node):
             f"{self.robot_name}: {self.spec.dof} joints, cameras {[c.name for c, _, _ in self.cameras]} "
             f"({transport}), workspace {self.sim.workspace}, commands on {self.command_topic} "
             f"and actions {[a for a in actions if a]}"
-            + (f"; executed targets disturbed, std {self.sim.disturbance.config.std} rad (DART)"
+            + (f"; executed targets disturbed, std {self.sim.disturbance.config.std} rad, fading within "
+               f"{self.sim.disturbance.config.fade_m} m of the grasp (DART)"
                if self.sim.disturbance.config.std else "")
         )
 
