@@ -340,7 +340,9 @@ class ChunkScheduler:
         past the timeline's end a single stop point one period ahead.
         """
         period = self.cfg.period
-        k = self._next_index(now + MIN_LEAD * period)
+        # max(0): a ``now`` taken before a plan that starts on arrival was spliced in lies before the
+        # plan's first point; the window then starts there (a negative index would slice nothing).
+        k = max(self._next_index(now + MIN_LEAD * period), 0)
         if k > self._end:
             q = self._position(self._end)[None]
             zero = np.zeros_like(q)

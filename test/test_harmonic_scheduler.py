@@ -260,3 +260,20 @@ def test_planned_until_is_where_the_plan_ends():
     result = sched.splice(request, FakePolicy()(request), 1.05)  # from standing: it starts on arrival
     assert sched.planned_until() == pytest.approx(result.takeover_time + (H - 1) * DT)
     assert not sched.idle(sched.planned_until() - DT) and sched.idle(sched.planned_until() + 1e-6)
+
+
+def test_a_window_for_a_time_before_the_plan_starts_begins_at_its_first_point():
+    """The command thread may take ``now``, be preempted, and ask for its window after a chunk that
+    starts on arrival was spliced in: that plan starts after ``now``. The window must begin at the
+    plan's first point (it crashed the server's command loop with an empty window under load).
+    """
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, execute_steps=8)
+    sched = ChunkScheduler(cfg, np.zeros(2), now=0.0)
+    req = sched.request(0.001, delay=15)
+    chunk = target(np.arange(H) * DT) + 1.0
+    sched.splice(req, chunk, now=0.305)  # starts at 0.32 s
+    for now in (0.28, 0.25, 0.1):  # one, three and eleven periods before its start
+        window = sched.window(now)
+        np.testing.assert_array_equal(window.positions[0], chunk[0])
+        assert window.times[0] == pytest.approx(0.32 - now) and np.all(np.diff(window.times) > 0)
+        assert np.isfinite(window.velocities).all() and len(window.positions) == cfg.window_steps
