@@ -59,7 +59,9 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
     with spinning(EpisodeClient(name, recorder=True, name="collect")) as client:
         # A second sim on the same topics would reset this robot's episodes under the first one's
         # recorder, and both recorders would record both sims: refuse before starting anything, and
-        # look again once our own sim is up (discovery may have been slow), before the first reset.
+        # look again for as long once our own sim is up (discovery may have been slow: on a machine
+        # loaded with three jobs the first look and an instant second one both missed it), before the
+        # first reset.
         check_free(client, client.in_use(DISCOVERY_S))
         try:
             procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
@@ -70,7 +72,7 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
             try:
                 client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
             finally:  # also when a child exited or start-up timed out: another sim may be why, so name it first
-                check_free(client, client.in_use(0.0, own=1))
+                check_free(client, client.in_use(DISCOVERY_S, own=1))
             for task in tasks:
                 for k in range(episodes):
                     # The recorder takes task and instruction from sim/task: reset() waits for it.
