@@ -7,7 +7,7 @@ import pytest
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.disturbance import DisturbanceConfig, JointDisturbance
-from gen_theta_model.sim.episode import EXPERT_HZ, SimSession
+from gen_theta_model.sim.episode import SimSession
 
 ARM6 = load_robot("arm6")
 
@@ -59,24 +59,16 @@ def tool_offsets(session: SimSession, task: str, seed: int) -> tuple[bool, np.nd
     it and the gripper's executed-minus-commanded position, both at every expert tick.
     """
     robot, world, kin = session.robot, session.robot.world, session.kin
-    session.expert.reset(robot.reset(task, seed, now=0.0).info(world))
-    every = max(1, round(1.0 / (EXPERT_HZ * world.dt)))
     gripper = np.flatnonzero(session.spec.gripper_mask)[0]
-    offsets, grips, step = [], [], 0
-    while not robot.done:
-        if step % every == 0:
-            names, pos, quat = world.object_poses()
-            traj = session.expert.act(world.time, world.actuated_positions(), names, pos, quat)
-            if traj is not None:
-                robot.command(traj, world.time)
-        now = world.time
-        robot.step(now)
-        if step % every == 0:
-            commanded = robot.commanded(now)[0]
-            offsets.append(np.linalg.norm(kin.fk(world.actuated_positions())[0] - kin.fk(commanded)[0]))
-            grips.append(world.targets[gripper] - commanded[gripper])
-        step += 1
-    return robot.success_time is not None, np.array(offsets), np.array(grips)
+    offsets, grips = [], []
+
+    def watch(now: float) -> None:
+        commanded = robot.commanded(now)[0]
+        offsets.append(np.linalg.norm(kin.fk(world.actuated_positions())[0] - kin.fk(commanded)[0]))
+        grips.append(world.targets[gripper] - commanded[gripper])
+
+    result = session.run(task, seed, watch)
+    return result.success, np.array(offsets), np.array(grips)
 
 
 def test_the_expert_demonstrates_through_the_disturbance():

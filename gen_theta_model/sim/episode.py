@@ -6,6 +6,7 @@ fast as the CPU allows; tests use it for expert success rates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -44,8 +45,10 @@ class SimSession:
     def workspace(self) -> Workspace:
         return self.robot.workspace
 
-    def run(self, task: str, seed: int) -> EpisodeResult:
-        """One expert episode of ``task`` from ``seed``, as fast as possible."""
+    def run(self, task: str, seed: int, watch: Callable[[float], None] | None = None) -> EpisodeResult:
+        """One expert episode of ``task`` from ``seed``, as fast as possible; ``watch(t)`` (if given)
+        runs after every expert tick's physics step, ``t`` the simulated time (s) that step was sent for.
+        """
         robot, world = self.robot, self.robot.world
         current = robot.reset(task, seed, now=0.0)
         self.expert.reset(current.info(world))
@@ -57,7 +60,10 @@ class SimSession:
                 traj = self.expert.act(world.time, world.actuated_positions(), names, pos, quat)
                 if traj is not None:
                     robot.command(traj, world.time)
-            robot.step(world.time)
+            now = world.time
+            robot.step(now)
+            if watch is not None and step % expert_every == 0:
+                watch(now)
             step += 1
         success = robot.success_time is not None
         elapsed = robot.success_time if success else world.time
