@@ -46,7 +46,7 @@ class JointDisturbance:
     def __init__(self, spec: EmbodimentSpec, config: DisturbanceConfig) -> None:
         self.spec = spec
         self.config = config
-        self._mask = ~np.asarray(spec.gripper_mask, dtype=bool)  # (dof,) True: disturbed
+        self._mask = ~spec.gripper_mask  # (dof,) True: disturbed
         self._spline: CubicSpline | None = None
         self.finished = True  # the offset is zero for the rest of the episode
 

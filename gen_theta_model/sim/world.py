@@ -71,8 +71,9 @@ class SimWorld:
         p.setGravity(0, 0, -9.81, physicsClientId=self.client)
         p.setTimeStep(self.dt, physicsClientId=self.client)
         self.table = objects.add_table(self.client)
+        urdf = str(spec.urdf_file())  # the stored path, or the shipped file with its sha256
         self.robot = p.loadURDF(
-            str(spec.urdf_file()),
+            urdf,
             (0, 0, 0),
             useFixedBase=True,
             flags=p.URDF_USE_INERTIA_FROM_FILE,
@@ -87,7 +88,7 @@ class SimWorld:
             self.link_index[info[12].decode()] = j
             if info[2] != p.JOINT_FIXED:
                 self._movable.append(j)
-        self.mimics = read_mimics(str(spec.urdf_file()))
+        self.mimics = read_mimics(urdf)
         self._actuated = [self._joint_index[n] for n in spec.joint_names]
         self._mimic_ids = [self._joint_index[m.name] for m in self.mimics]
         self._mimic_parent = [spec.joint_names.index(m.parent) for m in self.mimics]
