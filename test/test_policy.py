@@ -127,6 +127,35 @@ def test_keypose_head_learns_the_next_gripper_event_and_is_absent_by_default(spe
     assert plain.model(plain.normalizer.normalize_batch(batch)).keypose is None
 
 
+def test_keypose_path_draws_the_chunk_toward_the_predicted_keypose(specs):
+    """keypose_path moves every component's mean a learned share of the way to the keypose: zero at the start
+    (the chunk of the same weights without the path), the keypose read with its gradient stopped (the chunk's
+    NLL trains the gains and the trunk, never the keypose head), and it needs a keypose head.
+    """
+    with pytest.raises(ValueError, match="keypose_weight"):
+        dataclasses.replace(CFG, keypose_path=True)
+    torch.manual_seed(0)
+    stats = {s.name: example_norm_stats(s) for s in specs}
+    pol = build_policy(dataclasses.replace(CFG, keypose_weight=1.0, keypose_path=True), specs, stats)
+    batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
+    normed = pol.normalizer.normalize_batch(batch)
+    model = pol.model
+    start = model(normed)
+    assert not model.keypose_gain.weight.any() and not model.keypose_gain.bias.any()
+    with torch.no_grad():
+        model.keypose_gain.bias.fill_(0.5)
+    drawn = model(normed)
+    torch.testing.assert_close(drawn.mean, 0.5 * (start.mean + start.keypose[:, :, None, None]))
+    torch.testing.assert_close(drawn.keypose, start.keypose)
+    nll, _ = chunk_loss(drawn, normed)  # the chunk's loss alone
+    model.zero_grad()
+    nll.backward()
+    assert model.keypose.weight.grad is None or not model.keypose.weight.grad.any()
+    assert model.keypose_gain.weight.grad.abs().sum() > 0
+    losses, logs = fit_batch(pol, batch, 30)
+    assert set(logs) == {"nll", "mse", "keypose_mse"} and losses[-1] < losses[0] - 0.5
+
+
 def test_state_noise_perturbs_only_observed_joints_and_only_in_training(specs):
     """state_noise draws N(0, state_noise^2) per present non-gripper joint and history step (normalised units) in
     training; grippers, padded joints and missing steps stay exact, and evaluation sees the state as it is.

@@ -38,6 +38,11 @@ class PolicyConfig:
     # training only: MSE weight of an auxiliary prediction of where the next gripper event happens
     # (batch KEYPOSE); it makes the trunk locate the object from the first frame of an approach
     keypose_weight: float = 0.0
+    # the chunk is drawn toward the keypose: each component's mean mu_jkh becomes mu + g_jkh (keypose_j - mu),
+    # g a learned gain per step read from the joint token (0 at the start; 1 is exactly the keypose), the
+    # keypose the head's own prediction with its gradient stopped. A chunk can then go where the keypose
+    # head locates the object instead of re-learning that location in 50 steps' means (needs keypose_weight)
+    keypose_path: bool = False
     # inputs
     max_dof: int = DEFAULT_MAX_DOF  # joint tokens padded to this many (EmbodimentSpec.max_dof)
     joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM
@@ -83,6 +88,8 @@ class PolicyConfig:
             raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")
         if self.keypose_weight < 0:
             raise ValueError(f"keypose_weight must be >= 0, got {self.keypose_weight}")
+        if self.keypose_path and not self.keypose_weight > 0:
+            raise ValueError("keypose_path draws the chunk toward the predicted keypose: it needs keypose_weight > 0")
         if not 0 < self.age_min_period_s < self.age_max_period_s:
             raise ValueError(
                 f"need 0 < age_min_period_s < age_max_period_s, got {self.age_min_period_s}, {self.age_max_period_s}"

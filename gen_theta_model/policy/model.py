@@ -118,6 +118,8 @@ class HarmonicTransformer(nn.Module):
         self.head = MixtureHead(cfg)
         # Only built when trained: checkpoints without it load unchanged.
         self.keypose = nn.Linear(cfg.d_model, 1, bias=cfg.bias) if cfg.keypose_weight > 0 else None
+        # Per joint token: a gain for every (component, step) on the way to the keypose (PolicyConfig.keypose_path).
+        self.keypose_gain = nn.Linear(cfg.d_model, cfg.n_components * cfg.chunk_len) if cfg.keypose_path else None
         self.init_weights()
 
     def init_steps(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
@@ -134,6 +136,8 @@ class HarmonicTransformer(nn.Module):
         for block in (m for m in self.modules() if isinstance(m, Block)):
             steps += [(block.attn.proj, residual), (block.mlp.proj, residual)]
         steps.append((self.head.proj, partial(_init_linear_or_embedding, std=0.02 / math.sqrt(self.cfg.d_model))))
+        if self.keypose_gain is not None:  # zero gains: the chunk starts as it would without the path
+            steps.append((self.keypose_gain, partial(_init_linear_or_embedding, std=0.0)))
         return steps
 
     def init_weights(self) -> None:
@@ -173,7 +177,14 @@ class HarmonicTransformer(nn.Module):
             anchor = batch[ANCHOR].float()[:, :, None, None]  # (B, D, 1, 1)
             dist = replace(dist, mean=dist.mean + anchor)
         if self.keypose is not None:
-            dist = replace(dist, keypose=self.keypose(joint_x).squeeze(-1).float())  # (B, D)
+            keypose = self.keypose(joint_x).squeeze(-1).float()  # (B, D)
+            if self.keypose_gain is not None:
+                # Stopped gradient: the keypose stays the estimate its own loss trains; the chunk only reads it.
+                # The chunk's own mean moves that share of the way to it: gain 1 is exactly the keypose.
+                toward = keypose.detach()[:, :, None, None] - dist.mean  # (B, D, K, H)
+                gain = self.keypose_gain(joint_x).float().view_as(toward)
+                dist = replace(dist, mean=dist.mean + gain * toward)
+            dist = replace(dist, keypose=keypose)
         return dist
 
 
