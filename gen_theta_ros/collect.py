@@ -56,15 +56,18 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
     name = load_robot(robot).name
     procs = Processes(log_dir / robot)
     rows = []
-    with spinning(EpisodeClient(name, recorder=True, name="collect")) as client:
+    # Our sim has a name of its own, so that the client tells it from another sim on the topics.
+    sim_node = f"sim_robot_{os.getpid()}"
+    with spinning(EpisodeClient(name, recorder=True, name="collect", sim_node=sim_node)) as client:
         # A second sim on the same topics would reset this robot's episodes under the first one's
         # recorder, and both recorders would record both sims: refuse before starting anything, and
-        # look again for as long once our own sim is up (discovery may have been slow: on a machine
-        # loaded with three jobs the first look and an instant second one both missed it), before the
-        # first reset.
+        # look again once our own sim is up, before the first reset (discovery may be slow: on a
+        # loaded machine the first look missed the other sim, whose services then answered
+        # wait_ready; counting publishers took it for ours, so the check goes by node name).
         check_free(client, client.in_use(DISCOVERY_S))
         try:
-            procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-p", f"robot:={robot}",
+            procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-r", f"__node:={sim_node}",
+                                "-p", f"robot:={robot}",
                                 "-p", f"task:={tasks[0]}", "-p", f"dart_std:={dart_std}",
                                 "-p", f"dart_fade_m:=[{dart_fade_m[0]}, {dart_fade_m[1]}]"])
             procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
@@ -72,7 +75,7 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
             try:
                 client.wait_ready(STARTUP_TIMEOUT_S, procs.check_alive)
             finally:  # also when a child exited or start-up timed out: another sim may be why, so name it first
-                check_free(client, client.in_use(DISCOVERY_S, own=1))
+                check_free(client, client.in_use(DISCOVERY_S, own_sim_up=True))
             for task in tasks:
                 for k in range(episodes):
                     # The recorder takes task and instruction from sim/task: reset() waits for it.

@@ -47,14 +47,16 @@ STOP_POLL_S = 0.1  # how soon a spinning() thread sees that its `with` block end
 class EpisodeClient(Node):
     """Client of ``robot``'s sim (and, with ``recorder``, of its recorder); see the module docstring."""
 
-    def __init__(self, robot: str, recorder: bool = False, name: str = "episode_client") -> None:
+    def __init__(self, robot: str, recorder: bool = False, name: str = "episode_client",
+                 sim_node: str = "sim_robot") -> None:
         super().__init__(name)
         t = load_topics()
         self.robot = robot
+        self.sim_node = sim_node  # the name of the sim node this client waits for, in /<robot>
         self.state: TaskState | None = None  # the latest sim/task message
         self._changed = threading.Condition()
         self.reset_client = self.create_client(Trigger, t.resolve(robot, t.services.sim_reset))
-        self.sim_params = self.create_client(SetParameters, f"/{robot}/sim_robot/set_parameters")
+        self.sim_params = self.create_client(SetParameters, f"/{robot}/{sim_node}/set_parameters")
         self.command_topic = t.resolve(robot, t.command)
         self.joint_topic = t.resolve(robot, t.joint_states)
         self.recorder: dict[str, Client] = {}
@@ -102,27 +104,41 @@ class EpisodeClient(Node):
                 self._changed.wait(min(0.5, left))
 
     def wait_ready(self, timeout: float, check: Callable[[], None] | None = None, expert: bool = True) -> None:
-        """Wait until the sim's services (and the recorder's, and with ``expert`` a command publisher) are up."""
+        """Wait until our sim node ``sim_node`` publishes joint states and its services (and the
+        recorder's, and with ``expert`` a command publisher) are up.
+        """
         clients = [self.reset_client, self.sim_params, *self.recorder.values()]
 
         def ready() -> bool:
-            return all(c.service_is_ready() for c in clients) and (
+            return bool(self.sim_publishers(ours=True)) and all(c.service_is_ready() for c in clients) and (
                 not expert or self.count_publishers(self.command_topic) > 0)
 
-        what = "the sim" + (", the recorder" if self.recorder else "") + (" and the expert" if expert else "")
+        what = f"the sim ({self.sim_node})" + (", the recorder" if self.recorder else "") + (
+            " and the expert" if expert else "")
         self.wait_for(ready, timeout, what, check)
 
-    def in_use(self, discovery_s: float, own: int = 0) -> str:
-        """Say what else publishes this robot's joint states ("" if nothing), besides ``own`` publishers
-        of ours; with none of ours, a sim reset already served counts too.
+    def sim_publishers(self, ours: bool) -> list[str]:
+        """Return the full names of the nodes that publish this robot's joint states: with ``ours``
+        our sim node ``sim_node`` alone, else every other one.
+        """
+        names = [f"{p.node_namespace.rstrip('/')}/{p.node_name}"
+                 for p in self.get_publishers_info_by_topic(self.joint_topic)]
+        return [n for n in names if (n == f"/{self.robot}/{self.sim_node}") == ours]
 
-        DDS discovery is asynchronous: an empty answer means nothing was found within ``discovery_s`` s
-        (on one idle machine other participants show up within about 0.1 s; on a loaded one later).
+    def in_use(self, discovery_s: float, own_sim_up: bool = False) -> str:
+        """Say what else publishes this robot's joint states ("" if nothing): any node but our sim
+        node ``sim_node``; before our sim is up (not ``own_sim_up``) a sim reset already served too.
+
+        Other publishers are told from ours by node name, never by count: a client that has not yet
+        seen our sim would take another one for it. DDS discovery is asynchronous: an empty answer
+        means nothing was found within ``discovery_s`` s (on one idle machine other participants
+        show up within about 0.1 s; on a loaded one later).
         """
         def found() -> str:
-            if self.count_publishers(self.joint_topic) > own:
-                return f"{self.joint_topic} already has a publisher"
-            if not own and self.reset_client.service_is_ready():
+            others = self.sim_publishers(ours=False)
+            if others:
+                return f"{self.joint_topic} already has a publisher ({', '.join(others)})"
+            if not own_sim_up and self.reset_client.service_is_ready():
                 return f"{self.reset_client.srv_name} is already served"
             return ""
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import rclpy
 import torch
 from bag_helpers import assert_counts_on_disk
 from ros_helpers import alive, kill_leftovers, process_tree, ros_node, start_exe, stop_or_kill, wait_for
@@ -22,6 +23,7 @@ from gen_theta_model import batch
 from gen_theta_model.data.ingest import IngestOptions, ingest
 from gen_theta_model.data.loader import DataConfig, make_dataloaders
 from gen_theta_model.data.recording import read_record
+from gen_theta_ros.episode_client import EpisodeClient, spinning
 
 
 def test_collect_ingest_load(tmp_path):
@@ -67,6 +69,21 @@ def test_collect_refuses_a_robot_that_another_sim_drives(tmp_path):
         assert f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}" in run.stderr
         assert not any(bags.iterdir())  # nothing recorded: it stopped before its first reset
         assert first.poll() is None  # the sim that was there runs on
+
+        # What collect's second look rests on, had its first look missed the other sim: the other
+        # sim's services do not make our client ready (it waits for its own sim node by name), and
+        # the other sim is named as such however many publishers the client has seen.
+        rclpy.init()
+        try:
+            with spinning(EpisodeClient("arm6", sim_node="sim_robot_ours")) as client:
+                client.wait_for(client.reset_client.service_is_ready, 60, "the other sim's reset service")
+                assert client.in_use(60, own_sim_up=True) == "/arm6/joint_states already has a publisher " \
+                                                              "(/arm6/sim_robot)"
+                assert client.sim_publishers(ours=True) == []
+                with pytest.raises(TimeoutError, match=r"the sim \(sim_robot_ours\)"):
+                    client.wait_ready(1.0, expert=False)
+        finally:
+            rclpy.try_shutdown()
     finally:
         stop_or_kill(first, signal.SIGINT, 30)
 
