@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -37,10 +38,10 @@ from gen_theta_model.train_config import TrainConfig
 TOPICS = load_topics()
 
 
-def tiny_checkpoint(run_dir: Path, robots: dict[str, float], **policy_fields: object) -> Path:
-    """Save a tiny policy for ``robots`` (name -> action mean in canonical units; a mean beyond
-    +-1 makes the policy command positions outside the URDF limits); ``policy_fields`` override the
-    tiny preset's. Returns the checkpoint dir.
+def tiny_checkpoint(run_dir: Path, robots: dict[str, float | np.ndarray], **policy_fields: object) -> Path:
+    """Save a tiny policy for ``robots`` (name -> action mean in canonical units, one for every joint
+    or (dof,); a mean beyond +-1 makes the policy command positions outside the URDF limits);
+    ``policy_fields`` override the tiny preset's. Returns the checkpoint dir.
     """
     torch.manual_seed(0)
     specs = [load_robot(name) for name in robots]
