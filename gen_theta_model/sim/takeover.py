@@ -80,8 +80,7 @@ class TakeoverConfig:
 class TakeoverRow:
     """What became of one seed: ``outcome`` is written | already_present (in the dataset: not run
     again) | expert_failed | implausible (``episode`` says why) | policy_succeeded | policy_timed_out |
-    holding_object; ``takeover_s`` in simulated
-    seconds since the server started driving.
+    holding_object; ``takeover_s`` in simulated seconds since the server started driving.
     """
 
     seed: int
@@ -132,7 +131,7 @@ class TakeoverCollector:
         try:
             streams, commands, start = self._drive_expert(writer)
             expert_s = round(loop.now - start, 3)
-            if robot.success_time is None:
+            if robot.success_time is None or not streams:  # (no streams: done before the expert's first command)
                 writer.abort()
                 return dataclasses.replace(row, outcome="expert_failed", expert_s=expert_s)
             try:  # what ingest rejects in a bag (joint speeds, positions beyond the limits) is rejected here
