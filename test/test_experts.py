@@ -115,3 +115,28 @@ def test_poses_of_another_scene_are_waited_out_not_a_crash():
         assert expert.act(t, q, names, positions, quaternions) is not None and expert.phase == "descend"
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("take_over_in", ["lift", "transfer"])
+def test_an_expert_taking_over_a_held_object_lifts_and_places_it(take_over_in):
+    """A fresh expert reset with ``holding=True`` (another controller grasped the cube) starts with the
+    lift from where the tool is and stacks the cube.
+    """
+    session = SimSession(load_robot("arm6"))
+    phases: list[str] = []
+
+    def watch(_t: float) -> None:
+        if not phases and session.expert.phase == take_over_in:
+            assert "red_cube" in session.robot.world.held_objects()
+            session.expert.reset(session.robot.state(), holding=True)
+            phases.append(session.expert.phase)
+        elif phases and session.expert.phase != phases[-1]:
+            phases.append(session.expert.phase)
+
+    try:
+        result = session.run("stack", 2, watch)
+    finally:
+        session.close()
+    assert result.success, result
+    assert phases[:3] == ["close", "lift", "transfer"] and "release" in phases
+    assert session.expert.attempts == 0

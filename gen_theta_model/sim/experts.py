@@ -94,12 +94,16 @@ class ScriptedExpert:
         self.done = True
         self._mirror: TrajectoryFollower | None = None
 
-    def reset(self, info: TaskInfo) -> None:
-        """Start a new episode from the task's scene ``info`` (``Task.info``, or the TaskState)."""
+    def reset(self, info: TaskInfo, holding: bool = False) -> None:
+        """Start a new episode from the task's scene ``info`` (``Task.info``, or the TaskState).
+
+        ``holding``: the gripper already holds the pick object (another controller grasped it; an
+        expert taking over): the first phase is the lift, from where the tool and the object are.
+        """
         self.info = info
         self._objects: dict[str, ObjectInfo] = {o.name: o for o in info.objects}
         self.workspace: Workspace = info.workspace
-        self.phase = "start"
+        self.phase = "close" if holding else "start"  # the phase after "close" is the lift
         self.done = False
         self.attempts = 0
         self._until = -math.inf
@@ -139,6 +143,10 @@ class ScriptedExpert:
             return None  # not this episode's scene (a reset in flight, or another sim on the topic): wait
         if self._mirror is None:
             self._mirror = TrajectoryFollower(self.spec, q, t)
+            if self.phase == "close":  # taken over holding the object: lift it as grasped, with the tool's yaw
+                _, rot = self.kin.fk(q)
+                self._yaw = math.atan2(rot[1, 0], rot[0, 0])
+                self._pick_z = float(poses[self.info.pick][0][2])
         self.phase = self._next_phase(poses)
         if self.phase == "done":
             self.done = True

@@ -11,17 +11,17 @@ simulated time:
    ``gen-theta rollout --in-process``) for a takeover time drawn per seed from
    ``TakeoverConfig.takeover_s`` (seconds after the server starts driving);
 2. the server stops, and ``ScriptedExpert`` takes the robot from where the policy left it (its
-   plans start from the measured joint positions; a closed gripper reopens on the approach) at
-   ``expert_rate_hz``, as the expert node does over ROS;
+   plans start from the measured joint positions; a closed gripper reopens on the approach; an
+   object the policy holds is lifted and placed from where it is) at ``expert_rate_hz``, as the
+   expert node does over ROS;
 3. the episode is written from the expert's first command on (joint states, every camera's
    frames, the commanded positions on the control grid, exactly what ingest makes of a bag):
    every action in it is the expert's, every state the policy's making or the expert's
    recovery from it. Only the expert's successes are kept, and only if their joint states pass
    the checks ingest applies to a bag (gen_theta_model.data.checks).
 
-An episode whose policy succeeded, timed out, or holds the task's object at the takeover time is
-not written (the expert's plan starts with an open approach, which would drop it): the rows
-say which. The episodes form an ordinary dataset (``finalize_dataset``) to mix with the
+An episode whose policy succeeded or timed out before the takeover is not written: the rows say
+which. The episodes form an ordinary dataset (``finalize_dataset``) to mix with the
 demonstrations (``gen-theta train ... --set dataset=[...]``).
 
     python -m gen_theta_model.sim.takeover CKPT --robot arm6 --task stack --seeds 0..99 --out runs/dag/data
@@ -79,8 +79,9 @@ class TakeoverConfig:
 @dataclass(frozen=True)
 class TakeoverRow:
     """What became of one seed: ``outcome`` is written | already_present (in the dataset: not run
-    again) | expert_failed | implausible (``episode`` says why) | policy_succeeded | policy_timed_out |
-    holding_object; ``takeover_s`` in simulated seconds since the server started driving.
+    again) | expert_failed | implausible (``episode`` says why) | policy_succeeded | policy_timed_out;
+    ``takeover_s`` in simulated seconds since the server started driving; ``holding``: the policy held
+    the task's object at the takeover (the expert starts with the lift).
     """
 
     seed: int
@@ -89,6 +90,7 @@ class TakeoverRow:
     outcome: str
     episode: str = ""
     expert_s: float = 0.0  # from the expert's first command to the end of the episode
+    holding: bool = False
 
 
 class TakeoverCollector:
@@ -125,8 +127,7 @@ class TakeoverCollector:
             return dataclasses.replace(row, outcome="policy_succeeded")
         if robot.done:
             return dataclasses.replace(row, outcome="policy_timed_out")
-        if robot.task.pick in robot.world.held_objects():
-            return dataclasses.replace(row, outcome="holding_object")
+        row = dataclasses.replace(row, holding=robot.task.pick in robot.world.held_objects())
         writer = EpisodeWriter(self.out / EPISODES, name, self.spec, self.video)
         try:
             streams, commands, start = self._drive_expert(writer)
@@ -162,7 +163,7 @@ class TakeoverCollector:
         """
         loop, robot, spec = self.loop, self.loop.robot, self.spec
         world = robot.world
-        self.expert.reset(robot.state())
+        self.expert.reset(robot.state(), holding=robot.task.pick in world.held_objects())
         act_every, js_every, grid_every = (1.0 / self.cfg.expert_rate_hz, 1.0 / loop.cfg.joint_state_rate_hz,
                                            1.0 / spec.control_rate_hz)
         frame_every = [1.0 / (loop.cfg.camera_rate_hz or cam.fps) for cam in spec.cameras]
