@@ -52,7 +52,6 @@ from gen_theta_model.data.episode import (
 )
 from gen_theta_model.data.manifest import EPISODES, existing_episodes, finalize_dataset
 from gen_theta_model.data.video import VideoConfig
-from gen_theta_model.serving import ServerConfig
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.experts import ScriptedExpert
 from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
@@ -130,7 +129,7 @@ class TakeoverCollector:
         row = dataclasses.replace(row, holding=robot.task.pick in robot.world.held_objects())
         writer = EpisodeWriter(self.out / EPISODES, name, self.spec, self.video)
         try:
-            streams, commands, start = self._drive_expert(writer)
+            streams, commands, start = self._drive_expert(writer, row.holding)
             expert_s = round(loop.now - start, 3)
             if robot.success_time is None or not streams:  # (no streams: done before the expert's first command)
                 writer.abort()
@@ -155,15 +154,16 @@ class TakeoverCollector:
         self._present.add(name)
         return dataclasses.replace(row, outcome="written", episode=name, expert_s=expert_s)
 
-    def _drive_expert(self, writer: EpisodeWriter) -> tuple[dict[str, np.ndarray], int, float]:
-        """Step the sim with the expert in control until it is done or the task's time runs out.
+    def _drive_expert(self, writer: EpisodeWriter, holding: bool) -> tuple[dict[str, np.ndarray], int, float]:
+        """Step the sim with the expert in control until it is done or the task's time runs out;
+        ``holding``: the gripper holds the task's object now.
 
         Returns the episode's numeric streams (from the expert's first command on), the number of
         expert commands and the sim time (s) of the first one.
         """
         loop, robot, spec = self.loop, self.loop.robot, self.spec
         world = robot.world
-        self.expert.reset(robot.state(), holding=robot.task.pick in world.held_objects())
+        self.expert.reset(robot.state(), holding=holding)
         act_every, js_every, grid_every = (1.0 / self.cfg.expert_rate_hz, 1.0 / loop.cfg.joint_state_rate_hz,
                                            1.0 / spec.control_rate_hz)
         frame_every = [1.0 / (loop.cfg.camera_rate_hz or cam.fps) for cam in spec.cameras]
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = parse_seeds(a.seeds)
     cfg = TakeoverConfig(takeover_s=tuple(a.takeover_s))
     policy, spec, longest = served_policy(a.checkpoint, a.robot)
-    server: ServerConfig = server_config({}, longest)
-    loop = SimClosedLoop(policy, spec, server, SimLoopConfig(inference_ms=a.inference_ms))
+    loop = SimClosedLoop(policy, spec, server_config({}, longest), SimLoopConfig(inference_ms=a.inference_ms))
     collector = TakeoverCollector(loop, a.out, a.checkpoint, cfg)
     rows: list[TakeoverRow] = []
     begin = time.monotonic()
