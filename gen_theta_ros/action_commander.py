@@ -17,7 +17,9 @@ Faults: a rejected goal, or the newest goal aborted (path or goal tolerance viol
 controller stopped) or canceled by someone else, is reported to ``on_fault(reason)``;
 the server then holds the robot (sends nothing, the controller holds) until it is enabled
 again. A gripper that stalls on an object is no fault. Results of goals a newer goal has
-replaced are ignored.
+replaced are ignored, and so are responses to goals sent before the hold (``stop``): a late
+refusal of one must not latch a new fault after the robot was enabled again, and one
+accepted late is canceled, since nothing of the old plan may run once the robot holds.
 
 control_msgs comes with a ROS 2 install; where it is missing, ``require_control_msgs``
 says so in one line and the topic interface still works.
@@ -79,6 +81,7 @@ class ActionCommander:
         self._on_fault = on_fault
         self._lock = threading.Lock()
         self._latest: dict[str, Future] = {}  # action name -> send future of the newest goal
+        self._epoch = 0  # goals since the last ``stop``; responses to older ones are stale
         self.arm_action = names.resolve(robot, names.actions.follow_joint_trajectory)
         self._clients: dict[str, ActionClient] = {
             self.arm_action: ActionClient(node, FollowJointTrajectory, self.arm_action)
@@ -134,15 +137,21 @@ class ActionCommander:
         with self._lock:
             self._latest[action] = future
             self.sent[action] += 1
-        future.add_done_callback(lambda f: self._on_response(action, f))
+            epoch = self._epoch
+        future.add_done_callback(lambda f: self._on_response(action, f, epoch))
 
-    def _on_response(self, action: str, sent: Future) -> None:
+    def _on_response(self, action: str, sent: Future, epoch: int) -> None:
         handle = sent.result()
+        with self._lock:
+            stale = epoch != self._epoch
+            self.accepted[action] += int(handle.accepted)
+        if stale:  # sent before the hold: its refusal says nothing now, and it must not run
+            if handle.accepted:
+                handle.cancel_goal_async()
+            return
         if not handle.accepted:
             self._on_fault(f"{action} rejected the goal (the controller's log says why)")
             return
-        with self._lock:
-            self.accepted[action] += 1
         handle.get_result_async().add_done_callback(lambda f: self._on_result(action, sent, f))
 
     def _on_result(self, action: str, sent: Future, future: Future) -> None:
@@ -172,6 +181,7 @@ class ActionCommander:
         with self._lock:
             sent = list(self._latest.values())
             self._latest.clear()
+            self._epoch += 1
         for future in sent:
             if future.done() and future.result().accepted:
                 future.result().cancel_goal_async()

@@ -110,6 +110,9 @@ def serving(tmp: Path, ckpt: Path, robots: Sequence[str], params: Sequence[str],
            "ckpt": ckpt, "tmp": tmp}
     try:
         yield env
+    except BaseException:
+        print(f"--- {log} (tail) ---\n{log.read_text()[-4000:]}")  # pytest shows it with the failure
+        raise
     finally:
         for f in env["feeders"].values():
             f.stop()
@@ -188,7 +191,10 @@ class Listener:
             if value:
                 return value
             time.sleep(poll)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or 'a condition'}")
+        with self.lock:  # what the server said last: the hold reason a failing test needs
+            last = {key: {k: v for k, v in d.items() if not k.startswith("camera_")} for key, d in self.diag.items()}
+        raise AssertionError(f"timed out after {timeout} s waiting for {what.__doc__ or 'a condition'}; "
+                             f"last diagnostics {last}")
 
 
 def set_enabled(node, robot: str, on: bool) -> SetBool.Response:

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.action import ActionServer, GoalResponse
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from ros_helpers import wait_for
 from sensor_msgs.msg import JointState
 from server_helpers import Listener, serving, set_enabled, tiny_checkpoint
@@ -113,16 +114,25 @@ def test_the_policy_drives_the_sim(path: str, checkpoint: Path, tmp_path: Path) 
 
 class Controller:
     """A FollowJointTrajectory server in this process: ``mode`` accept (succeeds at once), abort
-    (PATH_TOLERANCE_VIOLATED) or reject; ``goals`` counts the goal requests.
+    (PATH_TOLERANCE_VIOLATED), reject, or late reject (each request waits for its event in
+    ``waiting`` to be set, then is refused; needs a multi-threaded executor and a reentrant
+    ``group``); ``answered`` counts the late refusals sent.
     """
 
-    def __init__(self, node, name: str) -> None:
+    def __init__(self, node, name: str, group: ReentrantCallbackGroup | None = None) -> None:
         self.mode = "accept"
-        self.goals = 0
-        self.server = ActionServer(node, FollowJointTrajectory, name, self._execute, goal_callback=self._goal)
+        self.waiting: list[threading.Event] = []
+        self.answered = 0
+        self.server = ActionServer(node, FollowJointTrajectory, name, self._execute, goal_callback=self._goal,
+                                   callback_group=group)
 
     def _goal(self, goal) -> GoalResponse:
-        self.goals += 1
+        if self.mode == "late reject":
+            gate = threading.Event()
+            self.waiting.append(gate)
+            gate.wait(timeout=120)
+            self.answered += 1
+            return GoalResponse.REJECT
         return GoalResponse.REJECT if self.mode == "reject" else GoalResponse.ACCEPT
 
     def _execute(self, handle) -> FollowJointTrajectory.Result:
@@ -161,9 +171,11 @@ def test_rejected_aborted_and_missing_controllers_hold_the_robot(checkpoint: Pat
 
             held = listener.wait(faulted, timeout=30)
             assert held["level"] == 2 and what in held["message"], held
-            goals, heard = controller.goals, listener.diagnostics
+            # Holding: the server sends no goal after the fault (its own count: requests it sent
+            # before may still be on their way to this process's controller).
+            sent, heard = held["goals_sent"], listener.diagnostics
             listener.wait(lambda heard=heard: listener.diagnostics >= heard + 2, timeout=30)
-            assert controller.goals == goals  # holding: no goal after the fault
+            assert diag()["goals_sent"] == sent
             assert "controller fault" in diag()["message"]  # latched
             controller.mode = "accept"
             assert set_enabled(node, "arm6", True).success
@@ -178,6 +190,61 @@ def test_rejected_aborted_and_missing_controllers_hold_the_robot(checkpoint: Pat
         listener.wait(missing, timeout=60)
         controller = Controller(node, name)
         listener.wait(driving, timeout=60)  # back without enabling: nothing was latched
+
+
+def test_a_refusal_that_arrives_after_the_robot_was_enabled_again_changes_nothing(checkpoint: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Goals sent before a hold are answered late: the first refusal holds the robot; the others,
+    answered once it was enabled again, are of the old plan and latch no new fault.
+    """
+    with serving(tmp_path, checkpoint, ["arm6"], ["command_interfaces:=[action]"], ["arm6"],
+                 "late_refusal_test") as env:
+        listener = env["listener"]
+        controller_node = rclpy.create_node("late_controller")
+        executor = MultiThreadedExecutor(num_threads=6)  # a thread for every request kept waiting
+        executor.add_node(controller_node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        controller = Controller(controller_node, TOPICS.resolve("arm6", TOPICS.actions.follow_joint_trajectory),
+                                ReentrantCallbackGroup())
+        try:
+            def diag() -> dict:
+                return listener.diag.get("arm6", {})
+
+            def driving():
+                """arm6 driving through accepted goals"""
+                return diag().get("message") == "driving" and int(diag().get("goals_accepted", 0)) > 10
+
+            listener.wait(driving, timeout=120)
+            controller.mode = "late reject"
+            wait_for(lambda: len(controller.waiting) >= 2, 60, "two goal requests waiting for their answers")
+            controller.mode = "accept"
+            controller.waiting[0].set()
+
+            def faulted():
+                """arm6 holding on the first refusal"""
+                return "rejected the goal" in diag().get("message", "") and dict(diag())
+
+            listener.wait(faulted, timeout=30)
+            accepted = int(diag()["goals_accepted"])
+            assert set_enabled(env["node"], "arm6", True).success
+
+            def driving_again():
+                """arm6 driving through goals accepted after the enable"""
+                return driving() and int(diag()["goals_accepted"]) > accepted
+
+            listener.wait(driving_again, timeout=60)
+            late = len(controller.waiting)
+            for gate in controller.waiting:
+                gate.set()
+            wait_for(lambda: controller.answered >= late, 30, "the late refusals sent")
+            heard = listener.diagnostics
+            listener.wait(lambda: listener.diagnostics >= heard + 3, timeout=30)
+            assert diag()["message"] == "driving" and diag()["controller_faults"] == "1", diag()
+        finally:
+            for gate in controller.waiting:
+                gate.set()
+            executor.shutdown()
+            controller_node.destroy_node()
 
 
 def test_without_control_msgs_the_action_path_says_so_and_the_topic_path_works(checkpoint: Path,
