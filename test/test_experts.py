@@ -9,7 +9,7 @@ import pytest
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.episode import SimSession
-from gen_theta_model.sim.experts import ExpertConfig
+from gen_theta_model.sim.experts import PICK_PHASES, ExpertConfig
 from gen_theta_model.sim.tasks import TASKS
 
 ROBOTS = ("arm6", "arm7", "humanoid16")
@@ -140,3 +140,29 @@ def test_an_expert_taking_over_a_held_object_lifts_and_places_it(take_over_in):
     assert result.success, result
     assert phases[:3] == ["close", "lift", "transfer"] and "release" in phases
     assert session.expert.attempts == 0
+
+
+def test_a_cube_grasped_off_its_centre_is_placed_by_the_cube_not_by_the_tool():
+    """The expert sees the red cube 15 mm off while picking (a calibration error, or the policy it
+    took over from grasped it so): it grasps off the centre, then places the cube, not the tool,
+    on the blue one (to within 3 mm; placed by the tool, it lands 7-15 mm off).
+    """
+    session = SimSession(load_robot("arm6"))
+    expert = session.expert
+    act = expert.act
+
+    def misjudged(t, q, names, positions, quaternions):
+        seen = positions.copy()
+        if expert.phase in ("start", *PICK_PHASES):
+            seen[names.index(expert.info.pick)] += [0.015, 0.0, 0.0]
+        return act(t, q, names, seen, quaternions)
+
+    expert.act = misjudged
+    try:
+        for seed in (2, 3):
+            result = session.run("stack", seed)
+            world = session.robot.world
+            offset = world.object_position("red_cube") - world.object_position("blue_cube")
+            assert result.success and np.linalg.norm(offset[:2]) < 0.003, (seed, result, offset)
+    finally:
+        session.close()

@@ -10,7 +10,9 @@ Every phase plans a Cartesian path of the tool (pointing down) sampled every
 one ``Trajectory`` over the task arm and its gripper (other joints hold), with
 positions and finite-difference velocities, so the follower interpolates with cubic
 splines. Phases: approach (hover above the object), realign, descend, close, lift (retry
-from approach if the object did not come along), transfer, lower, release, retreat.
+from approach if the object did not come along), transfer, lower, release, retreat. Transfer
+and lower aim the held object, not the tool: the tool's goal carries the tool-object offset
+measured when the phase is planned, wherever in the fingers the object sits.
 
 Corrective demonstrations (``miss_prob``): in that share of episodes the first approach
 hovers ``miss_m`` off the object in a random direction (drawn from the task's seed), and a
@@ -43,6 +45,7 @@ from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
 
 PHASES = ("approach", "realign", "descend", "close", "lift", "transfer", "lower", "release", "retreat", "done")
 PICK_PHASES = ("approach", "realign", "descend", "close")  # phases whose goal moves with the object
+MAX_HELD_OFFSET = 0.05  # m, tool-object distance beyond which the object is not in the fingers
 
 
 @dataclass(frozen=True)
@@ -201,8 +204,11 @@ class ScriptedExpert:
                 duration = cfg.close_time
         elif self.phase == "lift":
             goal = start + np.array([0.0, 0.0, cfg.hover])
-        elif self.phase in ("transfer", "lower"):
-            goal = self._place_goal(poses, lowered=self.phase == "lower")
+        elif self.phase in ("transfer", "lower"):  # the object rides in the fingers where it is now
+            held = start - pick_pos
+            if np.linalg.norm(held) > MAX_HELD_OFFSET:  # dropped on the way: place where it would have gone
+                held = np.array([0.0, 0.0, cfg.grasp_offset])
+            goal = self._place_goal(poses, lowered=self.phase == "lower") + held
         elif self.phase == "release":
             goal, grip, duration = start, self._open, cfg.open_time
         else:  # retreat
@@ -230,6 +236,11 @@ class ScriptedExpert:
         return max(cfg.min_duration, float(np.linalg.norm(goal - start)) / cfg.speed)
 
     def _place_goal(self, poses: dict[str, tuple[np.ndarray, np.ndarray]], lowered: bool) -> np.ndarray:
+        """Where the held object's centre goes (m, world): above the place (``lowered``: at it).
+
+        The tool goes there plus the measured tool-object offset, so an object grasped off its
+        centre (by a policy the expert took over from, or slipped in the fingers) lands on target.
+        """
         cfg = self.cfg
         place = self.info.place
         place_pos = poses[place][0]
@@ -239,7 +250,7 @@ class ScriptedExpert:
             z = 2 * half[2] + pick_half + cfg.drop_clearance
         else:  # stack: the held cube's centre one cube height above the base's centre
             z = place_pos[2] + half[2] + pick_half + 0.003
-        z += cfg.grasp_offset + (0.0 if lowered else cfg.hover)
+        z += 0.0 if lowered else cfg.hover
         return np.array([place_pos[0], place_pos[1], z])
 
     def _path(
