@@ -3,6 +3,12 @@ the real sim through the real server, the scripted expert takes over and stacks 
 episode is written as a dataset that PyAV, safetensors and the training loader read back.
 """
 
+import json
+import signal
+import subprocess
+import sys
+import threading
+
 import av
 import numpy as np
 import pytest
@@ -13,7 +19,7 @@ from gen_theta_model import batch as K
 from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.data.episode import ACTION_POSITION, ACTION_STAMP, JOINT_POSITION, JOINT_STAMP
 from gen_theta_model.data.loader import DataConfig, make_dataloaders
-from gen_theta_model.data.manifest import EPISODES, existing_episodes, finalize_dataset
+from gen_theta_model.data.manifest import EPISODES, existing_episodes, finalize_dataset, staged_episodes
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy_server_config import server_config
@@ -105,3 +111,30 @@ def test_takeover_times_and_the_cli(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"outcome": "already_present"' in out and "1 episodes written" in out
     assert sorted(existing_episodes(tmp_path / "cli")[0]) == [f"arm6_stack_takeover_00000{s}" for s in (3, 4)]
+
+
+def test_sigterm_stops_a_collection_and_finalises_the_episodes_written(tiny, tmp_path):
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gen_theta_model.sim.takeover", str(tiny), "--task", "stack", "--seeds", "3..40",
+         "--takeover-s", str(TAKEOVER_S), str(TAKEOVER_S), "--inference-ms", "25", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    watchdog = threading.Timer(300.0, proc.kill)  # a hung collection fails the test instead of hanging it
+    watchdog.start()
+    try:
+        lines = []
+        for line in proc.stdout:  # stop once the first episode is written
+            lines.append(line)
+            if '"outcome": "written"' in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines += proc.communicate()[0].splitlines()
+    finally:
+        watchdog.cancel()
+    text = "".join(lines)
+    assert proc.returncode == 130, text
+    assert "takeover: interrupted; finalising the episodes written" in text and "episodes written to" in text
+    written = [json.loads(line)["episode"] for line in lines if line.startswith("{") and '"written"' in line]
+    assert written and sorted(existing_episodes(out)[0]) == sorted(written)
+    assert not staged_episodes(out)  # packed into the dataset, none left staged

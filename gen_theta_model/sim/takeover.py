@@ -21,8 +21,9 @@ simulated time:
    the checks ingest applies to a bag (gen_theta_model.data.checks).
 
 An episode whose policy succeeded or timed out before the takeover is not written: the rows say
-which. The episodes form an ordinary dataset (``finalize_dataset``) to mix with the
-demonstrations (``gen-theta train ... --set dataset=[...]``).
+which. The episodes form an ordinary dataset (``finalize_dataset``, also when Ctrl-C or SIGTERM
+stops the CLI, which then exits 130) to mix with the demonstrations (``gen-theta train ...
+--set dataset=[...]``).
 
     python -m gen_theta_model.sim.takeover CKPT --robot arm6 --task stack --seeds 0..99 --out runs/dag/data
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +222,10 @@ class TakeoverCollector:
         self.expert.close()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _ns(seconds: float) -> int:
     return int(round(seconds * 1e9))
 
@@ -250,12 +256,19 @@ def main(argv: list[str] | None = None) -> None:
     collector = TakeoverCollector(loop, a.out, a.checkpoint, cfg)
     rows: list[TakeoverRow] = []
     begin = time.monotonic()
+    # SIGTERM (`kill`, a supervisor stopping the job) ends the collection as Ctrl-C does: the seed in
+    # progress is dropped, the episodes written are finalised.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for task in a.task:
             for seed in seeds:
                 rows.append(collector.episode(task, seed))
                 print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
+    except KeyboardInterrupt:
+        print("takeover: interrupted; finalising the episodes written", flush=True)
+        raise SystemExit(130) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         collector.close()
         loop.close()
         written = sum(r.outcome == "written" for r in rows)
