@@ -81,7 +81,7 @@ class ActionCommander:
         self._on_fault = on_fault
         self._lock = threading.Lock()
         self._latest: dict[str, Future] = {}  # action name -> send future of the newest goal
-        self._epoch = 0  # goals since the last ``stop``; responses to older ones are stale
+        self._epoch = 0  # ``stop`` calls so far: a response to a goal sent before the last one is stale
         self.arm_action = names.resolve(robot, names.actions.follow_joint_trajectory)
         self._clients: dict[str, ActionClient] = {
             self.arm_action: ActionClient(node, FollowJointTrajectory, self.arm_action)
