@@ -42,6 +42,7 @@ from gen_theta_ros.qos import LATCHED_QOS
 T = TypeVar("T")
 N = TypeVar("N", bound=Node)
 STOP_POLL_S = 0.1  # how soon a spinning() thread sees that its `with` block ended
+UNKNOWN_NODE = "_NODE_NAME_UNKNOWN_"  # rmw's node name of an endpoint whose node is not yet discovered
 
 
 class EpisodeClient(Node):
@@ -120,9 +121,13 @@ class EpisodeClient(Node):
     def sim_publishers(self, ours: bool) -> list[str]:
         """Return the full names of the nodes that publish this robot's joint states: with ``ours``
         our sim node ``sim_node`` alone, else every other one.
+
+        A publisher whose node is not yet known (DDS discovered the endpoint before the node
+        names, which arrive on their own topic: rmw says ``_NODE_NAME_UNKNOWN_``) is left out
+        until it is: it could be our own sim.
         """
         names = [f"{p.node_namespace.rstrip('/')}/{p.node_name}"
-                 for p in self.get_publishers_info_by_topic(self.joint_topic)]
+                 for p in self.get_publishers_info_by_topic(self.joint_topic) if p.node_name != UNKNOWN_NODE]
         return [n for n in names if (n == f"/{self.robot}/{self.sim_node}") == ours]
 
     def in_use(self, discovery_s: float, own_sim_up: bool = False) -> str:
