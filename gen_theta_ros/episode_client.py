@@ -118,16 +118,19 @@ class EpisodeClient(Node):
             " and the expert" if expert else "")
         self.wait_for(ready, timeout, what, check)
 
-    def sim_publishers(self, ours: bool) -> list[str]:
+    def sim_publishers(self, ours: bool, unnamed: bool = False) -> list[str]:
         """Return the full names of the nodes that publish this robot's joint states: with ``ours``
         our sim node ``sim_node`` alone, else every other one.
 
         A publisher whose node is not yet known (DDS discovered the endpoint before the node
-        names, which arrive on their own topic: rmw says ``_NODE_NAME_UNKNOWN_``) is left out
-        until it is: it could be our own sim.
+        names, which arrive on their own topic: rmw says ``_NODE_NAME_UNKNOWN_``) could be our
+        own sim: it is left out until it is known, unless ``unnamed`` (our sim is not started,
+        so every publisher is another's).
         """
-        names = [f"{p.node_namespace.rstrip('/')}/{p.node_name}"
-                 for p in self.get_publishers_info_by_topic(self.joint_topic) if p.node_name != UNKNOWN_NODE]
+        names = [f"{p.node_namespace.rstrip('/')}/{p.node_name}" if p.node_name != UNKNOWN_NODE
+                 else "a node not yet named"
+                 for p in self.get_publishers_info_by_topic(self.joint_topic)
+                 if p.node_name != UNKNOWN_NODE or (unnamed and not ours)]
         return [n for n in names if (n == f"/{self.robot}/{self.sim_node}") == ours]
 
     def in_use(self, discovery_s: float, own_sim_up: bool = False) -> str:
@@ -140,7 +143,7 @@ class EpisodeClient(Node):
         show up within about 0.1 s; on a loaded one later).
         """
         def found() -> str:
-            others = self.sim_publishers(ours=False)
+            others = self.sim_publishers(ours=False, unnamed=not own_sim_up)
             if others:
                 return f"{self.joint_topic} already has a publisher ({', '.join(others)})"
             if not own_sim_up and self.reset_client.service_is_ready():
