@@ -127,10 +127,12 @@ class EpisodeClient(Node):
         own sim: it is left out until it is known, unless ``unnamed`` (our sim is not started,
         so every publisher is another's).
         """
-        names = [f"{p.node_namespace.rstrip('/')}/{p.node_name}" if p.node_name != UNKNOWN_NODE
-                 else "a node not yet named"
-                 for p in self.get_publishers_info_by_topic(self.joint_topic)
-                 if p.node_name != UNKNOWN_NODE or (unnamed and not ours)]
+        names = []
+        for p in self.get_publishers_info_by_topic(self.joint_topic):
+            if p.node_name != UNKNOWN_NODE:
+                names.append(f"{p.node_namespace.rstrip('/')}/{p.node_name}")
+            elif unnamed and not ours:
+                names.append("a node not yet named")
         return [n for n in names if (n == f"/{self.robot}/{self.sim_node}") == ours]
 
     def in_use(self, discovery_s: float, own_sim_up: bool = False) -> str:

@@ -125,14 +125,14 @@ def test_sigterm_stops_a_collection_and_finalises_the_episodes_written(tiny, tmp
     try:
         lines = []
         for line in proc.stdout:  # stop once the first episode is written
-            lines.append(line)
+            lines.append(line.rstrip("\n"))
             if '"outcome": "written"' in line:
                 proc.send_signal(signal.SIGTERM)
                 break
         lines += proc.communicate()[0].splitlines()
     finally:
         watchdog.cancel()
-    text = "".join(lines)
+    text = "\n".join(lines)
     assert proc.returncode == 130, text
     assert "takeover: interrupted; finalising the episodes written" in text and "episodes written to" in text
     written = [json.loads(line)["episode"] for line in lines if line.startswith("{") and '"written"' in line]
