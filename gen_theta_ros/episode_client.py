@@ -131,7 +131,7 @@ class EpisodeClient(Node):
         for p in self.get_publishers_info_by_topic(self.joint_topic):
             if p.node_name != UNKNOWN_NODE:
                 names.append(f"{p.node_namespace.rstrip('/')}/{p.node_name}")
-            elif unnamed and not ours:
+            elif unnamed:  # (never our sim's name: the filter below leaves it to ``ours=False``)
                 names.append("a node not yet named")
         return [n for n in names if (n == f"/{self.robot}/{self.sim_node}") == ours]
 
