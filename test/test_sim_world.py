@@ -23,6 +23,31 @@ def settle(world: SimWorld, seconds: float) -> None:
         world.step()
 
 
+def close_on_the_cube(world: SimWorld, q: np.ndarray, g: int) -> None:
+    """Command the gripper ``g`` closed at arm pose ``q``: a grasp of the red cube must form."""
+    closed = q.copy()
+    closed[g] = world.spec.lower[g]
+    world.set_targets(closed)
+    settle(world, 0.6)
+    assert world.held_objects() == {"red_cube"}
+
+
+def lift_and_let_go(world: SimWorld, q_lift: np.ndarray, g: int) -> None:
+    """Lift the grasped red cube to ``q_lift``, then open the gripper: the cube rises with the hand
+    and falls back to the table once let go.
+    """
+    lifted = q_lift.copy()
+    lifted[g] = world.spec.lower[g]
+    world.set_targets(lifted)
+    settle(world, 1.5)
+    assert world.object_position("red_cube")[2] > 0.1
+    lifted[g] = world.spec.upper[g]
+    world.set_targets(lifted)
+    settle(world, 1.0)
+    assert world.held_objects() == set()
+    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+
+
 @pytest.fixture(scope="module", params=ROBOTS)
 def world(request):
     w = SimWorld(load_robot(request.param))
@@ -85,21 +110,8 @@ def test_grasp_lift_and_release(world):
     g = kin.gripper
     world.set_targets(q_grasp)
     settle(world, 1.5)
-    closed = q_grasp.copy()
-    closed[g] = spec.lower[g]
-    world.set_targets(closed)
-    settle(world, 0.6)
-    assert world.held_objects() == {"red_cube"}
-    lifted = q_lift.copy()
-    lifted[g] = spec.lower[g]
-    world.set_targets(lifted)
-    settle(world, 1.5)
-    assert world.object_position("red_cube")[2] > 0.1
-    lifted[g] = spec.upper[g]
-    world.set_targets(lifted)
-    settle(world, 1.0)
-    assert world.held_objects() == set()
-    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+    close_on_the_cube(world, q_grasp, g)
+    lift_and_let_go(world, q_lift, g)
 
 
 def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
@@ -134,22 +146,9 @@ def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
     assert np.linalg.norm(centre - cube_xy) > 0.5 * objects.CUBE_HALF  # the cube sits well off the tool's centre
     body = objects.add_cube(world.client, np.array([*centre, objects.CUBE_HALF]), 0.0, objects.COLORS["red"])
     world.add_object(SceneObject("red_cube", body, "cube", (objects.CUBE_HALF,) * 3, True))
-    closed = q_grasp.copy()
-    closed[g] = spec.lower[g]
-    world.set_targets(closed)
-    settle(world, 0.6)
-    assert world.held_objects() == {"red_cube"}
+    close_on_the_cube(world, q_grasp, g)
     assert world.joint_state()[0][g] > spec.upper[g] - 0.01  # the pinching finger stayed (almost) fully open
-    lifted = q_lift.copy()
-    lifted[g] = spec.lower[g]
-    world.set_targets(lifted)
-    settle(world, 1.5)
-    assert world.object_position("red_cube")[2] > 0.1
-    lifted[g] = spec.upper[g]
-    world.set_targets(lifted)
-    settle(world, 1.0)
-    assert world.held_objects() == set()
-    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+    lift_and_let_go(world, q_lift, g)
 
 
 def test_cameras_render_and_wrist_camera_moves(world):
