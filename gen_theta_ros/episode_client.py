@@ -146,16 +146,17 @@ class EpisodeClient(Node):
         """
         def found() -> str:
             others = self.sim_publishers(ours=False, unnamed=not own_sim_up)
-            if others:
-                return f"{self.joint_topic} already has a publisher ({', '.join(others)})"
-            if not own_sim_up and self.reset_client.service_is_ready():
-                return f"{self.reset_client.srv_name} is already served"
-            return ""
+            return f"{self.joint_topic} already has a publisher ({', '.join(others)})" if others else ""
 
+        # The publisher names who drives the robot; a served reset, which discovery may deliver
+        # first, only that someone does: it answers only once the publisher did not show up.
         try:
             return self.wait_for(found, discovery_s, "other publishers")
         except TimeoutError:
-            return ""
+            pass
+        if not own_sim_up and self.reset_client.service_is_ready():
+            return f"{self.reset_client.srv_name} is already served"
+        return ""
 
     def wait_done(self, episode: int, timeout: float, check: Callable[[], None] | None = None) -> TaskState:
         """Wait for sim/task to report ``episode`` done (success or its time limit); return that state."""
