@@ -22,31 +22,6 @@ def settle(world: SimWorld, seconds: float) -> None:
         world.step()
 
 
-def close_on_the_cube(world: SimWorld, q: np.ndarray, g: int) -> None:
-    """Command the gripper ``g`` closed at arm pose ``q``: a grasp of the red cube must form."""
-    closed = q.copy()
-    closed[g] = world.spec.lower[g]
-    world.set_targets(closed)
-    settle(world, 0.6)
-    assert world.held_objects() == {"red_cube"}
-
-
-def lift_and_let_go(world: SimWorld, q_lift: np.ndarray, g: int) -> None:
-    """Lift the grasped red cube to ``q_lift``, then open the gripper: the cube rises with the hand
-    and falls back to the table once let go.
-    """
-    lifted = q_lift.copy()
-    lifted[g] = world.spec.lower[g]
-    world.set_targets(lifted)
-    settle(world, 1.5)
-    assert world.object_position("red_cube")[2] > 0.1
-    lifted[g] = world.spec.upper[g]
-    world.set_targets(lifted)
-    settle(world, 1.0)
-    assert world.held_objects() == set()
-    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
-
-
 @pytest.fixture(scope="module", params=ROBOTS)
 def world(request):
     w = SimWorld(load_robot(request.param))
@@ -109,8 +84,21 @@ def test_grasp_lift_and_release(world):
     g = kin.gripper
     world.set_targets(q_grasp)
     settle(world, 1.5)
-    close_on_the_cube(world, q_grasp, g)
-    lift_and_let_go(world, q_lift, g)
+    closed = q_grasp.copy()
+    closed[g] = spec.lower[g]
+    world.set_targets(closed)
+    settle(world, 0.6)
+    assert world.held_objects() == {"red_cube"}
+    lifted = q_lift.copy()
+    lifted[g] = spec.lower[g]
+    world.set_targets(lifted)
+    settle(world, 1.5)
+    assert world.object_position("red_cube")[2] > 0.1
+    lifted[g] = spec.upper[g]
+    world.set_targets(lifted)
+    settle(world, 1.0)
+    assert world.held_objects() == set()
+    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
 
 
 def test_cameras_render_and_wrist_camera_moves(world):
