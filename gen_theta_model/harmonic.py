@@ -212,6 +212,7 @@ class ChunkScheduler:
     def __init__(self, cfg: SchedulerConfig, position: np.ndarray, now: float) -> None:
         self.cfg = cfg
         self.generation = 0
+        self.plan = 0  # counts the timelines (every reset and splice): which one a window was taken from
         self.pending: InferenceRequest | None = None
         self.reset(position, now)
 
@@ -224,6 +225,7 @@ class ChunkScheduler:
         self._end = 0  # grid index after which the timeline holds
         self._started = False  # False until the first chunk is spliced in
         self.generation += 1
+        self.plan += 1
         self.pending = None
 
     def _next_index(self, t: float) -> int:
@@ -317,17 +319,26 @@ class ChunkScheduler:
         first = self._next_index(now)  # first grid point after arrival
         late = self.cfg.mode == "harmonic" and first > takeover
         self._chunk = chunk
+        self.plan += 1
         self._takeover = max(takeover, first) if self.cfg.mode == "naive_async" else takeover
         self._end = chunk.shape[0] - 1
         self._started = True
         return SpliceResult(self._time(max(takeover, first)), late=late)
 
     # -- commands -----------------------------------------------------------------------
-    def amend(self, window: CommandWindow) -> None:
+    def amend(self, window: CommandWindow, plan: int) -> None:
         """Make the positions actually sent (canonical, e.g. clamped or rate-limited by the
         adapter) the plan at their grid points, so that later prefixes commit what the
-        robot really executes. ``window`` must come from ``window()`` of this timeline.
+        robot really executes. ``window`` comes from ``window()`` while ``self.plan`` was ``plan``.
+
+        A window of an earlier plan amends nothing: a chunk was spliced in (or the timeline reset)
+        between ``window()`` and this call, as the inference thread may do while the command thread
+        clamps, and the robot executes the new plan from the next window on. (Amending it with the old
+        window crashed the server's command loop under load: an arrival plan starts after the old
+        window's first point.)
         """
+        if plan != self.plan:
+            return
         first = int(round((window.stamp + window.times[0] - self._t0) / self.cfg.period))
         if first > self._end:  # a stop point past the end: nothing planned to amend
             return

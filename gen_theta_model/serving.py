@@ -313,13 +313,14 @@ class HarmonicServer:
                 s.scheduler = ChunkScheduler(self._scheduler_config(s.spec), start, now)
                 s.holding = False
                 self._wake.set()
-            window = s.scheduler.window(now)
-            idle = s.scheduler.idle(now)
-        cmd = s.adapter.command(window)
+            scheduler, plan = s.scheduler, s.scheduler.plan
+            window = scheduler.window(now)
+            idle = scheduler.idle(now)
+        cmd = s.adapter.command(window)  # outside the lock: a chunk may be spliced in meanwhile
         if cmd.clamped and not cmd.hold_reason:  # commit what is really sent, not what was planned
             sent = dataclasses.replace(window, positions=s.spec.normalize(cmd.window.positions))
             with s.lock:
-                s.scheduler.amend(sent)
+                scheduler.amend(sent, plan)
         c.ticks += 1
         c.idle_ticks += int(idle)
         c.clamped_ticks += int(cmd.clamped)

@@ -1,5 +1,7 @@
 """The run-time half of gen_theta_model.harmonic, on a fake clock: no ROS, no threads."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -245,11 +247,32 @@ def test_amended_positions_become_the_committed_prefix():
     cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H)
     sched = ChunkScheduler(cfg, np.zeros(1), now=0.0)
     sched.splice(sched.request(0.0, 1), np.arange(H, dtype=float)[:, None], now=0.001)  # action j at (j+1) DT
+    plan = sched.plan
     win = sched.window(0.005)
     limited = np.minimum(win.positions, 3.0)  # what an adapter let through
-    sched.amend(CommandWindow(win.stamp, win.times, limited, win.velocities, win.accelerations))
+    sched.amend(CommandWindow(win.stamp, win.times, limited, win.velocities, win.accelerations), plan)
     req = sched.request(0.005, delay=6)
     np.testing.assert_array_equal(req.prefix[:, 0], [0.0, 1.0, 2.0, 3.0, 3.0, 3.0])
+
+
+def test_a_window_of_the_plan_before_a_splice_amends_nothing():
+    """The command thread takes its window, clamps it outside the lock and amends the plan with what it
+    sent. Preempted long enough (a loaded machine), the inference thread may request and splice in a
+    chunk meanwhile, one that takes over after that window's first point. The old window must leave
+    the new plan alone (it crashed the server's command loop under load: "could not broadcast input
+    array from shape (25,8) into shape (0,8)").
+    """
+    cfg = SchedulerConfig(mode="harmonic", rate_hz=RATE, horizon=H, execute_steps=8)
+    sched = ChunkScheduler(cfg, np.zeros(2), now=0.0)
+    sched.splice(sched.request(0.001, delay=15), np.ones((H, 2)), now=0.305)  # moving from 0.32 s
+    plan = sched.plan
+    window = sched.window(0.40)  # 25 points from 0.42 s
+    request = sched.request(0.47, delay=1)  # three periods later: its chunk starts at 0.48 s
+    chunk = np.full((H, 2), 2.0)
+    sched.splice(request, chunk, now=0.49)
+    assert sched.plan != plan
+    sched.amend(dataclasses.replace(window, positions=np.zeros_like(window.positions)), plan)
+    np.testing.assert_array_equal(sched.window(0.49).positions, chunk[2 : 2 + cfg.window_steps])
 
 
 def test_planned_until_is_where_the_plan_ends():

@@ -36,6 +36,8 @@ def system(tmp_path_factory):
     ckpt = tiny_checkpoint(tmp / "run", {"arm6": 0.0, "arm7": 0.0})
     params = ["diagnostics_period_s:=0.2", "joint_timeout_s:=0.3", "camera_timeout_s:=0.6"]
     with serving(tmp, ckpt, ROBOTS, params, ["arm6"], "policy_server_faults_test") as env:
+        # Up first (start-up takes long on a loaded machine): each test's waits are then about its fault.
+        env["listener"].wait(driving(env["listener"], "arm6"), timeout=120.0)
         yield env
 
 
