@@ -1,6 +1,7 @@
 """The pybullet world: every shipped URDF loads, joints follow targets, mimic, grasp, belt, cameras, tasks."""
 
 import numpy as np
+import pybullet as p
 import pybullet_data
 import pytest
 
@@ -89,6 +90,56 @@ def test_grasp_lift_and_release(world):
     world.set_targets(closed)
     settle(world, 0.6)
     assert world.held_objects() == {"red_cube"}
+    lifted = q_lift.copy()
+    lifted[g] = spec.lower[g]
+    world.set_targets(lifted)
+    settle(world, 1.5)
+    assert world.object_position("red_cube")[2] > 0.1
+    lifted[g] = spec.upper[g]
+    world.set_targets(lifted)
+    settle(world, 1.0)
+    assert world.held_objects() == set()
+    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+
+
+def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
+    """One finger at its closed limit, the other pinching the cube against it from fully open: the grasp
+    forms, and opening releases it (the grasped width is the most closed finger's, not the open one's).
+    """
+    spec = world.spec
+    kin = ArmKinematics(spec)
+    try:
+        world.clear_objects()
+        cube_xy = np.array(reachable_workspace(kin).center)
+        q_grasp, err = kin.ik(spec.home_positions, np.array([*cube_xy, objects.CUBE_HALF + 0.005]))
+        q_lift, _ = kin.ik(q_grasp, np.array([*cube_xy, 0.15]))
+        g = kin.gripper
+    finally:
+        kin.close()
+    assert err < 2e-3
+    q_grasp[g] = spec.upper[g]
+    world.reset_robot(q_grasp)
+    mirror = next(m for m in world.mimics if m.parent == spec.joint_names[g])
+    c = world.client
+    index = {
+        p.getJointInfo(world.robot, j, physicsClientId=c)[1].decode(): j
+        for j in range(p.getNumJoints(world.robot, physicsClientId=c))
+    }
+    finger_ids = [index[spec.joint_names[g]], index[mirror.name]]  # pybullet: a joint's child link has its index
+    p.resetJointState(
+        world.robot, finger_ids[1], mirror.offset + mirror.multiplier * spec.lower[g], 0.0, physicsClientId=c
+    )
+    faces = [np.asarray(s[4]) for s in p.getLinkStates(world.robot, finger_ids, physicsClientId=c)]
+    centre = 0.5 * (faces[0][:2] + faces[1][:2])  # between the open finger's face and the closed one's
+    assert np.linalg.norm(centre - cube_xy) > 0.5 * objects.CUBE_HALF  # the cube sits well off the tool's centre
+    body = objects.add_cube(world.client, np.array([*centre, objects.CUBE_HALF]), 0.0, objects.COLORS["red"])
+    world.add_object(SceneObject("red_cube", body, "cube", (objects.CUBE_HALF,) * 3, True))
+    closed = q_grasp.copy()
+    closed[g] = spec.lower[g]
+    world.set_targets(closed)
+    settle(world, 0.6)
+    assert world.held_objects() == {"red_cube"}
+    assert world.joint_state()[0][g] > spec.upper[g] - 0.01  # the pinching finger stayed (almost) fully open
     lifted = q_lift.copy()
     lifted[g] = spec.lower[g]
     world.set_targets(lifted)

@@ -7,8 +7,10 @@
   the position they had at reset.
 - Grasp model: a fixed constraint between the hand and an object is created while a gripper
   is commanded to close and both of its fingers touch that object; it is removed as soon as
-  the gripper is commanded to open past the width it grasped. The fingers still close
-  physically around the object; the constraint keeps the object from slipping.
+  the gripper is commanded to open past the width it grasped: that of its most closed finger
+  (each finger has its own motor, so an object grasped off-centre is pinched by one finger
+  against the other, which may stay fully open). The fingers still close physically around
+  the object; the constraint keeps the object from slipping.
 - Conveyor belts are static bodies; every step, a movable object resting on a belt that is
   not grasped is given the belt's velocity.
 
@@ -44,7 +46,9 @@ class Mimic:
 
 @dataclass
 class Grasp:
-    """An active grasp: the constraint id, the object name and the finger width when it closed."""
+    """An active grasp: the constraint id, the object name and the most closed finger's position
+    when it closed (in the gripper joint's coordinate, m or rad).
+    """
 
     constraint: int
     obj: str
@@ -106,14 +110,22 @@ class SimWorld:
     def _gripper_links(self) -> dict[int, tuple[int, list[int]]]:
         """Spec index of each gripper joint -> (hand link, finger links incl. mimic fingers)."""
         out = {}
+        self._finger_maps: dict[int, list[tuple[float, float]]] = {}  # per finger: (multiplier, offset)
         for i, joint in enumerate(self.spec.joints):
             if not joint.gripper:
                 continue
             j = self._joint_index[joint.name]
             hand = p.getJointInfo(self.robot, j, physicsClientId=self.client)[16]
-            fingers = [j] + [self._joint_index[m.name] for m in self.mimics if m.parent == joint.name]
-            out[i] = (hand, fingers)
+            mimics = [m for m in self.mimics if m.parent == joint.name]
+            out[i] = (hand, [j] + [self._joint_index[m.name] for m in mimics])
+            self._finger_maps[i] = [(1.0, 0.0)] + [(m.multiplier, m.offset) for m in mimics]
         return out
+
+    def _finger_widths(self, gripper: int, fingers: list[int]) -> np.ndarray:
+        """(F,) each finger's position in the gripper joint's coordinate (open = upper)."""
+        states = p.getJointStates(self.robot, fingers, physicsClientId=self.client)
+        maps = self._finger_maps[gripper]
+        return np.array([(state[0] - offset) / multiplier for state, (multiplier, offset) in zip(states, maps)])
 
     def reset_robot(self, q: np.ndarray) -> None:
         """Put the robot at positions ``q`` (dof,) at rest, release grasps, restart the clock."""
@@ -202,19 +214,19 @@ class SimWorld:
 
     def _update_grasps(self) -> None:
         for g, (hand, fingers) in self._grippers.items():
-            width = p.getJointState(self.robot, fingers[0], physicsClientId=self.client)[0]
+            widths = self._finger_widths(g, fingers)
             grasp = self.grasps.get(g)
             if grasp is not None:
-                if self._target[g] > grasp.width + 0.002:  # commanded open past the grasped width
+                if self._target[g] > grasp.width + 0.002:  # commanded open past the most closed finger
                     self._release(g)
                 continue
-            if self._target[g] >= width - 1e-3:  # not closing
+            if self._target[g] >= widths.max() - 1e-3:  # not closing: every finger is at its target
                 continue
             for obj in self.objects.values():
                 if obj.movable and all(
                     p.getContactPoints(self.robot, obj.body, f, -1, physicsClientId=self.client) for f in fingers
                 ):
-                    self._attach(g, hand, obj, width)
+                    self._attach(g, hand, obj, float(widths.min()))
                     break
 
     def _attach(self, gripper: int, hand: int, obj: SceneObject, width: float) -> None:
