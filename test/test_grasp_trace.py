@@ -52,21 +52,28 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     assert [t for t, _ in served.commands] == [t for t, _ in expected.commands]
     for (_, a), (_, b) in zip(served.commands, expected.commands, strict=True):
         np.testing.assert_array_equal([p.positions for p in a.points], [p.positions for p in b.points])
-    times = [t for t, _, _, _ in modes.records]
+    times = [r.time_s for r in modes.records]
     assert len(times) >= 3 and times == sorted(times) and times[0] >= 0.0  # simulated s, one episode
     k = policy.config.n_components
-    for _, weights, close_step, keypose in modes.records:
-        assert weights.shape == close_step.shape == (k,) and abs(weights.sum() - 1.0) < 1e-5
-        assert keypose.shape == (policy.config.max_dof,) and np.isfinite(keypose).all()
-        assert ((close_step >= -1) & (close_step < policy.config.chunk_len)).all()
+    for r in modes.records:
+        assert r.weights.shape == r.close_step.shape == r.open_step.shape == (k,) and abs(r.weights.sum() - 1.0) < 1e-5
+        assert r.keypose.shape == (policy.config.max_dof,) and np.isfinite(r.keypose).all()
+        for step in (r.close_step, r.open_step):
+            assert ((step >= -1) & (step < policy.config.chunk_len)).all()
+        # every step of a component's plan is open or closed: one of the two is its first step
+        assert ((r.close_step == 0) | (r.open_step == 0)).all()
     assert row.reopens >= 0 and (row.closing_weight is None or 0.0 <= row.closing_weight <= 1.0 + 1e-6)
     assert [c.time_s for c in row.chunks] == times
-    assert all(0.0 <= c.closing_weight <= 1.0 + 1e-6 for c in row.chunks)
+    assert all(0.0 <= c.closing_weight <= 1.0 + 1e-6 and 0.0 <= c.opening_weight <= 1.0 + 1e-6 for c in row.chunks)
+    assert all(0.0 <= c.place_xy_m < 2.0 for c in row.chunks)  # m: the blue cube, within reach
     assert all(0.0 <= c.keypose_xy_m < 2.0 for c in row.chunks)  # m: within the robot's reach of the cube
     text = chunk_table(row, 1.0)
     assert text.startswith("seed 4:") and len(text.splitlines()) == 3 + sum(t <= 1.0 for t in times)
     shown = [c for c in row.chunks if c.time_s <= 1.0]
-    assert text.splitlines()[-1].split("|")[-2].strip() == f"{100 * shown[-1].keypose_xy_m:.1f}"
+    cells = [cell.strip() for cell in text.splitlines()[-1].split("|")[1:-1]]
+    assert cells[6] == f"{100 * shown[-1].keypose_xy_m:.1f}" and cells[7] == f"{100 * shown[-1].place_xy_m:.1f}"
+    later = chunk_table(row, 2.0, since_s=1.0)  # the rows of a window: the release, after the grasp
+    assert len(later.splitlines()) == 3 + sum(1.0 <= t <= 2.0 for t in times)
 
 
 def test_table_says_never_for_a_gripper_that_stayed_open():

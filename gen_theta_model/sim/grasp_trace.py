@@ -11,7 +11,11 @@ within the chunk, and at which step of the chunk the heaviest one closes (a clos
 the steps executed before the next chunk replaces the plan is never executed); ``--chunks S``
 prints the same, chunk by chunk, for each episode's first S seconds, and for a policy with a
 keypose head (``keypose_weight``) how far from the object its predicted grasp pose puts the tool:
-whether the policy still locates the object once the arm moves. A policy that reaches the
+whether the policy still locates the object once the arm moves. The same rows give the release:
+the weight of the plans that open the gripper within the chunk, where the heaviest opens, and the
+tool's distance from the place object (``--chunks-from S0`` starts the rows later: a policy that
+carries the cube to the place and never lets go shows whether it plans the release and defers it,
+or never plans it). A policy that reaches the
 cube but closes elsewhere shows here; success rates alone do not tell it apart from one that
 never finds the cube (docs/policy.md, "Why the static suites fail").
 """
@@ -22,6 +26,7 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -50,6 +55,9 @@ class ChunkStart:
     closing_weight: float  # weight of the gripper plans that close within the chunk
     top_close_step: int  # where the heaviest plan closes, steps from the chunk's start (-1: it does not)
     keypose_xy_m: float | None = None  # predicted grasp pose's tool to the object in xy (None: no keypose head)
+    place_xy_m: float = math.nan  # tool to the place object (where it stood at reset) in xy
+    opening_weight: float = 0.0  # weight of the gripper plans that open within the chunk
+    top_open_step: int = -1  # where the heaviest plan opens, steps from the chunk's start (-1: it does not)
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,21 @@ class GraspTrace:
     chunks: tuple[ChunkStart, ...] = ()  # every chunk, when the mixture was read
 
 
+class ChunkRecord(NamedTuple):
+    """The task gripper's mixture when one chunk was planned."""
+
+    time_s: float  # simulated s (nan during the serving loop's warm-up)
+    weights: np.ndarray  # (K,) component weights
+    close_step: np.ndarray  # (K,) int: first step with the component's mean closed (canonical < 0), -1: never
+    open_step: np.ndarray  # (K,) int: first step with the component's mean open (canonical >= 0), -1: never
+    keypose: np.ndarray | None  # (D,) canonical, padded: the predicted pose at the next gripper event
+
+
 class GripperModes:
     """A Policy as SimClosedLoop serves it, recording the task gripper's mixture at every chunk.
 
-    ``records``: per chunk, (time s, weights (K,), close_step (K,) int, keypose): close_step is the
-    first step at which each component's mean is below the middle of the gripper's range (canonical
-    units < 0: closed), -1 if it never is; keypose (D,) canonical, padded, is the predicted pose at
-    the next gripper event, None without a keypose head.
+    ``records``: a ``ChunkRecord`` per chunk (closed: below the middle of the gripper's range;
+    keypose None without a keypose head).
     ``clock``: the serving loop's simulated time, set once the loop exists (its warm-up reads nan).
     """
 
@@ -86,7 +102,7 @@ class GripperModes:
         self.config = policy.config
         self.observation_config = policy.observation_config
         self.embodiments = policy.embodiments
-        self.records: list[tuple[float, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.records: list[ChunkRecord] = []
 
     def embodiment_index(self, name: str) -> int:
         return self.policy.embodiment_index(name)
@@ -98,8 +114,9 @@ class GripperModes:
         weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
         below = (dist.mean[0, self.gripper] < 0).numpy()  # (K, H), canonical
         close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
+        open_step = np.where((~below).any(-1), (~below).argmax(-1), -1)  # (K,)
         keypose = None if dist.keypose is None else dist.keypose[0].float().numpy()  # (D,), padded
-        self.records.append((t, weights, close_step, keypose))
+        self.records.append(ChunkRecord(t, weights, close_step, open_step, keypose))
         return chunk
 
 
@@ -111,6 +128,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     """
     state = loop.robot.reset(task, seed, 0.0)
     obj = loop.robot.world.object_position(state.pick).copy()  # (3,) m, before the episode moves it
+    place = loop.robot.world.object_position(state.place).copy()  # (3,) m
     if modes is not None:
         modes.records.clear()
     figures, trace = loop.run(task, seed, "harmonic", 0.0)
@@ -122,12 +140,15 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     closed = np.flatnonzero(is_closed)
     first = int(closed[0]) if len(closed) else None
     chunks: list[ChunkStart] = []
-    for t, w, close_step, keypose in modes.records if modes is not None else []:
-        i = max(int(np.searchsorted(trace.joint_times, t, side="right")) - 1, 0)  # the state received by then
-        aim = None if keypose is None else float(
-            np.linalg.norm(kin.fk(loop.spec.denormalize(keypose[: loop.spec.dof]))[0][:2] - obj[:2]))
-        chunks.append(ChunkStart(t, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
-                                 float(w[close_step >= 0].sum()), int(close_step[np.argmax(w)]), aim))
+    for r in modes.records if modes is not None else []:
+        i = max(int(np.searchsorted(trace.joint_times, r.time_s, side="right")) - 1, 0)  # the state received by then
+        aim = None if r.keypose is None else float(
+            np.linalg.norm(kin.fk(loop.spec.denormalize(r.keypose[: loop.spec.dof]))[0][:2] - obj[:2]))
+        top = int(np.argmax(r.weights))
+        chunks.append(ChunkStart(r.time_s, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
+                                 float(r.weights[r.close_step >= 0].sum()), int(r.close_step[top]), aim,
+                                 float(np.linalg.norm(tool[i, :2] - place[:2])),
+                                 float(r.weights[r.open_step >= 0].sum()), int(r.open_step[top])))
     open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
     nearest = min(open_down, key=lambda c: c.xy_m) if open_down else None
     return GraspTrace(
@@ -156,16 +177,23 @@ def table(rows: list[GraspTrace]) -> str:
     return "\n".join(lines)
 
 
-def chunk_table(row: GraspTrace, until_s: float) -> str:
-    """Markdown table of ``row``'s chunk starts up to ``until_s`` s, distances in cm."""
+def chunk_table(row: GraspTrace, until_s: float, since_s: float = 0.0) -> str:
+    """Markdown table of ``row``'s chunk starts from ``since_s`` to ``until_s`` s, distances in cm.
+
+    Tool xy and height are relative to the pick object where it stood at reset (it moves on a
+    conveyor and once grasped); place xy to the place object.
+    """
     lines = [f"seed {row.seed}:", "| t s | tool xy cm | tool height cm | gripper | weight of closing plans | "
-             "heaviest closes at step | predicted grasp pose xy cm |", "|---|---|---|---|---|---|---|"]
+             "heaviest closes at step | predicted grasp pose xy cm | place xy cm | weight of opening plans | "
+             "heaviest opens at step |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in row.chunks:
-        if c.time_s <= until_s:
+        if since_s <= c.time_s <= until_s:
             step = "never" if c.top_close_step < 0 else str(c.top_close_step)
+            opens = "never" if c.top_open_step < 0 else str(c.top_open_step)
             aim = "-" if c.keypose_xy_m is None else f"{100 * c.keypose_xy_m:.1f}"
             lines.append(f"| {c.time_s:.2f} | {100 * c.xy_m:.1f} | {100 * c.height_m:.1f} | "
-                         f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} | {aim} |")
+                         f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} | {aim} | "
+                         f"{100 * c.place_xy_m:.1f} | {c.opening_weight:.2f} | {opens} |")
     return "\n".join(lines)
 
 
@@ -184,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", default=["1000..1005"], help="integers and inclusive ranges A..B")
     parser.add_argument("--chunks", type=float, default=0.0, metavar="S",
                         help="also print each chunk start of an episode's first S seconds (a checkpoint only)")
+    parser.add_argument("--chunks-from", type=float, default=0.0, metavar="S0",
+                        help="start those rows at S0 seconds (the release: after the grasp)")
     a = parser.parse_args(argv)
     if bool(a.checkpoint) == a.expert:
         parser.error("give either a checkpoint directory or --expert (exactly one)")
@@ -199,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [trace_episode(loop, kin, a.task, s, modes) for s in seeds]
         print(table(rows))
         for row in rows if a.chunks > 0 else []:
-            print("\n" + chunk_table(row, a.chunks))
+            print("\n" + chunk_table(row, a.chunks, a.chunks_from))
     finally:
         kin.close()
         loop.close()
