@@ -67,6 +67,21 @@ def test_follows_targets_within_limits_and_mimic_follows_parent(world):
     assert np.all(world.joint_state()[0][: spec.dof] <= spec.upper + 0.01)
 
 
+def lift_and_let_go(world: SimWorld, q_lift: np.ndarray, g: int) -> None:
+    """Lift the held red cube to ``q_lift`` (dof,) with gripper ``g`` closed, then open it: the cube falls."""
+    spec = world.spec
+    lifted = q_lift.copy()
+    lifted[g] = spec.lower[g]
+    world.set_targets(lifted)
+    settle(world, 1.5)
+    assert world.object_position("red_cube")[2] > 0.1
+    lifted[g] = spec.upper[g]
+    world.set_targets(lifted)
+    settle(world, 1.0)
+    assert world.held_objects() == set()
+    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+
+
 def test_grasp_lift_and_release(world):
     """Close the fingers on a cube under the tool: a grasp forms, the cube lifts with the hand, opening drops it."""
     spec = world.spec
@@ -90,16 +105,7 @@ def test_grasp_lift_and_release(world):
     world.set_targets(closed)
     settle(world, 0.6)
     assert world.held_objects() == {"red_cube"}
-    lifted = q_lift.copy()
-    lifted[g] = spec.lower[g]
-    world.set_targets(lifted)
-    settle(world, 1.5)
-    assert world.object_position("red_cube")[2] > 0.1
-    lifted[g] = spec.upper[g]
-    world.set_targets(lifted)
-    settle(world, 1.0)
-    assert world.held_objects() == set()
-    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+    lift_and_let_go(world, q_lift, g)
 
 
 def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
@@ -140,16 +146,7 @@ def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
     settle(world, 0.6)
     assert world.held_objects() == {"red_cube"}
     assert world.joint_state()[0][g] > spec.upper[g] - 0.01  # the pinching finger stayed (almost) fully open
-    lifted = q_lift.copy()
-    lifted[g] = spec.lower[g]
-    world.set_targets(lifted)
-    settle(world, 1.5)
-    assert world.object_position("red_cube")[2] > 0.1
-    lifted[g] = spec.upper[g]
-    world.set_targets(lifted)
-    settle(world, 1.0)
-    assert world.held_objects() == set()
-    assert world.object_position("red_cube")[2] < 0.05  # fell back to the table
+    lift_and_let_go(world, q_lift, g)
 
 
 def test_cameras_render_and_wrist_camera_moves(world):
