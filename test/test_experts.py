@@ -142,6 +142,53 @@ def test_an_expert_taking_over_a_held_object_lifts_and_places_it(take_over_in):
     assert session.expert.attempts == 0
 
 
+@pytest.mark.parametrize("task", ["stack", "conveyor_pack"])
+def test_an_expert_taking_over_a_descent_goes_on_down_and_does_not_rise_first(task):
+    """A fresh expert reset halfway down a descent (a policy that was coming down on the cube, moving
+    or not) descends from there, as its own episodes do, and picks and places the cube; one reset at
+    the start, far from the cube, approaches as before.
+    """
+    session = SimSession(load_robot("arm6"))
+    kin, expert = session.expert.kin, session.expert
+    taken: dict[str, float] = {}
+    heights: list[float] = []
+
+    def watch(_t: float) -> None:
+        tool_z = float(kin.fk(session.robot.world.actuated_positions())[0][2])
+        if not taken and expert.phase == "descend":
+            cube_z = session.robot.world.object_position(expert.info.pick)[2]
+            if tool_z < cube_z + 0.6 * expert.cfg.hover:  # 4 cm of the 10 cm descent left
+                taken["z"] = tool_z
+                expert.reset(session.robot.state())
+        elif taken and expert.phase in ("start", "descend"):
+            heights.append(tool_z)
+        elif taken and "first" not in taken:
+            taken["first"] = PICK_PHASES.index(expert.phase) if expert.phase in PICK_PHASES else -1
+
+    try:
+        result = session.run(task, 3, watch)
+    finally:
+        session.close()
+    assert result.success, result
+    assert taken and heights and max(heights) < taken["z"] + 0.005  # down from there, never back up
+    assert taken["first"] == PICK_PHASES.index("close") and expert.attempts == 0
+
+
+def test_an_expert_started_at_home_approaches_first():
+    session = SimSession(load_robot("arm6"))
+    try:
+        robot, world, expert = session.robot, session.robot.world, session.expert
+        robot.reset("conveyor_pack", 3, now=0.0)
+        expert.reset(robot.state())
+        names, positions, quaternions = world.object_poses()
+        q = world.actuated_positions()
+        expert.act(0.0, q, names, positions, quaternions)
+        assert expert.act(0.15, q, names, positions + 0.015 * np.array([0.0, 1.0, 0.0]), quaternions) is not None
+        assert expert.phase == "approach"
+    finally:
+        session.close()
+
+
 def test_a_cube_grasped_off_its_centre_is_placed_by_the_cube_not_by_the_tool():
     """The expert sees the red cube 15 mm off while picking (a calibration error, or the policy it
     took over from grasped it so): it grasps off the centre, then places the cube, not the tool,

@@ -9,7 +9,8 @@ Every phase plans a Cartesian path of the tool (pointing down) sampled every
 ``point_dt`` s, solves IK point by point (each seeded by the previous one) and emits
 one ``Trajectory`` over the task arm and its gripper (other joints hold), with
 positions and finite-difference velocities, so the follower interpolates with cubic
-splines. Phases: approach (hover above the object), realign, descend, close, lift (retry
+splines. Phases: approach (hover above the object; skipped by an expert that takes over with
+the tool already over it), realign, descend, close, lift (retry
 from approach if the object did not come along), transfer, lower, release, retreat. Transfer
 and lower aim the held object, not the tool: the tool's goal carries the tool-object offset
 measured when the phase is planned, wherever in the fingers the object sits.
@@ -64,6 +65,7 @@ class ExpertConfig:
     joint_speed_fraction: float = 0.6  # joint speeds stay below this fraction of the URDF limits
     miss_prob: float = 0.0  # share of episodes whose first approach misses, then realigns (corrective demos)
     miss_m: tuple[float, float] = (0.03, 0.07)  # m, range of the miss's distance in xy
+    descend_xy: float = 0.02  # m: a start with the tool this near the object in xy, below hover, descends
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.miss_prob <= 1.0 or not 0.0 <= self.miss_m[0] <= self.miss_m[1]:
@@ -102,6 +104,8 @@ class ScriptedExpert:
 
         ``holding``: the gripper already holds the pick object (another controller grasped it; an
         expert taking over): the first phase is the lift, from where the tool and the object are.
+        Otherwise the first phase is the approach, or the descent when the tool is already over the
+        object (``ExpertConfig.descend_xy``; an expert taking over from a policy that was coming down).
         """
         self.info = info
         self._objects: dict[str, ObjectInfo] = {o.name: o for o in info.objects}
@@ -150,7 +154,7 @@ class ScriptedExpert:
                 _, rot = self.kin.fk(q)
                 self._yaw = math.atan2(rot[1, 0], rot[0, 0])
                 self._pick_z = float(poses[self.info.pick][0][2])
-        self.phase = self._next_phase(poses)
+        self.phase = self._next_phase(poses, q)
         if self.phase == "done":
             self.done = True
             return None
@@ -159,9 +163,13 @@ class ScriptedExpert:
         self._until = t + duration + self.cfg.settle
         return traj
 
-    def _next_phase(self, poses: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    def _next_phase(self, poses: dict[str, tuple[np.ndarray, np.ndarray]], q: np.ndarray) -> str:
         if self.phase == "start":
-            return "approach"
+            if not self._over_the_object(poses, q):
+                return "approach"
+            pick_pos, pick_quat = poses[self.info.pick]
+            self._pick_z, self._yaw = float(pick_pos[2]), self._grasp_yaw(pick_quat, q)
+            return "descend"
         if self.phase == "approach" and (self.attempts or not self.miss.any()):  # on target: no realign
             return "descend"
         if self.phase == "lift":
@@ -216,6 +224,20 @@ class ScriptedExpert:
         if duration is None:
             duration = max(cfg.min_duration, float(np.linalg.norm(goal - start)) / cfg.speed)
         return self._path(q_now, start, goal, velocity, duration, grip_now, grip)
+
+    def _over_the_object(self, poses: dict[str, tuple[np.ndarray, np.ndarray]], q: np.ndarray) -> bool:
+        """Whether the tool at joint positions ``q`` (dof,) is already over the pick object: within
+        ``descend_xy`` of it in xy, between the grasp height and the hover height.
+
+        An expert that takes over there (from a policy that was coming down on the object) descends
+        from where the tool is, as its own episodes do from that state. Starting with the approach
+        would lift the tool back to the hover height first: the learner would be taught to rise
+        exactly where the demonstrations descend (DAgger needs the expert's label *at the state*).
+        """
+        tool, _ = self.kin.fk(q)
+        grasp = poses[self.info.pick][0] + np.array([0.0, 0.0, self.cfg.grasp_offset])
+        near = float(np.linalg.norm(tool[:2] - grasp[:2])) < self.cfg.descend_xy
+        return near and grasp[2] - 0.01 <= tool[2] < grasp[2] + self.cfg.hover
 
     def _grasp_yaw(self, quat: np.ndarray, q_now: np.ndarray) -> float:
         """Tool yaw aligned with the cube's faces (mod 90 deg), nearest to the current tool yaw."""
