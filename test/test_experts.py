@@ -144,9 +144,9 @@ def test_an_expert_taking_over_a_held_object_lifts_and_places_it(take_over_in):
 
 @pytest.mark.parametrize("task", ["stack", "conveyor_pack"])
 def test_an_expert_taking_over_a_descent_goes_on_down_and_does_not_rise_first(task):
-    """A fresh expert reset halfway down a descent (a policy that was coming down on the cube, moving
-    or not) descends from there, as its own episodes do, and picks and places the cube; one reset at
-    the start, far from the cube, approaches as before.
+    """A fresh expert reset in mid-descent, about 5 cm above the cube (as after a policy that was coming
+    down on the cube, moving or not), goes on down from there, as its own episodes do, and picks and
+    places the cube (before ExpertConfig.descend_xy it rose back to the hover height first).
     """
     session = SimSession(load_robot("arm6"))
     kin, expert = session.expert.kin, session.expert
