@@ -174,21 +174,6 @@ def test_an_expert_taking_over_a_descent_goes_on_down_and_does_not_rise_first(ta
     assert taken["first"] == PICK_PHASES.index("close") and expert.attempts == 0
 
 
-def test_an_expert_started_at_home_approaches_first():
-    session = SimSession(load_robot("arm6"))
-    try:
-        robot, world, expert = session.robot, session.robot.world, session.expert
-        robot.reset("conveyor_pack", 3, now=0.0)
-        expert.reset(robot.state())
-        names, positions, quaternions = world.object_poses()
-        q = world.actuated_positions()
-        expert.act(0.0, q, names, positions, quaternions)
-        assert expert.act(0.15, q, names, positions + 0.015 * np.array([0.0, 1.0, 0.0]), quaternions) is not None
-        assert expert.phase == "approach"
-    finally:
-        session.close()
-
-
 def test_a_cube_grasped_off_its_centre_is_placed_by_the_cube_not_by_the_tool():
     """The expert sees the red cube 15 mm off while picking (a calibration error, or the policy it
     took over from grasped it so): it grasps off the centre, then places the cube, not the tool,
