@@ -157,7 +157,7 @@ def test_an_expert_taking_over_a_descent_goes_on_down_and_does_not_rise_first(ta
         tool_z = float(kin.fk(session.robot.world.actuated_positions())[0][2])
         if not taken and expert.phase == "descend":
             cube_z = session.robot.world.object_position(expert.info.pick)[2]
-            if tool_z < cube_z + 0.6 * expert.cfg.hover:  # 4 cm of the 10 cm descent left
+            if tool_z < cube_z + 0.6 * expert.cfg.hover:  # 6 cm above the cube's centre: about half the descent left
                 taken["z"] = tool_z
                 expert.reset(session.robot.state())
         elif taken and expert.phase in ("start", "descend"):

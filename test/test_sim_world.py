@@ -67,6 +67,15 @@ def test_follows_targets_within_limits_and_mimic_follows_parent(world):
     assert np.all(world.joint_state()[0][: spec.dof] <= spec.upper + 0.01)
 
 
+def close_on_the_cube(world: SimWorld, q: np.ndarray, g: int) -> None:
+    """Command the gripper ``g`` closed at arm pose ``q`` (dof,): a grasp of the red cube must form."""
+    closed = q.copy()
+    closed[g] = world.spec.lower[g]
+    world.set_targets(closed)
+    settle(world, 0.6)
+    assert world.held_objects() == {"red_cube"}
+
+
 def lift_and_let_go(world: SimWorld, q_lift: np.ndarray, g: int) -> None:
     """Lift the held red cube to ``q_lift`` (dof,) with gripper ``g`` closed, then open it: the cube falls."""
     spec = world.spec
@@ -100,11 +109,7 @@ def test_grasp_lift_and_release(world):
     g = kin.gripper
     world.set_targets(q_grasp)
     settle(world, 1.5)
-    closed = q_grasp.copy()
-    closed[g] = spec.lower[g]
-    world.set_targets(closed)
-    settle(world, 0.6)
-    assert world.held_objects() == {"red_cube"}
+    close_on_the_cube(world, q_grasp, g)
     lift_and_let_go(world, q_lift, g)
 
 
@@ -140,11 +145,7 @@ def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
     assert np.linalg.norm(centre - cube_xy) > 0.5 * objects.CUBE_HALF  # the cube sits well off the tool's centre
     body = objects.add_cube(world.client, np.array([*centre, objects.CUBE_HALF]), 0.0, objects.COLORS["red"])
     world.add_object(SceneObject("red_cube", body, "cube", (objects.CUBE_HALF,) * 3, True))
-    closed = q_grasp.copy()
-    closed[g] = spec.lower[g]
-    world.set_targets(closed)
-    settle(world, 0.6)
-    assert world.held_objects() == {"red_cube"}
+    close_on_the_cube(world, q_grasp, g)
     assert world.joint_state()[0][g] > spec.upper[g] - 0.01  # the pinching finger stayed (almost) fully open
     lift_and_let_go(world, q_lift, g)
 
