@@ -93,7 +93,8 @@ class GoalPacer:
     timeline), and a controller following the last goal does what the next one would say until
     that goal ends. A window goes out when there is no goal yet, when it departs from the last
     goal at a common point (a new chunk, a hold, a clamp), when the last goal ends less than
-    ``GOAL_LEAD_S`` after ``now``, or when it is a stop at another position than the last stop.
+    ``GOAL_LEAD_S`` after ``now`` and the window reaches further, or when it is a stop at another
+    position than the last stop.
     So goals follow the plan's changes (about one per chunk) rather than the command rate, and
     the controller and the action server are not flooded (each goal costs a goal request, a
     result request and status updates). Times in s on the node clock.
@@ -115,7 +116,11 @@ class GoalPacer:
         if len(last.points) == 1 or len(traj.points) == 1:  # stops: the same stop holds for ever
             return len(last.points) == len(traj.points) == 1 and np.allclose(
                 last.points[0].positions, traj.points[0].positions, rtol=0.0, atol=AGREE)
-        if last.start_time + last.duration - now < GOAL_LEAD_S:
+        # Refresh a goal about to end, but only with a window that reaches further: at a plan's end the
+        # windows shrink to its last points, and a refresh per tick would send goals ending ever closer
+        # to ``now``, one of which, delivered a little late, the controller rejects as in the past.
+        last_end = last.start_time + last.duration
+        if last_end - now < GOAL_LEAD_S and traj.start_time + traj.duration > last_end + 1e-6:
             return False
         planned = {round(last.start_time + p.time_from_start, 6): p for p in last.points}
         common = [(planned[t], p) for p in traj.points if (t := round(traj.start_time + p.time_from_start, 6))

@@ -115,6 +115,24 @@ def test_only_windows_that_change_the_plan_go_out_as_goals() -> None:
     assert pacer.due(plan_window(12.1, replanned), 12.1)
 
 
+def test_the_end_of_a_plan_goes_out_once() -> None:
+    """The windows of a plan that ends shrink to its last points: no refresh per tick then, since
+    each would end closer to ``now`` and one delivered late would be rejected as in the past.
+    """
+    pacer = GoalPacer()
+    plan = lambda t: ARM6.home_positions + 0.1 * np.sin(t)  # noqa: E731
+    end = 10.6  # the plan's last grid point
+
+    def tail(now: float) -> Trajectory:
+        w = plan_window(now, plan)
+        keep = [p for p in w.points if w.start_time + p.time_from_start <= end + 1e-9]
+        return Trajectory(w.joint_names, keep, w.start_time)
+
+    sent = [t for t in np.arange(28) * 0.02 + 10.0 if pacer.due(tail(t), t)]
+    # the first goal, and one refresh that reaches the plan's end (without the rule: one per tick after it)
+    assert np.allclose(sent, [10.0, 10.3])
+
+
 def test_goals_a_trajectory_controller_rejects() -> None:
     arm = arm_trajectory(window(ARM6.home_positions), GRIPPER)
     assert goal_rejection(arm, ARMS, now=10.0) == ""
