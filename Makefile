@@ -23,8 +23,10 @@ $(VENV)/.ros2-cli: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/gen-theta demo
 
+# The test files share out over the cores (pytest-xdist), a file to a worker: its module fixtures
+# (tiny checkpoints, datasets) are built once, and each worker has its own DDS domain (test/conftest.py).
 test: $(VENV)/.ros2-cli
-	$(BIN)/python -m pytest test
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile test
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,7 +1,8 @@
 """Test set-up shared by every test: an isolated DDS domain and the project's DDS profile.
 
 A random ROS_DOMAIN_ID per test session keeps parallel test runs on one machine
-from hearing each other; discovery stays on localhost.
+from hearing each other, and each pytest-xdist worker has a domain of its own; discovery
+stays on localhost.
 """
 
 import os
@@ -13,6 +14,10 @@ from workspace import has_ros2_cli
 from gen_theta_model.config import share_dir
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+# pytest-xdist workers (`make test` runs the files on several) inherit the controller's domain: each
+# worker takes the next one, so tests on two workers never hear each other's /arm6 topics.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):  # "gw0", "gw1", ...
+    os.environ["ROS_DOMAIN_ID"] = str(int(os.environ["ROS_DOMAIN_ID"]) + 1 + int(worker.removeprefix("gw")))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(share_dir() / "config" / "fastdds.xml"))
