@@ -11,7 +11,14 @@ from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy_server_config import server_config
 from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS
-from gen_theta_model.sim.grasp_trace import GraspTrace, GripperModes, chunk_table, table, trace_episode
+from gen_theta_model.sim.grasp_trace import (
+    GraspTrace,
+    GripperModes,
+    chunk_table,
+    release_fit,
+    table,
+    trace_episode,
+)
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop, SimLoopConfig
 
@@ -29,6 +36,37 @@ def test_the_expert_closes_the_gripper_at_the_cube():
     assert row.descents >= 1 and row.closest_down_xy_m < 0.01
     assert row.first_close_s is not None and row.first_close_s > 0.5  # after the reach, not at the start
     assert row.first_close_xy_m < 0.01 and abs(row.first_close_height_m) < 0.03  # at the cube, not above it
+
+
+def test_the_experts_release_follows_the_box():
+    """Conveyor: the box stands elsewhere along the belt in every seed, and the expert lets go over it."""
+    spec = load_robot("arm6")
+    loop = SimClosedLoop(None, spec, server_config({}, EXPERT_MAX_PREFIX_STEPS), SimLoopConfig(inference_ms=35.0))
+    kin = ArmKinematics(spec)
+    try:
+        rows = [trace_episode(loop, kin, "conveyor_pack", seed) for seed in (1000, 1001, 1008)]
+    finally:
+        kin.close()
+        loop.close()
+    assert all(r.success and r.release_xy_m is not None for r in rows)
+    assert all(math.dist(r.release_xy_m, r.place_xy_m) < 0.02 for r in rows)  # over the box's centre
+    fit = release_fit(rows)
+    slope, r = (float(v) for v in fit.split("y: slope ")[1].split(" (")[0].split(", r "))
+    assert abs(slope - 1.0) < 0.25 and r > 0.95, fit
+    assert "x: slope" not in fit  # the box's x is the same in every seed: nothing to fit
+
+
+def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
+    place_y = [-0.04, 0.0, 0.04, 0.02]
+    follows = [GraspTrace(s, True, 1, 0.0, 1.0, 0.0, 0.0, place_xy_m=(0.39, y), release_xy_m=(0.39, y + 0.005))
+               for s, y in enumerate(place_y)]
+    fixed = [GraspTrace(s, False, 1, 0.0, 1.0, 0.0, 0.0, place_xy_m=(0.39, y), release_xy_m=(0.40, -0.02))
+             for s, y in enumerate(place_y)]
+    assert release_fit(follows).startswith("release vs place over 4 releases: median distance 0.5 cm; y: slope 1.00")
+    assert "y: slope 0.00, r nan" in release_fit(fixed) and "x: slope" not in release_fit(fixed)
+    assert release_fit(follows[:2] + [GraspTrace(9, False, 0, math.nan, None, None, None)]) == (
+        "release vs place: 2 release(s), too few to fit")
+    assert "| 0 | True | 1 | 0.0 | 1.0 | 0.0 / 0.0 | 0 | - | 0.5 |" in table(follows)
 
 
 def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):

@@ -15,7 +15,9 @@ whether the policy still locates the object once the arm moves. The same rows gi
 the weight of the plans that open the gripper within the chunk, where the heaviest opens, and the
 tool's distance from the place object (``--chunks-from S0`` starts the rows later: a policy that
 carries the cube to the place and never lets go shows whether it plans the release and defers it,
-or never plans it). A policy that reaches the
+or never plans it). Where the gripper last opens, against where the place object stood, gives per
+episode the release's miss and over the episodes whether the release follows the place object at
+all (``release_fit``). A policy that reaches the
 cube but closes elsewhere shows here; success rates alone do not tell it apart from one that
 never finds the cube (docs/policy.md, "Why the static suites fail").
 """
@@ -76,6 +78,8 @@ class GraspTrace:
     top_close_step: int | None = None  # mixture read, or never down with the gripper open); where the heaviest
     # plan closes, in steps from the chunk's start (-1: it does not close)
     chunks: tuple[ChunkStart, ...] = ()  # every chunk, when the mixture was read
+    place_xy_m: tuple[float, float] = (math.nan, math.nan)  # the place object's centre at reset, world xy
+    release_xy_m: tuple[float, float] | None = None  # the tool when the gripper last opened after a close (None: never)
 
 
 class ChunkRecord(NamedTuple):
@@ -149,6 +153,8 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
                                  float(r.weights[r.close_step >= 0].sum()), int(r.close_step[top]), aim,
                                  float(np.linalg.norm(tool[i, :2] - place[:2])),
                                  float(r.weights[r.open_step >= 0].sum()), int(r.open_step[top])))
+    opens = np.flatnonzero(np.diff(is_closed.astype(int)) == -1) + 1  # rows where the gripper is open again
+    release = tuple(float(v) for v in tool[opens[-1], :2]) if len(opens) else None
     open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
     nearest = min(open_down, key=lambda c: c.xy_m) if open_down else None
     return GraspTrace(
@@ -159,21 +165,50 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
         float(tool[first, 2] - obj[2]) if first is not None else None,
         int(np.count_nonzero(np.diff(is_closed[first:].astype(int)) == -1)) if first is not None else 0,
         nearest.closing_weight if nearest else None, nearest.top_close_step if nearest else None, tuple(chunks),
+        (float(place[0]), float(place[1])), release,
     )
+
+
+def release_fit(rows: list[GraspTrace]) -> str:
+    """Say in one line whether the release follows the place object, over the ``rows`` that released.
+
+    Per world axis along which the place object varies from seed to seed (sd over 5 mm): the
+    least-squares slope of the release coordinate on the place coordinate, and their correlation
+    (an expert: slope and r near 1; a policy that takes every cube to the same spot: near 0), and
+    the median release-to-place distance in xy. Needs three releases.
+    """
+    done = [r for r in rows if r.release_xy_m is not None]
+    if len(done) < 3:
+        return f"release vs place: {len(done)} release(s), too few to fit"
+    place = np.array([r.place_xy_m for r in done])  # (N, 2) m
+    release = np.array([r.release_xy_m for r in done])  # (N, 2) m
+    parts = [f"release vs place over {len(done)} releases: median distance "
+             f"{100 * float(np.median(np.linalg.norm(release - place, axis=1))):.1f} cm"]
+    for axis, name in enumerate("xy"):
+        if place[:, axis].std() > 0.005:
+            slope = np.polyfit(place[:, axis], release[:, axis], 1)[0]
+            # r is undefined for releases all at one point (the slope, 0, says enough then)
+            r = np.corrcoef(place[:, axis], release[:, axis])[0, 1] if release[:, axis].std() > 0 else math.nan
+            parts.append(f"{name}: slope {slope:.2f}, r {r:.2f} (place sd {100 * place[:, axis].std():.1f} cm, "
+                         f"release sd {100 * release[:, axis].std():.1f} cm)")
+    return "; ".join(parts)
 
 
 def table(rows: list[GraspTrace]) -> str:
     """Markdown table of ``rows``, distances in cm."""
     lines = ["| seed | success | descents | closest xy while down cm | gripper first closes s | tool then: xy cm / "
-             "height cm | reopens | closest open approach: weight of closing plans; heaviest closes at step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "height cm | reopens | closest open approach: weight of closing plans; heaviest closes at step | "
+             "last release to place xy cm |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         then = ("never", "-") if r.first_close_s is None else (
             f"{r.first_close_s:.1f}", f"{100 * r.first_close_xy_m:.1f} / {100 * r.first_close_height_m:.1f}")
         modes = "-" if r.closing_weight is None else f"{r.closing_weight:.2f}; " + (
             "never" if r.top_close_step < 0 else str(r.top_close_step))
+        release = "never" if r.release_xy_m is None else (
+            f"{100 * math.dist(r.release_xy_m, r.place_xy_m):.1f}")
         lines.append(f"| {r.seed} | {r.success} | {r.descents} | {100 * r.closest_down_xy_m:.1f} | {then[0]} | "
-                     f"{then[1]} | {r.reopens} | {modes} |")
+                     f"{then[1]} | {r.reopens} | {modes} | {release} |")
     return "\n".join(lines)
 
 
@@ -228,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = [trace_episode(loop, kin, a.task, s, modes) for s in seeds]
         print(table(rows))
+        print(release_fit(rows))
         for row in rows if a.chunks > 0 else []:
             print("\n" + chunk_table(row, a.chunks, a.chunks_from))
     finally:
