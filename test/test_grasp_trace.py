@@ -5,6 +5,7 @@ on a tiny checkpoint: reading the gripper's mixture changes nothing that is serv
 import math
 
 import numpy as np
+import pytest
 from server_helpers import tiny_checkpoint
 
 from gen_theta_model.checkpoint import load_policy
@@ -51,9 +52,8 @@ def test_the_experts_release_follows_the_box():
     assert all(r.success and r.release_xy_m is not None for r in rows)
     assert all(math.dist(r.release_xy_m, r.place_xy_m) < 0.02 for r in rows)  # over the box's centre
     fit = release_fit(rows)
-    slope, r = (float(v) for v in fit.split("y: slope ")[1].split(" (")[0].split(", r "))
-    assert abs(slope - 1.0) < 0.25 and r > 0.95, fit
-    assert "x: slope" not in fit  # the box's x is the same in every seed: nothing to fit
+    assert abs(fit.axes["y"].slope - 1.0) < 0.25 and fit.axes["y"].r > 0.95, fit
+    assert "x" not in fit.axes  # the box's x is the same in every seed: nothing to fit
 
 
 def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
@@ -62,10 +62,12 @@ def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
                for s, y in enumerate(place_y)]
     fixed = [GraspTrace(s, False, 1, 0.0, 1.0, 0.0, 0.0, place_xy_m=(0.39, y), release_xy_m=(0.40, -0.02))
              for s, y in enumerate(place_y)]
-    assert release_fit(follows).startswith("release vs place over 4 releases: median distance 0.5 cm; y: slope 1.00")
-    assert "y: slope 0.00, r nan" in release_fit(fixed) and "x: slope" not in release_fit(fixed)
-    assert release_fit(follows[:2] + [GraspTrace(9, False, 0, math.nan, None, None, None)]) == (
-        "release vs place: 2 release(s), too few to fit")
+    assert str(release_fit(follows)).startswith(
+        "release vs place over 4 releases: median distance 0.5 cm; y: slope 1.00, r 1.00")
+    fit = release_fit(fixed)
+    assert list(fit.axes) == ["y"] and fit.axes["y"].slope == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(fit.axes["y"].r) and fit.axes["y"].release_sd_m == 0.0
+    assert release_fit(follows[:2] + [GraspTrace(9, False, 0, math.nan, None, None, None)]) is None
     assert "| 0 | True | 1 | 0.0 | 1.0 | 0.0 / 0.0 | 0 | - | 0.5 |" in table(follows)
 
 

@@ -169,29 +169,46 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
     )
 
 
-def release_fit(rows: list[GraspTrace]) -> str:
-    """Say in one line whether the release follows the place object, over the ``rows`` that released.
+class AxisFit(NamedTuple):
+    """The release coordinate against the place coordinate along one world axis, over the seeds."""
 
-    Per world axis along which the place object varies from seed to seed (sd over 5 mm): the
-    least-squares slope of the release coordinate on the place coordinate, and their correlation
-    (an expert: slope and r near 1; a policy that takes every cube to the same spot: near 0), and
-    the median release-to-place distance in xy. Needs three releases.
+    slope: float  # least-squares slope (the expert: 1; one drop point for every seed: 0)
+    r: float  # correlation (nan when every release is at one point)
+    place_sd_m: float
+    release_sd_m: float
+
+
+@dataclass(frozen=True)
+class ReleaseFit:
+    """Whether the release follows the place object, over the episodes that released."""
+
+    releases: int
+    median_miss_m: float  # median release-to-place distance in xy
+    axes: dict[str, AxisFit]  # "x" / "y": the world axes along which the place object varies (sd over 5 mm)
+
+    def __str__(self) -> str:
+        parts = [f"release vs place over {self.releases} releases: median distance {100 * self.median_miss_m:.1f} cm"]
+        parts += [f"{name}: slope {a.slope:.2f}, r {a.r:.2f} (place sd {100 * a.place_sd_m:.1f} cm, "
+                  f"release sd {100 * a.release_sd_m:.1f} cm)" for name, a in self.axes.items()]
+        return "; ".join(parts)
+
+
+def release_fit(rows: list[GraspTrace]) -> ReleaseFit | None:
+    """Fit where the gripper last opened on where the place object stood, over the ``rows`` that
+    released (None: fewer than three).
     """
     done = [r for r in rows if r.release_xy_m is not None]
     if len(done) < 3:
-        return f"release vs place: {len(done)} release(s), too few to fit"
+        return None
     place = np.array([r.place_xy_m for r in done])  # (N, 2) m
     release = np.array([r.release_xy_m for r in done])  # (N, 2) m
-    parts = [f"release vs place over {len(done)} releases: median distance "
-             f"{100 * float(np.median(np.linalg.norm(release - place, axis=1))):.1f} cm"]
+    axes = {}
     for axis, name in enumerate("xy"):
-        if place[:, axis].std() > 0.005:
-            slope = np.polyfit(place[:, axis], release[:, axis], 1)[0]
-            # r is undefined for releases all at one point (the slope, 0, says enough then)
-            r = np.corrcoef(place[:, axis], release[:, axis])[0, 1] if release[:, axis].std() > 0 else math.nan
-            parts.append(f"{name}: slope {slope:.2f}, r {r:.2f} (place sd {100 * place[:, axis].std():.1f} cm, "
-                         f"release sd {100 * release[:, axis].std():.1f} cm)")
-    return "; ".join(parts)
+        p, q = place[:, axis], release[:, axis]
+        if p.std() > 0.005:
+            r = float(np.corrcoef(p, q)[0, 1]) if q.std() > 0 else math.nan
+            axes[name] = AxisFit(float(np.polyfit(p, q, 1)[0]), r, float(p.std()), float(q.std()))
+    return ReleaseFit(len(done), float(np.median(np.linalg.norm(release - place, axis=1))), axes)
 
 
 def table(rows: list[GraspTrace]) -> str:
@@ -263,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = [trace_episode(loop, kin, a.task, s, modes) for s in seeds]
         print(table(rows))
-        print(release_fit(rows))
+        fit = release_fit(rows)
+        print(fit if fit is not None else "release vs place: fewer than 3 releases, nothing to fit")
         for row in rows if a.chunks > 0 else []:
             print("\n" + chunk_table(row, a.chunks, a.chunks_from))
     finally:
