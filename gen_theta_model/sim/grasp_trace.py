@@ -163,7 +163,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
         float(trace.joint_times[first] - trace.joint_times[0]) if first is not None else None,
         float(xy[first]) if first is not None else None,
         float(tool[first, 2] - obj[2]) if first is not None else None,
-        int(np.count_nonzero(np.diff(is_closed[first:].astype(int)) == -1)) if first is not None else 0,
+        len(opens),  # every opening follows the first close: the reopens
         nearest.closing_weight if nearest else None, nearest.top_close_step if nearest else None, tuple(chunks),
         (float(place[0]), float(place[1])), release,
     )
