@@ -45,7 +45,7 @@ def test_collect_ingest_load(tmp_path):
 
     # The expert may fail this seed: the episode enters the dataset either way.
     report = ingest([bag], tmp_path / "ds", IngestOptions(include_failed=True), jobs=1, progress=False)
-    assert report.added == [bag.name], report.failed
+    assert report.added == [bag.name], "\n".join(report.failed.values())  # whole: pytest cuts a dict
     train, _, info = make_dataloaders(tmp_path / "ds", DataConfig(batch_size=4, num_workers=0, val_fraction=0.0,
                                                                   samples_per_epoch=8))
     b = next(iter(train))
@@ -123,7 +123,8 @@ def test_collect_children_die_with_it_and_the_open_episode_is_closed(how: str, t
         kill_leftovers(proc, children)
         err.close()
     record = read_record(bag)
-    assert record.status == "complete", (how, record)  # closed by the recorder on SIGTERM / SIGINT
+    recorder_log = (logs / "arm6" / "recorder.log").read_text()[-3000:]
+    assert record.status == "complete", f"{how}: {record}\nrecorder.log:\n{recorder_log}"  # closed on SIGTERM/SIGINT
     assert_counts_on_disk(bag)
     stderr = (tmp_path / "collect.err").read_text()
     if how != "kill -9":

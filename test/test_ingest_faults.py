@@ -20,7 +20,7 @@ from bag_helpers import BAD_JOINT, BAD_MESSAGE, T0, read_rosbags, write_bag
 from mcap.stream_reader import CRCValidationError, StreamReader
 
 from gen_theta_model.data.bag import BagError, open_bag
-from gen_theta_model.data.checks import sensed_before_start
+from gen_theta_model.data.checks import ImplausibleValueError, check_joint_states, sensed_before_start
 from gen_theta_model.data.ingest import IngestOptions, ingest, main
 from gen_theta_model.data.manifest import open_dataset, read_episode
 from gen_theta_model.data.recording import read_record
@@ -103,6 +103,22 @@ def test_trimming_before_the_start_does_not_depend_on_the_clock_offset():
         assert sensed_before_start(stamps + offset, recv, start) == 1
     assert sensed_before_start(stamps, recv, 0) == 0  # no recorder start: nothing to trim
     assert sensed_before_start(stamps, recv, start + 10**9) == 0  # everything before: a mismatched clock, kept
+
+
+def test_a_reported_velocity_spike_is_kept_a_wild_one_rejected(arm6):
+    """A finger bouncing off its stop reads a few times its limit for a sample (CI: above 0.4 m/s
+    against 0.2 m/s); that episode is good. A velocity no joint can reach is not.
+    """
+    finger = int(np.flatnonzero(arm6.gripper_mask)[0])
+    stamps = T0 + np.arange(5, dtype=np.int64) * 10_000_000
+    q = np.tile(arm6.home_positions, (5, 1))
+    qd = np.zeros_like(q)
+    qd[2, finger] = 3.0 * arm6.velocity_limits[finger]
+    check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)  # kept
+    qd[2, finger] = 20.0 * arm6.velocity_limits[finger]
+    with pytest.raises(ImplausibleValueError, match=rf"joint '{arm6.joint_names[finger]}' velocity .* exceeds 10 x "
+                                                    r"the URDF velocity limit .* at t=0\.020 s"):
+        check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)
 
 
 def test_flipped_byte_in_a_recorded_bag_is_reported_corrupt(tmp_path, arm6, capsys):
