@@ -69,6 +69,41 @@ def test_the_expert_served_with_300ms_delay_boxes_the_moving_cube(mode):
     assert figures.latency_p50_ms >= 330.0
 
 
+class Calls:
+    """A ChunkPolicy that records the sim time of every chunk it plans."""
+
+    def __init__(self, policy, clock):
+        self.policy, self.clock, self.times = policy, clock, []
+        self.config, self.observation_config = policy.config, policy.observation_config
+
+    def embodiment_index(self, name):
+        return self.policy.embodiment_index(name)
+
+    def predict_chunk(self, observation, committed_prefix, delay, *, decode="mean"):
+        self.times.append(self.clock())
+        return self.policy.predict_chunk(observation, committed_prefix, delay, decode=decode)
+
+
+def test_the_expert_hands_over_to_the_policy_at_a_phase(tiny):
+    policy = load_policy(tiny)
+    spec = policy.embodiments[0]
+    with pytest.raises(ValueError, match="hand_over_at must be one of"):
+        SimLoopConfig(hand_over_at="carry")
+    calls = Calls(policy, lambda: loop.now)
+    loop = SimClosedLoop(calls, spec, server_config({}, 15),
+                         SimLoopConfig(inference_ms=25.0, max_seconds=5.0, hand_over_at="transfer"))
+    try:
+        for _ in range(2):  # each episode starts with the expert again
+            calls.times.clear()
+            figures, _ = loop.run("conveyor_pack", 1, "harmonic", 0.0)
+            handed = loop.handover.handed_over_s
+            assert handed is not None and 1.0 < handed < 5.0, handed
+            assert calls.times[0] == pytest.approx(handed) and len(calls.times) > 3  # the policy from then on only
+            assert figures.progress in ("lifted", "success")  # the expert had grasped and lifted the cube
+    finally:
+        loop.close()
+
+
 def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
     out = tmp_path / "r"
     code = main([str(tiny), "--in-process", "--inference-ms", "20", "--task", "stack", "--task", "pick_place_bin",

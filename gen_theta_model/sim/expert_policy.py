@@ -8,6 +8,10 @@ and plan, and samples its commanded trajectory on the control grid. Served throu
 to a policy that imitates the demonstrations exactly: the ceiling a learned policy can reach
 (``gen-theta rollout --in-process --expert``, docs/policy.md), and a test of the serving path
 that needs no training.
+
+``HandoverPolicy`` serves the expert until it enters a phase, then a learned policy to the
+episode's end: the learned policy judged on one part of the task from the demonstrations' states
+(e.g. the place, from a cube the expert grasped and lifted), as a phase-wise evaluation does.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.observation import ObservationConfig
 from gen_theta_model.policy.config import PolicyConfig
-from gen_theta_model.sim.experts import ScriptedExpert
+from gen_theta_model.serving import ChunkPolicy
+from gen_theta_model.sim.experts import PHASES, ScriptedExpert
 from gen_theta_model.sim.robot import SimRobot
 
 EXPERT_MAX_PREFIX_STEPS = 20  # the scripted expert takes any prefix; as long as the trained ones
@@ -75,3 +80,40 @@ class ExpertChunkPolicy:
     def close(self) -> None:
         """Release the expert's kinematics client."""
         self.expert.close()
+
+
+class HandoverPolicy:
+    """A ChunkPolicy: ``expert`` plans every chunk until the scripted expert enters ``phase``
+    (one of experts.PHASES), ``policy`` every chunk from then on, with the expert's committed
+    plan as its prefix. ``handed_over_s``: the sim time of the first chunk the policy planned
+    (None before). Call ``reset()`` after every ``SimRobot.reset``.
+    """
+
+    def __init__(self, expert: ExpertChunkPolicy, policy: ChunkPolicy, phase: str) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        if expert.config.chunk_len != policy.config.chunk_len:
+            raise ValueError(f"the expert plans {expert.config.chunk_len} steps, the policy {policy.config.chunk_len}")
+        self.expert, self.policy, self.phase = expert, policy, phase
+        self.config = policy.config
+        self.observation_config = policy.observation_config  # the observations the policy needs from the start
+        self.handed_over_s: float | None = None
+
+    def embodiment_index(self, name: str) -> int:
+        return self.policy.embodiment_index(name)  # the expert reads no observation
+
+    def reset(self) -> None:
+        """Start the expert on the robot's current task; the expert drives again."""
+        self.expert.reset()
+        self.handed_over_s = None
+
+    def predict_chunk(
+        self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
+    ) -> torch.Tensor:
+        """(1, chunk_len, max_dof) canonical actions from whichever of the two drives now."""
+        if self.handed_over_s is None:
+            chunk = self.expert.predict_chunk(observation, committed_prefix, delay, decode=decode)
+            if self.expert.expert.phase != self.phase:
+                return chunk
+            self.handed_over_s = self.expert.clock()
+        return self.policy.predict_chunk(observation, committed_prefix, delay, decode=decode)

@@ -17,7 +17,9 @@ tool's distance from the place object (``--chunks-from S0`` starts the rows late
 carries the cube to the place and never lets go shows whether it plans the release and defers it,
 or never plans it). Where the gripper last opens, against where the place object stood, gives per
 episode the release's miss and over the episodes whether the release follows the place object at
-all (``release_fit``). A policy that reaches the
+all (``release_fit``). ``--hand-over PHASE`` lets the scripted expert drive each episode until it
+enters PHASE and the checkpoint after it (``HandoverPolicy``): ``--hand-over transfer`` judges the
+place alone, from a cube the expert grasped and lifted. A policy that reaches the
 cube but closes elsewhere shows here; success rates alone do not tell it apart from one that
 never finds the cube (docs/policy.md, "Why the static suites fail").
 """
@@ -35,6 +37,7 @@ import torch
 
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.policy.policy import Policy
+from gen_theta_model.sim.experts import PHASES
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.policy_rollout import SimClosedLoop
 
@@ -170,7 +173,7 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
 
 
 class AxisFit(NamedTuple):
-    """The release coordinate against the place coordinate along one world axis, over the seeds."""
+    """An actual coordinate (the release) against a target one (the place) along one world axis, over episodes."""
 
     slope: float  # least-squares slope (the expert: 1; one drop point for every seed: 0)
     r: float  # correlation (nan when every release is at one point)
@@ -202,13 +205,20 @@ def release_fit(rows: list[GraspTrace]) -> ReleaseFit | None:
         return None
     place = np.array([r.place_xy_m for r in done])  # (N, 2) m
     release = np.array([r.release_xy_m for r in done])  # (N, 2) m
+    return ReleaseFit(len(done), float(np.median(np.linalg.norm(release - place, axis=1))), axis_fits(place, release))
+
+
+def axis_fits(target: np.ndarray, actual: np.ndarray, min_sd_m: float = 0.005) -> dict[str, AxisFit]:
+    """Fit ``actual`` (N, 2) m on ``target`` (N, 2) m along "x" and "y", the axes along which
+    ``target`` spreads by more than ``min_sd_m``.
+    """
     axes = {}
     for axis, name in enumerate("xy"):
-        p, q = place[:, axis], release[:, axis]
-        if p.std() > 0.005:
+        p, q = target[:, axis], actual[:, axis]
+        if p.std() > min_sd_m:
             r = float(np.corrcoef(p, q)[0, 1]) if q.std() > 0 else math.nan
             axes[name] = AxisFit(float(np.polyfit(p, q, 1)[0]), r, float(p.std()), float(q.std()))
-    return ReleaseFit(len(done), float(np.median(np.linalg.norm(release - place, axis=1))), axes)
+    return axes
 
 
 def table(rows: list[GraspTrace]) -> str:
@@ -266,15 +276,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="also print each chunk start of an episode's first S seconds (a checkpoint only)")
     parser.add_argument("--chunks-from", type=float, default=0.0, metavar="S0",
                         help="start those rows at S0 seconds (the release: after the grasp)")
+    parser.add_argument("--hand-over", default="", metavar="PHASE", choices=PHASES[:-1],
+                        help="the scripted expert drives each episode until it enters PHASE (transfer: it has "
+                             "grasped and lifted the object), the checkpoint from then on")
     a = parser.parse_args(argv)
     if bool(a.checkpoint) == a.expert:
         parser.error("give either a checkpoint directory or --expert (exactly one)")
+    if a.hand_over and a.expert:
+        parser.error("--hand-over hands the expert's episode to a checkpoint: give one, not --expert")
     seeds = parse_seeds(a.seeds)
     torch.set_num_threads(1)
     policy, spec, longest = served_policy(None if a.expert else a.checkpoint, a.robot)
     kin = ArmKinematics(spec)
     modes = None if policy is None else GripperModes(policy, kin.gripper)
-    loop = SimClosedLoop(modes, spec, server_config({}, longest), SimLoopConfig(inference_ms=35.0))
+    loop = SimClosedLoop(modes, spec, server_config({}, longest),
+                         SimLoopConfig(inference_ms=35.0, hand_over_at=a.hand_over))
     if modes is not None:
         modes.clock = lambda: loop.now
     try:

@@ -34,7 +34,8 @@ from gen_theta_model.policy.policy import Policy
 from gen_theta_model.rollout_media import EpisodeTrace
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer, ServerConfig
 from gen_theta_model.sim.camera import render
-from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS, ExpertChunkPolicy
+from gen_theta_model.sim.expert_policy import EXPERT_MAX_PREFIX_STEPS, ExpertChunkPolicy, HandoverPolicy
+from gen_theta_model.sim.experts import PHASES
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.trajectory import Trajectory
 
@@ -61,6 +62,7 @@ class SimLoopConfig:
     settle_s: float = 0.5  # sensors flow this long before the server drives, as in the DDS rollout
     inference_ms: float | None = None  # fixed model latency (reproducible); None: measured compute time
     max_seconds: float = 20.0  # cap on simulated seconds per episode (the task's limit may end it sooner)
+    hand_over_at: str = ""  # a phase of the scripted expert (experts.PHASES): it drives until then, the policy after
 
     def __post_init__(self) -> None:
         if self.joint_state_rate_hz <= 0.0:
@@ -69,6 +71,8 @@ class SimLoopConfig:
             raise ValueError(f"inference_ms must be >= 0, got {self.inference_ms}")
         if self.max_seconds <= 0.0:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if self.hand_over_at and self.hand_over_at not in PHASES:
+            raise ValueError(f"hand_over_at must be one of {PHASES}, got {self.hand_over_at!r}")
 
 
 LIFT_M = 0.03  # the object held this far above where it was grasped counts as lifted
@@ -137,7 +141,8 @@ class _SimulatedLatency:
 class SimClosedLoop:
     """One robot, one policy: ``run(task, seed, mode, added_delay_ms)`` plays one episode.
 
-    ``policy`` None serves the scripted expert (gen_theta_model.sim.expert_policy).
+    ``policy`` None serves the scripted expert (gen_theta_model.sim.expert_policy); with
+    ``cfg.hand_over_at`` the expert drives each episode until that phase, then ``policy``.
     """
 
     def __init__(self, policy: ChunkPolicy | None, spec: EmbodimentSpec, server_cfg: ServerConfig,
@@ -147,9 +152,12 @@ class SimClosedLoop:
         self.cfg = cfg or SimLoopConfig()
         self.robot = SimRobot(spec)
         self.now = 0.0  # simulated seconds since the episode was reset
-        self.expert = None if policy is not None else ExpertChunkPolicy(
-            self.robot, lambda: self.now, lambda: self._next_tick, max_prefix_steps=max(server_cfg.max_delay_steps, 1))
-        self.policy: ChunkPolicy = policy or self.expert
+        self.expert = None if policy is not None and not self.cfg.hand_over_at else ExpertChunkPolicy(
+            self.robot, lambda: self.now, lambda: self._next_tick, max_prefix_steps=max(server_cfg.max_delay_steps, 1),
+            chunk_len=policy.config.chunk_len if policy is not None else 50)
+        self.handover = None if policy is None or self.expert is None else HandoverPolicy(
+            self.expert, policy, self.cfg.hand_over_at)
+        self.policy: ChunkPolicy = self.handover or policy or self.expert
         self._added_s = 0.0
         self._server: HarmonicServer | None = None
         self._next_tick = 0.0  # the next command tick, s: the control grid of the server's timeline
@@ -212,7 +220,9 @@ class SimClosedLoop:
         robot = self.robot
         self.now = 0.0  # every episode on its own clock from 0: the same seed replays exactly
         state = robot.reset(task, seed, self.now).info(robot.world)
-        if self.expert is not None:
+        if self.handover is not None:
+            self.handover.reset()
+        elif self.expert is not None:
             self.expert.reset()
         self._added_s = added_delay_ms * 1e-3
         self._keep_frames = keep_frames
