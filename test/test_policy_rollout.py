@@ -89,9 +89,11 @@ def test_the_expert_hands_over_to_the_policy_at_a_phase(tiny):
     spec = policy.embodiments[0]
     with pytest.raises(ValueError, match="hand_over_at must be one of"):
         SimLoopConfig(hand_over_at="carry")
-    calls = Calls(policy, lambda: loop.now)
+    calls = Calls(policy, lambda: float("nan"))  # the server's warm-up times the policy, before the loop exists
     loop = SimClosedLoop(calls, spec, server_config({}, 15),
                          SimLoopConfig(inference_ms=25.0, max_seconds=5.0, hand_over_at="transfer"))
+    assert len(calls.times) == 1
+    calls.clock = lambda: loop.now
     try:
         for _ in range(2):  # each episode starts with the expert again
             calls.times.clear()

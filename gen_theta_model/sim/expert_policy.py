@@ -84,7 +84,8 @@ class ExpertChunkPolicy:
 
 class HandoverPolicy:
     """A ChunkPolicy: ``expert`` plans every chunk until the scripted expert enters ``phase``
-    (one of experts.PHASES), ``policy`` every chunk from then on, with the expert's committed
+    (one of experts.PHASES) or a later one (a short phase may begin and end between two chunks),
+    ``policy`` every chunk from then on, with the expert's committed
     plan as its prefix. ``handed_over_s``: the sim time of the first chunk the policy planned
     (None before). Call ``reset()`` after every ``SimRobot.reset``.
     """
@@ -98,6 +99,7 @@ class HandoverPolicy:
         self.config = policy.config
         self.observation_config = policy.observation_config  # the observations the policy needs from the start
         self.handed_over_s: float | None = None
+        self._episode = False  # before the first reset (the server's warm-up) the policy answers: its compute is timed
 
     def embodiment_index(self, name: str) -> int:
         return self.policy.embodiment_index(name)  # the expert reads no observation
@@ -106,14 +108,16 @@ class HandoverPolicy:
         """Start the expert on the robot's current task; the expert drives again."""
         self.expert.reset()
         self.handed_over_s = None
+        self._episode = True
 
     def predict_chunk(
         self, observation: dict[str, torch.Tensor], committed_prefix: torch.Tensor, delay: int, *, decode: str = "mean"
     ) -> torch.Tensor:
         """(1, chunk_len, max_dof) canonical actions from whichever of the two drives now."""
-        if self.handed_over_s is None:
+        if self._episode and self.handed_over_s is None:
             chunk = self.expert.predict_chunk(observation, committed_prefix, delay, decode=decode)
-            if self.expert.expert.phase != self.phase:
+            now = self.expert.expert.phase  # "start" before the first plan; phases may repeat (a retry)
+            if now not in PHASES or PHASES.index(now) < PHASES.index(self.phase):
                 return chunk
             self.handed_over_s = self.expert.clock()
         return self.policy.predict_chunk(observation, committed_prefix, delay, decode=decode)
