@@ -9,6 +9,7 @@ down. ``-h``/``--help`` prints the node module's docstring instead of starting t
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
 import signal
@@ -82,6 +83,9 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         print(sys.modules[make_node.__module__].__doc__)
         return 0
     use_project_dds_profile()
+    # A crash in native code (DDS, pybullet, torch) ends the process without a word, and an open
+    # episode or goal with it; the Python stacks of every thread go to the node's log instead.
+    faulthandler.enable()
     rclpy.init(args=[sys.argv[0], *own], signal_handler_options=SignalHandlerOptions.NO)
     stop = StopRequest()
     for sig in STOP_SIGNALS:

@@ -294,8 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     if modes is not None:
         modes.clock = lambda: loop.now
     try:
-        rows = [trace_episode(loop, kin, a.task, s, modes) for s in seeds]
+        rows, handed = [], []
+        for s in seeds:
+            rows.append(trace_episode(loop, kin, a.task, s, modes))
+            handed.append(loop.handover.handed_over_s if loop.handover is not None else None)
         print(table(rows))
+        if a.hand_over:
+            times = [t for t in handed if t is not None]
+            print(f"handed over at '{a.hand_over}' in {len(times)} of {len(rows)} episodes" + (
+                f", {min(times):.2f}-{max(times):.2f} s after the reset" if times else ""))
         fit = release_fit(rows)
         print(fit if fit is not None else "release vs place: fewer than 3 releases, nothing to fit")
         for row in rows if a.chunks > 0 else []:
