@@ -70,6 +70,7 @@ class RolloutConfig:
     expert: bool = False  # in-process: serve the scripted expert instead of the checkpoint
     inference_ms: float | None = None  # in-process: fixed model latency (reproducible); None: measured
     lerobot_python: str = ""  # in-process: the LeRobot venv's Python, for a LeRobot checkpoint (the baseline)
+    hand_over: str = ""  # in-process: the scripted expert drives until this phase, the checkpoint after it
 
 
 class RolloutNode(EpisodeClient):
@@ -260,7 +261,8 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     else:
         policy, spec, longest = served_policy(None if cfg.expert else cfg.checkpoint, robot)
     loop = SimClosedLoop(policy, spec, server_config(params, longest),
-                         SimLoopConfig(inference_ms=cfg.inference_ms, max_seconds=cfg.max_seconds))
+                         SimLoopConfig(inference_ms=cfg.inference_ms, max_seconds=cfg.max_seconds,
+                                       hand_over_at=cfg.hand_over))
     results = []
     try:
         for task, delay, mode, seed, keep in episode_plan(cfg, robot):
@@ -333,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lerobot-python", default=os.environ.get("LEROBOT_PYTHON", ""),
                         help="with --in-process and a LeRobot checkpoint (pretrained_model directory): the "
                              "LeRobot venv's Python that runs it (default $LEROBOT_PYTHON)")
+    parser.add_argument("--hand-over", default="", metavar="PHASE",
+                        help="with --in-process and a checkpoint: the scripted expert drives each episode until it "
+                             "enters PHASE (descend, close, lift, transfer, ...), the checkpoint from then on")
     parser.add_argument("--out", default="runs/rollout", help="directory for results.md/.json, PNG and mp4")
     parser.add_argument("--no-video", action="store_true", help="skip the PNG and the mp4")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -340,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a checkpoint, or --expert (with --in-process) instead of one")
     if a.expert and not a.in_process:
         parser.error("--expert needs --in-process (the expert reads the simulator's state)")
+    if a.hand_over and (a.expert or not a.in_process):
+        parser.error("--hand-over hands the scripted expert's episode to a checkpoint: --in-process, not --expert")
+    if a.hand_over:
+        from gen_theta_model.sim.experts import PHASES
+
+        if a.hand_over not in PHASES[:-1]:
+            parser.error(f"--hand-over: a phase of the scripted expert, one of {', '.join(PHASES[:-1])}")
     if a.inference_ms is not None and not a.in_process:
         parser.error("--inference-ms needs --in-process (over DDS the server measures its latency)")
     if a.checkpoint and is_lerobot_checkpoint(a.checkpoint):
@@ -358,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=seeds, modes=tuple(a.modes), delays_ms=tuple(a.delays_ms), max_seconds=a.max_seconds,
         command_rate_hz=a.command_rate_hz, out=a.out, params_file=a.params_file, server=server,
         video=not a.no_video, in_process=a.in_process, inference_ms=a.inference_ms, expert=a.expert,
-        lerobot_python=a.lerobot_python,
+        lerobot_python=a.lerobot_python, hand_over=a.hand_over,
     )
     started = time.monotonic()
     rows = run_rollout(cfg)

@@ -126,6 +126,16 @@ def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
     assert all(0.05 < e["closest_m"] < 1.0 for e in doc["episodes"])  # nor comes near the cube
 
 
+def test_rollout_in_process_from_a_phase_of_the_expert(tiny, tmp_path):
+    out = tmp_path / "h"
+    assert main([str(tiny), "--in-process", "--inference-ms", "20", "--seeds", "1", "--modes", "harmonic",
+                 "--delays-ms", "0", "--max-seconds", "5", "--hand-over", "transfer", "--out", str(out),
+                 "--no-video"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["hand_over"] == "transfer"
+    assert doc["episodes"][0]["progress"] in ("lifted", "success")  # the expert grasped and lifted the cube
+
+
 def test_rollout_arguments():
     assert parse_seeds(["1000..1003", "7"]) == (1000, 1001, 1002, 1003, 7)
     for bad in (["1..x"], ["3", "3"], ["5..4"]):
@@ -138,6 +148,10 @@ def test_rollout_arguments():
         main(["--expert"])  # the expert reads the simulator: in-process only
     with pytest.raises(SystemExit):
         main([])  # neither a checkpoint nor --expert
+    with pytest.raises(SystemExit):
+        main(["--expert", "--in-process", "--hand-over", "transfer"])  # the expert hands over to no one
+    with pytest.raises(SystemExit):
+        main(["ckpt", "--in-process", "--hand-over", "carry"])  # not a phase of the expert
 
 
 def test_progress_follows_the_grasp_and_the_lift():
