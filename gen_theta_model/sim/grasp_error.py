@@ -96,29 +96,29 @@ def queries(dataset: EpisodeDataset, episodes: dict[str, Sequence[int]], spec: E
             leads_s: Sequence[float], event: str = "grasp") -> tuple[list[GraspQuery], dict[int, int]]:
     """Return the samples to score (``episodes``: split name -> episode indices) and each episode's event step."""
     bounds = dataset.episodes.steps()  # (n, 2): first step, end step
-    out, grasps = [], {}
+    out, events = [], {}
     for split, eps in episodes.items():
         for ep in eps:
             g = event_step(dataset.arrays(ep)[ACTION_POSITION], spec, gripper, event)
             if g is None:
                 continue
-            grasps[ep] = g
+            events[ep] = g
             for lead in leads_s:
                 k = int(round(lead * spec.control_rate_hz))
                 if bounds[ep, 0] <= g - k < bounds[ep, 1]:
                     out.append(GraspQuery(ep, g - k, k, split))
-    return out, grasps
+    return out, events
 
 
 def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin: ArmKinematics,
-          qs: Sequence[GraspQuery], grasps: dict[int, int], batch_size: int = 32,
+          qs: Sequence[GraspQuery], events: dict[int, int], batch_size: int = 32,
           event: str = "grasp") -> list[GraspErrorRow]:
-    """Rows per (split, lead) for the queries ``qs`` of one embodiment ``spec``; ``grasps``: each
+    """Rows per (split, lead) for the queries ``qs`` of one embodiment ``spec``; ``events``: each
     episode's ``event`` step (``queries``).
     """
     g, rate = kin.gripper, spec.control_rate_hz
     window = int(round(CLOSE_WINDOW_S * rate))
-    tool = {ep: kin.fk(dataset.arrays(ep)[ACTION_POSITION][s])[0] for ep, s in grasps.items()}  # (3,) m
+    tool = {ep: kin.fk(dataset.arrays(ep)[ACTION_POSITION][s])[0] for ep, s in events.items()}  # (3,) m
     mean_xy = np.mean([t[:2] for t in tool.values()], axis=0) if tool else np.zeros(2)
     spread = {ep: float(np.linalg.norm(t[:2] - mean_xy)) for ep, t in tool.items()}
     xy, height, on_time = np.zeros(len(qs)), np.zeros(len(qs)), np.zeros(len(qs), bool)
@@ -146,7 +146,7 @@ def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin
     for split in dict.fromkeys(q.split for q in qs):
         for lead in sorted({q.lead_steps for q in qs}):
             sel = np.array([q.split == split and q.lead_steps == lead for q in qs])
-            if not sel.any():  # every episode of this split grasps sooner than this lead
+            if not sel.any():  # every episode of this split acts sooner than this lead
                 continue
             eps = sorted({q.episode for q, s in zip(qs, sel, strict=True) if s})
             rows.append(GraspErrorRow(split, lead / rate, int(sel.sum()), 100 * float(np.median(xy[sel])),
