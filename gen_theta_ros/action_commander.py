@@ -21,6 +21,13 @@ replaced are ignored, and so are responses to goals sent before the hold (``stop
 refusal of one must not latch a new fault after the robot was enabled again, and one
 accepted late is canceled, since nothing of the old plan may run once the robot holds.
 
+Threads: rclpy's ActionClient is not safe to call from a thread other than the executor's
+(ros2/rclpy#1123: a goal response that arrives while ``send_goal_async`` registers its future
+is handled twice; it crashed the command loop with "list.remove(x): x not in list" when a
+controller rejected a goal at once). So ``send``, on the server's command thread, only queues
+the goals and wakes the executor through a guard condition; ``flush`` sends them from the
+executor's thread, where responses and results arrive too.
+
 control_msgs comes with a ROS 2 install; where it is missing, ``require_control_msgs``
 says so in one line and the topic interface still works.
 """
@@ -28,10 +35,12 @@ says so in one line and the topic interface still works.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from rclpy.action import ActionClient
+from rclpy.guard_condition import GuardCondition
 from rclpy.node import Node
 from rclpy.task import Future
 
@@ -70,8 +79,10 @@ def require_control_msgs() -> None:
 class ActionCommander:
     """One robot's command windows -> FollowJointTrajectory (and gripper) goals; see the module docstring.
 
-    ``send`` runs on the server's command thread; goal responses and results arrive on the
-    executor thread, where ``on_fault`` is called.
+    ``send`` runs on the server's command thread and queues; ``flush`` (the guard condition
+    ``wake``) sends on the executor thread, where goal responses and results arrive and
+    ``on_fault`` is called. Call ``flush`` directly only where no executor spins this node
+    concurrently (its own callbacks, or after the spin has ended).
     """
 
     def __init__(self, node: Node, robot: str, spec: EmbodimentSpec, gripper_interface: str,
@@ -82,6 +93,8 @@ class ActionCommander:
         self._lock = threading.Lock()
         self._latest: dict[str, Future] = {}  # action name -> send future of the newest goal
         self._epoch = 0  # ``stop`` calls so far: a response to a goal sent before the last one is stale
+        self._queue: deque[tuple[str, Any, int]] = deque()  # (action, goal, epoch) queued by ``send``
+        self.wake = node.create_guard_condition(self.flush)
         self.arm_action = names.resolve(robot, names.actions.follow_joint_trajectory)
         self._clients: dict[str, ActionClient] = {
             self.arm_action: ActionClient(node, FollowJointTrajectory, self.arm_action)
@@ -98,9 +111,9 @@ class ActionCommander:
         self.accepted = {name: 0 for name in self._clients}
 
     @property
-    def clients(self) -> list[ActionClient]:
-        """The action clients (the node destroys them at cleanup)."""
-        return list(self._clients.values())
+    def entities(self) -> list[ActionClient | GuardCondition]:
+        """The action clients and the guard condition (the node destroys them at cleanup)."""
+        return [*self._clients.values(), self.wake]
 
     def missing(self) -> str:
         """Name the action servers that cannot be reached ("" when every one can)."""
@@ -112,14 +125,32 @@ class ActionCommander:
         short (``GoalPacer``), and a gripper goal if the gripper's target moved.
         """
         arm = goal_trajectory(cmd.trajectory, self._gripper)
+        goals = []
         if self._pacer.due(arm, cmd.window.stamp):
             goal = FollowJointTrajectory.Goal()
             goal.trajectory = trajectory_to_msg(arm)
-            self._send(self.arm_action, goal)
+            goals.append((self.arm_action, goal))
         if self._gripper:
             target = self._stream.target(cmd.trajectory)
             if target is not None:
-                self._send(self.gripper_action, self._gripper_goal(target))
+                goals.append((self.gripper_action, self._gripper_goal(target)))
+        if goals:
+            with self._lock:
+                self._queue.extend((action, goal, self._epoch) for action, goal in goals)
+            self.wake.trigger()
+
+    def flush(self) -> None:
+        """Send the queued goals, oldest first; a goal queued before the last ``stop`` is dropped
+        (nothing of the old plan may run once the robot holds).
+        """
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return
+                action, goal, epoch = self._queue.popleft()
+                if epoch != self._epoch:
+                    continue
+            self._send(action, goal, epoch)
 
     def _gripper_goal(self, position: float) -> Any:
         if self._gripper_kind is GripperCommand:
@@ -132,12 +163,11 @@ class ActionCommander:
         goal.command.position = [position]
         return goal
 
-    def _send(self, action: str, goal: Any) -> None:
+    def _send(self, action: str, goal: Any, epoch: int) -> None:
         future = self._clients[action].send_goal_async(goal)
         with self._lock:
             self._latest[action] = future
             self.sent[action] += 1
-            epoch = self._epoch
         future.add_done_callback(lambda f: self._on_response(action, f, epoch))
 
     def _on_response(self, action: str, sent: Future, epoch: int) -> None:

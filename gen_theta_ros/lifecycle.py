@@ -31,6 +31,7 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.client import Client
+from rclpy.guard_condition import GuardCondition
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
 from rclpy.service import Service
@@ -39,7 +40,7 @@ from rclpy.timer import Timer
 
 from gen_theta_model.node_parameters import AUTOSTART, AUTOSTART_HELP
 
-Entity = TypeVar("Entity", Publisher, Subscription, Service, Client, Timer, ActionClient)
+Entity = TypeVar("Entity", Publisher, Subscription, Service, Client, Timer, ActionClient, GuardCondition)
 
 
 class ManagedNode(LifecycleNode):
@@ -126,7 +127,7 @@ class ManagedNode(LifecycleNode):
         self.release()
         destroy = {Publisher: self.destroy_publisher, Subscription: self.destroy_subscription,
                    Service: self.destroy_service, Client: self.destroy_client, Timer: self.destroy_timer,
-                   ActionClient: ActionClient.destroy}
+                   ActionClient: ActionClient.destroy, GuardCondition: self.destroy_guard_condition}
         for entity in reversed(self._owned):
             destroy[next(t for t in destroy if isinstance(entity, t))](entity)
         self._owned.clear()

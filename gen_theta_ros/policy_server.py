@@ -142,6 +142,9 @@ class PolicyServer(ManagedNode):
         with self._tick_lock:
             self.server.active = False
         self._on_tick()  # one hold where each robot is (the engine's INACTIVE hold), then no command
+        for out in self._outputs.values():  # on this (the executor's) thread, before the spin may end
+            if isinstance(out, ActionCommander):
+                out.flush()
         self.get_logger().info(f"inactive: {list(self._outputs)} hold where they are")
 
     def release(self) -> None:
@@ -189,8 +192,8 @@ class PolicyServer(ManagedNode):
             if interface == "action":
                 outputs[robot] = ActionCommander(self, robot, spec, gripper,
                                                  lambda why, r=robot: self._on_controller_fault(r, why))
-                for client in outputs[robot].clients:
-                    self.own(client)
+                for entity in outputs[robot].entities:
+                    self.own(entity)
             else:
                 outputs[robot] = self.own(self.create_publisher(JointTrajectory, names.resolve(robot, names.command),
                                                                 COMMAND_QOS))

@@ -22,14 +22,17 @@ import rclpy
 from rclpy.action import ActionServer, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-from ros_helpers import wait_for
+from ros_helpers import ros_node, wait_for
 from sensor_msgs.msg import JointState
 from server_helpers import Listener, serving, set_enabled, tiny_checkpoint
 from trajectory_msgs.msg import JointTrajectory
 
+from gen_theta_model.adapter import Command
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.harmonic import CommandWindow
 from gen_theta_model.topics import load_topics
 from gen_theta_model.trajectory import Trajectory
+from gen_theta_ros.action_commander import ActionCommander
 from gen_theta_ros.conversions import joint_state_to_arrays, trajectory_to_msg
 from gen_theta_ros.graph import BringupArgs, GraphProcesses, bringup_graph
 from gen_theta_ros.qos import SENSOR_QOS
@@ -271,3 +274,39 @@ def test_without_control_msgs_the_action_path_says_so_and_the_topic_path_works(c
         sim.terminate()
         sim.wait(timeout=30)
     assert "no controller actions: the action interface needs the control_msgs interfaces" in log.read_text()
+
+
+def test_goals_queued_on_the_command_thread_go_out_on_the_executors():
+    """The ActionClient of rclpy is not thread-safe (ros2/rclpy#1123): ``send`` only queues, ``flush``
+    sends, woken by the guard condition on the executor's thread; a goal queued before a ``stop`` never goes out.
+    """
+    spec = load_robot("arm6")
+    q = spec.home_positions
+
+    def command(start: float) -> Command:
+        times, qs = np.array([0.02, 0.04]), np.stack([q, q + 0.01])
+        zeros = np.zeros_like(qs)
+        traj = Trajectory.from_arrays(spec.joint_names, times, qs, zeros, zeros, start_time=start)
+        return Command(CommandWindow(start, times, qs, zeros, zeros), traj, clamped=False)
+
+    with ros_node("commander_threads") as node:
+        commander = ActionCommander(node, "arm6", spec, "trajectory", on_fault=lambda why: None)
+        sent_on: list[str] = []
+        send = commander._send
+        commander._send = lambda *a: (sent_on.append(threading.current_thread().name), send(*a))
+        worker = threading.Thread(target=commander.send, args=(command(10.0),), name="commands")
+        worker.start()
+        worker.join()
+        assert sent_on == [] and commander.counts()["goals_sent"] == "0"  # queued only
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin_once(timeout_sec=5.0)  # the guard condition's callback
+        assert sent_on == [threading.current_thread().name] and commander.counts()["goals_sent"] == "1"
+
+        worker = threading.Thread(target=commander.send, args=(command(20.0),), name="commands")
+        worker.start()
+        worker.join()
+        commander.stop()  # a hold: the queued goal belongs to the old plan
+        executor.spin_once(timeout_sec=5.0)
+        assert commander.counts()["goals_sent"] == "1"
+        executor.shutdown()
