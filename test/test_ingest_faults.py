@@ -107,7 +107,8 @@ def test_trimming_before_the_start_does_not_depend_on_the_clock_offset():
 
 def test_a_reported_velocity_spike_is_kept_a_wild_one_rejected(arm6):
     """A finger bouncing off its stop reads a few times its limit for a sample (CI: above 0.4 m/s
-    against 0.2 m/s); that episode is good. A velocity no joint can reach is not.
+    against 0.2 m/s), and a finger's width may jump; that episode is good. A velocity no joint can
+    reach is not, nor an arm joint that jumps.
     """
     finger = int(np.flatnonzero(arm6.gripper_mask)[0])
     stamps = T0 + np.arange(5, dtype=np.int64) * 10_000_000
@@ -115,9 +116,15 @@ def test_a_reported_velocity_spike_is_kept_a_wild_one_rejected(arm6):
     qd = np.zeros_like(q)
     qd[2, finger] = 3.0 * arm6.velocity_limits[finger]
     check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)  # kept
+    q[3:, finger] -= 0.19 * (arm6.upper[finger] - arm6.lower[finger])  # a finger pushed 19% of its range in 10 ms
+    check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)  # kept: a gripper's width may jump
     qd[2, finger] = 20.0 * arm6.velocity_limits[finger]
     with pytest.raises(ImplausibleValueError, match=rf"joint '{arm6.joint_names[finger]}' velocity .* exceeds 10 x "
                                                     r"the URDF velocity limit .* at t=0\.020 s"):
+        check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)
+    qd[2, finger] = 0.0
+    q[3:, 0] += 0.19 * (arm6.upper[0] - arm6.lower[0])  # an arm joint the same: rejected
+    with pytest.raises(ImplausibleValueError, match=rf"joint '{arm6.joint_names[0]}' position jumps by"):
         check_joint_states(arm6, "/arm6/joint_states", stamps, q, qd, T0)
 
 

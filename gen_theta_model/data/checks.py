@@ -10,7 +10,11 @@ Ingest therefore checks every joint state and every commanded trajectory point:
   each side (encoders overshoot, grippers squeeze); continuous joints are unbounded;
 - commanded speeds, and speeds implied by two consecutive joint states, at most
   ``SPEED_FACTOR`` x the URDF velocity limit; the implied speed allows a jump of
-  ``JUMP_ALLOWANCE`` of the range on top, for sensor noise and stamp jitter;
+  ``JUMP_ALLOWANCE`` of the range on top, for sensor noise and stamp jitter. Gripper joints
+  are not held to the implied speed: fingers are pushed by what they touch, many gripper
+  drivers report their width in steps, and the sim's arm6 finger moved 7.6 mm (19% of its
+  range) in 12 ms at the start of an expert episode on a loaded machine (a CI run; the cause
+  in the sim is not found). Their positions stay bounded, finite and within the limits;
 - reported speeds (a joint state's velocity) at most ``REPORTED_SPEED_FACTOR`` x the
   limit: a driver's velocity is an estimate (filtered, or differenced over one cycle),
   and a hard stop or an impact spikes it for a sample while the joint goes nowhere.
@@ -80,7 +84,7 @@ def check_joint_states(spec: EmbodimentSpec, topic: str, stamps_ns: np.ndarray, 
         step[:, cont] = (step[:, cont] + np.pi) % (2 * np.pi) - np.pi
         dt = np.diff(stamps_ns) * 1e-9
         allowed = SPEED_FACTOR * spec.velocity_limits * dt[:, None] + JUMP_ALLOWANCE * (spec.upper - spec.lower)
-        bad = np.abs(step) > allowed
+        bad = (np.abs(step) > allowed) & ~spec.gripper_mask
         if bad.any():
             i, j = np.argwhere(bad)[0]
             speed = abs(step[i, j]) / max(dt[i], 1e-9)
