@@ -300,13 +300,18 @@ def test_goals_queued_on_the_command_thread_go_out_on_the_executors():
         assert sent_on == [] and commander.counts()["goals_sent"] == "0"  # queued only
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin_once(timeout_sec=5.0)  # the guard condition's callback
+
+        def spun_until(condition):  # each spin_once runs one ready callback: the guard condition's, or another
+            executor.spin_once(timeout_sec=0.05)
+            return condition()
+
+        wait_for(lambda: spun_until(lambda: sent_on), 10, "the queued goal sent by the executor")
         assert sent_on == [threading.current_thread().name] and commander.counts()["goals_sent"] == "1"
 
         worker = threading.Thread(target=commander.send, args=(command(20.0),), name="commands")
         worker.start()
         worker.join()
         commander.stop()  # a hold: the queued goal belongs to the old plan
-        executor.spin_once(timeout_sec=5.0)
+        wait_for(lambda: spun_until(lambda: not commander._queue), 10, "the executor's flush of the queue")
         assert commander.counts()["goals_sent"] == "1"
         executor.shutdown()
