@@ -13,7 +13,7 @@ Ingest therefore checks every joint state and every commanded trajectory point:
   ``JUMP_ALLOWANCE`` of the range on top, for sensor noise and stamp jitter. Gripper joints
   are not held to the implied speed: fingers are pushed by what they touch, many gripper
   drivers report their width in steps, and the sim's arm6 finger moved 7.6 mm (19% of its
-  range) in 12 ms at the start of an expert episode on a loaded machine (a CI run; the cause
+  range) in 12 ms at the start of an expert episode on a loaded machine (a full test run; the cause
   in the sim is not found). Their positions stay bounded, finite and within the limits;
 - reported speeds (a joint state's velocity) at most ``REPORTED_SPEED_FACTOR`` x the
   limit: a driver's velocity is an estimate (filtered, or differenced over one cycle),
