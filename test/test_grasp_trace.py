@@ -66,7 +66,7 @@ def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
         "release vs place over 4 releases: median distance 0.5 cm; y: slope 1.00, r 1.00")
     fit = release_fit(fixed)
     assert list(fit.axes) == ["y"] and fit.axes["y"].slope == pytest.approx(0.0, abs=1e-9)
-    assert math.isnan(fit.axes["y"].r) and fit.axes["y"].release_sd_m == 0.0
+    assert math.isnan(fit.axes["y"].r) and fit.axes["y"].actual_sd_m == 0.0
     assert release_fit(follows[:2] + [GraspTrace(9, False, 0, math.nan, None, None, None)]) is None
     assert "| 0 | True | 1 | 0.0 | 1.0 | 0.0 / 0.0 | 0 | - | 0.5 |" in table(follows)
 

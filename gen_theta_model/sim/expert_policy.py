@@ -40,7 +40,7 @@ class ExpertChunkPolicy:
     """
 
     def __init__(self, robot: SimRobot, clock: Callable[[], float], chunk_start: Callable[[], float],
-                 chunk_len: int = 50, max_prefix_steps: int = 20) -> None:
+                 chunk_len: int = PolicyConfig.chunk_len, max_prefix_steps: int = 20) -> None:
         self.robot = robot
         self.spec: EmbodimentSpec = robot.spec
         self.clock = clock

@@ -177,8 +177,8 @@ class AxisFit(NamedTuple):
 
     slope: float  # least-squares slope (the expert: 1; one drop point for every seed: 0)
     r: float  # correlation (nan when every release is at one point)
-    place_sd_m: float
-    release_sd_m: float
+    target_sd_m: float  # spread of the target coordinate (the place object's)
+    actual_sd_m: float  # spread of the actual one (the release's)
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,8 @@ class ReleaseFit:
 
     def __str__(self) -> str:
         parts = [f"release vs place over {self.releases} releases: median distance {100 * self.median_miss_m:.1f} cm"]
-        parts += [f"{name}: slope {a.slope:.2f}, r {a.r:.2f} (place sd {100 * a.place_sd_m:.1f} cm, "
-                  f"release sd {100 * a.release_sd_m:.1f} cm)" for name, a in self.axes.items()]
+        parts += [f"{name}: slope {a.slope:.2f}, r {a.r:.2f} (place sd {100 * a.target_sd_m:.1f} cm, "
+                  f"release sd {100 * a.actual_sd_m:.1f} cm)" for name, a in self.axes.items()]
         return "; ".join(parts)
 
 

@@ -30,6 +30,7 @@ import torch
 from gen_theta_model.closed_loop import STAGES, EpisodeFigures, episode_figures
 from gen_theta_model.embodiment import EmbodimentSpec, load_robot
 from gen_theta_model.harmonic import LatencyTracker
+from gen_theta_model.policy.config import PolicyConfig
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.rollout_media import EpisodeTrace
 from gen_theta_model.serving import ChunkPolicy, HarmonicServer, ServerConfig
@@ -154,7 +155,7 @@ class SimClosedLoop:
         self.now = 0.0  # simulated seconds since the episode was reset
         self.expert = None if policy is not None and not self.cfg.hand_over_at else ExpertChunkPolicy(
             self.robot, lambda: self.now, lambda: self._next_tick, max_prefix_steps=max(server_cfg.max_delay_steps, 1),
-            chunk_len=policy.config.chunk_len if policy is not None else 50)
+            chunk_len=policy.config.chunk_len if policy is not None else PolicyConfig.chunk_len)
         self.handover = None if policy is None or self.expert is None else HandoverPolicy(
             self.expert, policy, self.cfg.hand_over_at)
         self.policy: ChunkPolicy = self.handover or policy or self.expert
