@@ -6,7 +6,9 @@ Layout of a run directory (``TrainConfig.out_dir``)::
       latest                      name of the newest complete checkpoint (text, replaced atomically)
       step_00001000/
         config.yaml               {train: TrainConfig, policy: PolicyConfig, step, metrics, torch}
-        model.safetensors         model weights, fp32, full (unsharded) names of the bare nn.Module
+        model.safetensors         model weights, fp32, full (unsharded) names of the bare nn.Module;
+                                  with ``ema_decay`` the averaged weights (what serves)
+        model_raw.safetensors     with ``ema_decay`` only: the optimizer's own weights (a resume continues them)
         norm_stats/<robot>.json   NormStats per embodiment (and .safetensors, exact float32)
         embodiments.yaml          [EmbodimentSpec.to_dict()] in the policy's embodiment order
         training_state.pt         optimizer, LR scheduler, RNG states, loader position, step
@@ -58,6 +60,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 CONFIG = "config.yaml"
 MODEL = "model.safetensors"
+RAW_MODEL = "model_raw.safetensors"  # the optimizer's weights of a run that serves their EMA (gen_theta_model/ema.py)
 NORM_STATS = "norm_stats"
 EMBODIMENTS = "embodiments.yaml"
 TRAINING_STATE = "training_state.pt"
@@ -93,16 +96,20 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     keep: int = 2,
+    raw_model_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir`` atomically; returns its directory.
 
-    ``model_state`` is the full state dict of the bare model, or None when the weights
-    are already in the staging directory's ``sharded/`` (written by every rank with DCP
-    after ``stage_checkpoint``). Older checkpoints beyond the newest ``keep`` are removed.
+    ``model_state`` is the full state dict of the bare model (the weights that serve), or None
+    when the weights are already in the staging directory's ``sharded/`` (written by every rank
+    with DCP after ``stage_checkpoint``). ``raw_model_state``: the optimizer's weights when
+    ``model_state`` is their moving average. Older checkpoints beyond the newest ``keep`` are removed.
     """
     root = Path(run_dir) / CHECKPOINTS
     tmp = stage_checkpoint(run_dir, step) if model_state is not None else staging_dir(run_dir, step)
     _write_files(tmp, step, policy, train_cfg, model_state, training_state, metrics)
+    if raw_model_state is not None:
+        _save_weights(raw_model_state, tmp / RAW_MODEL, step)
     _fsync_tree(tmp)
     name = f"step_{step:08d}"
     final = root / name
@@ -151,13 +158,23 @@ def _write_files(directory: Path, step: int, policy: Policy, train_cfg: TrainCon
     _write_text(directory / CONFIG, yaml.safe_dump(doc, sort_keys=False))
     _write_text(directory / EMBODIMENTS, yaml.safe_dump([e.to_dict() for e in policy.embodiments], sort_keys=False))
     if model_state is not None:
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_state.items()}
-        save_file(tensors, str(directory / MODEL), metadata={"format": "pt", "step": str(step)})
+        _save_weights(model_state, directory / MODEL, step)
     save_backbones(policy.model, directory / BACKBONES)
     for stats in policy.normalizer.stats.values():
         stats.save(directory / NORM_STATS)
     if training_state is not None:
         torch.save(training_state, directory / TRAINING_STATE)
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path, step: int) -> None:
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt", "step": str(step)})
+
+
+def read_raw_weights(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """Return the optimizer's weights of a checkpoint that serves their moving average, else None."""
+    file = resolve_checkpoint(path) / RAW_MODEL
+    return load_file(str(file)) if file.is_file() else None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -48,6 +48,7 @@ from gen_theta_model.distributed import (
     use_bf16,
     wrap_model,
 )
+from gen_theta_model.ema import averaged_policy, make_ema
 from gen_theta_model.evaluate import EvalConfig, evaluate_policy, summarise
 from gen_theta_model.policy.model_card import count_params
 from gen_theta_model.policy.normalize import Normalizer
@@ -115,6 +116,11 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
     else:
         policy.to(env.device)
         model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
+    if cfg.ema_decay and strategy == "fsdp":
+        raise ConfigError("ema_decay needs the whole model in each process (DDP or one process), not FSDP")
+    # The average starts from the weights just built or loaded (a resumed run's served average).
+    ema = make_ema(policy.model, cfg.ema_decay) if cfg.ema_decay else None
+    served = averaged_policy(policy, ema) if ema else policy  # what validation measures and checkpoints serve
 
     # -- optimizer -----------------------------------------------------------------
     params = [p for p in policy.model.parameters() if p.requires_grad]
@@ -123,7 +129,7 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
         lr=cfg.optim.lr, betas=cfg.optim.betas, fused=env.device.type == "cuda",
     )
-    step = restore(resume_from, model, optimizer, train_loader, cfg, env) if resume_from else 0
+    step = restore(resume_from, model, optimizer, train_loader, cfg, env, ema) if resume_from else 0
     log = RunLog(run_dir, env.master)
     log.info(f"{n_params:,} parameters ({cfg.preset if not cfg.init_from else 'from ' + cfg.init_from}), "
              f"{strategy} on {env.world_size} process(es), {env.device}, {'bf16' if bf16 else 'fp32'}; "
@@ -163,6 +169,8 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(policy.model)
         step += 1
         last = step >= cfg.max_steps or agree(time.monotonic() > deadline, env)
         rate = meter.update(samples * env.world_size, experience * env.world_size)
@@ -175,12 +183,12 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
         metrics: dict[str, float] = {}
         if step % cfg.eval_interval == 0 or last:
             with autocast(bf16, env.device):
-                metrics = validate(policy, val_loader, emb_map, categories, episode_category, cfg, env)
+                metrics = validate(served, val_loader, emb_map, categories, episode_category, cfg, env)
             log.scalars(step, metrics)
             log.info(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                                                   if "/all/" in k or k == "val/loss"))
         if step % cfg.checkpoint_interval == 0 or last:
-            last_good = save(run_dir, step, policy, cfg, model, optimizer, train_loader, metrics, env)
+            last_good = save(run_dir, step, policy, cfg, model, optimizer, train_loader, metrics, env, ema)
         if metrics or step % cfg.checkpoint_interval == 0:
             meter.pause()  # validation and saving are not training throughput
     pbar.close()

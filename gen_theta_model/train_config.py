@@ -52,6 +52,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget: validate, save and stop when it is spent (0: none)
     init_from: str = ""  # checkpoint to fine-tune from (SFT): its architecture; `policy` only what keeps shapes
     freeze_trunk: bool = False  # SFT: train only encoders and head
+    ema_decay: float = 0.0  # serve an exponential moving average of the weights (0: off; gen_theta_model/ema.py)
     extend_embodiments: bool = False  # SFT: add robots the checkpoint does not know instead of failing
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: FSDP for >= 500M parameters, else DDP
@@ -72,6 +73,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_batches < 0 or self.max_minutes < 0:
             raise ValueError(f"eval_batches and max_minutes must be >= 0, got {self.eval_batches}, {self.max_minutes}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.eval_delay >= self.data.horizon:
             raise ValueError(f"eval_delay={self.eval_delay} must be < data.horizon={self.data.horizon}")
 

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.optim.swa_utils import AveragedModel
 
-from gen_theta_model.checkpoint import is_sharded, load_training_state, save_checkpoint
-from gen_theta_model.distributed import DistEnv, full_state, gather_objects, load_optimizer_state
+from gen_theta_model.checkpoint import is_sharded, load_training_state, read_raw_weights, save_checkpoint
+from gen_theta_model.distributed import DistEnv, bare_model, full_state, gather_objects, load_optimizer_state
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.sharded_checkpoint import load_sharded, save_sharded
 from gen_theta_model.train_config import TrainConfig
@@ -47,11 +48,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.Module,
-         optimizer: torch.optim.Optimizer, loader: Any, metrics: dict[str, float], env: DistEnv) -> Path | None:
+         optimizer: torch.optim.Optimizer, loader: Any, metrics: dict[str, float], env: DistEnv,
+         ema: AveragedModel | None = None) -> Path | None:
     """Checkpoint ``step`` (every process calls this). Returns the directory on the master.
 
     Under FSDP every process writes its own shards (sharded_checkpoint.py); otherwise the
-    master writes the full state.
+    master writes the full state. With ``ema`` the checkpoint serves the averaged weights and
+    keeps the optimizer's own beside them (checkpoint.RAW_MODEL).
     """
     schedule = {"kind": "warmup_cosine", "lr": cfg.optim.lr, "min_lr": cfg.optim.min_lr,
                 "warmup_steps": cfg.optim.warmup_steps, "decay_steps": cfg.decay_steps}
@@ -60,23 +63,37 @@ def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.M
     if isinstance(model, FSDPModule):
         return save_sharded(run_dir, step, policy, cfg, model, optimizer, state, metrics, env)
     model_sd, state["optimizer"] = full_state(model, optimizer, env)
+    raw_sd = None
+    if ema is not None:
+        raw_sd, model_sd = model_sd, {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+        state["ema_updates"] = int(ema.n_averaged)
     path = None
     if env.master:
-        path = save_checkpoint(run_dir, step, policy, cfg, model_sd, state, metrics, cfg.keep_checkpoints)
+        path = save_checkpoint(run_dir, step, policy, cfg, model_sd, state, metrics, cfg.keep_checkpoints,
+                               raw_model_state=raw_sd)
     if env.enabled:
         torch.distributed.barrier()
     return path
 
 
 def restore(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
-            cfg: TrainConfig, env: DistEnv) -> int:
+            cfg: TrainConfig, env: DistEnv, ema: AveragedModel | None = None) -> int:
     """Load optimizer moments (and, sharded, the weights), RNG and loader state; returns the step.
+
+    ``model`` arrives with the checkpoint's served weights, and ``ema`` (when given) was made from
+    them; a checkpoint that served an average holds the optimizer's own weights too, and the model
+    continues from those, the average from its update count.
 
     Each process gets its own RNG state back when the world size is unchanged, else the
     master's. The LR schedule is a function of the step; betas and weight decay come from
     ``cfg``, so a resumed run follows its (possibly edited) config, and exactly the old run when unedited.
     """
     state = load_training_state(checkpoint)
+    raw = read_raw_weights(checkpoint)
+    if raw is not None:
+        bare_model(model).load_state_dict(raw)
+    if ema is not None and "ema_updates" in state:
+        ema.n_averaged.fill_(int(state["ema_updates"]))
     if is_sharded(checkpoint):
         load_sharded(checkpoint, model, optimizer)
     else:

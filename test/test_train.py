@@ -15,7 +15,8 @@ import pytest
 import torch
 from train_helpers import CONFIG, SMALL, build_dataset, losses, run, torchrun
 
-from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config
+from gen_theta_model.checkpoint import list_checkpoints, load_policy, read_checkpoint_config, read_raw_weights
+from gen_theta_model.ema import warmed_up_decay
 from gen_theta_model.train_config import load_train_config, policy_config
 
 
@@ -24,21 +25,39 @@ def dataset(tmp_path_factory) -> Path:
     return build_dataset(tmp_path_factory.mktemp("mixed"), {"arm6": 3, "arm7": 2, "humanoid16": 2})
 
 
-def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, dataset):
+@pytest.mark.parametrize("ema", ["ema_decay=0", "ema_decay=0.9"], ids=["plain", "ema"])
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tmp_path, dataset, ema):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run(straight, dataset, "max_steps=6", "checkpoint_interval=3") == 0
+    assert run(straight, dataset, "max_steps=6", "checkpoint_interval=3", ema) == 0
     # Same schedule (decay over 6 steps), stopped after 3, then the same command with max_steps=6 resumes.
-    assert run(stopped, dataset, "max_steps=3", "optim.decay_steps=6", "checkpoint_interval=3") == 0
-    assert run(stopped, dataset, "max_steps=6", "checkpoint_interval=3") == 0
+    assert run(stopped, dataset, "max_steps=3", "optim.decay_steps=6", "checkpoint_interval=3", ema) == 0
+    assert run(stopped, dataset, "max_steps=6", "checkpoint_interval=3", ema) == 0
     a, b = losses(straight), losses(stopped)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
-    final_a = load_policy(straight).model.state_dict()
-    final_b = load_policy(stopped).model.state_dict()
-    for k in final_a:
-        torch.testing.assert_close(final_a[k], final_b[k], rtol=0, atol=1e-6)
+    # The served weights (the average, with EMA) and the optimizer's own both continue exactly.
+    assert (read_raw_weights(straight) is None) == (ema == "ema_decay=0")
+    for weights in (lambda out: load_policy(out).model.state_dict(), read_raw_weights):
+        final_a, final_b = weights(straight), weights(stopped)
+        for k in final_a or {}:
+            torch.testing.assert_close(final_a[k], final_b[k], rtol=0, atol=1e-6)
     assert [p.name for p in list_checkpoints(stopped)] == ["step_00000003", "step_00000006"]
+
+
+def test_an_ema_run_serves_the_average_of_its_weights(tmp_path, dataset):
+    """Every step's optimizer weights, read from checkpoints, averaged by hand give the served weights."""
+    out = tmp_path / "run"
+    assert run(out, dataset, "max_steps=4", "checkpoint_interval=1", "keep_checkpoints=4", "ema_decay=0.5") == 0
+    raws = [read_raw_weights(c) for c in list_checkpoints(out)]
+    expected = {k: v.clone() for k, v in raws[0].items()}  # the first update copies
+    for n, raw in enumerate(raws[1:], start=1):
+        d = warmed_up_decay(0.5, n)
+        expected = {k: d * expected[k] + (1 - d) * raw[k] for k in expected}
+    served = load_policy(out).model.state_dict()
+    assert any(not torch.equal(served[k], raws[-1][k]) for k in served)  # it is not the last step's
+    for k in expected:
+        torch.testing.assert_close(served[k], expected[k], rtol=1e-5, atol=1e-6)
 
 
 def test_checkpoint_describes_itself(tmp_path, dataset):
