@@ -71,6 +71,7 @@ class RolloutConfig:
     inference_ms: float | None = None  # in-process: fixed model latency (reproducible); None: measured
     lerobot_python: str = ""  # in-process: the LeRobot venv's Python, for a LeRobot checkpoint (the baseline)
     hand_over: str = ""  # in-process: the scripted expert drives until this phase, the checkpoint after it
+    settle_s: float = 0.5  # in-process: simulated seconds the sensors flow before the server drives
 
 
 class RolloutNode(EpisodeClient):
@@ -262,7 +263,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
         policy, spec, longest = served_policy(None if cfg.expert else cfg.checkpoint, robot)
     loop = SimClosedLoop(policy, spec, server_config(params, longest),
                          SimLoopConfig(inference_ms=cfg.inference_ms, max_seconds=cfg.max_seconds,
-                                       hand_over_at=cfg.hand_over))
+                                       hand_over_at=cfg.hand_over, settle_s=cfg.settle_s))
     results = []
     try:
         for task, delay, mode, seed, keep in episode_plan(cfg, robot):
@@ -338,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hand-over", default="", metavar="PHASE",
                         help="with --in-process and a checkpoint: the scripted expert drives each episode until it "
                              "enters PHASE (descend, close, lift, transfer, ...), the checkpoint from then on")
+    parser.add_argument("--settle-s", type=float, default=None,
+                        help="with --in-process: simulated seconds the scene runs, sensors flowing, before the "
+                             "server drives (default 0.5, as over DDS)")
     parser.add_argument("--out", default="runs/rollout", help="directory for results.md/.json, PNG and mp4")
     parser.add_argument("--no-video", action="store_true", help="skip the PNG and the mp4")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -352,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if a.hand_over not in PHASES[:-1]:
             parser.error(f"--hand-over: a phase of the scripted expert, one of {', '.join(PHASES[:-1])}")
+    if a.settle_s is not None and (not a.in_process or a.settle_s < 0.0):
+        parser.error("--settle-s needs --in-process and a time >= 0 s")
     if a.inference_ms is not None and not a.in_process:
         parser.error("--inference-ms needs --in-process (over DDS the server measures its latency)")
     if a.checkpoint and is_lerobot_checkpoint(a.checkpoint):
@@ -371,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         command_rate_hz=a.command_rate_hz, out=a.out, params_file=a.params_file, server=server,
         video=not a.no_video, in_process=a.in_process, inference_ms=a.inference_ms, expert=a.expert,
         lerobot_python=a.lerobot_python, hand_over=a.hand_over,
+        settle_s=RolloutConfig.settle_s if a.settle_s is None else a.settle_s,
     )
     started = time.monotonic()
     rows = run_rollout(cfg)

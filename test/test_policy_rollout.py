@@ -106,6 +106,24 @@ def test_the_expert_hands_over_to_the_policy_at_a_phase(tiny):
         loop.close()
 
 
+def test_the_server_drives_once_the_scene_has_settled(tiny):
+    policy = load_policy(tiny)
+    spec = policy.embodiments[0]
+    calls = Calls(policy, lambda: float("nan"))
+    for settle in (0.1, 0.4):
+        loop = SimClosedLoop(calls, spec, server_config({}, 15),
+                             SimLoopConfig(inference_ms=25.0, max_seconds=0.3, settle_s=settle))
+        calls.clock = lambda loop=loop: loop.now
+        try:
+            calls.times.clear()
+            loop.run("conveyor_pack", 1, "harmonic", 0.0)
+            assert calls.times and calls.times[0] == pytest.approx(settle, abs=0.03)  # its first plan, no sooner
+        finally:
+            loop.close()
+    with pytest.raises(ValueError, match="settle_s must be >= 0"):
+        SimLoopConfig(settle_s=-0.1)
+
+
 def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
     out = tmp_path / "r"
     code = main([str(tiny), "--in-process", "--inference-ms", "20", "--task", "stack", "--task", "pick_place_bin",
@@ -129,10 +147,10 @@ def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
 def test_rollout_in_process_from_a_phase_of_the_expert(tiny, tmp_path):
     out = tmp_path / "h"
     assert main([str(tiny), "--in-process", "--inference-ms", "20", "--seeds", "1", "--modes", "harmonic",
-                 "--delays-ms", "0", "--max-seconds", "5", "--hand-over", "transfer", "--out", str(out),
-                 "--no-video"]) == 0
+                 "--delays-ms", "0", "--max-seconds", "5", "--hand-over", "transfer", "--settle-s", "0.25",
+                 "--out", str(out), "--no-video"]) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["meta"]["hand_over"] == "transfer"
+    assert doc["meta"]["hand_over"] == "transfer" and doc["meta"]["settle_s"] == 0.25
     assert doc["episodes"][0]["progress"] in ("lifted", "success")  # the expert grasped and lifted the cube
 
 
@@ -152,6 +170,8 @@ def test_rollout_arguments():
         main(["--expert", "--in-process", "--hand-over", "transfer"])  # the expert hands over to no one
     with pytest.raises(SystemExit):
         main(["ckpt", "--in-process", "--hand-over", "carry"])  # not a phase of the expert
+    with pytest.raises(SystemExit):
+        main(["ckpt", "--settle-s", "0.25"])  # over DDS the rollout's own processes settle
 
 
 def test_progress_follows_the_grasp_and_the_lift():

@@ -72,6 +72,8 @@ class SimLoopConfig:
             raise ValueError(f"inference_ms must be >= 0, got {self.inference_ms}")
         if self.max_seconds <= 0.0:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if self.settle_s < 0.0:
+            raise ValueError(f"settle_s must be >= 0, got {self.settle_s}")
         if self.hand_over_at and self.hand_over_at not in PHASES:
             raise ValueError(f"hand_over_at must be one of {PHASES}, got {self.hand_over_at!r}")
 
