@@ -65,7 +65,7 @@ def save(run_dir: Path, step: int, policy: Policy, cfg: TrainConfig, model: nn.M
     model_sd, state["optimizer"] = full_state(model, optimizer, env)
     raw_sd = None
     if ema is not None:
-        raw_sd, model_sd = model_sd, {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+        raw_sd, model_sd = model_sd, full_state(ema.module, None, env)[0]
         state["ema_updates"] = int(ema.n_averaged)
     path = None
     if env.master:
