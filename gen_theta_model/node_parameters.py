@@ -69,6 +69,8 @@ class SimRobotParameters:
                               "joints until the grasp (DART demonstrations, sim/disturbance.py); 0: off")
     dart_fade_m: list[float] = _p([0.03, 0.10], "m from the grasp point: no DART offset within the first, the full "
                                                 "offset beyond the second")
+    preroll_s: list[float] = _p([0.0, 0.0], "s, a range: each reset runs the scene a seeded time drawn in it before "
+                                            "the episode starts (a conveyor's cube enters further along)")
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,12 @@ def check_free(client: EpisodeClient, busy: str) -> None:
 
 def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: Path, log_dir: Path,
                   bar: tqdm, miss_prob: float = 0.0, dart_std: float = 0.0,
-                  dart_fade_m: tuple[float, float] = DisturbanceConfig.fade_m) -> list[dict]:
+                  dart_fade_m: tuple[float, float] = DisturbanceConfig.fade_m,
+                  preroll_s: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
     """Record ``episodes`` per task on one robot; returns one row per episode. ``miss_prob``: the
     expert's share of corrective episodes (ExpertConfig.miss_prob); ``dart_std`` (rad) and
-    ``dart_fade_m`` (m): the sim's disturbance of the executed targets (DisturbanceConfig).
+    ``dart_fade_m`` (m): the sim's disturbance of the executed targets (DisturbanceConfig);
+    ``preroll_s`` (s): the range of the scene's run before each episode starts (SimRobot).
     """
     name = load_robot(robot).name
     procs = Processes(log_dir / robot)
@@ -69,7 +71,8 @@ def collect_robot(robot: str, tasks: list[str], episodes: int, seed: int, out: P
             procs.start("sim", ["sim", "--ros-args", "-r", f"__ns:=/{name}", "-r", f"__node:={sim_node}",
                                 "-p", f"robot:={robot}",
                                 "-p", f"task:={tasks[0]}", "-p", f"dart_std:={dart_std}",
-                                "-p", f"dart_fade_m:=[{dart_fade_m[0]}, {dart_fade_m[1]}]"])
+                                "-p", f"dart_fade_m:=[{dart_fade_m[0]}, {dart_fade_m[1]}]",
+                                "-p", f"preroll_s:=[{float(preroll_s[0])}, {float(preroll_s[1])}]"])
             procs.start("expert", ["expert", "--ros-args", "-p", f"robot:={robot}", "-p", f"miss_prob:={miss_prob}"])
             procs.start("recorder", ["record", "--ros-args", "-p", f"robot:={robot}", "-p", f"output_dir:={out}"])
             try:
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dart-fade", type=float, nargs=2, default=list(DisturbanceConfig.fade_m),
                     metavar=("NEAR", "FAR"),
                     help="m from the grasp point: no offset within NEAR, all of it beyond FAR (default: %(default)s)")
+    ap.add_argument("--preroll-s", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
+                    help="s: each scene runs a seeded time drawn in [LOW, HIGH] before its episode starts, so that "
+                         "a conveyor's cube enters further along (later starts; docs/policy.md)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         DisturbanceConfig(std=args.dart_std, fade_m=tuple(args.dart_fade))
     except ValueError as err:
         ap.error(f"--dart-std / --dart-fade: {err}")
+    if not 0.0 <= args.preroll_s[0] <= args.preroll_s[1]:
+        ap.error(f"--preroll-s needs 0 <= LOW <= HIGH, got {args.preroll_s}")
     robots, tasks = args.robot or list(SHIPPED_ROBOTS), args.task or list(TASKS)
     use_project_dds_profile()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gen_theta_collect_"))
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=len(robots) * len(tasks) * args.episodes, desc="collect", unit="episode") as bar:
             for robot in robots:
                 rows += collect_robot(robot, tasks, args.episodes, args.seed, args.out.resolve(), log_dir, bar,
-                                      args.miss_prob, args.dart_std, tuple(args.dart_fade))
+                                      args.miss_prob, args.dart_std, tuple(args.dart_fade), tuple(args.preroll_s))
     finally:
         rclpy.try_shutdown()
     print_table(rows)

@@ -97,7 +97,8 @@ class SimRobotNode(Node):
             raise ConfigError(f"gripper_interface '{gripper_interface}': {MISSING_CONTROL_MSGS}")
         self.sim = SimRobot(self.spec, gripper=gripper_joint(self.spec, gripper_interface),
                             disturbance=DisturbanceConfig(std=float(param("dart_std").value),
-                                                          fade_m=tuple(param("dart_fade_m").value)))
+                                                          fade_m=tuple(param("dart_fade_m").value)),
+                            preroll_s=tuple(param("preroll_s").value))
         self._rtf = float(param("realtime_factor").value)
         if not 0.01 <= self._rtf <= 100.0:
             raise ValueError(f"parameter realtime_factor must be in [0.01, 100], got {self._rtf}")
@@ -147,6 +148,8 @@ class SimRobotNode(Node):
             + (f"; executed targets disturbed, std {self.sim.disturbance.config.std} rad, fading within "
                f"{self.sim.disturbance.config.fade_m} m of the grasp (DART)"
                if self.sim.disturbance.config.std else "")
+            + (f"; each scene runs {self.sim.preroll_s[0]}-{self.sim.preroll_s[1]} s (seeded) before its episode "
+               "starts" if self.sim.preroll_s[1] else "")
         )
 
     def _now(self) -> float:

@@ -30,12 +30,14 @@ def test_collect_ingest_load(tmp_path):
     bags = tmp_path / "bags"
     exe = Path(sys.executable).parent / "gen-theta"
     run = subprocess.run([str(exe), "collect", "--robot", "arm6", "--task", "pick_place_bin", "--episodes", "1",
-                          "--miss-prob", "1", "--dart-std", "0.08", "--dart-fade", "0.02", "0.06", "--out", str(bags),
+                          "--miss-prob", "1", "--dart-std", "0.08", "--dart-fade", "0.02", "0.06",
+                          "--preroll-s", "0.1", "0.3", "--out", str(bags),
                           "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "collect: 1 episodes" in run.stdout
     sim_log = (tmp_path / "logs" / "arm6" / "sim.log").read_text()
     assert "executed targets disturbed, std 0.08 rad, fading within (0.02, 0.06) m of the grasp (DART)" in sim_log
+    assert "each scene runs 0.1-0.3 s (seeded) before its episode starts" in sim_log
     (bag,) = bags.iterdir()
     record = read_record(bag)
     assert record.status == "complete" and record.task == "pick_place_bin" and record.category == "real_world"

@@ -214,6 +214,40 @@ def test_task_reset_is_seeded_and_starts_unsolved(name):
         world.close()
 
 
+def test_a_preroll_starts_the_same_scene_later():
+    """``preroll_s`` runs the scene before the clock starts: the belt's cube is further along by the
+    belt's speed times the pre-roll, everything else as without it; SimRobot draws it from the seed.
+    """
+    world = SimWorld(load_robot("arm6"))
+    try:
+        ws = Workspace((0.45, 0.0), (0.1, 0.15))
+        task = make_task("conveyor_pack")
+        task.reset(world, ws, seed=3)
+        names, start, _ = world.object_poses()
+        assert task.info(world).preroll_s == 0.0 and world.time == 0.0
+        task.reset(world, ws, seed=3, preroll_s=0.5)
+        later = world.object_poses()[1]
+        assert task.info(world).preroll_s == 0.5 and world.time == 0.0
+        cube = names.index(task.pick)
+        np.testing.assert_allclose(later[cube] - start[cube], 0.5 * task.belt_velocity, atol=0.01)
+        others = [i for i in range(len(names)) if i != cube]
+        np.testing.assert_allclose(later[others], start[others], atol=1e-3)
+        with pytest.raises(ValueError, match="preroll_s must be >= 0"):
+            task.reset(world, ws, seed=3, preroll_s=-0.1)
+    finally:
+        world.close()
+    with pytest.raises(ValueError, match="preroll_s must be a range 0 <= low <= high"):
+        SimRobot(load_robot("arm6"), preroll_s=(0.5, 0.2))
+    robot = SimRobot(load_robot("arm6"), preroll_s=(0.2, 0.8))
+    try:
+        drawn = [robot.reset("conveyor_pack", seed, now=0.0).preroll_s for seed in (1, 2, 1)]
+        state = TaskState.from_json(robot.state().to_json())  # sim/task carries it to the recorder
+    finally:
+        robot.close()
+    assert all(0.2 <= d <= 0.8 for d in drawn) and drawn[0] == drawn[2] != drawn[1]
+    assert state.preroll_s == drawn[2]
+
+
 def test_instruction_names_the_target_colour():
     world = SimWorld(load_robot("arm6"))
     try:

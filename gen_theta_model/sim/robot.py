@@ -5,7 +5,9 @@ trajectory commands, steps physics with the follower's commands and reports the 
 state. The node calls it from its real-time loop with the node clock; in-process
 episodes (tests, benchmarks) call it with the simulated clock. With a ``DisturbanceConfig``
 (std > 0) the motors get the command plus a seeded smooth offset (DART demonstrations,
-gen_theta_model/sim/disturbance.py); ``commanded()`` stays the command received.
+gen_theta_model/sim/disturbance.py); ``commanded()`` stays the command received. With a
+``preroll_s`` range each reset runs the scene a seeded, uniformly drawn time before the episode
+starts (``Task.reset``): the same scene, entered later (a conveyor's cube further along).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ class SimRobot:
     """
 
     def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, gripper: str = "",
-                 disturbance: DisturbanceConfig | None = None) -> None:
+                 disturbance: DisturbanceConfig | None = None, preroll_s: tuple[float, float] = (0.0, 0.0)) -> None:
+        if not 0.0 <= preroll_s[0] <= preroll_s[1]:
+            raise ValueError(f"preroll_s must be a range 0 <= low <= high (s), got {preroll_s}")
         self.spec = spec
+        self.preroll_s = (float(preroll_s[0]), float(preroll_s[1]))
         self.gripper = gripper
         self.world = SimWorld(spec)
         own = kinematics is None
@@ -56,7 +61,9 @@ class SimRobot:
     def reset(self, task: str, seed: int, now: float) -> Task:
         """Start a new episode of ``task`` from ``seed``; the robot holds its home pose."""
         new = make_task(task)  # raises ValueError on an unknown name before anything changes
-        new.reset(self.world, self.workspace, seed)
+        low, high = self.preroll_s
+        preroll = float(np.random.default_rng([seed, 0x5CE7E]).uniform(low, high)) if high > 0.0 else 0.0
+        new.reset(self.world, self.workspace, seed, preroll)
         self.task = new
         self.disturbance.reset(seed, new.time_limit)
         self.follower.reset(self.world.actuated_positions(), now)

@@ -36,6 +36,7 @@ class TaskInfo:
     place: str  # object name
     objects: tuple[ObjectInfo, ...]
     conveyor_velocity: tuple[float, float, float]  # m/s
+    preroll_s: float  # s the scene ran before the episode's clock started (Task.reset)
     workspace: Workspace  # the table region where the task places objects
 
 

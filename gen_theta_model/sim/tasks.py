@@ -52,16 +52,24 @@ class Task(ABC):
         self.seed = 0
         self.workspace: Workspace | None = None
         self.belt_velocity = np.zeros(3)
+        self.preroll_s = 0.0
 
-    def reset(self, world: SimWorld, workspace: Workspace, seed: int) -> None:
-        """Clear the world's objects, build a new randomised scene from ``seed``, let it settle."""
+    def reset(self, world: SimWorld, workspace: Workspace, seed: int, preroll_s: float = 0.0) -> None:
+        """Clear the world's objects, build a new randomised scene from ``seed``, let it settle.
+
+        ``preroll_s``: s the scene then runs on, the robot holding home, before the episode's clock
+        starts at 0: a belt carries its cube that much further in, a later start of the same scene.
+        """
+        if not preroll_s >= 0.0:
+            raise ValueError(f"preroll_s must be >= 0, got {preroll_s}")
         self.seed = int(seed)
         self.workspace = workspace
         self.belt_velocity = np.zeros(3)
+        self.preroll_s = float(preroll_s)
         world.clear_objects()
         world.reset_robot(world.spec.home_positions)
         self._build(world, np.random.default_rng(self.seed))
-        for _ in range(int(0.1 / world.dt)):  # let cubes come to rest on the table
+        for _ in range(int(0.1 / world.dt) + round(self.preroll_s / world.dt)):  # cubes come to rest, belts run
             world.step()
         world.time = 0.0
 
@@ -88,6 +96,7 @@ class Task(ABC):
             objects=tuple(ObjectInfo(o.name, o.kind, tuple(map(float, o.half_extents)))
                           for o in world.objects.values()),
             conveyor_velocity=tuple(map(float, self.belt_velocity)),
+            preroll_s=self.preroll_s,
             workspace=self.workspace,
         )
 
