@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.sim.disturbance import DisturbanceConfig
-from gen_theta_model.sim.tasks import TASKS
+from gen_theta_model.sim.tasks import TASKS, preroll_range
 from gen_theta_ros.episode_client import EpisodeClient, print_table, spinning
 from gen_theta_ros.processes import Processes
 from gen_theta_ros.runtime import use_project_dds_profile
@@ -125,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         DisturbanceConfig(std=args.dart_std, fade_m=tuple(args.dart_fade))
     except ValueError as err:
         ap.error(f"--dart-std / --dart-fade: {err}")
-    if not 0.0 <= args.preroll_s[0] <= args.preroll_s[1]:
-        ap.error(f"--preroll-s needs 0 <= LOW <= HIGH, got {args.preroll_s}")
+    try:
+        preroll_range(*args.preroll_s)
+    except ValueError as err:
+        ap.error(f"--preroll-s: {err}")
     robots, tasks = args.robot or list(SHIPPED_ROBOTS), args.task or list(TASKS)
     use_project_dds_profile()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gen_theta_collect_"))

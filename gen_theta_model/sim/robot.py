@@ -18,7 +18,7 @@ from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.sim.disturbance import DisturbanceConfig, JointDisturbance
 from gen_theta_model.sim.kinematics import ArmKinematics, reachable_workspace
 from gen_theta_model.sim.task_state import TaskState
-from gen_theta_model.sim.tasks import Task, make_task
+from gen_theta_model.sim.tasks import Task, make_task, preroll_range
 from gen_theta_model.sim.world import SimWorld
 from gen_theta_model.trajectory import Trajectory, TrajectoryFollower
 
@@ -34,10 +34,8 @@ class SimRobot:
 
     def __init__(self, spec: EmbodimentSpec, kinematics: ArmKinematics | None = None, gripper: str = "",
                  disturbance: DisturbanceConfig | None = None, preroll_s: tuple[float, float] = (0.0, 0.0)) -> None:
-        if not 0.0 <= preroll_s[0] <= preroll_s[1]:
-            raise ValueError(f"preroll_s must be a range 0 <= low <= high (s), got {preroll_s}")
+        self.preroll_s = preroll_range(*preroll_s)
         self.spec = spec
-        self.preroll_s = (float(preroll_s[0]), float(preroll_s[1]))
         self.gripper = gripper
         self.world = SimWorld(spec)
         own = kinematics is None

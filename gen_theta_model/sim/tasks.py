@@ -38,6 +38,15 @@ BELT_HEIGHT = 0.02
 BELT_HALF_WIDTH = 0.04
 
 
+def preroll_range(low: float, high: float) -> tuple[float, float]:
+    """Return (low, high) s, the range a scene's pre-roll is drawn from (``SimRobot``); raises
+    ValueError unless 0 <= low <= high.
+    """
+    if not 0.0 <= low <= high:
+        raise ValueError(f"preroll_s must be a range 0 <= low <= high (s), got {(low, high)}")
+    return float(low), float(high)
+
+
 class Task(ABC):
     """Base class: subclasses build the scene in ``_build`` and judge it in ``success``."""
 
