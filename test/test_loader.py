@@ -189,6 +189,46 @@ def test_sampler_mixture_sharding_and_determinism():
     np.testing.assert_array_equal(merged, MixtureSampler(range(6), steps, groups, weights, 3999, 1).keys(0))
 
 
+def test_sampler_weights_each_episodes_standing_start():
+    """start_weight w on the first start_steps valid steps: those steps are w times as likely, every one of them
+    drawn, each other step as likely as before; w = 1 gives the uniform sampler's keys exactly.
+    """
+    steps = [(3, 103), (0, 10), (10, 60)]  # 100, 10 (shorter than the weighted start) and 50 valid steps
+    groups, weights = group_weights(Mixture(), ["d"] * 3, ["a"] * 3, ["x"] * 3, [s[1] - s[0] for s in steps])
+    keys = MixtureSampler(range(3), steps, groups, weights, 200_000, 0, start_steps=20, start_weight=4.0).keys(0)
+    first = np.array([s[0] for s in steps])[keys[:, 0]]
+    counts = np.array([s[1] - s[0] for s in steps])[keys[:, 0]]
+    into = keys[:, 1] - first
+    assert (into >= 0).all() and (into < counts).all()
+    mass = {0: 20 * 4 + 80, 1: 10 * 4, 2: 20 * 4 + 30}  # total 310
+    for ep, m in mass.items():
+        share = (keys[:, 0] == ep).mean()
+        assert abs(share - m / 310) < 0.01, (ep, share)
+        mine = into[keys[:, 0] == ep]
+        hist = np.bincount(mine, minlength=steps[ep][1] - steps[ep][0]) / len(keys)
+        head = min(20, len(hist))
+        np.testing.assert_allclose(hist[:head], 4 / 310, rtol=0.15)
+        np.testing.assert_allclose(hist[head:], 1 / 310, rtol=0.25)
+    uniform = MixtureSampler(range(3), steps, groups, weights, 5000, 0).keys(0)
+    np.testing.assert_array_equal(MixtureSampler(range(3), steps, groups, weights, 5000, 0, start_steps=20).keys(0),
+                                  uniform)
+    with pytest.raises(ValueError, match="start_weight"):
+        MixtureSampler(range(3), steps, groups, weights, 10, 0, start_steps=5, start_weight=0.0)
+
+
+def test_data_config_weights_the_standing_start_of_the_training_episodes(dataset):
+    cfg = DataConfig(batch_size=4, num_workers=0, val_fraction=0.0, samples_per_epoch=4000, start_steps=5,
+                     start_weight=8.0)
+    train, _, info = make_dataloaders(dataset, cfg)
+    keys = train.sampler.keys(0)
+    steps = info.index.steps()
+    head = keys[:, 1] - steps[keys[:, 0], 0] < 5
+    uniform = 5 * len(info.train_episodes) / info.num_train_samples
+    assert head.mean() > 3 * uniform  # 8x the weight on the first 5 steps of every episode
+    with pytest.raises(ValueError, match="start_weight"):
+        DataConfig(start_weight=-1.0)
+
+
 def test_mixture_groups_are_numbered_in_order_of_first_appearance():
     """The sampler draws group i with the i-th weight, so the numbering is part of which samples a seed gives."""
     groups, weights = group_weights(Mixture(embodiments={"a": 2.0}), ["d", "d", "d", "e"], ["b", "a", "b", "a"],

@@ -45,6 +45,10 @@ class DataConfig:
     val_fraction: float = 0.1  # share of episodes held out (by a hash of their id)
     val_tasks: tuple[str, ...] = ()  # tasks held out entirely
     val_samples: int = 256  # validation samples, evenly spaced over the held-out episodes
+    # A training sample among an episode's first `start_steps` valid steps is drawn `start_weight` times as
+    # often as the others (the standing start, where the first plan is made). 1: uniform.
+    start_steps: int = 0
+    start_weight: float = 1.0
     augment: bool = False
     max_open_videos: int = 16  # open decoders per worker (random access; streaming keeps open_episodes x cameras)
     # Streaming: decode each frame once, shuffle through a buffer (docs/loader.md). False: every sample decoded
@@ -60,6 +64,9 @@ class DataConfig:
             raise ValueError(f"horizon, batch_size must be >= 1 and num_workers >= 0, got {self}")
         if self.open_episodes < 1 or self.shuffle_buffer < 1:
             raise ValueError(f"open_episodes and shuffle_buffer must be >= 1, got {self}")
+        if self.start_steps < 0 or self.start_weight <= 0:
+            raise ValueError(f"start_steps must be >= 0 and start_weight > 0, got {self.start_steps}, "
+                             f"{self.start_weight}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -218,7 +225,8 @@ def make_dataloaders(
         load_mixture(cfg.mixture), np.asarray(index.datasets, object)[index.dataset_index[train]],
         np.asarray(names, object)[index.embodiment_index[train]], index.column("category")[train], counts,
     )
-    sampler = MixtureSampler(train, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size)
+    sampler = MixtureSampler(train, steps, groups, weights, cfg.samples_per_epoch, cfg.seed, rank, world_size,
+                             cfg.start_steps, cfg.start_weight)
     loader = TrainLoader(dataset, sampler, cfg, index.shard_of)
     val_keys = validation_keys(val_eps, steps, cfg.val_samples, cfg.seed)[rank::world_size]
     # Validation sees what the server sees: no augmentation, no extra staleness.

@@ -5,7 +5,9 @@ A mixture (config/mixtures/*.yaml) weights groups of samples. A group is a
 group is proportional to ``w_dataset * w_embodiment * w_category * n ** size_exponent``
 (n = samples in the group), and samples within a group are uniform. With every
 weight 1 and ``size_exponent: 1`` this is plain uniform sampling over samples;
-``size_exponent: 0`` balances the groups.
+``size_exponent: 0`` balances the groups. Within a group, the samples of each episode's
+first ``start_steps`` steps may weigh ``start_weight`` times the others (the standing
+start, where the policy's first plan is made from a robot at rest).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class MixtureSampler(Sampler):
     array or a list of pairs), ``groups`` the group id of each of ``episodes`` and
     ``group_weights`` the mixture weight per group. Each epoch draws ``samples_per_epoch``
     keys for all ranks together (rounded up to a multiple of ``world_size``); rank r takes
-    every world_size-th from r. ``set_epoch(epoch, start)``
+    every world_size-th from r. A key among an episode's first ``start_steps`` valid steps is
+    ``start_weight`` times as likely as any other of its group. ``set_epoch(epoch, start)``
     picks the epoch and skips ``start`` keys (exact resume).
     """
 
@@ -91,15 +94,23 @@ class MixtureSampler(Sampler):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        start_steps: int = 0,
+        start_weight: float = 1.0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if start_steps < 0 or start_weight <= 0:
+            raise ValueError(f"start_steps must be >= 0 and start_weight > 0, got {start_steps}, {start_weight}")
         self.episodes = np.asarray(episodes, dtype=np.int64)
         steps = np.asarray(episode_steps, dtype=np.int64).reshape(-1, 2)[self.episodes]
         first, count = steps[:, 0], steps[:, 1] - steps[:, 0]
         keep = count > 0
         self.episodes, self.first, self.count = self.episodes[keep], first[keep], count[keep]
         self.group_of = np.asarray(groups, dtype=np.int64)[keep] if len(groups) else np.zeros(0, np.int64)
+        # Sampling mass of each episode: its first `start_steps` steps weigh `start_weight` each, the rest 1.
+        self.start_weight = float(start_weight)
+        self.head_steps = np.minimum(self.count, start_steps)
+        self.mass = self.count + (self.start_weight - 1.0) * self.head_steps
         self.group_ids = np.unique(self.group_of).tolist()
         mass = np.array([group_weights.get(g, 0.0) for g in self.group_ids], dtype=np.float64)
         if not len(mass) or mass.sum() <= 0:
@@ -132,10 +143,20 @@ class MixtureSampler(Sampler):
         for gi, g in enumerate(self.group_ids):
             sel = np.nonzero(group == gi)[0]
             members = np.nonzero(self.group_of == g)[0]
-            cum = np.cumsum(self.count[members])
-            flat = np.minimum((u[sel] * cum[-1]).astype(np.int64), cum[-1] - 1)
-            m = np.searchsorted(cum, flat, side="right")
-            offset = flat - np.concatenate([[0], cum[:-1]])[m]
+            if self.start_weight == 1.0:  # integer arithmetic: the keys do not depend on float rounding
+                cum = np.cumsum(self.count[members])
+                flat = np.minimum((u[sel] * cum[-1]).astype(np.int64), cum[-1] - 1)
+                m = np.searchsorted(cum, flat, side="right")
+                offset = flat - np.concatenate([[0], cum[:-1]])[m]
+            else:
+                cum = np.cumsum(self.mass[members])
+                flat = u[sel] * cum[-1]
+                m = np.minimum(np.searchsorted(cum, flat, side="right"), len(members) - 1)
+                within = flat - np.concatenate([[0.0], cum[:-1]])[m]  # mass into episode m
+                head = self.head_steps[members[m]] * self.start_weight  # mass of its weighted first steps
+                offset = np.where(within < head, within / self.start_weight,
+                                  self.head_steps[members[m]] + (within - head)).astype(np.int64)
+                offset = np.clip(offset, 0, self.count[members[m]] - 1)
             out[sel, 0] = self.episodes[members[m]]
             out[sel, 1] = self.first[members[m]] + offset
         out[:, 2] = seeds
