@@ -24,7 +24,13 @@ from gen_theta_model.data.dataset import EpisodeDataset
 from gen_theta_model.data.episode import EpisodeMeta
 from gen_theta_model.data.index import EpisodeIndex
 from gen_theta_model.data.manifest import open_dataset, sum_moments
-from gen_theta_model.data.sampler import MixtureSampler, group_weights, load_mixture, split_episodes
+from gen_theta_model.data.sampler import (
+    MixtureSampler,
+    check_start_weighting,
+    group_weights,
+    load_mixture,
+    split_episodes,
+)
 from gen_theta_model.data.stats import NormStats, norm_stats
 from gen_theta_model.data.stream import StreamingDataset
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -64,9 +70,7 @@ class DataConfig:
             raise ValueError(f"horizon, batch_size must be >= 1 and num_workers >= 0, got {self}")
         if self.open_episodes < 1 or self.shuffle_buffer < 1:
             raise ValueError(f"open_episodes and shuffle_buffer must be >= 1, got {self}")
-        if self.start_steps < 0 or self.start_weight <= 0:
-            raise ValueError(f"start_steps must be >= 0 and start_weight > 0, got {self.start_steps}, "
-                             f"{self.start_weight}")
+        check_start_weighting(self.start_steps, self.start_weight)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -45,6 +45,12 @@ class Mixture:
         return self.datasets.get(dataset, d) * self.embodiments.get(embodiment, d) * self.categories.get(category, d)
 
 
+def check_start_weighting(start_steps: int, start_weight: float) -> None:
+    """Raise ValueError unless start_steps >= 0 (steps) and start_weight > 0 (a sampling ratio)."""
+    if start_steps < 0 or start_weight <= 0:
+        raise ValueError(f"start_steps must be >= 0 and start_weight > 0, got {start_steps}, {start_weight}")
+
+
 def load_mixture(path: str | Path) -> Mixture:
     """Load a mixture YAML (a path, or a name under config/mixtures/)."""
     p = Path(path)
@@ -99,8 +105,7 @@ class MixtureSampler(Sampler):
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if start_steps < 0 or start_weight <= 0:
-            raise ValueError(f"start_steps must be >= 0 and start_weight > 0, got {start_steps}, {start_weight}")
+        check_start_weighting(start_steps, start_weight)
         self.episodes = np.asarray(episodes, dtype=np.int64)
         steps = np.asarray(episode_steps, dtype=np.int64).reshape(-1, 2)[self.episodes]
         first, count = steps[:, 0], steps[:, 1] - steps[:, 0]
