@@ -12,11 +12,13 @@ and rollout.mp4 (gen_theta_model.rollout_media, the largest delay, the first see
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,6 +74,7 @@ class RolloutConfig:
     lerobot_python: str = ""  # in-process: the LeRobot venv's Python, for a LeRobot checkpoint (the baseline)
     hand_over: str = ""  # in-process: the scripted expert drives until this phase, the checkpoint after it
     settle_s: float = 0.5  # in-process: simulated seconds the sensors flow before the server drives
+    jobs: int = 1  # in-process: worker processes the episodes are spread over (one core each)
 
 
 class RolloutNode(EpisodeClient):
@@ -247,7 +250,29 @@ def run_over_dds(cfg: RolloutConfig, out: Path, robot: str) -> list[tuple[Episod
 
 
 def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures, EpisodeTrace, bool]]:
-    """Every episode of ``robot`` in this process on simulated time (gen_theta_model.sim.policy_rollout)."""
+    """Every episode of ``robot`` in-process on simulated time (gen_theta_model.sim.policy_rollout),
+    in this process or spread over ``cfg.jobs`` worker processes, results in the plan's order.
+
+    Each episode runs on its own clock from 0, so with a fixed ``inference_ms`` and a deterministic
+    ``decode`` (top, mean) an episode's figures do not depend on which process ran it, or after what.
+    """
+    plan = episode_plan(cfg, robot)
+    jobs = min(cfg.jobs, len(plan))
+    if jobs <= 1:
+        return run_episodes(cfg, robot, plan)
+    # Round robin: neighbouring episodes (one cell's seeds) take about as long, so the shares balance.
+    shares = [plan[j::jobs] for j in range(jobs)]
+    # spawn: a fresh interpreter per worker (fork would copy this process's torch threads and pybullet).
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = list(pool.map(run_episodes, [cfg] * jobs, [robot] * jobs, shares))
+    where = [i for j in range(jobs) for i in range(j, len(plan), jobs)]  # plan index of each result in `done`
+    ran = [result for share in done for result in share]
+    return [result for _, result in sorted(zip(where, ran, strict=True), key=lambda pair: pair[0])]
+
+
+def run_episodes(cfg: RolloutConfig, robot: str, plan: list[tuple[str, float, str, int, bool]]
+                 ) -> list[tuple[EpisodeFigures, EpisodeTrace, bool]]:
+    """Run the episodes ``plan`` (of ``episode_plan``) of ``robot`` in this process, one closed loop for all."""
     import torch
 
     from gen_theta_model.policy_server_config import server_config
@@ -266,7 +291,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
                                        hand_over_at=cfg.hand_over, settle_s=cfg.settle_s))
     results = []
     try:
-        for task, delay, mode, seed, keep in episode_plan(cfg, robot):
+        for task, delay, mode, seed, keep in plan:
             start = time.monotonic()
             figures, trace = loop.run(task, seed, mode, delay, keep_frames=keep)
             report(figures, time.monotonic() - start)
@@ -342,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-s", type=float, default=None,
                         help="with --in-process: simulated seconds the scene runs, sensors flowing, before the "
                              "server drives (default 0.5, as over DDS)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with --in-process: run the episodes in this many worker processes, one core "
+                             "each (the same figures as one process with --inference-ms)")
     parser.add_argument("--out", default="runs/rollout", help="directory for results.md/.json, PNG and mp4")
     parser.add_argument("--no-video", action="store_true", help="skip the PNG and the mp4")
     a = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -358,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--hand-over: a phase of the scripted expert, one of {', '.join(PHASES[:-1])}")
     if a.settle_s is not None and (not a.in_process or a.settle_s < 0.0):
         parser.error("--settle-s needs --in-process and a time >= 0 s")
+    if a.jobs < 1 or (a.jobs > 1 and not a.in_process):
+        parser.error("--jobs needs --in-process and a count >= 1 (over DDS one graph runs the episodes)")
     if a.inference_ms is not None and not a.in_process:
         parser.error("--inference-ms needs --in-process (over DDS the server measures its latency)")
     if a.checkpoint and is_lerobot_checkpoint(a.checkpoint):
@@ -377,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         command_rate_hz=a.command_rate_hz, out=a.out, params_file=a.params_file, server=server,
         video=not a.no_video, in_process=a.in_process, inference_ms=a.inference_ms, expert=a.expert,
         lerobot_python=a.lerobot_python, hand_over=a.hand_over,
-        settle_s=RolloutConfig.settle_s if a.settle_s is None else a.settle_s,
+        settle_s=RolloutConfig.settle_s if a.settle_s is None else a.settle_s, jobs=a.jobs,
     )
     started = time.monotonic()
     rows = run_rollout(cfg)

@@ -144,6 +144,17 @@ def test_rollout_in_process_writes_rows_with_intervals(tiny, tmp_path):
     assert all(0.05 < e["closest_m"] < 1.0 for e in doc["episodes"])  # nor comes near the cube
 
 
+def test_rollout_in_process_over_worker_processes_gives_the_same_episodes(tiny, tmp_path):
+    args = [str(tiny), "--in-process", "--inference-ms", "20", "--task", "stack", "--seeds", "0..2",
+            "--modes", "harmonic", "sync", "--delays-ms", "300", "--max-seconds", "1", "--no-video"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert len(two["episodes"]) == 6 and two["meta"]["jobs"] == 2
+    assert two["episodes"] == one["episodes"]  # every figure, in the plan's order
+    assert two["rows"] == one["rows"]
+
+
 def test_rollout_in_process_from_a_phase_of_the_expert(tiny, tmp_path):
     out = tmp_path / "h"
     assert main([str(tiny), "--in-process", "--inference-ms", "20", "--seeds", "1", "--modes", "harmonic",
@@ -172,6 +183,10 @@ def test_rollout_arguments():
         main(["ckpt", "--in-process", "--hand-over", "carry"])  # not a phase of the expert
     with pytest.raises(SystemExit):
         main(["ckpt", "--settle-s", "0.25"])  # over DDS the rollout's own processes settle
+    with pytest.raises(SystemExit):
+        main(["ckpt", "--jobs", "2"])  # over DDS one graph runs the episodes
+    with pytest.raises(SystemExit):
+        main(["ckpt", "--in-process", "--jobs", "0"])
 
 
 def test_progress_follows_the_grasp_and_the_lift():
