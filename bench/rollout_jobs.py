@@ -48,6 +48,9 @@ def main() -> None:
     print(f"| processes | wall s | episodes/min |\n|---|---|---|\n| 1 | {one_s:.1f} | {60 * n / one_s:.1f} |\n"
           f"| {a.jobs} | {many_s:.1f} | {60 * n / many_s:.1f} |")
     print(f"speed-up {one_s / many_s:.2f}x with {a.jobs} processes; same figures for every episode: {one == many}")
+    for x, y in zip(one, many, strict=True):
+        if x != y:
+            print(f"  seed {x['seed']} differs: " + ", ".join(f"{k} {x[k]} / {y[k]}" for k in x if x[k] != y[k]))
 
 
 if __name__ == "__main__":
