@@ -96,8 +96,7 @@ def test_grasp_lift_and_release(world):
     spec = world.spec
     kin = ArmKinematics(spec)
     try:
-        world.clear_objects()
-        world.reset_robot(spec.home_positions)
+        world.reset_physics()
         cube_xy = np.array(reachable_workspace(kin).center)
         q_grasp, err = kin.ik(spec.home_positions, np.array([*cube_xy, objects.CUBE_HALF + 0.005]))
         q_lift, _ = kin.ik(q_grasp, np.array([*cube_xy, 0.15]))
@@ -120,7 +119,7 @@ def test_a_cube_pinched_off_centre_is_released_when_the_gripper_opens(world):
     spec = world.spec
     kin = ArmKinematics(spec)
     try:
-        world.clear_objects()
+        world.reset_physics()
         cube_xy = np.array(reachable_workspace(kin).center)
         q_grasp, err = kin.ik(spec.home_positions, np.array([*cube_xy, objects.CUBE_HALF + 0.005]))
         q_lift, _ = kin.ik(q_grasp, np.array([*cube_xy, 0.15]))

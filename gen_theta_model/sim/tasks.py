@@ -75,8 +75,7 @@ class Task(ABC):
         self.workspace = workspace
         self.belt_velocity = np.zeros(3)
         self.preroll_s = float(preroll_s)
-        world.clear_objects()
-        world.reset_robot(world.spec.home_positions)
+        world.reset_physics()  # an episode depends on its seed alone, not on the episode before it
         self._build(world, np.random.default_rng(self.seed))
         for _ in range(int(0.1 / world.dt) + round(self.preroll_s / world.dt)):  # cubes come to rest, belts run
             world.step()

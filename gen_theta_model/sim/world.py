@@ -72,17 +72,8 @@ class SimWorld:
         self.spec = spec
         self.dt = 1.0 / physics_hz
         self.client = p.connect(p.DIRECT)
-        p.setGravity(0, 0, -9.81, physicsClientId=self.client)
-        p.setTimeStep(self.dt, physicsClientId=self.client)
-        self.table = objects.add_table(self.client)
-        urdf = str(spec.urdf_file())  # the stored path, or the shipped file with its sha256
-        self.robot = p.loadURDF(
-            urdf,
-            (0, 0, 0),
-            useFixedBase=True,
-            flags=p.URDF_USE_INERTIA_FROM_FILE,
-            physicsClientId=self.client,
-        )
+        self._urdf = str(spec.urdf_file())  # the stored path, or the shipped file with its sha256
+        self._load_bodies()
         self._joint_index: dict[str, int] = {}
         self.link_index: dict[str, int] = {}
         self._movable: list[int] = []
@@ -92,7 +83,7 @@ class SimWorld:
             self.link_index[info[12].decode()] = j
             if info[2] != p.JOINT_FIXED:
                 self._movable.append(j)
-        self.mimics = read_mimics(urdf)
+        self.mimics = read_mimics(self._urdf)
         self._actuated = [self._joint_index[n] for n in spec.joint_names]
         self._mimic_ids = [self._joint_index[m.name] for m in self.mimics]
         self._mimic_parent = [spec.joint_names.index(m.parent) for m in self.mimics]
@@ -107,6 +98,14 @@ class SimWorld:
         self.reset_robot(spec.home_positions)
 
     # -- set-up ------------------------------------------------------------------------
+    def _load_bodies(self) -> None:
+        """Gravity, time step, the table and the robot, in this order: the same body ids every time."""
+        p.setGravity(0, 0, -9.81, physicsClientId=self.client)
+        p.setTimeStep(self.dt, physicsClientId=self.client)
+        self.table = objects.add_table(self.client)
+        self.robot = p.loadURDF(self._urdf, (0, 0, 0), useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE,
+                                physicsClientId=self.client)
+
     def _gripper_links(self) -> dict[int, tuple[int, list[int]]]:
         """Spec index of each gripper joint -> (hand link, finger links incl. mimic fingers)."""
         out = {}
@@ -148,14 +147,18 @@ class SimWorld:
         self._qd_target = np.zeros(self.spec.dof)
         self.time = 0.0
 
-    def clear_objects(self) -> None:
-        """Remove every task object (the table and the robot stay)."""
-        for g in list(self.grasps):
-            self._release(g)
-        for obj in self.objects.values():
-            p.removeBody(obj.body, physicsClientId=self.client)
+    def reset_physics(self) -> None:
+        """Start the physics afresh: no objects, no grasps, the robot reloaded at home, the clock at 0.
+
+        Removing bodies leaves pybullet's solver and contact caches as the last episode left them, so
+        an episode would depend (slightly) on the one before it; after this it depends on nothing.
+        """
+        p.resetSimulation(physicsClientId=self.client)
+        self.grasps.clear()  # their constraints went with the simulation
         self.objects.clear()
         self._belts.clear()
+        self._load_bodies()
+        self.reset_robot(self.spec.home_positions)
 
     def add_object(self, obj: SceneObject, belt_velocity: np.ndarray | None = None) -> None:
         """Register a body built by ``objects.add_*``; ``belt_velocity`` (3,) m/s makes it a conveyor."""
