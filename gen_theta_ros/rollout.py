@@ -253,8 +253,9 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     """Every episode of ``robot`` in-process on simulated time (gen_theta_model.sim.policy_rollout),
     in this process or spread over ``cfg.jobs`` worker processes, results in the plan's order.
 
-    Each episode runs on its own clock from 0, so with a fixed ``inference_ms`` and a deterministic
-    ``decode`` (top, mean) an episode's figures do not depend on which process ran it, or after what.
+    Each episode runs on its own clock from 0 and on fresh physics (``SimWorld.reset_physics``), so with
+    a fixed ``inference_ms`` and a deterministic ``decode`` (top, mean) an episode's figures do not
+    depend on which process ran it, or after what.
     """
     plan = episode_plan(cfg, robot)
     jobs = min(cfg.jobs, len(plan))
