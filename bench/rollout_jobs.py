@@ -4,7 +4,7 @@ Runs the same plan (the shipped checkpoint, arm6, ``--task``, ``--seeds``, harmo
 35 ms model latency, no video) through ``gen_theta_ros.rollout.run_rollout`` with ``jobs=1``
 and with ``jobs=N``, and prints episodes per minute for each, the ratio, and whether the two
 gave the same figures for every episode (they must: each episode runs on its own simulated
-clock). The ideal ratio is N on N idle cores; the worker start-up (a fresh interpreter, torch,
+clock and on fresh physics). The ideal ratio is N on N idle cores; the worker start-up (a fresh interpreter, torch,
 pybullet and the checkpoint per worker) is what it costs. Run:
 ``.venv/bin/python bench/rollout_jobs.py [--jobs 2] [--seeds 1000..1007] [--checkpoint models/gen_theta_sim]``.
 """

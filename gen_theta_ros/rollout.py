@@ -266,9 +266,7 @@ def run_in_process(cfg: RolloutConfig, robot: str) -> list[tuple[EpisodeFigures,
     # spawn: a fresh interpreter per worker (fork would copy this process's torch threads and pybullet).
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = list(pool.map(run_episodes, [cfg] * jobs, [robot] * jobs, shares))
-    where = [i for j in range(jobs) for i in range(j, len(plan), jobs)]  # plan index of each result in `done`
-    ran = [result for share in done for result in share]
-    return [result for _, result in sorted(zip(where, ran, strict=True), key=lambda pair: pair[0])]
+    return [done[i % jobs][i // jobs] for i in range(len(plan))]  # plan[i] is share i % jobs, at i // jobs
 
 
 def run_episodes(cfg: RolloutConfig, robot: str, plan: list[tuple[str, float, str, int, bool]]
