@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("stage", help="here: wheels and datasets into .device/part-K")
-    p.add_argument("--data", nargs="+", default=list(DATASETS), help="dataset directories (named by their parent)")
+    p.add_argument("--data", nargs="+", action="extend", help="dataset directories, named by their parent; repeatable "
+                   "(default: the three of the staged recipe)")
     p.add_argument("--part-mib", type=float, default=52.0,
                    help="bytes per part; the checkout (~7 MiB) travels with each, 64 MiB in all")
     p = sub.add_parser("verify", help="device: are the parts' files here?")
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Do what the parsed command line asks; returns the exit status."""
     if args.verb == "stage":
-        for part in stage(args.data, args.part_mib):
+        for part in stage(args.data or list(DATASETS), args.part_mib):
             mib = sum(f.stat().st_size for f in part.rglob("*") if f.is_file()) / 2**20
             print(f"{part.relative_to(ROOT)}: {mib:.1f} MiB")
         return 0

@@ -28,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 
 from gen_theta_model.checkpoint import save_checkpoint
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
 from gen_theta_model.policy.example import example_norm_stats
@@ -86,8 +87,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="")
     ap.add_argument("--robot", default="arm6")
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0])
-    ap.add_argument("--delays-ms", type=float, nargs="+", default=[0.0, 300.0])
+    ap.add_argument("--rates", type=float, nargs="+", action=ExtendAction, default=[50.0, 100.0])
+    ap.add_argument("--delays-ms", type=float, nargs="+", action=ExtendAction, default=[0.0, 300.0])
     args = ap.parse_args()
     torch.set_num_threads(1)
     use_project_dds_profile()

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from gen_theta_model.cli_args import ExtendAction
+
 ROBOTS = ("arm6", "arm7", "humanoid16")
 WARMUP_S = 2.0
 
@@ -115,7 +117,7 @@ def measure(robot: str, seconds: float, camera_rate_hz: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measurement window per robot")
-    parser.add_argument("--robots", nargs="+", default=list(ROBOTS))
+    parser.add_argument("--robots", nargs="+", action=ExtendAction, default=list(ROBOTS))
     parser.add_argument("--camera-rate-hz", type=float, default=0.0, help="override every camera's rate (0: YAML fps)")
     args = parser.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))  # keep clear of other graphs

@@ -21,6 +21,7 @@ import time
 import torch
 
 from gen_theta_model import batch as K
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.distributed import autocast, use_bf16
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import PRESET_NAMES, preset
@@ -58,7 +59,7 @@ def measure(policy, batches, steps: int, device: torch.device) -> tuple[float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=PRESET_NAMES)
+    parser.add_argument("--presets", nargs="+", action=ExtendAction, default=["tiny", "small"], choices=PRESET_NAMES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=0, help="default: 16 tiny, 8 small/base, 4 larger")

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from gen_theta_model import batch as K
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.config import ConfigError
 from gen_theta_model.metrics import reverse_kl, squared_error
 from gen_theta_model.policy.model import scored_steps
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gen-theta evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint or run directories")
-    parser.add_argument("--data", nargs="+", required=True, help="dataset directories (validation split)")
+    parser.add_argument("--data", nargs="+", action=ExtendAction, required=True,
+                        help="dataset directories (validation split)")
     parser.add_argument("--delay", type=int, action="append", help="evaluation delay(s) in steps (default 0 and 7)")
     parser.add_argument("--sigma", type=float, default=EvalConfig.sigma, help="KL target std, canonical units")
     parser.add_argument("--kl-samples", type=int, default=EvalConfig.kl_samples)

@@ -32,6 +32,7 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool
 from trajectory_msgs.msg import JointTrajectory
 
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.closed_loop import (
     EpisodeFigures,
     aggregate,
@@ -338,16 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robot", action="append", help="robot (config/robots/<robot>.yaml; repeatable; default arm6)")
     parser.add_argument("--task", action="append",
                         help="sim task (repeatable; default: the dynamic conveyor_pack task)")
-    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"],
+    parser.add_argument("--seeds", nargs="+", action=ExtendAction, default=["0", "1", "2"],
                         help="episode seeds, the same per cell: integers and inclusive ranges A..B (1000..1019)")
-    parser.add_argument("--modes", nargs="+", default=list(MODE_ORDER), choices=MODE_ORDER)
-    parser.add_argument("--delays-ms", type=float, nargs="+", default=[0.0, 100.0, 300.0],
+    parser.add_argument("--modes", nargs="+", action=ExtendAction, default=list(MODE_ORDER), choices=MODE_ORDER)
+    parser.add_argument("--delays-ms", type=float, nargs="+", action=ExtendAction, default=[0.0, 100.0, 300.0],
                         help="added inference delays standing in for larger models")
     parser.add_argument("--max-seconds", type=float, default=20.0,
                         help="cap per episode (wall clock over DDS, simulated in-process)")
     parser.add_argument("--command-rate-hz", type=float, default=50.0)
     parser.add_argument("--params-file", default="", help="policy_server parameters (default: the package's)")
-    parser.add_argument("--server", nargs="+", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--server", nargs="+", action=ExtendAction, default=[], metavar="NAME=VALUE",
                         help="policy_server parameter overrides, e.g. min_prefix_steps=10 execute_steps=8")
     parser.add_argument("--in-process", action="store_true",
                         help="sim and server engine in this process on simulated time: no DDS, faster than real "

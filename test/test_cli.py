@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,12 @@ def test_debug_shows_the_traceback(broken_robot: Path, tmp_path: Path) -> None:
     run = gen_theta(["--debug", "record", "--ros-args", "-p", f"robot:={broken_robot}"], tmp_path)
     assert run.returncode == 1
     assert "Traceback" in run.stderr and "EmbodimentError" in run.stderr, run.stderr
+
+
+def test_rollout_seeds_given_twice_run_every_seed(tmp_path: Path) -> None:
+    """`--seeds 0 --seeds 1..2` runs seeds 0, 1 and 2 (plain argparse would keep only the last use)."""
+    run = gen_theta(["rollout", "--in-process", "--expert", "--seeds", "0", "--seeds", "1..2", "--modes", "harmonic",
+                     "--delays-ms", "0", "--max-seconds", "1", "--no-video", "--out", "out"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    episodes = json.loads((tmp_path / "out" / "results.json").read_text())["episodes"]
+    assert [e["seed"] for e in episodes] == [0, 1, 2]

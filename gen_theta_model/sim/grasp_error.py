@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gen_theta_model import batch as K
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.data.dataset import EpisodeDataset
 from gen_theta_model.data.episode import ACTION_POSITION
 from gen_theta_model.data.loader import collate
@@ -177,11 +178,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.grasp_error",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="checkpoint directory")
-    parser.add_argument("--data", nargs="+", required=True, help="dataset directories (as trained on)")
+    parser.add_argument("--data", nargs="+", action=ExtendAction, required=True,
+                        help="dataset directories (as trained on)")
     parser.add_argument("--robot", default="arm6")
     parser.add_argument("--task", default="stack")
     parser.add_argument("--event", choices=EVENTS, default="grasp", help="what to score the plans at")
-    parser.add_argument("--leads", type=float, nargs="+", default=[0.2, 0.5, 0.8], help="s before the event")
+    parser.add_argument("--leads", type=float, nargs="+", action=ExtendAction, default=[0.2, 0.5, 0.8],
+                        help="s before the event")
     parser.add_argument("--episodes", type=int, default=40, help="at most this many episodes per split")
     a = parser.parse_args(argv)
     torch.set_num_threads(1)

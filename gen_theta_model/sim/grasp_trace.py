@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.embodiment import EmbodimentSpec
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.sim.experts import PHASES
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expert", action="store_true", help="serve the scripted expert instead")
     parser.add_argument("--robot", default="arm6")
     parser.add_argument("--task", default="stack")
-    parser.add_argument("--seeds", nargs="+", default=["1000..1005"], help="integers and inclusive ranges A..B")
+    parser.add_argument("--seeds", nargs="+", action=ExtendAction, default=["1000..1005"],
+                        help="integers and inclusive ranges A..B")
     parser.add_argument("--chunks", type=float, default=0.0, metavar="S",
                         help="also print each chunk start of an episode's first S seconds (a checkpoint only)")
     parser.add_argument("--chunks-from", type=float, default=0.0, metavar="S0",

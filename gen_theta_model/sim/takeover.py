@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.data.checks import check_joint_states
 from gen_theta_model.data.episode import (
     ACTION_POSITION,
@@ -241,8 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gen_theta_model.sim.takeover", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="checkpoint directory the policy is served from")
     parser.add_argument("--robot", default="arm6")
-    parser.add_argument("--task", nargs="+", default=["stack"], help="tasks; every seed runs each")
-    parser.add_argument("--seeds", nargs="+", default=["0..9"], help="integers and inclusive ranges A..B")
+    parser.add_argument("--task", nargs="+", action=ExtendAction, default=["stack"], help="tasks; every seed runs each")
+    parser.add_argument("--seeds", nargs="+", action=ExtendAction, default=["0..9"],
+                        help="integers and inclusive ranges A..B")
     parser.add_argument("--out", required=True, help="dataset root to write (or add) the episodes to")
     parser.add_argument("--takeover-s", type=float, nargs=2, default=list(TakeoverConfig.takeover_s),
                         metavar=("MIN", "MAX"), help="seconds the policy drives before the expert takes over")
