@@ -86,7 +86,11 @@ def test_kill_9_keeps_every_complete_chunk(ros, tmp_path):
     assert read_record(bag).status == "recording"  # the record written at start survives
     n_stream, end = stream_count(bag)
     sent = sum(feeder.sent.values())  # what the feeder published in all
-    assert n_stream > 0 and n_stream < sent, (n_stream, sent, end)
+    # The file ends without its footer, cut after its last complete chunk. Everything sent may be
+    # in complete chunks already (a loaded machine can starve the feeder), so n_stream == sent is
+    # allowed; what is asserted is that the recovered bag returns every message of those chunks.
+    assert end != "complete", end
+    assert 0 < n_stream <= sent, (n_stream, sent, end)
     source = open_bag(bag)
     assert source.recovered and "last complete chunk" in source.recovery_note
     msgs = list(source.messages())
