@@ -280,6 +280,11 @@ class SimControllers:
         for goal in goals:
             goal.finish(SHUTDOWN)
         self._executor.shutdown(timeout_sec=2.0)
+        # Executor.shutdown does not wait for the spin thread to leave rclpy's wait. A daemon thread
+        # still inside it when the interpreter finalizes aborts the process as it takes the GIL back
+        # (std::terminate; sim_robot exited with SIGABRT after SIGINT, seen in a core dump), and
+        # destroying a node a thread still spins segfaults: join it first, as ``spinning`` does.
+        self._thread.join(timeout=2.0)
         for server in self._servers:
             server.destroy()
         self.node.destroy_node()
