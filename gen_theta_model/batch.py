@@ -21,6 +21,11 @@ ACTION_MASK                (H,) bool               step inside the episode
 KEYPOSE                    (D,) float32            commanded positions, canonical, at the episode's next
                                                    gripper event after t (its last step when none
                                                    follows): where the next grasp or release happens
+OBJECTS                    (S, 3) float32          training only: positions (m, the recording's world
+                                                   frame) of the scene's objects at t, where the source
+                                                   published them (the sim's object_poses), padded to
+                                                   S = MAX_OBJECTS
+OBJECTS_MASK               (S,) bool               object present (all False when none were recorded)
 DELAY                      () int64                committed-prefix length d: ACTION[:d] is given to
                                                    the model, the loss is on ACTION[d:]
 EMBODIMENT_INDEX           () int64                index into the dataset's embodiment name list
@@ -44,6 +49,9 @@ INSTRUCTION_MASK = "instruction.mask"
 ACTION = "action"
 ACTION_MASK = "action.mask"
 KEYPOSE = "action.keypose"
+OBJECTS = "objects.position"
+OBJECTS_MASK = "objects.mask"
+MAX_OBJECTS = 8  # object slots of OBJECTS; a scene with more is an error at training time
 DELAY = "harmonic.delay"
 EMBODIMENT_INDEX = "embodiment.index"
 EPISODE_INDEX = "episode.index"

@@ -3,7 +3,8 @@
 Subscribes (raw, serialized CDR, no conversion) to a robot's topics from
 config/topics.yaml: every camera (Image, or CompressedImage with
 ``compressed:=true``), joint_states, the JointTrajectory command stream, the
-instruction and the sim's task announcements; for teleoperation also a leader
+instruction, the sim's task announcements and its object poses (a training target, absent on a
+real robot); for teleoperation also a leader
 arm's sensor_msgs/JointState topic (``action_topic:=/leader/joint_states``), named
 in each episode.yaml as its ``action_topic`` so that ingest takes the actions from it. Services (names in topics.yaml):
 recorder/start and recorder/stop (std_srvs/Trigger), recorder/mark_success
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
@@ -108,7 +110,7 @@ class Recorder(ManagedNode):
         if self.action_topic:
             self.topics[self.action_topic] = JointState
         for topic, cls in self.topics.items():
-            qos = RECORD_QOS if cls in (Image, CompressedImage, JointState) else COMMAND_QOS
+            qos = RECORD_QOS if cls in (Image, CompressedImage, JointState, PoseArray) else COMMAND_QOS
             if cls is String:
                 qos = LATCHED_QOS
             callback = self._make_callback(topic, latched=cls is String)
@@ -152,6 +154,9 @@ class Recorder(ManagedNode):
         configured[names.resolve(self.robot, names.command)] = JointTrajectory
         configured[names.resolve(self.robot, names.instruction)] = String
         configured[names.resolve(self.robot, names.task)] = String
+        # The sim's object poses: a training target only (PolicyConfig.object_weight); a real robot that
+        # publishes none records an empty channel, and ingest takes the episode without them.
+        configured[names.resolve(self.robot, names.object_poses)] = PoseArray
         if not chosen:
             return configured
         out = {}

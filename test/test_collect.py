@@ -54,6 +54,10 @@ def test_collect_ingest_load(tmp_path):
     assert info.episodes[0].num_trajectories > 0 and info.episodes[0].success == record.success
     assert b[batch.IMAGE_MASK][:, :2].all() and b[batch.ACTION_MASK].any()
     assert torch.isfinite(b[batch.ACTION]).all() and b[batch.IMAGES].float().std() > 1  # real rendered frames
+    # the sim's object poses (the bin and the cube) at each sample's time, on the table in front of the arm
+    assert b[batch.OBJECTS_MASK][:, :2].all() and not b[batch.OBJECTS_MASK][:, 2:].any()
+    xy = b[batch.OBJECTS][:, :2, :2]
+    assert ((xy[..., 0] > 0.2) & (xy[..., 0] < 0.8) & (xy[..., 1].abs() < 0.4)).all(), xy
 
 
 def test_collect_refuses_a_robot_that_another_sim_drives(tmp_path):

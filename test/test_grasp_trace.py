@@ -72,8 +72,10 @@ def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
 
 
 def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
-    """A checkpoint with a keypose head: its predicted grasp pose is read too, as a tool-object distance."""
-    policy = load_policy(tiny_checkpoint(tmp_path, {"arm6": 0.0}, keypose_weight=1.0))
+    """A checkpoint with a keypose head and an object readout: its predicted grasp pose is read too, as a
+    tool-object distance, and where its images place the pick object.
+    """
+    policy = load_policy(tiny_checkpoint(tmp_path, {"arm6": 0.0}, keypose_weight=1.0, object_weight=1.0))
     assert policy.config.keypose_weight == 1.0 and policy.model.keypose is not None
     spec = policy.embodiments[0]
     kin = ArmKinematics(spec)
@@ -98,6 +100,7 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     for r in modes.records:
         assert r.weights.shape == r.close_step.shape == r.open_step.shape == (k,) and abs(r.weights.sum() - 1.0) < 1e-5
         assert r.keypose.shape == (policy.config.max_dof,) and np.isfinite(r.keypose).all()
+        assert r.objects.shape == (policy.config.object_slots, 3) and np.isfinite(r.objects).all()
         for step in (r.close_step, r.open_step):
             assert ((step >= -1) & (step < policy.config.chunk_len)).all()
         # every step of a component's plan is open or closed: one of the two is its first step
@@ -107,11 +110,13 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     assert all(0.0 <= c.closing_weight <= 1.0 + 1e-6 and 0.0 <= c.opening_weight <= 1.0 + 1e-6 for c in row.chunks)
     assert all(0.0 <= c.place_xy_m < 2.0 for c in row.chunks)  # m: the blue cube, within reach
     assert all(0.0 <= c.keypose_xy_m < 2.0 for c in row.chunks)  # m: within the robot's reach of the cube
+    assert all(0.0 <= c.readout_m < 2.0 for c in row.chunks)  # m: an untrained readout, near the origin
     text = chunk_table(row, 1.0)
     assert text.startswith("seed 4:") and len(text.splitlines()) == 3 + sum(t <= 1.0 for t in times)
     shown = [c for c in row.chunks if c.time_s <= 1.0]
     cells = [cell.strip() for cell in text.splitlines()[-1].split("|")[1:-1]]
     assert cells[6] == f"{100 * shown[-1].keypose_xy_m:.1f}" and cells[7] == f"{100 * shown[-1].place_xy_m:.1f}"
+    assert cells[10] == f"{100 * shown[-1].readout_m:.1f}"
     later = chunk_table(row, 2.0, since_s=1.0)  # the rows of a window: the release, after the grasp
     assert len(later.splitlines()) == 3 + sum(1.0 <= t <= 2.0 for t in times)
 

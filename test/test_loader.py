@@ -79,6 +79,7 @@ def test_sample_matches_streams(dataset, specs):
             want = spec.normalize(commands[later[0] if later else len(commands) - 1])
             np.testing.assert_allclose(s[batch.KEYPOSE][: spec.dof], want, atol=1e-5)
             assert not s[batch.KEYPOSE][spec.dof:].any()
+            assert not s[batch.OBJECTS_MASK].any()  # these bags carry no object poses
             assert 0 <= s[batch.DELAY] <= min(cfg.harmonic.max_delay_steps, n - 1)
             assert info.embodiment_names[int(s[batch.EMBODIMENT_INDEX])] == ref.meta.embodiment
             assert int(s[batch.EPISODE_INDEX]) == ep

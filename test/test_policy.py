@@ -15,6 +15,7 @@ from train_helpers import fit_batch
 from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import PRESET_NAMES, nominal_params, preset
+from gen_theta_model.policy.encoders import object_set_loss
 from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.head import ChunkMixture, MixtureHead
 from gen_theta_model.policy.model import chunk_loss, scored_steps
@@ -125,6 +126,50 @@ def test_keypose_head_learns_the_next_gripper_event_and_is_absent_by_default(spe
     assert {k for k in pol.model.state_dict() if k not in plain.model.state_dict()} == {"keypose.weight",
                                                                                        "keypose.bias"}
     assert plain.model(plain.normalizer.normalize_batch(batch)).keypose is None
+
+
+def test_object_set_loss_matches_sets_in_any_order_and_skips_absent_objects():
+    """The Chamfer loss is 0 for the true set in any slot order, ignores masked objects, counts each missed
+    object in cm, and is an exact 0 (with a graph) for a batch without objects.
+    """
+    target = torch.tensor([[[0.4, 0.0, 0.02], [0.5, 0.1, 0.02], [9.0, 9.0, 9.0]]])  # the third is padding
+    mask = torch.tensor([[True, True, False]])
+    swapped = target[:, [1, 0, 1, 0]].clone().requires_grad_()  # four slots over the two objects
+    loss, cm = object_set_loss(swapped, target, mask)
+    assert float(loss.detach()) == 0.0 and float(cm) == 0.0
+    moved = swapped.detach().clone()
+    moved[:, :, 0] += 0.03  # every slot 3 cm off in x: each object 3 cm from its nearest slot
+    loss, cm = object_set_loss(moved, target, mask)
+    assert math.isclose(float(cm), 3.0, rel_tol=1e-4) and math.isclose(float(loss), 2 * 0.09, rel_tol=1e-4)
+    loss, cm = object_set_loss(swapped, target, torch.zeros_like(mask))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(cm) == 0.0 and swapped.grad is not None and not swapped.grad.any()
+
+
+def test_object_readout_places_objects_from_the_images_alone_and_is_absent_by_default(specs):
+    """object_weight > 0 adds a readout over the image tokens and its loss; its gradient reaches the image
+    encoder and never the joints' encoders; without it the model and its checkpoints are unchanged.
+    """
+    torch.manual_seed(0)
+    stats = {s.name: example_norm_stats(s) for s in specs}
+    pol = build_policy(dataclasses.replace(CFG, object_weight=1.0), specs, stats)
+    batch = example_batch(specs, CFG, 6, image_size=32, seed=3)
+    normed = pol.normalizer.normalize_batch(batch)
+    dist = pol.model(normed)
+    assert dist.objects.shape == (6, CFG.object_slots, 3)
+    objects, before = object_set_loss(dist.objects, batch[K.OBJECTS], batch[K.OBJECTS_MASK])
+    pol.model.zero_grad()
+    objects.backward()
+    grads = {n: p.grad for n, p in pol.model.named_parameters()}
+    assert any(g is not None and g.any() for n, g in grads.items() if n.startswith("image."))
+    assert all(g is None or not g.any() for n, g in grads.items() if n.startswith(("proprio.", "joints.", "trunk.")))
+    _, logs = fit_batch(pol, batch, 150, lr=1e-3)
+    assert set(logs) == {"nll", "mse", "object_cm"}
+    assert float(logs["object_cm"]) < 0.25 * float(before)
+    plain = build_policy(CFG, specs, stats)
+    assert all(k.startswith("objects.") for k in pol.model.state_dict() if k not in plain.model.state_dict())
+    assert plain.model(plain.normalizer.normalize_batch(batch)).objects is None
+    assert set(plain.loss(batch)[1]) == {"nll", "mse"}
 
 
 def test_keypose_path_draws_the_chunk_toward_the_predicted_keypose(specs):

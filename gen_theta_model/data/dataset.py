@@ -31,6 +31,7 @@ from gen_theta_model.data.episode import (
     camera_stamp_key,
 )
 from gen_theta_model.data.index import EpisodeIndex
+from gen_theta_model.data.object_poses import OBJECT_POSITION, OBJECT_STAMP, objects_at
 from gen_theta_model.data.shards import STREAMS
 from gen_theta_model.data.video import VideoReader
 from gen_theta_model.embodiment import EmbodimentSpec
@@ -70,7 +71,7 @@ class EpisodeDataset(Dataset):
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._readers: OrderedDict[tuple[Path, str, int], VideoReader] = OrderedDict()
-            self._shards: OrderedDict[Path, object] = OrderedDict()
+            self._shards: OrderedDict[Path, tuple[object, set[str]]] = OrderedDict()  # handle, its keys
             self._arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     def arrays(self, ep: int) -> dict[str, np.ndarray]:
@@ -78,14 +79,17 @@ class EpisodeDataset(Dataset):
         self._caches()
         if ep not in self._arrays:
             ref = self.episodes[ep]
-            shard = self._shards.get(ref.path)
-            if shard is None:
-                shard = self._shards[ref.path] = safe_open(str(ref.path / STREAMS), framework="numpy")
+            if ref.path not in self._shards:
+                handle = safe_open(str(ref.path / STREAMS), framework="numpy")
+                self._shards[ref.path] = (handle, set(handle.keys()))
                 if len(self._shards) > 8:
                     self._shards.popitem(last=False)
             self._shards.move_to_end(ref.path)
+            shard, recorded = self._shards[ref.path]
             keys = [JOINT_STAMP, JOINT_POSITION, ACTION_STAMP, ACTION_POSITION]
             keys += [camera_stamp_key(c.name) for c in ref.cameras]
+            # object poses only where the source published them
+            keys += [k for k in (OBJECT_STAMP, OBJECT_POSITION) if f"{ref.meta.episode}/{k}" in recorded]
             self._arrays[ep] = {k: shard.get_tensor(f"{ref.meta.episode}/{k}") for k in keys}
             spec = self.specs[ref.embodiment_index]
             self._arrays[ep][NEXT_EVENT] = spec.next_gripper_event(self._arrays[ep][ACTION_POSITION])
@@ -151,6 +155,8 @@ class EpisodeDataset(Dataset):
         sample[batch.ACTION_MASK] = mask
         keypose = spec.normalize(arrays[ACTION_POSITION][arrays[NEXT_EVENT][step]]).astype(np.float32)
         sample[batch.KEYPOSE], _ = spec.pad(keypose, self.obs.max_dof)
+        sample[batch.OBJECTS], sample[batch.OBJECTS_MASK] = objects_at(
+            arrays.get(OBJECT_STAMP, np.zeros(0, np.int64)), arrays.get(OBJECT_POSITION), t, batch.MAX_OBJECTS)
         sample[batch.DELAY] = np.int64(min(sample_delay(self.harmonic, self.horizon, rng), max(n - 1, 0)))
         sample[batch.EMBODIMENT_INDEX] = np.int64(ref.embodiment_index)
         sample[batch.EPISODE_INDEX] = np.int64(ep)

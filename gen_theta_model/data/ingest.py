@@ -51,6 +51,7 @@ from gen_theta_model.data.manifest import (
     existing_episodes,
     finalize_dataset,
 )
+from gen_theta_model.data.object_poses import object_streams, pose_array_positions
 from gen_theta_model.data.recording import EPISODE_FILE, read_record
 from gen_theta_model.data.video import VideoConfig
 from gen_theta_model.embodiment import EmbodimentError, EmbodimentSpec, load_robot
@@ -75,6 +76,7 @@ class TopicMap:
     joint_states: str | None = None
     command: str | None = None
     instruction: str | None = None
+    objects: str | None = None  # geometry_msgs/PoseArray of the task objects (optional: the sim's object_poses)
     # Teleop: a leader arm's sensor_msgs/JointState topic whose positions are the actions (instead of
     # the command topic; default: the recorder's episode.yaml action_topic), and leader joint name ->
     # the robot's joint name ('' drops a leader joint); unmapped names must be the robot's own.
@@ -96,7 +98,7 @@ class IngestOptions:
 
 def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: dict[str, str],
                    action: str = "") -> dict[str, str]:
-    """Map stream keys ('camera.<name>', 'joint_states', 'command' or 'action', 'instruction') -> topic.
+    """Map stream keys ('camera.<name>', 'joint_states', 'command' or 'action', 'instruction', 'objects') -> topic.
 
     ``action``: the leader's JointState topic (teleop); then there is no 'command'.
     """
@@ -114,7 +116,11 @@ def resolve_topics(spec: EmbodimentSpec, robot: str, tmap: TopicMap, available: 
     else:
         out["command"] = tmap.command or names.resolve(robot, names.command)
     out["instruction"] = tmap.instruction or names.resolve(robot, names.instruction)
+    out["objects"] = tmap.objects or names.resolve(robot, names.object_poses)
     return out
+
+
+OPTIONAL_STREAMS = ("instruction", "objects")
 
 
 def _rgb(msg) -> np.ndarray:
@@ -195,13 +201,14 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
                           f"{spec.urdf_sha256[:12]}: the joint limits may differ")
     action = opts.topic_map.action or (rec.action_topic if rec else "")
     topics = resolve_topics(spec, robot, opts.topic_map, source.topics, action)
-    for key in [k for k in topics if k != "instruction"]:
+    for key in [k for k in topics if k not in OPTIONAL_STREAMS]:
         if topics[key] not in source.topics:
             raise IngestError(f"{bag}: missing topic '{topics[key]}' ({key}); the bag has {sorted(source.topics)}")
-    by_topic = {t: k for k, t in topics.items()}
+    by_topic = {t: k for k, t in topics.items() if k not in OPTIONAL_STREAMS or t in source.topics}
     episode = episode or bag.name
     writer = EpisodeWriter(Path(out) / EPISODES, episode, spec, opts.video)
     js_t, js_q, js_v, js_recv, commands, cmd_ns = [], [], [], [], [], []
+    obj_t, obj_recv, obj_p = [], [], []  # object poses: stamps (ns), receive times (ns), (M, 3) positions
     lead_t, lead_q, lead_recv = [], [], []  # teleop: leader stamps (ns), positions in the robot's joint order
     leader = LeaderJoints(spec, topics.get("action", ""), opts.topic_map.action_joints)
     instruction = (rec.instruction if rec else "") or opts.instruction
@@ -226,6 +233,11 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
                 lead_recv.append(m.recv_ns)
                 names, q, _, _ = joint_state_to_arrays(m.msg)
                 lead_q.append(leader.positions(names, q))
+            elif key == "objects":
+                stamp = _stamp_ns(m.msg, m.recv_ns)
+                obj_t.append(stamp)
+                obj_recv.append(m.recv_ns)
+                obj_p.append(pose_array_positions(m.msg))
             elif key == "command":
                 traj = trajectory_from_msg(m.msg)
                 check_command(spec, m.topic, m.recv_ns, traj, first_ns)
@@ -259,6 +271,7 @@ def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episod
         writer.set_streams({
             JOINT_STAMP: stamps, JOINT_POSITION: positions, JOINT_VELOCITY: velocities,
             ACTION_STAMP: grid, ACTION_POSITION: q, ACTION_VELOCITY: qd, COMMAND_STAMP: np.asarray(cmd_ns, np.int64),
+            **object_streams(obj_t, obj_recv, obj_p, start_ns),
         })
         meta = EpisodeMeta(
             episode=episode, embodiment=spec.name, urdf_sha256=spec.urdf_sha256,
@@ -438,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--include-failed", action="store_true", help="also take episodes marked success: false")
     ap.add_argument("--include-unknown", action="store_true",
                     help="also take episodes never marked (success: null; bags without episode.yaml)")
-    ap.add_argument("--topic-map", help="YAML: cameras {name: topic}, joint_states, command, instruction, action, "
-                    "action_joints {leader joint: robot joint}")
+    ap.add_argument("--topic-map", help="YAML: cameras {name: topic}, joint_states, command, instruction, objects, "
+                    "action, action_joints {leader joint: robot joint}")
     ap.add_argument("--action-topic", default="", help="teleop: take the actions from this sensor_msgs/JointState "
                     "topic (a leader arm's), not from JointTrajectory commands (default: the recorder's "
                     "episode.yaml action_topic)")

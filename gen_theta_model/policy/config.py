@@ -43,6 +43,14 @@ class PolicyConfig:
     # keypose the head's own prediction with its gradient stopped. A chunk can then go where the keypose
     # head locates the object instead of re-learning that location in 50 steps' means (needs keypose_weight)
     keypose_path: bool = False
+    # training only: weight of an auxiliary loss that places the scene's objects (batch OBJECTS, where the
+    # data has them: the sim's object poses) from the image tokens alone, through `object_slots` learned
+    # queries (ObjectReadout). The images must then carry where the objects are, which the trunk can
+    # otherwise read off the arm's approach in a demonstration and lose in closed loop; Levine et al.
+    # (2016) trained their spatial-softmax encoder on object positions for the same reason. A set loss
+    # (Chamfer distance, dm^2): slots need no fixed order, so scenes with different objects share them
+    object_weight: float = 0.0
+    object_slots: int = 4
     # inputs
     max_dof: int = DEFAULT_MAX_DOF  # joint tokens padded to this many (EmbodimentSpec.max_dof)
     joint_descriptor_dim: int = JOINT_DESCRIPTOR_DIM
@@ -88,6 +96,9 @@ class PolicyConfig:
             raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")
         if self.keypose_weight < 0:
             raise ValueError(f"keypose_weight must be >= 0, got {self.keypose_weight}")
+        if self.object_weight < 0 or self.object_slots < 1:
+            raise ValueError(f"need object_weight >= 0 and object_slots >= 1, got {self.object_weight}, "
+                             f"{self.object_slots}")
         if self.keypose_path and not self.keypose_weight > 0:
             raise ValueError("keypose_path draws the chunk toward the predicted keypose: it needs keypose_weight > 0")
         if not 0 < self.age_min_period_s < self.age_max_period_s:

@@ -166,6 +166,50 @@ class ImageEncoder(nn.Module):
         return x.flatten(1, 2)  # (B, C*n, d)
 
 
+class ObjectReadout(nn.Module):
+    """Where the scene's objects are, read from the image tokens alone (PolicyConfig.object_weight).
+
+    tokens (B, N, d), mask (B, N) -> positions (B, S, 3) in metres: each of S learned queries
+    attends over the image tokens (one head) and a small MLP maps what it gathered to a position.
+    """
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.query = nn.Embedding(cfg.object_slots, cfg.d_model)
+        self.key = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias), nn.GELU(),
+                                 nn.Linear(cfg.d_model, 3))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("sd,bnd->bsn", self.query.weight, self.key(tokens)) / math.sqrt(tokens.shape[-1])
+        scores = scores.float().masked_fill(~mask.bool()[:, None, :], float("-inf"))  # (B, S, N)
+        gathered = scores.softmax(-1).to(tokens.dtype) @ tokens  # (B, S, d)
+        return self.mlp(gathered).float()
+
+
+def object_set_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chamfer loss between predicted (B, S, 3) and true object positions (B, M, 3) with mask (B, M), m.
+
+    Returns (loss in dm^2: each object's squared distance to its nearest slot plus each slot's to
+    its nearest object, over the samples with objects; 0 when none has any, mean distance in cm of
+    each object to its nearest slot).
+    """
+    has = mask.any(1)  # (B,)
+    if not bool(has.any()):
+        zero = pred.sum() * 0.0  # keeps the graph: every rank runs the same backward
+        return zero, zero.detach()
+    d2 = (pred[:, :, None, :] - target[:, None, :, :].float()).square().sum(-1) / 0.01  # (B, S, M) dm^2
+    d2 = d2.masked_fill(~mask.bool()[:, None, :], float("inf"))
+    to_slot = d2.min(1).values  # (B, M): each object to its nearest slot
+    from_slot = d2[has].min(2).values  # (B', S): each slot to its nearest object
+    objects = torch.where(mask.bool(), to_slot, torch.zeros_like(to_slot))
+    n = mask.sum().clamp_min(1)
+    loss = objects.sum() / n + from_slot.mean()
+    cm = torch.where(mask.bool(), to_slot.clamp_min(0).sqrt() * 10.0, torch.zeros_like(to_slot)).sum() / n
+    return loss, cm.detach()
+
+
 class JointSetEncoder(nn.Module):
     """Per-step summary of a joint-space vector: mean over valid joints of MLP(descriptor, value).
 

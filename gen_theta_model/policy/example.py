@@ -51,6 +51,9 @@ def example_batch(
         K.ACTION: np.zeros((b, h, d), np.float32),
         K.ACTION_MASK: np.ones((b, h), bool),
         K.KEYPOSE: np.zeros((b, d), np.float32),
+        # a workspace's objects, 2-4 per scene (m): what the sim's object poses give
+        K.OBJECTS: rng.uniform((0.3, -0.25, 0.0), (0.6, 0.25, 0.1), (b, K.MAX_OBJECTS, 3)).astype(np.float32),
+        K.OBJECTS_MASK: np.arange(K.MAX_OBJECTS)[None, :] < 2 + np.arange(b)[:, None] % 3,
         K.DELAY: np.zeros(b, np.int64),
         K.EMBODIMENT_INDEX: np.zeros(b, np.int64),
         K.EPISODE_INDEX: np.arange(b, dtype=np.int64),

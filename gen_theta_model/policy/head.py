@@ -40,6 +40,7 @@ class ChunkMixture:
     ``shared``: the components are whole-chunk plans; every joint's logits are the chunk's (B, K) weights.
     ``keypose`` (B, D): the predicted positions at the next gripper event, when the model has
     that auxiliary head (``PolicyConfig.keypose_weight``), else None.
+    ``objects`` (B, S, 3): where the image tokens place the scene's objects, m (``PolicyConfig.object_weight``).
     """
 
     logits: torch.Tensor
@@ -47,6 +48,7 @@ class ChunkMixture:
     log_std: torch.Tensor
     shared: bool = False
     keypose: torch.Tensor | None = None
+    objects: torch.Tensor | None = None
 
     @property
     def n_components(self) -> int:

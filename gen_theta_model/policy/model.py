@@ -35,7 +35,9 @@ from gen_theta_model.policy.encoders import (
     InstructionEncoder,
     JointSetEncoder,
     JointTokenEncoder,
+    ObjectReadout,
     masked_last,
+    object_set_loss,
 )
 from gen_theta_model.policy.head import ChunkMixture, MixtureHead
 from gen_theta_model.policy.trunk import Block, Trunk
@@ -120,6 +122,7 @@ class HarmonicTransformer(nn.Module):
         self.keypose = nn.Linear(cfg.d_model, 1, bias=cfg.bias) if cfg.keypose_weight > 0 else None
         # Per joint token: a gain for every (component, step) on the way to the keypose (PolicyConfig.keypose_path).
         self.keypose_gain = nn.Linear(cfg.d_model, cfg.n_components * cfg.chunk_len) if cfg.keypose_path else None
+        self.objects = ObjectReadout(cfg) if cfg.object_weight > 0 else None
         self.init_weights()
 
     def init_steps(self) -> list[tuple[nn.Module, Callable[[nn.Module], None]]]:
@@ -157,9 +160,9 @@ class HarmonicTransformer(nn.Module):
         prefix, committed = committed_prefix(batch[K.ACTION], batch[K.DELAY], batch[K.ACTION_MASK],
                                              self.cfg.max_prefix_steps)  # (B, P, D), (B, P)
         n = self.cfg.image_tokens
+        image, image_mask = self.image(batch[K.IMAGES]), batch[K.IMAGE_MASK].repeat_interleave(n, dim=1)  # (B, C*n, d)
         groups = [
-            (self.image(batch[K.IMAGES]) + self.age(batch[K.IMAGE_AGE]).repeat_interleave(n, dim=1),
-             batch[K.IMAGE_MASK].repeat_interleave(n, dim=1)),  # (B, C*n, d)
+            (image + self.age(batch[K.IMAGE_AGE]).repeat_interleave(n, dim=1), image_mask),
             (self.proprio(state, desc, jmask) + self.age(batch[K.STATE_AGE]), smask),  # (B, T, d)
             (self.instruction(batch[K.INSTRUCTION], batch[K.INSTRUCTION_MASK]),
              batch[K.INSTRUCTION_MASK]),  # (B, L, d)
@@ -185,6 +188,8 @@ class HarmonicTransformer(nn.Module):
                 gain = self.keypose_gain(joint_x).float().view_as(toward)
                 dist = replace(dist, mean=dist.mean + gain * toward)
             dist = replace(dist, keypose=keypose)
+        if self.objects is not None:
+            dist = replace(dist, objects=self.objects(image, image_mask))
         return dist
 
 
@@ -195,10 +200,12 @@ def _init_linear_or_embedding(module: nn.Module, std: float = 0.02) -> None:
 
 
 def chunk_loss(
-    dist: ChunkMixture, batch: dict[str, torch.Tensor], mse_weight: float = 0.0, keypose_weight: float = 0.0
+    dist: ChunkMixture, batch: dict[str, torch.Tensor], mse_weight: float = 0.0, keypose_weight: float = 0.0,
+    object_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """NLL per scored scalar (+ ``mse_weight`` * MSE of the mixture mean, + ``keypose_weight`` * MSE of
-    the predicted KEYPOSE when the model predicts it), normalised units.
+    the predicted KEYPOSE when the model predicts it, + ``object_weight`` * the object set loss of
+    ``object_set_loss`` when it places objects and the batch has OBJECTS), normalised units.
 
     Only steps >= DELAY inside the episode (ACTION_MASK) of present joints (JOINT_MASK)
     count: the committed prefix and the padding never contribute.
@@ -216,4 +223,7 @@ def chunk_loss(
         keypose = ((dist.keypose - batch[K.KEYPOSE].float()).square() * jmask).sum() / jmask.sum().clamp_min(1.0)
         loss = loss + keypose_weight * keypose
         stats["keypose_mse"] = keypose.detach()
+    if dist.objects is not None and object_weight > 0 and K.OBJECTS in batch:
+        objects, stats["object_cm"] = object_set_loss(dist.objects, batch[K.OBJECTS], batch[K.OBJECTS_MASK])
+        loss = loss + object_weight * objects
     return loss, stats

@@ -108,7 +108,7 @@ class Policy:
         """
         normed = trim_padding(self.normalizer.normalize_batch(batch))
         dist = (model or self.model)(normed)
-        return chunk_loss(dist, normed, self.config.mse_weight, self.config.keypose_weight)
+        return chunk_loss(dist, normed, self.config.mse_weight, self.config.keypose_weight, self.config.object_weight)
 
     # -- inference ------------------------------------------------------------------
     def action_distribution(self, batch: dict[str, torch.Tensor]) -> ChunkMixture:

@@ -11,7 +11,9 @@ within the chunk, and at which step of the chunk the heaviest one closes (a clos
 the steps executed before the next chunk replaces the plan is never executed); ``--chunks S``
 prints the same, chunk by chunk, for each episode's first S seconds, and for a policy with a
 keypose head (``keypose_weight``) how far from the object its predicted grasp pose puts the tool:
-whether the policy still locates the object once the arm moves. The same rows give the release:
+whether the policy still locates the object once the arm moves; for one with an object readout
+(``object_weight``) how far the readout's nearest slot is from the pick object: whether the images
+themselves place it in the policy's own states. The same rows give the release:
 the weight of the plans that open the gripper within the chunk, where the heaviest opens, and the
 tool's distance from the place object (``--chunks-from S0`` starts the rows later: a policy that
 carries the cube to the place and never lets go shows whether it plans the release and defers it,
@@ -64,6 +66,7 @@ class ChunkStart:
     place_xy_m: float = math.nan  # tool to the place object (where it stood at reset) in xy
     opening_weight: float = 0.0  # weight of the gripper plans that open within the chunk
     top_open_step: int = -1  # where the heaviest plan opens, steps from the chunk's start (-1: it does not)
+    readout_m: float | None = None  # the object readout's nearest slot to the pick object (None: no readout)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class ChunkRecord(NamedTuple):
     close_step: np.ndarray  # (K,) int: first step with the component's mean closed (canonical < 0), -1: never
     open_step: np.ndarray  # (K,) int: first step with the component's mean open (canonical >= 0), -1: never
     keypose: np.ndarray | None  # (D,) canonical, padded: the predicted pose at the next gripper event
+    objects: np.ndarray | None = None  # (S, 3) m: where the object readout places the scene's objects
 
 
 class GripperModes:
@@ -124,7 +128,8 @@ class GripperModes:
         close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
         open_step = np.where((~below).any(-1), (~below).argmax(-1), -1)  # (K,)
         keypose = None if dist.keypose is None else dist.keypose[0].float().numpy()  # (D,), padded
-        self.records.append(ChunkRecord(t, weights, close_step, open_step, keypose))
+        objects = None if dist.objects is None else dist.objects[0].float().numpy()  # (S, 3)
+        self.records.append(ChunkRecord(t, weights, close_step, open_step, keypose, objects))
         return chunk
 
 
@@ -152,11 +157,12 @@ def trace_episode(loop: SimClosedLoop, kin: ArmKinematics, task: str, seed: int,
         i = max(int(np.searchsorted(trace.joint_times, r.time_s, side="right")) - 1, 0)  # the state received by then
         aim = None if r.keypose is None else float(
             np.linalg.norm(kin.fk(loop.spec.denormalize(r.keypose[: loop.spec.dof]))[0][:2] - obj[:2]))
+        readout = None if r.objects is None else float(np.linalg.norm(r.objects - obj, axis=1).min())
         top = int(np.argmax(r.weights))
         chunks.append(ChunkStart(r.time_s, float(xy[i]), float(tool[i, 2] - obj[2]), bool(is_closed[i]),
                                  float(r.weights[r.close_step >= 0].sum()), int(r.close_step[top]), aim,
                                  float(np.linalg.norm(tool[i, :2] - place[:2])),
-                                 float(r.weights[r.open_step >= 0].sum()), int(r.open_step[top])))
+                                 float(r.weights[r.open_step >= 0].sum()), int(r.open_step[top]), readout))
     opens = np.flatnonzero(np.diff(is_closed.astype(int)) == -1) + 1  # rows where the gripper is open again
     release = tuple(float(v) for v in tool[opens[-1], :2]) if len(opens) else None
     open_down = [c for c in chunks if not c.gripper_closed and c.height_m < DOWN_M]
@@ -248,15 +254,16 @@ def chunk_table(row: GraspTrace, until_s: float, since_s: float = 0.0) -> str:
     """
     lines = [f"seed {row.seed}:", "| t s | tool xy cm | tool height cm | gripper | weight of closing plans | "
              "heaviest closes at step | predicted grasp pose xy cm | place xy cm | weight of opening plans | "
-             "heaviest opens at step |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "heaviest opens at step | images place the pick object cm |", "|---" * 11 + "|"]
     for c in row.chunks:
         if since_s <= c.time_s <= until_s:
             step = "never" if c.top_close_step < 0 else str(c.top_close_step)
             opens = "never" if c.top_open_step < 0 else str(c.top_open_step)
             aim = "-" if c.keypose_xy_m is None else f"{100 * c.keypose_xy_m:.1f}"
+            readout = "-" if c.readout_m is None else f"{100 * c.readout_m:.1f}"
             lines.append(f"| {c.time_s:.2f} | {100 * c.xy_m:.1f} | {100 * c.height_m:.1f} | "
                          f"{'closed' if c.gripper_closed else 'open'} | {c.closing_weight:.2f} | {step} | {aim} | "
-                         f"{100 * c.place_xy_m:.1f} | {c.opening_weight:.2f} | {opens} |")
+                         f"{100 * c.place_xy_m:.1f} | {c.opening_weight:.2f} | {opens} | {readout} |")
     return "\n".join(lines)
 
 
