@@ -81,8 +81,10 @@ def evaluate_policy(
     episode_category: Sequence[int],
     cfg: EvalConfig,
     max_batches: int = 0,
-) -> tuple[torch.Tensor, float]:
-    """Sum the metrics over ``batches``: totals (delays, categories + 1, FIELDS) and the mean loss.
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum the metrics over ``batches``: totals (delays, categories + 1, FIELDS), and the mean over
+    the batches of the training loss (``loss``) and of its auxiliary terms (``keypose_mse``,
+    ``object_cm``: those the policy has; nll and mse are in the totals, at each delay).
 
     ``embodiment_map`` maps the dataset's EMBODIMENT_INDEX to the policy's;
     ``episode_category[EPISODE_INDEX]`` indexes ``categories``; the last category row is
@@ -97,13 +99,17 @@ def evaluate_policy(
                                                        policy.config.max_dof)[1]  # (E, D)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     totals = torch.zeros(len(cfg.delays), len(categories) + 1, len(FIELDS), dtype=torch.float64, device=device)
-    loss_sum, n_batches = 0.0, 0
+    loss_sums: dict[str, float] = {}
+    n_batches = 0
     for i, raw in enumerate(batches):
         if max_batches and i >= max_batches:
             break
         batch = {k: v.to(device) for k, v in raw.items()}
         batch[K.EMBODIMENT_INDEX] = emb_map[batch[K.EMBODIMENT_INDEX]]
-        loss_sum += float(policy.loss(batch)[0])
+        loss, parts = policy.loss(batch)
+        for key, value in {"loss": loss, **parts}.items():
+            if key not in ("nll", "mse"):
+                loss_sums[key] = loss_sums.get(key, 0.0) + float(value)
         n_batches += 1
         obs = {k: batch[k] for k in (*K.OBSERVATION_KEYS, K.EMBODIMENT_INDEX)}
         target, jmask, e = batch[K.ACTION], batch[K.JOINT_MASK], batch[K.EMBODIMENT_INDEX]
@@ -123,7 +129,7 @@ def evaluate_policy(
             rows = torch.stack([torch.ones_like(sq), n, sq, sq_joint, kl, nll, sq_mean, sq_hold], 1).double()
             totals[di].index_add_(0, cat, rows)
             totals[di, -1] += rows.sum(0)
-    return totals.cpu(), loss_sum / max(n_batches, 1)
+    return totals.cpu(), {k: v / max(n_batches, 1) for k, v in loss_sums.items()}
 
 
 def summarise(totals: torch.Tensor, categories: Sequence[str], cfg: EvalConfig) -> list[dict]:

@@ -248,10 +248,11 @@ def validate(policy: Policy, val_loader: Any, emb_map: torch.Tensor, categories:
     if n == 0:
         return {}
     policy.model.eval()
-    totals, loss = evaluate_policy(policy, val_loader, emb_map, categories, episode_category, ecfg, n)
+    totals, losses = evaluate_policy(policy, val_loader, emb_map, categories, episode_category, ecfg, n)
     policy.model.train()
     totals = sum_across(totals.to(env.device), env).cpu()
-    out = {"val/loss": float(mean_across(torch.tensor(loss, device=env.device), env))}
+    # val/loss and the auxiliary terms (val/keypose_mse, val/object_cm) where the policy has them
+    out = {f"val/{k}": float(mean_across(torch.tensor(v, device=env.device), env)) for k, v in losses.items()}
     for row in summarise(totals, categories, ecfg):
         for key in ("mse", "mse_joint", "kl", "mse_mean_baseline", "mse_hold_baseline"):
             out[f"val/{row['category']}/{key}_d{row['delay']}"] = row[key]

@@ -16,6 +16,7 @@ from gen_theta_model.sim.grasp_trace import (
     GraspTrace,
     GripperModes,
     chunk_table,
+    readout_summary,
     release_fit,
     table,
     trace_episode,
@@ -68,6 +69,7 @@ def test_release_fit_tells_a_fixed_drop_point_from_one_that_follows_the_place():
     assert list(fit.axes) == ["y"] and fit.axes["y"].slope == pytest.approx(0.0, abs=1e-9)
     assert math.isnan(fit.axes["y"].r) and fit.axes["y"].actual_sd_m == 0.0
     assert release_fit(follows[:2] + [GraspTrace(9, False, 0, math.nan, None, None, None)]) is None
+    assert readout_summary(follows) is None  # no chunks read, no object readout
     assert "| 0 | True | 1 | 0.0 | 1.0 | 0.0 / 0.0 | 0 | - | 0.5 |" in table(follows)
 
 
@@ -117,6 +119,14 @@ def test_reading_the_gripper_mixture_serves_the_same_episode(tmp_path):
     cells = [cell.strip() for cell in text.splitlines()[-1].split("|")[1:-1]]
     assert cells[6] == f"{100 * shown[-1].keypose_xy_m:.1f}" and cells[7] == f"{100 * shown[-1].place_xy_m:.1f}"
     assert cells[10] == f"{100 * shown[-1].readout_m:.1f}"
+    approach = []
+    for c in row.chunks:
+        if c.gripper_closed:
+            break
+        approach.append(100 * c.readout_m)
+    assert readout_summary([row]).startswith(
+        f"the images place the pick object, {len(approach)} chunks before the first close: "
+        f"median {np.median(approach):.1f} cm")
     later = chunk_table(row, 2.0, since_s=1.0)  # the rows of a window: the release, after the grasp
     assert len(later.splitlines()) == 3 + sum(1.0 <= t <= 2.0 for t in times)
 

@@ -13,7 +13,8 @@ prints the same, chunk by chunk, for each episode's first S seconds, and for a p
 keypose head (``keypose_weight``) how far from the object its predicted grasp pose puts the tool:
 whether the policy still locates the object once the arm moves; for one with an object readout
 (``object_weight``) how far the readout's nearest slot is from the pick object: whether the images
-themselves place it in the policy's own states. The same rows give the release:
+themselves place it in the policy's own states (summed up over the chunks of each approach, before
+the first close, in one line). The same rows give the release:
 the weight of the plans that open the gripper within the chunk, where the heaviest opens, and the
 tool's distance from the place object (``--chunks-from S0`` starts the rows later: a policy that
 carries the cube to the place and never lets go shows whether it plans the release and defers it,
@@ -246,6 +247,24 @@ def table(rows: list[GraspTrace]) -> str:
     return "\n".join(lines)
 
 
+def readout_summary(rows: list[GraspTrace]) -> str | None:
+    """Where the object readout placed the pick object over the chunks planned before each episode's
+    first close (the approach; the object has not moved): quartiles in cm. None without a readout.
+    """
+    errors = []
+    for row in rows:
+        for c in row.chunks:
+            if c.gripper_closed:  # the first close: the object may move from here on
+                break
+            if c.readout_m is not None:
+                errors.append(c.readout_m)
+    if not errors:
+        return None
+    q1, q2, q3 = np.percentile(100 * np.asarray(errors), [25, 50, 75])
+    return (f"the images place the pick object, {len(errors)} chunks before the first close: "
+            f"median {q2:.1f} cm (quartiles {q1:.1f}, {q3:.1f})")
+
+
 def chunk_table(row: GraspTrace, until_s: float, since_s: float = 0.0) -> str:
     """Markdown table of ``row``'s chunk starts from ``since_s`` to ``until_s`` s, distances in cm.
 
@@ -312,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
             times = [t for t in handed if t is not None]
             print(f"handed over at '{a.hand_over}' in {len(times)} of {len(rows)} episodes" + (
                 f", {min(times):.2f}-{max(times):.2f} s after the reset" if times else ""))
+        readout = readout_summary(rows)
+        if readout is not None:
+            print(readout)
         fit = release_fit(rows)
         print(fit if fit is not None else "release vs place: fewer than 3 releases, nothing to fit")
         for row in rows if a.chunks > 0 else []:
