@@ -186,8 +186,10 @@ def scatter_plot(points: list[tuple[str, float, float]], cfg: EvalConfig, path: 
 
 
 def evaluate_checkpoint(checkpoint: str, data: list[str], cfg: EvalConfig, device: str, batch_size: int,
-                        samples: int, max_batches: int) -> list[dict]:
-    """Evaluate one checkpoint on the validation split of ``data``: ``summarise`` rows."""
+                        samples: int, max_batches: int) -> tuple[list[dict], dict[str, float]]:
+    """Evaluate one checkpoint on the validation split of ``data``: ``summarise`` rows, and the mean
+    training loss and auxiliary terms (``evaluate_policy``).
+    """
     import dataclasses
 
     from gen_theta_model.checkpoint import load_policy, read_checkpoint_config
@@ -204,8 +206,8 @@ def evaluate_checkpoint(checkpoint: str, data: list[str], cfg: EvalConfig, devic
     emb_map = policy.embodiment_map([info.specs[n] for n in info.embodiment_names])
     categories = sorted({m.category for m in info.episodes})
     ep_cat = [categories.index(m.category) for m in info.episodes]
-    totals, _ = evaluate_policy(policy, val, emb_map, categories, ep_cat, cfg, max_batches)
-    return summarise(totals, categories, cfg)
+    totals, terms = evaluate_policy(policy, val, emb_map, categories, ep_cat, cfg, max_batches)
+    return summarise(totals, categories, cfg), terms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(delays=tuple(args.delay or EvalConfig.delays), sigma=args.sigma, kl_samples=args.kl_samples,
                          mse_threshold=args.mse_threshold, kl_threshold=args.kl_threshold,
                          prefix=not args.no_prefix)
-        results = {c: evaluate_checkpoint(c, args.data, cfg, args.device, args.batch_size, args.samples,
-                                          args.batches) for c in args.checkpoints}
+        evaluated = {c: evaluate_checkpoint(c, args.data, cfg, args.device, args.batch_size, args.samples,
+                                            args.batches) for c in args.checkpoints}
     except (ConfigError, ValueError, OSError) as err:  # CheckpointError/UnknownEmbodimentError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 1
-    text = "\n\n".join(format_rows(c, rows) for c, rows in results.items())
+    results = {c: rows for c, (rows, _) in evaluated.items()}
+    # the loss terms of the training objective (object_cm: cm; 0 where the data has no object poses)
+    text = "\n\n".join(format_rows(c, rows) + "\n\nvalidation loss terms: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in terms.items()) for c, (rows, terms) in evaluated.items())
     print(text)
     if args.out:
         out = Path(args.out)

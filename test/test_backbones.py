@@ -250,7 +250,7 @@ def test_siglip_policy_trains_and_serves_from_its_checkpoint(siglip, tmp_path):
     batch = {k: torch.from_numpy(v)[None] for k, v in obs.items()}
     chunk = policy.predict_chunk(batch, torch.zeros(1, 2, obs_cfg.max_dof), 2)
     assert chunk.shape == (1, policy.config.chunk_len, obs_cfg.max_dof) and torch.isfinite(chunk).all()
-    rows = evaluate_checkpoint(str(out), [str(data)], EvalConfig(delays=(0,), kl_samples=2), "cpu", 4, 8, 1)
+    rows, _ = evaluate_checkpoint(str(out), [str(data)], EvalConfig(delays=(0,), kl_samples=2), "cpu", 4, 8, 1)
     assert rows and all(np.isfinite(r["mse"]) for r in rows)  # gen-theta evaluate: the checkpoint's tokenizer
 
 

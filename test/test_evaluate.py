@@ -85,6 +85,7 @@ def test_evaluate_checkpoints_writes_table_json_and_scatter(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "| delay | category |" in text and "dexterity" in text and "real_world" in text
+    assert text.count("validation loss terms: loss ") == 2
     assert any(call in text for call in ("SFT candidate", "RL candidate", "neither"))
     results = json.loads((out / "eval.json").read_text())
     assert set(results) == {str(tmp_path / "a"), str(tmp_path / "b")}
