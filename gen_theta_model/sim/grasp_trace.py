@@ -249,7 +249,8 @@ def table(rows: list[GraspTrace]) -> str:
 
 def readout_summary(rows: list[GraspTrace]) -> str | None:
     """Where the object readout placed the pick object over the chunks planned before each episode's
-    first close (the approach; the object has not moved): quartiles in cm. None without a readout.
+    first close (the approach): quartiles in cm. None without a readout. Against where the object
+    stood at reset: exact for the static suites, not for a cube riding the conveyor.
     """
     errors = []
     for row in rows:
