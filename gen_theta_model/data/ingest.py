@@ -45,6 +45,7 @@ from gen_theta_model.data.episode import (
     EpisodeMeta,
     EpisodeWriter,
 )
+from gen_theta_model.data.leader_joints import LeaderJoints
 from gen_theta_model.data.manifest import (
     EPISODES,
     OUTPUT_FULL,
@@ -147,35 +148,6 @@ def _increasing_stamp(bag: Path, m, previous: list[int]) -> int:
     if previous and stamp <= previous[-1]:
         raise IngestError(f"{bag}: {m.topic}: stamp {stamp} ns does not increase (previous {previous[-1]})")
     return stamp
-
-
-class LeaderJoints:
-    """Leader arm JointState -> the robot's joint order: ``mapping`` leader name -> robot joint ('' drops it)."""
-
-    def __init__(self, spec: EmbodimentSpec, topic: str, mapping: dict[str, str]) -> None:
-        self.spec, self.topic, self.mapping = spec, topic, mapping
-        self._columns: dict[tuple[str, ...], np.ndarray] = {}  # a message's names -> its columns in joint order
-
-    def positions(self, names: list[str], q: np.ndarray) -> np.ndarray:
-        """(dof,) positions in the robot's joint order from one message's ``names`` and ``q`` (rad, m)."""
-        key = tuple(names)
-        if key not in self._columns:
-            self._columns[key] = self._order(key)
-        return np.asarray(q, np.float64)[self._columns[key]]
-
-    def _order(self, names: tuple[str, ...]) -> np.ndarray:
-        targets = [self.mapping.get(n, n) for n in names]  # '': dropped
-        unknown = [n for n, t in zip(names, targets, strict=True) if t and t not in self.spec.joint_names]
-        mapped = {t: c for c, t in enumerate(targets) if t}
-        if unknown:
-            raise IngestError(f"{self.topic}: leader joint '{unknown[0]}' is not a joint of '{self.spec.name}' "
-                              f"{self.spec.joint_names}; map it (topic map action_joints: {{{unknown[0]}: <joint>}}"
-                              ", or '' to drop it)")
-        missing = [j for j in self.spec.joint_names if j not in mapped]
-        if missing:
-            raise IngestError(f"{self.topic}: no leader joint for '{missing[0]}' among {list(names)} "
-                              "(topic map action_joints: leader name -> robot joint)")
-        return np.array([mapped[j] for j in self.spec.joint_names])
 
 
 def ingest_episode(bag: str | Path, out: str | Path, opts: IngestOptions, episode: str = "") -> EpisodeMeta:
