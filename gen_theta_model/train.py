@@ -110,6 +110,8 @@ def train(cfg: TrainConfig, env: DistEnv) -> int:
     emb_map = policy.embodiment_map(specs).to(env.device)  # dataset index -> policy index
     if cfg.freeze_trunk:
         policy.model.trunk.requires_grad_(False)
+    if cfg.freeze_image_encoder:
+        policy.model.image.requires_grad_(False)
     if meta:
         model = wrap_model(policy.model, strategy, env, bf16, cfg.activation_checkpointing)
         materialise(policy, env.device, pretrained=resume_from is None)

@@ -52,6 +52,9 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock budget: validate, save and stop when it is spent (0: none)
     init_from: str = ""  # checkpoint to fine-tune from (SFT): its architecture; `policy` only what keeps shapes
     freeze_trunk: bool = False  # SFT: train only encoders and head
+    # SFT: keep the image encoder as the checkpoint has it (one pretrained on object positions,
+    # `gen-theta pretrain-vision`); an object readout, when there is one, still trains
+    freeze_image_encoder: bool = False
     ema_decay: float = 0.0  # serve an exponential moving average of the weights (0: off; gen_theta_model/ema.py)
     extend_embodiments: bool = False  # SFT: add robots the checkpoint does not know instead of failing
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one

@@ -27,6 +27,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "ingest": ("gen_theta_model.data.ingest:main", "turn rosbag2 episodes into a training dataset"),
     "dataset": ("gen_theta_model.data.manifest:main", "convert a format-1 dataset to shards and an index"),
     "lerobot": ("gen_theta_model.data.lerobot:main", "export to / import from the LeRobotDataset v3 layout"),
+    "layouts": ("gen_theta_model.sim.layouts:main", "render sim scenes and their object positions (pretrain-vision)"),
+    "pretrain-vision": ("gen_theta_model.vision_pretrain:main", "teach a policy's image encoder where objects are"),
     "train": ("gen_theta_model.train:main", "pretrain or fine-tune a policy"),
     "evaluate": ("gen_theta_model.evaluate:main", "validation MSE, reverse KL and the SFT/RL call"),
     "model-card": ("gen_theta_model.policy.model_card:main", "parameters, memory and FLOPs of a preset"),
