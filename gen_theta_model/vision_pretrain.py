@@ -11,9 +11,12 @@ as a checkpoint that the policy training starts from::
     gen-theta pretrain-vision CONFIG.yaml --layouts runs/layouts.safetensors --out runs/vision
     gen-theta train CONFIG.yaml --init-from runs/vision/checkpoint
 
-DIR gets train_log.jsonl and tensorboard/ (``pretrain/object_cm``: training batches;
-``val/layouts_object_cm``: held-out layouts; ``val/object_cm``: the held-out demonstration frames
-of the config's datasets, where they have object poses) and checkpoint/.
+DIR gets train_log.jsonl and tensorboard/ and checkpoint/. The log's placement errors (cm, each
+object to the readout's nearest slot): ``pretrain/object_cm`` on training batches;
+``val/layouts_object_cm`` and ``val/layouts/<task>_object_cm`` on held-out layouts;
+``val/object_cm`` on the held-out demonstration frames of the config's datasets where they have
+object poses, and split into ``val/object_cm_table`` (objects on the table) and
+``val/object_cm_raised`` (lifted, carried or stacked: layouts never show those).
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ from gen_theta_model.checkpoint import CheckpointError, export_checkpoint
 from gen_theta_model.config import ConfigError
 from gen_theta_model.data.dataset import augment_image
 from gen_theta_model.data.loader import make_dataloaders
-from gen_theta_model.policy.encoders import object_set_loss
+from gen_theta_model.policy.encoders import object_set_loss, slot_distances
 from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.policy import build_policy
 from gen_theta_model.sim.layouts import load_layouts
+from gen_theta_model.sim.tasks import TASKS
 from gen_theta_model.train import RunLog
 from gen_theta_model.train_config import TrainConfig, load_train_config, policy_config
+
+TASK_NAMES = tuple(TASKS)  # a layout's `task` indexes this
+RAISED_M = 0.05  # an object's centre this far above the table: lifted, carried or stacked (a cube rests at 0.02)
 
 
 @dataclass(frozen=True)
@@ -148,29 +155,48 @@ def pretrain_vision(train_cfg: TrainConfig, layout_files: list[str], out_dir: st
     return export_checkpoint(out / "checkpoint", 0, policy, train_cfg, metrics)
 
 
+def placement_cm(model: HarmonicTransformer, images: torch.Tensor, image_mask: torch.Tensor,
+                 objects: torch.Tensor) -> torch.Tensor:
+    """Each object's distance (B, M) in cm to the readout's nearest slot, from uint8 images (B, C, 3, H, W)."""
+    tokens = model.image(images)
+    slots = model.objects(tokens, image_mask.repeat_interleave(model.cfg.image_tokens, dim=1))
+    return slot_distances(slots, objects).min(1).values.sqrt() * 10.0
+
+
+def _means(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """Return the mean of each group's errors, for the groups that have any."""
+    joined = {k: torch.cat(v) for k, v in groups.items() if v}
+    return {k: float(v.mean()) for k, v in joined.items() if len(v)}
+
+
 @torch.no_grad()
 def validate_readout(model: HarmonicTransformer, arrays: dict[str, np.ndarray], val_idx: np.ndarray,
                      val_loader, cfg: VisionPretrainConfig) -> dict[str, float]:
-    """Mean placement error (cm) on the held-out layouts and on held-out demonstration frames with poses."""
+    """Mean placement error (cm) per object: on the held-out layouts (all, and per task) and on
+    held-out demonstration frames with poses (all; within ``RAISED_M`` of the table; above it:
+    lifted, carried or stacked).
+    """
     model.eval()
-    errs, n = 0.0, 0
+    per_task: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(val_idx), 256):
         idx = val_idx[start:start + 256]
-        errs += float(readout_loss(model, *_frames(arrays, idx, None))[1]) * len(idx)
-        n += len(idx)
-    out = {"val/layouts_object_cm": errs / max(n, 1)}
-    demo, m = 0.0, 0
+        images, image_mask, objects, mask = _frames(arrays, idx, None)
+        cm = placement_cm(model, images, image_mask, objects)
+        for i, task in enumerate(arrays["task"][idx]):
+            per_task.setdefault(TASK_NAMES[task], []).append(cm[i][mask[i]])
+    groups = {"val/layouts_object_cm": [e for v in per_task.values() for e in v],
+              **{f"val/layouts/{t}_object_cm": v for t, v in sorted(per_task.items())}}
+    table: list[torch.Tensor] = []
+    raised: list[torch.Tensor] = []
     for i, b in enumerate(val_loader):
         if i >= cfg.eval_batches:
             break
-        has = b[K.OBJECTS_MASK].any(1)
-        if bool(has.any()):
-            demo += float(readout_loss(model, b[K.IMAGES][has], b[K.IMAGE_MASK][has], b[K.OBJECTS][has],
-                                       b[K.OBJECTS_MASK][has])[1]) * int(has.sum())
-            m += int(has.sum())
-    if m:
-        out["val/object_cm"] = demo / m
-    return out
+        cm = placement_cm(model, b[K.IMAGES], b[K.IMAGE_MASK], b[K.OBJECTS])
+        up = b[K.OBJECTS][..., 2] > RAISED_M
+        table.append(cm[b[K.OBJECTS_MASK] & ~up])
+        raised.append(cm[b[K.OBJECTS_MASK] & up])
+    groups.update({"val/object_cm": table + raised, "val/object_cm_table": table, "val/object_cm_raised": raised})
+    return _means(groups)
 
 
 def main(argv: list[str] | None = None) -> int:

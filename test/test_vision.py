@@ -10,7 +10,7 @@ from train_helpers import fit_batch
 from gen_theta_model import batch as K
 from gen_theta_model.embodiment import load_robot
 from gen_theta_model.policy.config import preset
-from gen_theta_model.policy.encoders import ImageEncoder, SpatialSoftmax, random_shift
+from gen_theta_model.policy.encoders import ImageEncoder, SpatialSoftmax, image_stem, random_shift
 from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.policy import build_policy
 
@@ -68,6 +68,15 @@ def test_every_encoder_trains_and_only_shifts_in_training(encoder, pool):
     assert batch[K.IMAGES].shape[-1] == 32
     losses, _ = fit_batch(policy, batch, 15)
     assert losses[-1] < losses[0] - 0.3
+
+
+@pytest.mark.parametrize("encoder", ["conv", "resnet"])
+def test_a_stride_of_4_keeps_twice_the_resolution(encoder):
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    maps = {s: image_stem(preset("tiny", image_encoder=encoder, image_stride=s))(x) for s in (8, 4)}
+    assert maps[8].shape == (2, 64, 8, 8) and maps[4].shape == (2, 64, 16, 16)
+    with pytest.raises(ValueError, match="image_stride"):
+        preset("tiny", image_stride=2)
 
 
 def test_unknown_encoder_or_pool_is_named():

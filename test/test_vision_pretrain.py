@@ -16,16 +16,26 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from train_helpers import SMALL, build_dataset, run
 
+from gen_theta_model import batch as K
 from gen_theta_model.checkpoint import load_policy
 from gen_theta_model.config import ConfigError
 from gen_theta_model.embodiment import load_robot
+from gen_theta_model.policy.config import preset
+from gen_theta_model.policy.example import example_batch, example_norm_stats
 from gen_theta_model.policy.policy import build_policy
 from gen_theta_model.sim.layouts import LayoutConfig, load_layouts, render_layouts, save_layouts
 from gen_theta_model.sim.objects import CUBE_HALF
 from gen_theta_model.sim.robot import SimRobot
 from gen_theta_model.sim.tasks import BELT_HEIGHT
 from gen_theta_model.train_config import load_train_config, policy_config
-from gen_theta_model.vision_pretrain import VisionPretrainConfig, pretrain_vision, split_layouts
+from gen_theta_model.vision_pretrain import (
+    RAISED_M,
+    VisionPretrainConfig,
+    placement_cm,
+    pretrain_vision,
+    split_layouts,
+    validate_readout,
+)
 
 READOUT = "policy={d_model: 64, n_layer: 2, n_head: 2, image_grid: 2, object_weight: 1.0}"
 
@@ -44,6 +54,7 @@ def layouts(arm6):
 def test_each_layout_is_one_scene_seen_with_the_arm_in_several_poses(arm6, layouts):
     assert layouts["images"].shape == (12, 2, 3, 96, 96) and layouts["images"].dtype == np.uint8
     assert layouts["layout"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert layouts["task"].tolist() == [0] * 6 + [3] * 6  # stack, conveyor_pack: indices into sim.tasks.TASKS
     assert layouts["image_mask"].all()  # arm6 has two cameras
     robot = SimRobot(arm6)
     try:
@@ -80,6 +91,11 @@ def test_a_layout_file_round_trips_and_a_wrong_file_is_named(tmp_path, layouts):
         load_layouts(bad)
 
 
+def test_an_unknown_task_is_named_before_anything_renders(arm6):
+    with pytest.raises(ValueError, match="unknown task 'stak'"):
+        render_layouts(arm6, ["stak"], [1], LayoutConfig())
+
+
 def test_the_layouts_command_names_a_bad_robot(tmp_path):
     gen_theta = str(Path(sys.executable).parent / "gen-theta")
     proc = subprocess.run([gen_theta, "layouts", "--robot", "no_such_robot", "--seeds", "1", "--out",
@@ -108,6 +124,9 @@ def test_pretraining_trains_the_image_encoder_alone_and_the_policy_starts_from_i
     assert len(train) == 3 and train[-1] < train[0]  # the readout learns the training layouts
     val = [r for r in rows if "val/layouts_object_cm" in r]
     assert len(val) == 1 and val[0]["val/layouts_object_cm"] > 0
+    _, held = split_layouts(layouts["layout"], 0.25, seed=0)  # the pretraining's split
+    tasks = {("stack", "pick_place_bin", "instruction_pick", "conveyor_pack")[t] for t in layouts["task"][held]}
+    assert {k for k in val[0] if k.startswith("val/layouts/")} == {f"val/layouts/{t}_object_cm" for t in tasks}
     assert "val/object_cm" not in val[0]  # these demonstrations have no object poses
 
     pretrained = load_policy(ckpt)
@@ -141,3 +160,22 @@ def test_pretraining_needs_the_readout(tmp_path):
     cfg = load_train_config(Path("config/train/tiny_pretrain.yaml"), [f"dataset=[{data}]", *SMALL])
     with pytest.raises(ConfigError, match="object_weight"):
         pretrain_vision(cfg, [], tmp_path / "out", VisionPretrainConfig())
+
+
+def test_demonstration_frames_are_scored_on_the_table_and_raised_apart(arm6, layouts):
+    cfg = preset("tiny", d_model=32, n_layer=1, n_head=2, chunk_len=12, max_prefix_steps=6, max_instruction_len=32,
+                 object_weight=1.0)
+    torch.manual_seed(0)
+    model = build_policy(cfg, [arm6], {"arm6": example_norm_stats(arm6)}).model
+    demo = example_batch([arm6], cfg, 6, image_size=32)  # objects 0-10 cm above the table
+    arrays = {**layouts, "images": layouts["images"][..., :32, :32]}
+    out = validate_readout(model, arrays, np.arange(6), [demo], VisionPretrainConfig(eval_batches=1))
+    assert set(out) == {"val/layouts_object_cm", "val/layouts/stack_object_cm", "val/object_cm",
+                        "val/object_cm_table", "val/object_cm_raised"}
+    with torch.no_grad():
+        cm = placement_cm(model.eval(), demo[K.IMAGES], demo[K.IMAGE_MASK], demo[K.OBJECTS])[demo[K.OBJECTS_MASK]]
+    up = demo[K.OBJECTS][..., 2][demo[K.OBJECTS_MASK]] > RAISED_M
+    assert 0 < int(up.sum()) < len(up)
+    assert out["val/object_cm_raised"] == pytest.approx(float(cm[up].mean()))
+    assert out["val/object_cm_table"] == pytest.approx(float(cm[~up].mean()))
+    assert out["val/object_cm"] == pytest.approx(float(cm.mean()))

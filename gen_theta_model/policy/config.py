@@ -16,6 +16,7 @@ from gen_theta_model.tokenizer import VOCAB_SIZE
 
 IMAGE_ENCODERS = ("conv", "resnet")
 IMAGE_POOLS = ("avg", "spatial_softmax")
+IMAGE_STRIDES = (4, 8)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class PolicyConfig:
     image_grid: int = 4  # image_pool avg: tokens per camera = image_grid**2 (adaptive pooling of the conv map)
     image_encoder: str = "conv"  # conv: 3 strided convs | resnet: ResNet-style blocks with GroupNorm (robomimic, DP)
     image_blocks: int = 1  # resnet: residual blocks per stage (3 stages; 2 is the ResNet-18 depth per stage)
+    # downsampling of the stem's feature map: 8 (three stride-2 stages) or 4 (the last stage keeps the
+    # resolution: a 16x16 map at 64 px, where keypoints place a 3-pixel cube on a finer grid at twice the stem cost)
+    image_stride: int = 8
     image_pool: str = "avg"  # avg: a grid of pooled patches | spatial_softmax: learned keypoints (x, y, feature)
     image_keypoints: int = 16  # spatial_softmax: tokens per camera, one per keypoint
     image_shift: int = 0  # training only: random shift of each image by up to this many pixels (DrQ); 0 off
@@ -111,6 +115,8 @@ class PolicyConfig:
             raise ValueError(f"image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
         if self.image_pool not in IMAGE_POOLS:
             raise ValueError(f"image_pool must be one of {IMAGE_POOLS}, got {self.image_pool!r}")
+        if self.image_stride not in IMAGE_STRIDES:
+            raise ValueError(f"image_stride must be one of {IMAGE_STRIDES}, got {self.image_stride}")
         for name in ("image_blocks", "image_keypoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -74,18 +74,19 @@ class ResidualBlock(nn.Module):
 
 
 def image_stem(cfg: PolicyConfig) -> nn.Sequential:
-    """(N, 3, H, W) in [-1, 1] -> (N, 4c, H/8, W/8) feature map, c = ``image_channels``."""
+    """(N, 3, H, W) in [-1, 1] -> (N, 4c, H/s, W/s) feature map, c = ``image_channels``, s = ``image_stride``."""
     c = cfg.image_channels
+    last = 2 if cfg.image_stride == 8 else 1  # the last stage's stride
     if cfg.image_encoder == "conv":
         return nn.Sequential(
             nn.Conv2d(3, c, 5, stride=2, padding=2), nn.GroupNorm(min(8, c), c), nn.GELU(),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 2 * c), 2 * c), nn.GELU(),
-            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1), nn.GroupNorm(min(8, 4 * c), 4 * c), nn.GELU(),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=last, padding=1), nn.GroupNorm(min(8, 4 * c), 4 * c), nn.GELU(),
         )
     layers: list[nn.Module] = [nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, c), c),
                                nn.ReLU()]
     cin = c
-    for cout, stride in ((c, 1), (2 * c, 2), (4 * c, 2)):  # the ResNet stages, one stride-2 fewer for small images
+    for cout, stride in ((c, 1), (2 * c, 2), (4 * c, last)):  # the ResNet stages, one stride-2 fewer for small images
         for b in range(cfg.image_blocks):
             layers.append(ResidualBlock(cin, cout, stride if b == 0 else 1))
             cin = cout
@@ -187,6 +188,11 @@ class ObjectReadout(nn.Module):
         return self.mlp(gathered).float()
 
 
+def slot_distances(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared distances (B, S, M) in dm^2 between predicted slots (B, S, 3) and objects (B, M, 3), m."""
+    return (pred[:, :, None, :] - target[:, None, :, :].float()).square().sum(-1) / 0.01
+
+
 def object_set_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chamfer loss between predicted (B, S, 3) and true object positions (B, M, 3) with mask (B, M), m.
@@ -199,8 +205,7 @@ def object_set_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     if not bool(has.any()):
         zero = pred.sum() * 0.0  # keeps the graph: every rank runs the same backward
         return zero, zero.detach()
-    d2 = (pred[:, :, None, :] - target[:, None, :, :].float()).square().sum(-1) / 0.01  # (B, S, M) dm^2
-    d2 = d2.masked_fill(~mask.bool()[:, None, :], float("inf"))
+    d2 = slot_distances(pred, target).masked_fill(~mask.bool()[:, None, :], float("inf"))
     to_slot = d2.min(1).values  # (B, M): each object to its nearest slot
     from_slot = d2[has].min(2).values  # (B', S): each slot to its nearest object
     objects = torch.where(mask.bool(), to_slot, torch.zeros_like(to_slot))

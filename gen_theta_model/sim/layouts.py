@@ -27,6 +27,7 @@ File (safetensors)::
     objects       (N, M, 3) float32       m, world frame, padded to batch.MAX_OBJECTS
     objects_mask  (N, M) bool
     layout        (N,) int64              the layout (scene) each frame shows
+    task          (N,) int64              its task suite, an index into sim.tasks.TASKS (in its order)
 
 and metadata ``robot``, ``tasks`` (comma-separated), ``image_size``, ``layouts``, ``format``.
 """
@@ -50,9 +51,10 @@ from gen_theta_model.observation import resize_image
 from gen_theta_model.sim.camera import render
 from gen_theta_model.sim.kinematics import ArmKinematics
 from gen_theta_model.sim.robot import SimRobot
+from gen_theta_model.sim.tasks import TASKS
 
 FORMAT = "gen_theta.layouts.v1"
-KEYS = ("images", "image_mask", "objects", "objects_mask", "layout")
+KEYS = ("images", "image_mask", "objects", "objects_mask", "layout", "task")
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,14 @@ def render_layouts(spec: EmbodimentSpec, tasks: Iterable[str], seeds: Iterable[i
     if len(spec.cameras) > cfg.max_cameras:
         raise ValueError(f"{spec.name}: {len(spec.cameras)} cameras exceed max_cameras={cfg.max_cameras}")
     pairs = [(t, int(s)) for t in tasks for s in seeds]
+    unknown = sorted({t for t, _ in pairs} - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
     n = len(pairs) * cfg.poses_per_layout
     s, c, m = cfg.image_size, cfg.max_cameras, batch.MAX_OBJECTS
     out = {"images": np.zeros((n, c, 3, s, s), np.uint8), "image_mask": np.zeros((n, c), bool),
            "objects": np.zeros((n, m, 3), np.float32), "objects_mask": np.zeros((n, m), bool),
-           "layout": np.zeros(n, np.int64)}
+           "layout": np.zeros(n, np.int64), "task": np.zeros(n, np.int64)}
     out["image_mask"][:, : len(spec.cameras)] = True
     kin = ArmKinematics(spec)
     robot = SimRobot(spec, kin)
@@ -111,6 +116,7 @@ def render_layouts(spec: EmbodimentSpec, tasks: Iterable[str], seeds: Iterable[i
         row = 0
         for k, (task, seed) in enumerate(pairs):
             rng = np.random.default_rng([seed, 0x1A70, k])
+            task_index = list(TASKS).index(task)
             preroll = rng.uniform(*cfg.conveyor_preroll_s) if task == "conveyor_pack" else 0.0
             robot.reset(task, seed, now=0.0)
             if preroll:  # the scene run on, as Task.reset's pre-roll does: the cube further along its belt
@@ -128,7 +134,7 @@ def render_layouts(spec: EmbodimentSpec, tasks: Iterable[str], seeds: Iterable[i
                     out["images"][row, i] = resize_image(render(robot.world, cam), s)
                 out["objects"][row, : len(positions)] = positions
                 out["objects_mask"][row, : len(positions)] = True
-                out["layout"][row] = k
+                out["layout"][row], out["task"][row] = k, task_index
                 row += 1
             if progress is not None:
                 progress(k + 1)
@@ -163,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: see the module docstring."""
     from gen_theta_model.closed_loop import parse_seeds
     from gen_theta_model.embodiment import load_robot
-    from gen_theta_model.sim.tasks import TASKS
 
     defaults = LayoutConfig()
     parser = argparse.ArgumentParser(prog="gen-theta layouts", description=__doc__.split("\n")[0])
