@@ -55,7 +55,7 @@ def test_the_demonstrations_chunk_scores_zero_and_standing_still_does_not(record
     assert len(grasps) == 3 and all(200 < s < 300 for s in grasps.values())  # ~4.8 s at 50 Hz
     assert len(qs) == 9 and {q.lead_steps for q in qs} == {10, 25, 75}
 
-    rows = score(dataset, lambda batch: batch[K.ACTION], spec, kin, qs, grasps, batch_size=4)
+    rows = score(dataset, lambda batch: (batch[K.ACTION], None), spec, kin, qs, grasps, batch_size=4)
     assert [(r.split, round(r.lead_s, 1), r.samples) for r in rows] == [("train", 0.2, 3), ("train", 0.5, 3),
                                                                        ("train", 1.5, 3)]
     for r in rows:
@@ -64,18 +64,20 @@ def test_the_demonstrations_chunk_scores_zero_and_standing_still_does_not(record
         # The synthetic episodes all grasp at one point (their joints follow one function of time).
         assert r.spread_cm_median == pytest.approx(0.0, abs=1e-6) and r.follows == {}
 
-    def stand_still(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def stand_still(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         last = batch[K.STATE][:, -1]  # (B, D) canonical: the latest joint state, held for the whole chunk
-        return last[:, None].expand(-1, batch[K.ACTION].shape[1], -1)
+        return last[:, None].expand(-1, batch[K.ACTION].shape[1], -1), torch.zeros(len(last))  # no plan closes
 
     still = score(dataset, stand_still, spec, kin, qs, grasps)
     assert all(r.xy_cm_median > 1.0 and r.on_time == 0.0 for r in still[:2])  # moves and closes: missed
     assert still[2].on_time == 1.0  # open through a chunk that ends before the grasp, as shown
     assert len(table(still).splitlines()) == 2 + len(still)
+    assert all(r.act_weight == 0.0 for r in still) and all(r.act_weight is None for r in rows)
+    assert table(still).splitlines()[2].split(" | ")[6] == "0.00" and table(rows).splitlines()[2].split(" | ")[6] == "-"
 
     qs, releases = queries(dataset, {"train": info.train_episodes}, spec, kin.gripper, [0.2, 0.5], "release")
     assert all(450 < s < 480 for s in releases.values())  # ~9.3 s
-    rows = score(dataset, lambda batch: batch[K.ACTION], spec, kin, qs, releases, event="release")
+    rows = score(dataset, lambda batch: (batch[K.ACTION], None), spec, kin, qs, releases, event="release")
     assert [r.samples for r in rows] == [3, 3] and all(r.on_time == 1.0 and r.xy_cm_median < 1e-4 for r in rows)
     still = score(dataset, stand_still, spec, kin, qs, releases, event="release")
     assert all(r.on_time == 0.0 for r in still)  # holds closed through the release

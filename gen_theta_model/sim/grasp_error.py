@@ -2,25 +2,26 @@
 
 `python -m gen_theta_model.sim.grasp_error CHECKPOINT --data DIR --robot arm6 --task stack [--event release]`
 
-For each recorded episode of the robot and task, the grasp is the first control step at which
-the demonstration commands the task gripper closed (below half its range, after being open), the
-release the first step after the grasp that commands it open again (``--event release``: the
-place, scored the same way). At each lead L before the event (default 0.2, 0.5 and 0.8 s: the
-event lies inside the 1 s chunk), the sample that the loader builds at that step (delay 0, no
-augmentation, no added staleness: what validation sees) goes to the policy, which decodes its
-chunk as the server does (each joint's heaviest component). The chunk's row at the event step is
-put through forward kinematics and compared with the demonstration's: how far, in cm, the tool
-would be from where the expert closed (opened), and whether the chunk's gripper closes (opens)
-within 0.1 s of the expert's. A lead beyond the chunk (1 s) compares the chunk's last row with
-the demonstration at that step, and the gripper should not change yet. The "spread" is the same
-error for a policy that always acts at the demonstrations' mean point: a policy that does not
-locate the object scores about the spread; a grasp needs about 2 cm (a 4 cm cube in an 8 cm
-opening). "Follows" fits the planned tool position on the demonstrated one along each world axis
-over the samples of a lead (slope 1: the plan moves with the object; 0: one point for every
-episode), on the axes along which the demonstrations' points spread by more than 5 mm. Episodes
-of the checkpoint's training split and of its validation split are reported apart, so
-underfitting (train ~ val, both large) is told from overfitting (train small, val large). This
-links the offline metrics to closed-loop success (docs/policy.md).
+For each recorded episode of the robot and task, the grasp is the first control step at which the
+demonstration commands the task gripper closed (below half its range, after being open), the release
+the first step after the grasp that commands it open again (``--event release``: the place, scored
+the same way). At each lead L before the event (default 0.2, 0.5 and 0.8 s: the event lies inside
+the 1 s chunk), the sample that the loader builds at that step (delay 0, no augmentation, no added
+staleness: what validation sees) goes to the policy, which decodes its chunk as the server does
+(each joint's heaviest component). The chunk's row at the event step is put through forward
+kinematics and compared with the demonstration's: how far, in cm, the tool would be from where the
+expert closed (opened), and whether the chunk's gripper closes (opens) within 0.1 s of the expert's,
+and the weight of the mixture's gripper plans that close (open) within the chunk (a policy that
+knows the grasp is coming raises it as the lead shrinks). A lead beyond the chunk (1 s) compares the
+chunk's last row with the demonstration at that step, and the gripper should not change yet. The
+"spread" is the same error for a policy that always acts at the demonstrations' mean point: a policy
+that does not locate the object scores about the spread; a grasp needs about 2 cm (a 4 cm cube in an
+8 cm opening). "Follows" fits the planned tool position on the demonstrated one along each world
+axis over the samples of a lead (slope 1: the plan moves with the object; 0: one point for every
+episode), on the axes along which the demonstrations' points spread by more than 5 mm. Episodes of
+the checkpoint's training split and of its validation split are reported apart, so underfitting
+(train ~ val, both large) is told from overfitting (train small, val large). This links the offline
+metrics to closed-loop success (docs/policy.md).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from gen_theta_model.sim.kinematics import ArmKinematics
 CLOSE_WINDOW_S = 0.1  # the chunk's gripper acts "on time" within this of the demonstration's close (open)
 EVENTS = ("grasp", "release")
 
-# a batch of samples (gen_theta_model.batch, DELAY 0) -> the chunk the policy would execute, (B, H, D) canonical
-Predictor = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# a batch of samples (gen_theta_model.batch, DELAY 0) -> the chunk the policy would execute, (B, H, D) canonical,
+# and, for a mixture policy, the weight (B,) of its task-gripper plans that act (close; open for a release)
+# within the chunk (None for a policy without one)
+Predictor = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class GraspErrorRow:
     # (a chunk that ends before the event: does not change)
     spread_cm_median: float  # the same xy error for "always the mean point" on these episodes
     follows: dict[str, AxisFit]  # planned tool position on the demonstrated one, per world axis ("x", "y")
+    act_weight: float | None = None  # mean weight of the gripper plans that close (open) within the chunk
 
 
 def event_step(actions: np.ndarray, spec: EmbodimentSpec, gripper: int, event: str = "grasp") -> int | None:
@@ -124,11 +128,17 @@ def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin
     spread = {ep: float(np.linalg.norm(t[:2] - mean_xy)) for ep, t in tool.items()}
     xy, height, on_time = np.zeros(len(qs)), np.zeros(len(qs)), np.zeros(len(qs), bool)
     planned_xy, shown_xy = np.zeros((len(qs), 2)), np.zeros((len(qs), 2))
+    act_weight: np.ndarray | None = np.zeros(len(qs))
     for start in range(0, len(qs), batch_size):
         part = qs[start:start + batch_size]
         batch = collate([dataset.sample(q.episode, q.step, seed=0) for q in part])
         batch[K.DELAY] = torch.zeros_like(batch[K.DELAY])
-        chunk = predict(batch)[..., : spec.dof].double().numpy()  # (B, H, dof) canonical
+        chunk, weight = predict(batch)
+        chunk = chunk[..., : spec.dof].double().numpy()  # (B, H, dof) canonical
+        if weight is None or act_weight is None:
+            act_weight = None
+        else:
+            act_weight[start:start + len(part)] = weight.double().numpy()
         for i, q in enumerate(part):
             row = min(q.lead_steps, chunk.shape[1] - 1)  # the event, or the chunk's end before it
             q_plan = spec.denormalize(chunk[i])  # (H, dof) rad|m
@@ -153,7 +163,8 @@ def score(dataset: EpisodeDataset, predict: Predictor, spec: EmbodimentSpec, kin
             rows.append(GraspErrorRow(split, lead / rate, int(sel.sum()), 100 * float(np.median(xy[sel])),
                                       100 * float(np.percentile(xy[sel], 90)), 100 * float(np.median(height[sel])),
                                       float(on_time[sel].mean()), 100 * float(np.median([spread[e] for e in eps])),
-                                      axis_fits(shown_xy[sel], planned_xy[sel])))
+                                      axis_fits(shown_xy[sel], planned_xy[sel]),
+                                      None if act_weight is None else float(act_weight[sel].mean())))
     return rows
 
 
@@ -161,12 +172,14 @@ def table(rows: Sequence[GraspErrorRow], event: str = "grasp") -> str:
     """Markdown table of ``rows`` (of the ``event``)."""
     acts = "closes" if event == "grasp" else "opens"
     lines = ["| episodes | lead s | samples | tool xy error cm, median / p90 | height error cm | "
-             f"gripper as shown ({acts} within 0.1 s) | spread cm (mean {event} point) | "
-             "follows: slope (r) per axis |", "|---|---|---|---|---|---|---|---|"]
+             f"gripper as shown ({acts} within 0.1 s) | weight of plans that {acts[:-1]} | "
+             f"spread cm (mean {event} point) | follows: slope (r) per axis |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         follows = ", ".join(f"{axis} {f.slope:.2f} ({f.r:.2f})" for axis, f in r.follows.items()) or "-"
         lines.append(f"| {r.split} | {r.lead_s:.1f} | {r.samples} | {r.xy_cm_median:.1f} / {r.xy_cm_p90:.1f} | "
-                     f"{r.height_cm_median:.1f} | {r.on_time:.2f} | {r.spread_cm_median:.1f} | {follows} |")
+                     f"{r.height_cm_median:.1f} | {r.on_time:.2f} | "
+                     f"{'-' if r.act_weight is None else f'{r.act_weight:.2f}'} | {r.spread_cm_median:.1f} | "
+                     f"{follows} |")
     return "\n".join(lines)
 
 
@@ -202,11 +215,15 @@ def main(argv: list[str] | None = None) -> None:
     spec = info.specs[a.robot]
     target = int(policy.embodiment_map([spec])[0])
 
-    def predict(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def predict(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         obs = {k: batch[k] for k in K.OBSERVATION_KEYS}
         obs[K.EMBODIMENT_INDEX] = torch.full_like(batch[K.EMBODIMENT_INDEX], target)
         empty = torch.zeros(len(batch[K.DELAY]), 0, batch[K.JOINT_MASK].shape[1])
-        return policy.predict_chunk(obs, empty, 0, decode="top")
+        chunk, dist = policy.infer(obs, empty, 0, decode="top")
+        weights = torch.softmax(dist.logits[:, kin.gripper].float(), dim=-1)  # (B, K)
+        closed = dist.mean[:, kin.gripper] < 0  # (B, K, H): canonical below the middle of the range
+        acts = closed.any(-1) if a.event == "grasp" else (~closed).any(-1)  # (B, K)
+        return chunk, (weights * acts).sum(-1)
 
     kin = ArmKinematics(spec)
     try:
