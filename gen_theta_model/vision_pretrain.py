@@ -76,12 +76,16 @@ def split_layouts(layout: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
+def readout_slots(model: HarmonicTransformer, images: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    """Where the readout places the objects (B, S, 3), m, from uint8 images (B, C, 3, H, W) and their mask (B, C)."""
+    tokens = model.image(images)  # (B, C*n, d)
+    return model.objects(tokens, image_mask.repeat_interleave(model.cfg.image_tokens, dim=1))
+
+
 def readout_loss(model: HarmonicTransformer, images: torch.Tensor, image_mask: torch.Tensor, objects: torch.Tensor,
                  objects_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the readout's object set loss (dm^2) and mean placement error (cm) on uint8 images (B, C, 3, H, W)."""
-    tokens = model.image(images)  # (B, C*n, d)
-    mask = image_mask.repeat_interleave(model.cfg.image_tokens, dim=1)
-    return object_set_loss(model.objects(tokens, mask), objects, objects_mask)
+    return object_set_loss(readout_slots(model, images, image_mask), objects, objects_mask)
 
 
 def _frames(arrays: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator | None) -> list[torch.Tensor]:
@@ -158,9 +162,7 @@ def pretrain_vision(train_cfg: TrainConfig, layout_files: list[str], out_dir: st
 def placement_cm(model: HarmonicTransformer, images: torch.Tensor, image_mask: torch.Tensor,
                  objects: torch.Tensor) -> torch.Tensor:
     """Each object's distance (B, M) in cm to the readout's nearest slot, from uint8 images (B, C, 3, H, W)."""
-    tokens = model.image(images)
-    slots = model.objects(tokens, image_mask.repeat_interleave(model.cfg.image_tokens, dim=1))
-    return slot_distances(slots, objects).min(1).values.sqrt() * 10.0
+    return slot_distances(readout_slots(model, images, image_mask), objects).min(1).values.sqrt() * 10.0
 
 
 def _means(groups: dict[str, list[torch.Tensor]]) -> dict[str, float]:
