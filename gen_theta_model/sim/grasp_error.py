@@ -39,7 +39,7 @@ from gen_theta_model.data.dataset import EpisodeDataset
 from gen_theta_model.data.episode import ACTION_POSITION
 from gen_theta_model.data.loader import collate
 from gen_theta_model.embodiment import EmbodimentSpec
-from gen_theta_model.sim.grasp_trace import AxisFit, axis_fits, closed_rows
+from gen_theta_model.sim.grasp_trace import AxisFit, axis_fits, closed_rows, gripper_plans
 from gen_theta_model.sim.kinematics import ArmKinematics
 
 CLOSE_WINDOW_S = 0.1  # the chunk's gripper acts "on time" within this of the demonstration's close (open)
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         obs[K.EMBODIMENT_INDEX] = torch.full_like(batch[K.EMBODIMENT_INDEX], target)
         empty = torch.zeros(len(batch[K.DELAY]), 0, batch[K.JOINT_MASK].shape[1])
         chunk, dist = policy.infer(obs, empty, 0, decode="top")
-        weights = torch.softmax(dist.logits[:, kin.gripper].float(), dim=-1)  # (B, K)
-        closed = dist.mean[:, kin.gripper] < 0  # (B, K, H): canonical below the middle of the range
+        weights, closed = gripper_plans(dist, kin.gripper)  # (B, K), (B, K, H)
         acts = closed.any(-1) if a.event == "grasp" else (~closed).any(-1)  # (B, K)
         return chunk, (weights * acts).sum(-1)
 

@@ -40,6 +40,7 @@ import torch
 
 from gen_theta_model.cli_args import ExtendAction
 from gen_theta_model.embodiment import EmbodimentSpec
+from gen_theta_model.policy.head import ChunkMixture
 from gen_theta_model.policy.policy import Policy
 from gen_theta_model.sim.experts import PHASES
 from gen_theta_model.sim.kinematics import ArmKinematics
@@ -51,6 +52,13 @@ DOWN_M = 0.06  # the tool counts as down when it is less than this above the obj
 def closed_rows(q: np.ndarray, spec: EmbodimentSpec, gripper: int) -> np.ndarray:
     """(N,) bool: rows of joint positions or commands ``q`` (N, dof), rad|m, with ``gripper`` closed."""
     return spec.closed_grippers(q)[:, gripper]
+
+
+def gripper_plans(dist: ChunkMixture, gripper: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the task gripper's mixture components: weights (B, K) and, per step, closed (B, K, H) bool
+    (the component's mean below the middle of the gripper's range, canonical < 0).
+    """
+    return torch.softmax(dist.logits[:, gripper].float(), dim=-1), dist.mean[:, gripper] < 0
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,7 @@ class GripperModes:
                       decode: str = "mean") -> torch.Tensor:
         t = self.clock()
         chunk, dist = self.policy.infer(observation, committed_prefix, delay, decode=decode)
-        weights = torch.softmax(dist.logits[0, self.gripper].float(), dim=-1).numpy()  # (K,)
-        below = (dist.mean[0, self.gripper] < 0).numpy()  # (K, H), canonical
+        weights, below = (x[0].numpy() for x in gripper_plans(dist, self.gripper))  # (K,), (K, H)
         close_step = np.where(below.any(-1), below.argmax(-1), -1)  # (K,)
         open_step = np.where((~below).any(-1), (~below).argmax(-1), -1)  # (K,)
         keypose = None if dist.keypose is None else dist.keypose[0].float().numpy()  # (D,), padded
