@@ -43,6 +43,8 @@ def test_object_streams_drop_the_scene_before_the_start_and_refuse_a_changing_se
         object_streams(stamps[:2], recv[:2], [np.zeros((2, 3)), np.zeros((3, 3))], start_ns=0)
     with pytest.raises(ValueError, match="not finite"):
         object_streams(stamps[:1], recv[:1], [np.full((1, 3), np.nan)], start_ns=0)
+    with pytest.raises(ValueError, match="stamp 1000000000 ns does not increase"):  # as joint_states' stamps
+        object_streams([0, 2 * 10**9, 10**9], recv[:3], positions[:3], start_ns=0)
 
 
 def test_objects_at_takes_the_latest_poses_and_pads_the_slots():

@@ -32,8 +32,8 @@ def object_streams(stamps_ns: list[int], recv_ns: list[int], positions: list[np.
     """Return the episode's object streams (module docstring), or {} when none were recorded.
 
     Messages sensed before the recording's start (the scene before a reset) are dropped, as for
-    joint_states. Raises ValueError when the number of objects changes within the episode or a
-    position is not finite.
+    joint_states. Raises ValueError when the stamps do not increase (as for joint_states), the
+    number of objects changes within the episode or a position is not finite.
     """
     n = sensed_before_start(np.asarray(stamps_ns, np.int64), np.asarray(recv_ns, np.int64), start_ns)
     stamps, positions = stamps_ns[n:], positions[n:]
@@ -46,8 +46,12 @@ def object_streams(stamps_ns: list[int], recv_ns: list[int], positions: list[np.
     pos = np.stack(positions)
     if not np.isfinite(pos).all():
         raise ValueError("an object position is not finite")
-    order = np.argsort(np.asarray(stamps, np.int64), kind="stable")
-    return {OBJECT_STAMP: np.asarray(stamps, np.int64)[order], OBJECT_POSITION: pos[order]}
+    t = np.asarray(stamps, np.int64)
+    back = np.flatnonzero(np.diff(t) <= 0)
+    if len(back):
+        i = int(back[0]) + 1
+        raise ValueError(f"object pose stamp {t[i]} ns does not increase (previous {t[i - 1]})")
+    return {OBJECT_STAMP: t, OBJECT_POSITION: pos}
 
 
 def objects_at(stamps_ns: np.ndarray, positions: np.ndarray, t_ns: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
