@@ -232,10 +232,17 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     A pure function of the step and the config, as in nanoGPT: resuming needs only the step.
     """
     o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = min((step - o.warmup_steps) / max(cfg.decay_steps - o.warmup_steps, 1), 1.0)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, o.lr, o.min_lr, o.warmup_steps, cfg.decay_steps)
+
+
+def warmup_cosine(step: int, lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+    """LR of step ``step`` (0-based): linear warmup to ``lr`` over ``warmup_steps``, cosine decay to ``min_lr``
+    at ``decay_steps``, then flat.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(decay_steps - warmup_steps, 1), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
 def validate(policy: Policy, val_loader: Any, emb_map: torch.Tensor, categories: list[str],

@@ -22,7 +22,6 @@ object poses, and split into ``val/object_cm_table`` (objects on the table) and
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from gen_theta_model.policy.model import HarmonicTransformer
 from gen_theta_model.policy.policy import build_policy
 from gen_theta_model.sim.layouts import load_layouts
 from gen_theta_model.sim.tasks import TASKS
-from gen_theta_model.train import RunLog
+from gen_theta_model.train import RunLog, warmup_cosine
 from gen_theta_model.train_config import TrainConfig, load_train_config, policy_config
 
 TASK_NAMES = tuple(TASKS)  # a layout's `task` indexes this
@@ -98,14 +97,6 @@ def _frames(arrays: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Gener
             torch.from_numpy(arrays["objects"][idx]), torch.from_numpy(arrays["objects_mask"][idx])]
 
 
-def _lr(step: int, cfg: VisionPretrainConfig) -> float:
-    warmup = min(100, cfg.steps // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(cfg.steps - warmup, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
 def pretrain_vision(train_cfg: TrainConfig, layout_files: list[str], out_dir: str | Path,
                     cfg: VisionPretrainConfig) -> Path:
     """Pretrain the policy's image encoder and object readout on the layouts; returns the checkpoint directory."""
@@ -145,7 +136,7 @@ def pretrain_vision(train_cfg: TrainConfig, layout_files: list[str], out_dir: st
         model.train()
         loss, cm = readout_loss(model, *_frames(arrays, rng.choice(train_idx, cfg.batch_size), rng))
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = warmup_cosine(step, cfg.lr, cfg.min_lr, min(100, cfg.steps // 10), cfg.steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
